@@ -1,0 +1,365 @@
+//! The one error type of relaymail.
+//!
+//! [`Error`] is opaque: ask it what happened with its predicates
+//! ([`is_transient`](Error::is_transient), [`is_timeout`](Error::is_timeout),
+//! [`is_auth`](Error::is_auth) …), where with [`stage`](Error::stage) and what
+//! the server said with [`reply`](Error::reply). Its `Display` text names the
+//! stage, the server's reply and, for common misconfigurations, the likely
+//! fix; the wording is for people and may change between releases.
+//!
+//! An `Error` never contains a password, token, AUTH line or message body.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::proto::reply::Reply;
+
+/// The step of an SMTP session in which something failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Stage {
+    /// Resolving the server's host name.
+    Resolve,
+    /// Opening the TCP connection.
+    Connect,
+    /// Waiting for the server's 220 greeting.
+    Greeting,
+    /// EHLO (or HELO).
+    Ehlo,
+    /// The STARTTLS command.
+    StartTls,
+    /// The TLS handshake (implicit TLS or after STARTTLS).
+    Tls,
+    /// SMTP AUTH.
+    Auth,
+    /// MAIL FROM.
+    Mail,
+    /// RCPT TO.
+    Rcpt,
+    /// The DATA or BDAT command and the transfer of the message.
+    Data,
+    /// Waiting for the server's verdict after the end of the message.
+    EndOfData,
+    /// RSET.
+    Rset,
+    /// NOOP.
+    Noop,
+    /// QUIT.
+    Quit,
+}
+
+impl Stage {
+    /// Lower-case name used in messages, e.g. `"rcpt"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Resolve => "resolve",
+            Stage::Connect => "connect",
+            Stage::Greeting => "greeting",
+            Stage::Ehlo => "ehlo",
+            Stage::StartTls => "starttls",
+            Stage::Tls => "tls",
+            Stage::Auth => "auth",
+            Stage::Mail => "mail",
+            Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
+            Stage::EndOfData => "end of data",
+            Stage::Rset => "rset",
+            Stage::Noop => "noop",
+            Stage::Quit => "quit",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The server answered with a negative reply.
+    Rejected,
+    /// A network read or write failed.
+    Io,
+    /// The peer closed the connection.
+    Closed,
+    /// A phase took longer than its timeout.
+    Timeout,
+    /// TLS could not be established or verified, or was required and refused.
+    Tls,
+    /// Authentication failed or could not be attempted.
+    Auth,
+    /// Invalid settings or input; nothing was sent.
+    Config,
+    /// The server violated the protocol.
+    Protocol,
+    /// The server lacks an extension the message needs.
+    Unsupported,
+}
+
+#[derive(Clone)]
+struct Inner {
+    kind: Kind,
+    stage: Option<Stage>,
+    transient: bool,
+    message: String,
+    reply: Option<Reply>,
+    hint: Option<String>,
+    body_sent: bool,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+/// What went wrong, where, and whether trying again may help.
+#[derive(Clone)]
+pub struct Error(Box<Inner>);
+
+impl Error {
+    pub(crate) fn new(kind: Kind, stage: Option<Stage>, message: impl Into<String>) -> Error {
+        let transient = matches!(kind, Kind::Io | Kind::Closed | Kind::Timeout);
+        Error(Box::new(Inner {
+            kind,
+            stage,
+            transient,
+            message: message.into(),
+            reply: None,
+            hint: None,
+            body_sent: false,
+            source: None,
+        }))
+    }
+
+    /// A negative server reply at `stage`; transient for 4yz, permanent for 5yz.
+    pub(crate) fn rejected(stage: Stage, message: impl Into<String>, reply: Reply) -> Error {
+        let mut e = Error::new(Kind::Rejected, Some(stage), message);
+        e.0.transient = reply.is_transient();
+        e.0.reply = Some(reply);
+        e
+    }
+
+    pub(crate) fn protocol(stage: Option<Stage>, message: impl Into<String>) -> Error {
+        // A confused server may be fine on a fresh connection.
+        Error::new(Kind::Protocol, stage, message).transient(true)
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Error {
+        Error::new(Kind::Config, None, message)
+    }
+
+    pub(crate) fn with_reply(mut self, reply: Reply) -> Error {
+        self.0.reply = Some(reply);
+        self
+    }
+
+    pub(crate) fn with_hint(mut self, hint: impl Into<String>) -> Error {
+        self.0.hint = Some(hint.into());
+        self
+    }
+
+    pub(crate) fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        self.0.source = Some(Arc::new(source));
+        self
+    }
+
+    pub(crate) fn transient(mut self, transient: bool) -> Error {
+        self.0.transient = transient;
+        self
+    }
+
+    pub(crate) fn at_stage(mut self, stage: Stage) -> Error {
+        self.0.stage = Some(stage);
+        self
+    }
+
+    pub(crate) fn after_body(mut self) -> Error {
+        self.0.body_sent = true;
+        self
+    }
+
+    /// Trying again later (on a new connection) may succeed: a 4yz reply, a
+    /// network failure, a timeout, a protocol hiccup.
+    pub fn is_transient(&self) -> bool {
+        self.0.transient
+    }
+
+    /// Trying again will fail the same way: a 5yz reply, invalid settings or
+    /// input, a certificate that does not verify, a rejected login.
+    pub fn is_permanent(&self) -> bool {
+        !self.0.transient
+    }
+
+    /// A phase took longer than its configured timeout.
+    pub fn is_timeout(&self) -> bool {
+        self.0.kind == Kind::Timeout
+    }
+
+    /// TLS failed: handshake, certificate verification, or STARTTLS required
+    /// but refused.
+    pub fn is_tls(&self) -> bool {
+        self.0.kind == Kind::Tls
+    }
+
+    /// Authentication failed or could not be attempted safely.
+    pub fn is_auth(&self) -> bool {
+        self.0.kind == Kind::Auth
+    }
+
+    /// The settings or the input were invalid; nothing was sent for it.
+    pub fn is_config(&self) -> bool {
+        self.0.kind == Kind::Config
+    }
+
+    /// The server broke the SMTP protocol (malformed or unexpected reply).
+    pub fn is_protocol(&self) -> bool {
+        self.0.kind == Kind::Protocol
+    }
+
+    /// The server (or the network) closed the connection unexpectedly.
+    pub fn is_closed(&self) -> bool {
+        self.0.kind == Kind::Closed
+    }
+
+    /// A network read or write failed (other than the peer closing).
+    pub fn is_io(&self) -> bool {
+        self.0.kind == Kind::Io
+    }
+
+    /// The server answered with a negative reply (see [`reply`](Error::reply)).
+    pub fn is_rejected(&self) -> bool {
+        self.0.kind == Kind::Rejected
+    }
+
+    /// The server does not support something the message needs (SMTPUTF8,
+    /// 8BITMIME, a size under its SIZE limit …).
+    pub fn is_unsupported(&self) -> bool {
+        self.0.kind == Kind::Unsupported
+    }
+
+    /// The whole message had been sent when the failure happened, but no
+    /// final reply was read: the server may have accepted it. Retrying may
+    /// deliver it twice (at-least-once).
+    pub fn body_was_sent(&self) -> bool {
+        self.0.body_sent
+    }
+
+    /// Where it failed, when known.
+    pub fn stage(&self) -> Option<Stage> {
+        self.0.stage
+    }
+
+    /// The server's reply that caused the error, when there was one.
+    pub fn reply(&self) -> Option<&Reply> {
+        self.0.reply.as_ref()
+    }
+
+    /// A plain-language suggestion for fixing a likely misconfiguration.
+    pub fn hint(&self) -> Option<&str> {
+        self.0.hint.as_deref()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(stage) = self.0.stage {
+            write!(f, "{stage}: ")?;
+        }
+        f.write_str(&self.0.message)?;
+        if let Some(reply) = &self.0.reply {
+            write!(f, " (server replied: {reply})")?;
+        }
+        if let Some(source) = &self.0.source {
+            write!(f, ": {source}")?;
+        }
+        if let Some(hint) = &self.0.hint {
+            write!(f, "; hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.0.kind)
+            .field("stage", &self.0.stage)
+            .field("transient", &self.0.transient)
+            .field("message", &self.0.message);
+        if let Some(reply) = &self.0.reply {
+            d.field("reply", &format_args!("{reply}"));
+        }
+        if let Some(hint) = &self.0.hint {
+            d.field("hint", hint);
+        }
+        if self.0.body_sent {
+            d.field("body_sent", &true);
+        }
+        if let Some(source) = &self.0.source {
+            d.field("source", &format_args!("{source}"));
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0
+            .source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::reply::ReplyParser;
+
+    fn reply(s: &[u8]) -> Reply {
+        let mut p = ReplyParser::new();
+        p.push(s);
+        p.next_reply().expect("ok").expect("reply")
+    }
+
+    #[test]
+    fn predicates_follow_the_reply() {
+        let e = Error::rejected(
+            Stage::Rcpt,
+            "recipient refused",
+            reply(b"450 4.2.0 mailbox busy\r\n"),
+        );
+        assert!(e.is_transient() && !e.is_permanent() && e.is_rejected());
+        assert_eq!(e.stage(), Some(Stage::Rcpt));
+        assert_eq!(e.reply().map(|r| r.code().value()), Some(450));
+        let e = Error::rejected(Stage::Mail, "sender refused", reply(b"550 5.7.1 no\r\n"));
+        assert!(e.is_permanent());
+        assert_eq!(
+            e.to_string(),
+            "mail: sender refused (server replied: 550 5.7.1 no)"
+        );
+    }
+
+    #[test]
+    fn display_with_hint_and_source() {
+        let e = Error::new(Kind::Tls, Some(Stage::Tls), "handshake failed")
+            .with_source(std::io::Error::other("bad record"))
+            .with_hint("port 587 speaks plain SMTP: use STARTTLS");
+        assert!(e.is_tls() && e.is_permanent());
+        assert_eq!(
+            e.to_string(),
+            "tls: handshake failed: bad record; hint: port 587 speaks plain SMTP: use STARTTLS"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+        assert!(format!("{e:?}").contains("hint"));
+    }
+
+    #[test]
+    fn network_failures_are_transient() {
+        for kind in [Kind::Io, Kind::Closed, Kind::Timeout] {
+            assert!(Error::new(kind, None, "x").is_transient());
+        }
+        assert!(Error::config("bad").is_config());
+        assert!(Error::config("bad").is_permanent());
+        assert!(Error::new(Kind::Timeout, Some(Stage::Greeting), "t").is_timeout());
+        assert!(Error::new(Kind::Closed, None, "c").after_body().body_was_sent());
+    }
+}

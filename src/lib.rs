@@ -1,0 +1,69 @@
+//! # relaymail
+//!
+//! An async SMTP client for applications that send their own notification
+//! email — password resets, alerts, share links, invoices — through a relay
+//! an administrator configures.
+//!
+//! This release contains the protocol core: a sans-IO SMTP client
+//! ([`proto`]) with an incremental reply parser, EHLO capabilities, a command
+//! encoder that refuses injection, DATA/BDAT body encoders that cannot end a
+//! message early, SASL mechanisms and the session state machine with
+//! PIPELINING. The network transport, the settings model and the pooled
+//! dispatcher build on it.
+//!
+//! ## Driving a session
+//!
+//! ```
+//! use relaymail::proto::session::{Envelope, Event, Recipient, Session, SessionConfig, Transaction};
+//!
+//! let mut s = Session::new(SessionConfig::new("client.example.com")).unwrap();
+//! s.receive(b"220 mx.example.com ESMTP\r\n").unwrap();
+//! assert_eq!(s.output(), b"EHLO client.example.com\r\n");
+//! s.consume_output(s.output().len());
+//! s.receive(b"250-mx.example.com\r\n250 PIPELINING\r\n").unwrap();
+//! assert!(matches!(s.poll_event(), Some(Event::Ready)));
+//!
+//! let envelope = Envelope {
+//!     from: "alerts@example.com".into(),
+//!     recipients: vec![Recipient::new("ops@example.net")],
+//!     ..Envelope::default()
+//! };
+//! s.send(Transaction::new(envelope, &b"Subject: disk full\r\n\r\n/var is at 99%\r\n"[..])).unwrap();
+//! // PIPELINING: MAIL, RCPT and DATA leave in one write.
+//! assert_eq!(s.output(), b"MAIL FROM:<alerts@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n");
+//! s.consume_output(s.output().len());
+//! s.receive(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go ahead\r\n").unwrap();
+//! assert!(s.output().ends_with(b"99%\r\n.\r\n"));
+//! s.consume_output(s.output().len());
+//! s.receive(b"250 2.0.0 Ok: queued as 4XyZ\r\n").unwrap();
+//! match s.poll_event() {
+//!     Some(Event::Transaction(t)) => assert_eq!(t.result.unwrap().text(), "Ok: queued as 4XyZ"),
+//!     other => panic!("{other:?}"),
+//! }
+//! ```
+//!
+//! ## Security
+//!
+//! - Every command argument is checked as wire bytes before anything is
+//!   written: CR, LF, NUL and other controls, angle brackets in mailboxes and
+//!   stray spaces are refused ([`proto::command`]).
+//! - The body encoders normalise every bare CR and LF to CRLF and dot-stuff
+//!   every line, so no message can end the DATA phase early (SMTP smuggling).
+//! - Bytes the server sends after its STARTTLS `220` and before the TLS
+//!   handshake abort the session (RFC 3207 §6, the STARTTLS command injection
+//!   class).
+//! - Credentials are never sent on a connection without TLS unless allowed
+//!   explicitly; secrets live in [`secrecy`] types, are wiped from the output
+//!   buffer once written, and never appear in `Debug`, `Display` or errors.
+//! - `#![forbid(unsafe_code)]`.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod error;
+pub mod proto;
+
+#[doc(hidden)]
+pub mod fuzzing;
+
+pub use error::{Error, Stage};

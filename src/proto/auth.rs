@@ -1,0 +1,1665 @@
+//! SMTP AUTH (RFC 4954): SASL mechanism selection and the client side of
+//! one SASL exchange.
+//!
+//! Everything here is sans-IO: the session code feeds in decoded server
+//! challenges (the payload of `334` replies) and sends back what
+//! [`SaslClient`] returns. No clock and no randomness source are used; the
+//! SCRAM client nonce is supplied by the caller.
+//!
+//! Supported mechanisms, strongest first:
+//!
+//! * `SCRAM-SHA-256` (RFC 5802, RFC 7677), without channel binding: the
+//!   password never crosses the wire and the server proves it knows it too.
+//! * `CRAM-MD5` (RFC 2195): challenge/response, the password is not sent.
+//! * `PLAIN` (RFC 4616) and `LOGIN` (draft-murchison-sasl-login): the password
+//!   is sent in a recoverable form and must only be used over TLS.
+//! * `XOAUTH2` (Google/Microsoft): an OAuth2 bearer token, also recoverable.
+//!
+//! Secret material (passwords, tokens, SCRAM keys and proofs, responses that
+//! carry them) is held in zeroizing buffers and dropped as soon as the
+//! exchange no longer needs it. No error, and no `Debug` output, contains a
+//! secret.
+
+use std::fmt;
+
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use hmac::digest::generic_array::GenericArray;
+use hmac::digest::{Digest, FixedOutput};
+use hmac::{Hmac, Mac};
+use md5::Md5;
+use secrecy::zeroize::Zeroizing;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::Sha256;
+
+/// A SASL mechanism relaymail can use for SMTP AUTH (RFC 4954).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Mechanism {
+    /// `SCRAM-SHA-256` (RFC 5802, RFC 7677), without channel binding.
+    ScramSha256,
+    /// `CRAM-MD5` (RFC 2195).
+    CramMd5,
+    /// `PLAIN` (RFC 4616).
+    Plain,
+    /// `LOGIN` (draft-murchison-sasl-login).
+    Login,
+    /// `XOAUTH2`: OAuth2 bearer token (Google and Microsoft mail services).
+    XOAuth2,
+}
+
+impl Mechanism {
+    /// Every mechanism, in declaration order.
+    const ALL: [Mechanism; 5] = [
+        Mechanism::ScramSha256,
+        Mechanism::CramMd5,
+        Mechanism::Plain,
+        Mechanism::Login,
+        Mechanism::XOAuth2,
+    ];
+
+    /// Wire name: "SCRAM-SHA-256", "CRAM-MD5", "PLAIN", "LOGIN", "XOAUTH2".
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::CramMd5 => "CRAM-MD5",
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Login => "LOGIN",
+            Mechanism::XOAuth2 => "XOAUTH2",
+        }
+    }
+
+    /// Case-insensitive parse of a wire name; `None` for unknown ones.
+    pub fn from_name(name: &str) -> Option<Mechanism> {
+        Self::ALL
+            .into_iter()
+            .find(|mechanism| mechanism.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Whether this mechanism sends the secret in a recoverable form:
+    /// `true` for PLAIN, LOGIN and XOAUTH2 (a bearer token), `false` for
+    /// CRAM-MD5 and SCRAM-SHA-256.
+    pub fn exposes_secret(self) -> bool {
+        match self {
+            Mechanism::Plain | Mechanism::Login | Mechanism::XOAuth2 => true,
+            Mechanism::ScramSha256 | Mechanism::CramMd5 => false,
+        }
+    }
+
+    /// Which kind of credential the mechanism needs.
+    fn takes_token(self) -> bool {
+        matches!(self, Mechanism::XOAuth2)
+    }
+}
+
+impl fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// Password mechanisms, strongest first.
+pub const PASSWORD_PREFERENCE: &[Mechanism] = &[
+    Mechanism::ScramSha256,
+    Mechanism::CramMd5,
+    Mechanism::Plain,
+    Mechanism::Login,
+];
+
+/// Token mechanisms, strongest first.
+pub const TOKEN_PREFERENCE: &[Mechanism] = &[Mechanism::XOAuth2];
+
+/// What the client authenticates with.
+#[derive(Clone)]
+pub enum Credential {
+    /// User name and password.
+    Password {
+        /// The user name (authentication identity).
+        username: String,
+        /// The password.
+        password: SecretString,
+    },
+    /// User name and an OAuth2 bearer token (XOAUTH2).
+    OAuth2 {
+        /// The user name the token was issued for.
+        username: String,
+        /// The OAuth2 access token.
+        token: SecretString,
+    },
+}
+
+impl Credential {
+    /// The user name, whatever the kind of credential.
+    pub fn username(&self) -> &str {
+        match self {
+            Credential::Password { username, .. } | Credential::OAuth2 { username, .. } => username,
+        }
+    }
+
+    /// The mechanisms usable with this kind of credential, strongest first:
+    /// [`PASSWORD_PREFERENCE`] or [`TOKEN_PREFERENCE`].
+    pub fn preference(&self) -> &'static [Mechanism] {
+        match self {
+            Credential::Password { .. } => PASSWORD_PREFERENCE,
+            Credential::OAuth2 { .. } => TOKEN_PREFERENCE,
+        }
+    }
+
+    /// Human-readable kind, for [`SaslError::WrongCredential`].
+    fn kind(&self) -> &'static str {
+        match self {
+            Credential::Password { .. } => "password",
+            Credential::OAuth2 { .. } => "bearer token",
+        }
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credential::Password { username, .. } => f
+                .debug_struct("Password")
+                .field("username", username)
+                .field("password", &"[redacted]")
+                .finish(),
+            Credential::OAuth2 { username, .. } => f
+                .debug_struct("OAuth2")
+                .field("username", username)
+                .field("token", &"[redacted]")
+                .finish(),
+        }
+    }
+}
+
+/// Picks the first mechanism of `preference` that the server offered.
+///
+/// `offered` are the names from the EHLO `AUTH` line, compared
+/// case-insensitively; unknown names are ignored. `None` when nothing
+/// matches.
+pub fn select<'a>(preference: &[Mechanism], offered: impl IntoIterator<Item = &'a str>) -> Option<Mechanism> {
+    let offered: Vec<Mechanism> = offered.into_iter().filter_map(Mechanism::from_name).collect();
+    preference
+        .iter()
+        .copied()
+        .find(|mechanism| offered.contains(mechanism))
+}
+
+/// Errors of the client side of a SASL exchange.
+///
+/// Never contains a secret: no password, token, proof or AUTH line bytes.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SaslError {
+    /// The mechanism cannot be used with this kind of credential (e.g.
+    /// XOAUTH2 with a password).
+    #[error("{mechanism} cannot be used with a {credential} credential")]
+    WrongCredential {
+        /// The mechanism that was asked for.
+        mechanism: Mechanism,
+        /// The kind of credential given ("password" or "bearer token").
+        credential: &'static str,
+    },
+    /// The server's challenge was not valid base64.
+    #[error("the server's AUTH challenge is not valid base64")]
+    InvalidBase64,
+    /// The server sent a challenge the mechanism does not expect at this
+    /// step (e.g. a third LOGIN prompt).
+    #[error("unexpected {mechanism} challenge at this step of the exchange")]
+    UnexpectedChallenge {
+        /// The mechanism in use.
+        mechanism: Mechanism,
+    },
+    /// A SCRAM server message was malformed.
+    #[error("malformed {mechanism} server message: {detail}")]
+    MalformedServerMessage {
+        /// The mechanism in use.
+        mechanism: Mechanism,
+        /// Which part of the message was wrong (fixed text, no secret).
+        detail: &'static str,
+    },
+    /// SCRAM: the server nonce does not extend the client nonce.
+    #[error("the SCRAM server nonce does not extend the client nonce")]
+    NonceMismatch,
+    /// SCRAM: iteration count outside 4096..=1_000_000 (refuses both a
+    /// downgrade and CPU exhaustion).
+    #[error(
+        "SCRAM iteration count {count} is outside the accepted range \
+         4096..=1000000"
+    )]
+    IterationCount {
+        /// The count the server asked for (`u64::MAX` if it did not even
+        /// fit in 64 bits).
+        count: u64,
+    },
+    /// SCRAM: the server signature did not verify (the server does not know
+    /// the password, or an attacker is in the middle).
+    #[error(
+        "the SCRAM server signature did not verify: the server does not know \
+         the password, or an attacker is in the middle"
+    )]
+    ServerSignatureMismatch,
+    /// SCRAM: the server-final message carried `e=<error>`.
+    #[error("the SCRAM server reported an error: {message:?}")]
+    ServerError {
+        /// The server's error value (server text, not a secret).
+        message: String,
+    },
+    /// The server reported success before the mechanism finished (SCRAM
+    /// without a verified server signature).
+    #[error("the server reported success before the {mechanism} exchange finished")]
+    IncompleteExchange {
+        /// The mechanism in use.
+        mechanism: Mechanism,
+    },
+    /// SASLprep refused the user name or password (prohibited characters),
+    /// or the credential contains a character the mechanism cannot carry
+    /// (e.g. NUL for PLAIN, `\x01` for XOAUTH2).
+    #[error("the user name or secret contains characters {mechanism} cannot carry")]
+    InvalidCredentialText {
+        /// The mechanism that refused the text.
+        mechanism: Mechanism,
+    },
+    /// The client nonce is empty or contains `,` or bytes outside printable
+    /// ASCII `0x21..=0x7e`.
+    #[error("the SCRAM client nonce must be non-empty printable ASCII without ','")]
+    InvalidNonce,
+}
+
+/// HMAC-SHA-256, as used by SCRAM-SHA-256.
+type HmacSha256 = Hmac<Sha256>;
+
+/// Length of a SHA-256 output, and so of every SCRAM-SHA-256 key.
+const SCRAM_KEY_LEN: usize = 32;
+
+/// A SCRAM key (salted password, client key, ...), wiped on drop.
+type ScramKey = Zeroizing<[u8; SCRAM_KEY_LEN]>;
+
+/// Smallest SCRAM iteration count accepted (RFC 7677 §4 minimum).
+const SCRAM_MIN_ITERATIONS: u64 = 4096;
+
+/// Largest SCRAM iteration count accepted, so a hostile server cannot make
+/// the client burn CPU.
+const SCRAM_MAX_ITERATIONS: u64 = 1_000_000;
+
+/// GS2 header: no channel binding, no authorization identity.
+const GS2_HEADER: &str = "n,,";
+
+/// `c=` attribute value: base64 of [`GS2_HEADER`].
+const CHANNEL_BINDING: &str = "biws";
+
+/// Base64 engine for `334` challenge text: standard alphabet, padding
+/// optional (some servers omit it).
+const CHALLENGE_ENGINE: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Client side of one SASL exchange, a pure state machine.
+///
+/// Create it with [`SaslClient::new`], send [`SaslClient::initial_response`]
+/// with the `AUTH` command (when it is `Some`), answer every `334` challenge
+/// with [`SaslClient::respond`], and on `235` call [`SaslClient::finish`].
+pub struct SaslClient {
+    mechanism: Mechanism,
+    state: State,
+}
+
+/// Per-mechanism state. Secrets are taken out (and so wiped) as soon as they
+/// have been sent.
+enum State {
+    Plain {
+        /// `\0user\0pass`, until sent.
+        message: Option<Zeroizing<Vec<u8>>>,
+    },
+    Login {
+        /// Until the first prompt has been answered.
+        username: Option<Zeroizing<Vec<u8>>>,
+        /// Until the second prompt has been answered.
+        password: Option<Zeroizing<Vec<u8>>>,
+    },
+    CramMd5 {
+        username: String,
+        /// Until the challenge has been answered.
+        password: Option<Zeroizing<Vec<u8>>>,
+    },
+    XOAuth2 {
+        /// `user=..\x01auth=Bearer ..\x01\x01`, until sent.
+        message: Option<Zeroizing<Vec<u8>>>,
+        /// The server's JSON error, once received.
+        server_error: Option<String>,
+    },
+    Scram(Scram),
+}
+
+/// SCRAM-SHA-256 exchange state.
+struct Scram {
+    /// The caller's client nonce (validated printable ASCII).
+    client_nonce: String,
+    /// `n=<saslname>,r=<client nonce>`.
+    client_first_bare: String,
+    step: ScramStep,
+}
+
+enum ScramStep {
+    /// Client-first not sent yet.
+    Start { password: Zeroizing<String> },
+    /// Client-first sent, waiting for server-first.
+    ClientFirstSent { password: Zeroizing<String> },
+    /// Client-final sent, waiting for server-final.
+    ClientFinalSent {
+        server_key: ScramKey,
+        auth_message: String,
+    },
+    /// The server signature verified.
+    Verified,
+    /// The exchange failed; nothing more is accepted.
+    Failed,
+}
+
+impl fmt::Debug for SaslClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SaslClient")
+            .field("mechanism", &self.mechanism)
+            .field("step", &self.step())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SaslClient {
+    /// Starts an exchange with `mechanism` for `credential`.
+    ///
+    /// `client_nonce` is used by SCRAM only (ignored otherwise, may be empty
+    /// then); the caller draws it from a CSPRNG and passes it printable (e.g.
+    /// base64 of 18 random bytes).
+    ///
+    /// # Errors
+    ///
+    /// [`SaslError::WrongCredential`] when the mechanism does not fit the
+    /// credential kind, [`SaslError::InvalidCredentialText`] when the user
+    /// name or secret cannot be carried (SASLprep refusal for SCRAM, NUL for
+    /// PLAIN, `\x01` for XOAUTH2, empty SCRAM user name) and
+    /// [`SaslError::InvalidNonce`] for a bad SCRAM client nonce.
+    pub fn new(
+        mechanism: Mechanism,
+        credential: &Credential,
+        client_nonce: &str,
+    ) -> Result<SaslClient, SaslError> {
+        let wrong = || SaslError::WrongCredential {
+            mechanism,
+            credential: credential.kind(),
+        };
+        let invalid_text = SaslError::InvalidCredentialText { mechanism };
+        let state = match (credential, mechanism.takes_token()) {
+            (Credential::Password { username, password }, false) => {
+                let password = password.expose_secret();
+                match mechanism {
+                    Mechanism::Plain => {
+                        if username.contains('\0') || password.contains('\0') {
+                            return Err(invalid_text);
+                        }
+                        State::Plain {
+                            message: Some(plain_message(username, password)),
+                        }
+                    }
+                    Mechanism::Login => State::Login {
+                        username: Some(Zeroizing::new(username.as_bytes().to_vec())),
+                        password: Some(Zeroizing::new(password.as_bytes().to_vec())),
+                    },
+                    Mechanism::CramMd5 => State::CramMd5 {
+                        username: username.clone(),
+                        password: Some(Zeroizing::new(password.as_bytes().to_vec())),
+                    },
+                    Mechanism::ScramSha256 => State::Scram(Scram::new(username, password, client_nonce)?),
+                    Mechanism::XOAuth2 => return Err(wrong()),
+                }
+            }
+            (Credential::OAuth2 { username, token }, true) => {
+                let token = token.expose_secret();
+                if username.contains('\x01') || token.contains('\x01') {
+                    return Err(invalid_text);
+                }
+                State::XOAuth2 {
+                    message: Some(xoauth2_message(username, token)),
+                    server_error: None,
+                }
+            }
+            _ => return Err(wrong()),
+        };
+        Ok(SaslClient { mechanism, state })
+    }
+
+    /// The mechanism of this exchange.
+    pub fn mechanism(&self) -> Mechanism {
+        self.mechanism
+    }
+
+    /// Raw (not base64) initial response to send with
+    /// `AUTH <mech> <initial>`.
+    ///
+    /// `Some` for PLAIN (`\0user\0pass`), XOAUTH2
+    /// (`user=U\x01auth=Bearer T\x01\x01`) and SCRAM (client-first
+    /// `n,,n=<saslname>,r=<nonce>`); `None` for LOGIN and CRAM-MD5 (they wait
+    /// for a challenge). Call once, before any [`respond`](Self::respond);
+    /// later calls return `None`.
+    pub fn initial_response(&mut self) -> Option<Zeroizing<Vec<u8>>> {
+        match &mut self.state {
+            State::Plain { message } | State::XOAuth2 { message, .. } => message.take(),
+            State::Login { .. } | State::CramMd5 { .. } => None,
+            State::Scram(scram) => scram.client_first(),
+        }
+    }
+
+    /// Given one decoded (raw) server challenge (the payload of a `334`
+    /// reply), returns the raw response to send.
+    ///
+    /// * LOGIN: 1st challenge → user name, 2nd → password, 3rd →
+    ///   [`SaslError::UnexpectedChallenge`].
+    /// * CRAM-MD5: `username SP lowercase-hex(HMAC-MD5(password, challenge))`;
+    ///   a 2nd challenge → [`SaslError::UnexpectedChallenge`].
+    /// * PLAIN: if the initial response was already given, any challenge is
+    ///   unexpected; otherwise the challenge (usually empty) is answered with
+    ///   the PLAIN message.
+    /// * XOAUTH2: without an initial response yet, the challenge is answered
+    ///   with the XOAUTH2 message; after it, the challenge is the server's
+    ///   JSON error, answered with an empty response and kept for
+    ///   [`server_error`](Self::server_error). Anything further is unexpected.
+    /// * SCRAM-SHA-256: an empty challenge before the initial response is
+    ///   answered with client-first; server-first is answered with
+    ///   client-final (with the proof); server-final `v=` is verified in
+    ///   constant time and answered with an empty response; `e=` gives
+    ///   [`SaslError::ServerError`]. After any SCRAM error the exchange is
+    ///   dead and every further challenge is unexpected.
+    ///
+    /// # Errors
+    ///
+    /// See [`SaslError`]; never panics, whatever the challenge.
+    pub fn respond(&mut self, challenge: &[u8]) -> Result<Zeroizing<Vec<u8>>, SaslError> {
+        let mechanism = self.mechanism;
+        let unexpected = SaslError::UnexpectedChallenge { mechanism };
+        match &mut self.state {
+            State::Plain { message } => message.take().ok_or(unexpected),
+            State::Login { username, password } => {
+                username.take().or_else(|| password.take()).ok_or(unexpected)
+            }
+            State::CramMd5 { username, password } => {
+                let password = password.take().ok_or(unexpected)?;
+                cram_md5_response(username, &password, challenge)
+            }
+            State::XOAuth2 {
+                message,
+                server_error,
+            } => {
+                if let Some(message) = message.take() {
+                    return Ok(message);
+                }
+                if server_error.is_some() {
+                    return Err(unexpected);
+                }
+                *server_error = Some(String::from_utf8_lossy(challenge).into_owned());
+                Ok(Zeroizing::new(Vec::new()))
+            }
+            State::Scram(scram) => scram.respond(challenge),
+        }
+    }
+
+    /// Called when the server replied `235` (success).
+    ///
+    /// # Errors
+    ///
+    /// SCRAM: [`SaslError::IncompleteExchange`] unless the server signature
+    /// was verified (a server that skips server-final has not proven it knows
+    /// the password). Other mechanisms: always `Ok`.
+    pub fn finish(&self) -> Result<(), SaslError> {
+        match &self.state {
+            State::Scram(Scram {
+                step: ScramStep::Verified,
+                ..
+            }) => Ok(()),
+            State::Scram(_) => Err(SaslError::IncompleteExchange {
+                mechanism: self.mechanism,
+            }),
+            State::Plain { .. } | State::Login { .. } | State::CramMd5 { .. } | State::XOAuth2 { .. } => {
+                Ok(())
+            }
+        }
+    }
+
+    /// XOAUTH2 only: the server's JSON error detail, if one was received
+    /// (server text, never a secret). `None` for every other mechanism.
+    pub fn server_error(&self) -> Option<&str> {
+        match &self.state {
+            State::XOAuth2 { server_error, .. } => server_error.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// A short, non-secret description of where the exchange is.
+    fn step(&self) -> &'static str {
+        match &self.state {
+            State::Plain { message: Some(_) } => "initial",
+            State::Plain { message: None } => "sent",
+            State::Login {
+                username: Some(_), ..
+            } => "awaiting username prompt",
+            State::Login {
+                password: Some(_), ..
+            } => "awaiting password prompt",
+            State::Login { .. } => "done",
+            State::CramMd5 {
+                password: Some(_), ..
+            } => "awaiting challenge",
+            State::CramMd5 { .. } => "done",
+            State::XOAuth2 { message: Some(_), .. } => "initial",
+            State::XOAuth2 {
+                server_error: None, ..
+            } => "sent",
+            State::XOAuth2 { .. } => "error answered",
+            State::Scram(scram) => match scram.step {
+                ScramStep::Start { .. } => "initial",
+                ScramStep::ClientFirstSent { .. } => "client-first sent",
+                ScramStep::ClientFinalSent { .. } => "client-final sent",
+                ScramStep::Verified => "verified",
+                ScramStep::Failed => "failed",
+            },
+        }
+    }
+}
+
+/// `\0user\0pass` (empty authorization identity).
+fn plain_message(username: &str, password: &str) -> Zeroizing<Vec<u8>> {
+    let mut message = Zeroizing::new(Vec::with_capacity(2 + username.len() + password.len()));
+    message.push(0);
+    message.extend_from_slice(username.as_bytes());
+    message.push(0);
+    message.extend_from_slice(password.as_bytes());
+    message
+}
+
+/// `user=U\x01auth=Bearer T\x01\x01`.
+fn xoauth2_message(username: &str, token: &str) -> Zeroizing<Vec<u8>> {
+    const USER: &[u8] = b"user=";
+    const AUTH: &[u8] = b"\x01auth=Bearer ";
+    const END: &[u8] = b"\x01\x01";
+    let len = USER.len() + username.len() + AUTH.len() + token.len() + END.len();
+    let mut message = Zeroizing::new(Vec::with_capacity(len));
+    message.extend_from_slice(USER);
+    message.extend_from_slice(username.as_bytes());
+    message.extend_from_slice(AUTH);
+    message.extend_from_slice(token.as_bytes());
+    message.extend_from_slice(END);
+    message
+}
+
+/// `username SP lowercase-hex(HMAC-MD5(password, challenge))` (RFC 2195).
+fn cram_md5_response(
+    username: &str,
+    password: &[u8],
+    challenge: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SaslError> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // HMAC takes keys of any length; the error arm is unreachable in practice.
+    let mut mac = Hmac::<Md5>::new_from_slice(password).map_err(|_| SaslError::InvalidCredentialText {
+        mechanism: Mechanism::CramMd5,
+    })?;
+    mac.update(challenge);
+    let digest = mac.finalize().into_bytes();
+    let mut response = Zeroizing::new(Vec::with_capacity(username.len() + 1 + 2 * digest.len()));
+    response.extend_from_slice(username.as_bytes());
+    response.push(b' ');
+    for byte in digest {
+        response.push(HEX[usize::from(byte >> 4)]);
+        response.push(HEX[usize::from(byte & 0x0f)]);
+    }
+    Ok(response)
+}
+
+/// Whether `byte` may appear in a SCRAM nonce (printable ASCII except ',').
+fn is_nonce_byte(byte: u8) -> bool {
+    (0x21..=0x7e).contains(&byte) && byte != b','
+}
+
+/// SCRAM `saslname`: `,` → `=2C`, `=` → `=3D` (RFC 5802 §5.1).
+fn saslname(username: &str) -> String {
+    let mut escaped = String::with_capacity(username.len());
+    for c in username.chars() {
+        match c {
+            ',' => escaped.push_str("=2C"),
+            '=' => escaped.push_str("=3D"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// `MalformedServerMessage` for SCRAM-SHA-256.
+fn scram_malformed(detail: &'static str) -> SaslError {
+    SaslError::MalformedServerMessage {
+        mechanism: Mechanism::ScramSha256,
+        detail,
+    }
+}
+
+/// HMAC-SHA-256 of `data` under `key`, into a zeroizing buffer.
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Result<ScramKey, SaslError> {
+    let mut mac = scram_mac(key)?;
+    mac.update(data);
+    let mut out = Zeroizing::new([0u8; SCRAM_KEY_LEN]);
+    FixedOutput::finalize_into(mac, GenericArray::from_mut_slice(&mut out[..]));
+    Ok(out)
+}
+
+/// An HMAC-SHA-256 instance keyed with `key`.
+fn scram_mac(key: &[u8]) -> Result<HmacSha256, SaslError> {
+    // HMAC takes keys of any length; the error arm is unreachable in practice.
+    HmacSha256::new_from_slice(key).map_err(|_| SaslError::InvalidCredentialText {
+        mechanism: Mechanism::ScramSha256,
+    })
+}
+
+/// The parts of a SCRAM server-first message the client needs.
+struct ServerFirst<'a> {
+    /// Combined client + server nonce.
+    nonce: &'a str,
+    salt: Vec<u8>,
+    iterations: u32,
+}
+
+/// Strict parse of server-first: `r=<nonce>,s=<salt>,i=<count>[,ext...]`.
+fn parse_server_first<'a>(message: &'a str, client_nonce: &str) -> Result<ServerFirst<'a>, SaslError> {
+    let mut attributes = message.split(',');
+
+    let first = attributes.next().unwrap_or_default();
+    if first.starts_with("m=") {
+        return Err(scram_malformed("unsupported mandatory extension (m=)"));
+    }
+    let nonce = first
+        .strip_prefix("r=")
+        .ok_or_else(|| scram_malformed("first attribute is not the nonce (r=)"))?;
+    if nonce.len() <= client_nonce.len() || !nonce.starts_with(client_nonce) {
+        return Err(SaslError::NonceMismatch);
+    }
+    if !nonce.bytes().all(is_nonce_byte) {
+        return Err(scram_malformed("nonce contains invalid characters"));
+    }
+
+    let salt = attributes
+        .next()
+        .and_then(|attribute| attribute.strip_prefix("s="))
+        .ok_or_else(|| scram_malformed("second attribute is not the salt (s=)"))?;
+    let salt = STANDARD
+        .decode(salt)
+        .map_err(|_| scram_malformed("salt is not valid base64"))?;
+    if salt.is_empty() {
+        return Err(scram_malformed("salt is empty"));
+    }
+
+    let count = attributes
+        .next()
+        .and_then(|attribute| attribute.strip_prefix("i="))
+        .ok_or_else(|| scram_malformed("third attribute is not the iteration count (i=)"))?;
+    if count.is_empty() || !count.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(scram_malformed("iteration count is not a decimal number"));
+    }
+    // Only ASCII digits: the sole possible failure is overflow.
+    let count: u64 = count.parse().unwrap_or(u64::MAX);
+    if !(SCRAM_MIN_ITERATIONS..=SCRAM_MAX_ITERATIONS).contains(&count) {
+        return Err(SaslError::IterationCount { count });
+    }
+    let iterations = u32::try_from(count).map_err(|_| SaslError::IterationCount { count })?;
+
+    for extension in attributes {
+        let mut bytes = extension.bytes();
+        let well_formed = matches!(
+            (bytes.next(), bytes.next()),
+            (Some(name), Some(b'=')) if name.is_ascii_alphabetic()
+        );
+        if !well_formed {
+            return Err(scram_malformed("malformed extension attribute"));
+        }
+    }
+
+    Ok(ServerFirst {
+        nonce,
+        salt,
+        iterations,
+    })
+}
+
+impl Scram {
+    fn new(username: &str, password: &str, client_nonce: &str) -> Result<Scram, SaslError> {
+        if client_nonce.is_empty() || !client_nonce.bytes().all(is_nonce_byte) {
+            return Err(SaslError::InvalidNonce);
+        }
+        let invalid_text = SaslError::InvalidCredentialText {
+            mechanism: Mechanism::ScramSha256,
+        };
+        let username = stringprep::saslprep(username).map_err(|_| invalid_text.clone())?;
+        if username.is_empty() {
+            return Err(invalid_text);
+        }
+        let password = Zeroizing::new(
+            stringprep::saslprep(password)
+                .map_err(|_| invalid_text)?
+                .into_owned(),
+        );
+        let client_first_bare = format!("n={},r={}", saslname(&username), client_nonce);
+        Ok(Scram {
+            client_nonce: client_nonce.to_owned(),
+            client_first_bare,
+            step: ScramStep::Start { password },
+        })
+    }
+
+    /// Client-first, if not sent yet.
+    fn client_first(&mut self) -> Option<Zeroizing<Vec<u8>>> {
+        match std::mem::replace(&mut self.step, ScramStep::Failed) {
+            ScramStep::Start { password } => {
+                self.step = ScramStep::ClientFirstSent { password };
+                let mut message = Vec::with_capacity(GS2_HEADER.len() + self.client_first_bare.len());
+                message.extend_from_slice(GS2_HEADER.as_bytes());
+                message.extend_from_slice(self.client_first_bare.as_bytes());
+                Some(Zeroizing::new(message))
+            }
+            other => {
+                self.step = other;
+                None
+            }
+        }
+    }
+
+    fn respond(&mut self, challenge: &[u8]) -> Result<Zeroizing<Vec<u8>>, SaslError> {
+        let unexpected = SaslError::UnexpectedChallenge {
+            mechanism: Mechanism::ScramSha256,
+        };
+        // Any error below leaves the exchange in `Failed`.
+        match std::mem::replace(&mut self.step, ScramStep::Failed) {
+            ScramStep::Start { password } => {
+                // AUTH without initial response: the server's empty 334 asks
+                // for client-first.
+                if !challenge.is_empty() {
+                    return Err(unexpected);
+                }
+                self.step = ScramStep::Start { password };
+                self.client_first().ok_or(unexpected)
+            }
+            ScramStep::ClientFirstSent { password } => {
+                let (response, server_key, auth_message) = self.client_final(&password, challenge)?;
+                self.step = ScramStep::ClientFinalSent {
+                    server_key,
+                    auth_message,
+                };
+                Ok(response)
+            }
+            ScramStep::ClientFinalSent {
+                server_key,
+                auth_message,
+            } => {
+                verify_server_final(&server_key[..], &auth_message, challenge)?;
+                self.step = ScramStep::Verified;
+                Ok(Zeroizing::new(Vec::new()))
+            }
+            ScramStep::Verified => {
+                // The server has proven itself; a stray challenge is refused
+                // but does not undo that.
+                self.step = ScramStep::Verified;
+                Err(unexpected)
+            }
+            ScramStep::Failed => Err(unexpected),
+        }
+    }
+
+    /// Answers server-first: returns client-final, the server key and the
+    /// auth message (for verifying server-final).
+    fn client_final(
+        &self,
+        password: &str,
+        server_first: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, ScramKey, String), SaslError> {
+        let server_first = std::str::from_utf8(server_first)
+            .map_err(|_| scram_malformed("server-first message is not UTF-8"))?;
+        let parsed = parse_server_first(server_first, &self.client_nonce)?;
+
+        let without_proof = format!("c={CHANNEL_BINDING},r={}", parsed.nonce);
+        let auth_message = format!("{},{},{}", self.client_first_bare, server_first, without_proof);
+
+        let mut salted_password = Zeroizing::new([0u8; SCRAM_KEY_LEN]);
+        pbkdf2::pbkdf2_hmac::<Sha256>(
+            password.as_bytes(),
+            &parsed.salt,
+            parsed.iterations,
+            &mut salted_password[..],
+        );
+        let client_key = hmac_sha256(&salted_password[..], b"Client Key")?;
+        let mut stored_key = Zeroizing::new([0u8; SCRAM_KEY_LEN]);
+        Digest::finalize_into(
+            <Sha256 as Digest>::new_with_prefix(&client_key[..]),
+            GenericArray::from_mut_slice(&mut stored_key[..]),
+        );
+        let client_signature = hmac_sha256(&stored_key[..], auth_message.as_bytes())?;
+        let mut proof = Zeroizing::new([0u8; SCRAM_KEY_LEN]);
+        for ((p, k), s) in proof
+            .iter_mut()
+            .zip(client_key.iter())
+            .zip(client_signature.iter())
+        {
+            *p = k ^ s;
+        }
+        let server_key = hmac_sha256(&salted_password[..], b"Server Key")?;
+
+        // Exact capacities, so no reallocation leaves copies of the proof.
+        let mut proof_b64 = Zeroizing::new(String::with_capacity(2 * SCRAM_KEY_LEN));
+        STANDARD.encode_string(&proof[..], &mut proof_b64);
+        let mut response = Zeroizing::new(Vec::with_capacity(without_proof.len() + 3 + proof_b64.len()));
+        response.extend_from_slice(without_proof.as_bytes());
+        response.extend_from_slice(b",p=");
+        response.extend_from_slice(proof_b64.as_bytes());
+
+        Ok((response, server_key, auth_message))
+    }
+}
+
+/// Checks server-final: `v=<signature>` must verify (constant time);
+/// `e=<error>` is reported.
+fn verify_server_final(server_key: &[u8], auth_message: &str, server_final: &[u8]) -> Result<(), SaslError> {
+    let server_final = std::str::from_utf8(server_final)
+        .map_err(|_| scram_malformed("server-final message is not UTF-8"))?;
+    let first = server_final.split(',').next().unwrap_or_default();
+    if let Some(error) = first.strip_prefix("e=") {
+        return Err(SaslError::ServerError {
+            message: error.to_owned(),
+        });
+    }
+    let signature = first
+        .strip_prefix("v=")
+        .ok_or_else(|| scram_malformed("server-final message has neither v= nor e="))?;
+    let signature = STANDARD
+        .decode(signature)
+        .map_err(|_| scram_malformed("server signature is not valid base64"))?;
+    let mut mac = scram_mac(server_key)?;
+    mac.update(auth_message.as_bytes());
+    mac.verify_slice(&signature)
+        .map_err(|_| SaslError::ServerSignatureMismatch)
+}
+
+/// Base64-encodes a raw response for the `AUTH <mech> <initial>` position:
+/// an empty response is sent as `=` (RFC 4954 §4).
+pub fn encode_initial_response(raw: &[u8]) -> Zeroizing<Vec<u8>> {
+    if raw.is_empty() {
+        Zeroizing::new(b"=".to_vec())
+    } else {
+        Zeroizing::new(STANDARD.encode(raw).into_bytes())
+    }
+}
+
+/// Base64-encodes a raw response for a continuation line: an empty response
+/// is the empty line (the caller appends CRLF).
+pub fn encode_continuation(raw: &[u8]) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(STANDARD.encode(raw).into_bytes())
+}
+
+/// Decodes the text of a `334` reply into a raw challenge.
+///
+/// Surrounding ASCII whitespace is trimmed; empty text is an empty
+/// challenge. Padding is optional.
+///
+/// # Errors
+///
+/// [`SaslError::InvalidBase64`] when the text is not base64.
+pub fn decode_challenge(text: &str) -> Result<Vec<u8>, SaslError> {
+    let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    CHALLENGE_ENGINE
+        .decode(text)
+        .map_err(|_| SaslError::InvalidBase64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const RFC7677_NONCE: &str = "rOprNGfwEbeRWgbNEkqO";
+    const RFC7677_SERVER_FIRST: &str =
+        "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    const RFC7677_CLIENT_FINAL: &str = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+         p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+    const RFC7677_SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+
+    fn password(username: &str, password: &str) -> Credential {
+        Credential::Password {
+            username: username.to_owned(),
+            password: SecretString::from(password),
+        }
+    }
+
+    fn token(username: &str, token: &str) -> Credential {
+        Credential::OAuth2 {
+            username: username.to_owned(),
+            token: SecretString::from(token),
+        }
+    }
+
+    fn rfc7677_client() -> SaslClient {
+        SaslClient::new(Mechanism::ScramSha256, &password("user", "pencil"), RFC7677_NONCE).unwrap()
+    }
+
+    /// RFC 7677 client after the initial response.
+    fn rfc7677_started() -> SaslClient {
+        let mut client = rfc7677_client();
+        client.initial_response().unwrap();
+        client
+    }
+
+    /// RFC 7677 client after client-final.
+    fn rfc7677_after_client_final() -> SaslClient {
+        let mut client = rfc7677_started();
+        client.respond(RFC7677_SERVER_FIRST.as_bytes()).unwrap();
+        client
+    }
+
+    #[test]
+    fn mechanism_names_round_trip() {
+        for mechanism in Mechanism::ALL {
+            assert_eq!(Mechanism::from_name(mechanism.name()), Some(mechanism));
+            assert_eq!(
+                Mechanism::from_name(&mechanism.name().to_ascii_lowercase()),
+                Some(mechanism)
+            );
+            assert_eq!(mechanism.to_string(), mechanism.name());
+        }
+        assert_eq!(
+            Mechanism::from_name("Scram-Sha-256"),
+            Some(Mechanism::ScramSha256)
+        );
+        assert_eq!(Mechanism::from_name("GSSAPI"), None);
+        assert_eq!(Mechanism::from_name(""), None);
+        assert_eq!(Mechanism::from_name("SCRAM-SHA-256-PLUS"), None);
+    }
+
+    #[test]
+    fn exposes_secret_flags() {
+        assert!(Mechanism::Plain.exposes_secret());
+        assert!(Mechanism::Login.exposes_secret());
+        assert!(Mechanism::XOAuth2.exposes_secret());
+        assert!(!Mechanism::CramMd5.exposes_secret());
+        assert!(!Mechanism::ScramSha256.exposes_secret());
+    }
+
+    #[test]
+    fn credential_accessors() {
+        let pw = password("bob", "hunter2");
+        assert_eq!(pw.username(), "bob");
+        assert_eq!(pw.preference(), PASSWORD_PREFERENCE);
+        let tok = token("alice", "tok123");
+        assert_eq!(tok.username(), "alice");
+        assert_eq!(tok.preference(), TOKEN_PREFERENCE);
+    }
+
+    #[test]
+    fn select_honours_preference_and_case() {
+        let offered = ["login", "PLAIN", "cram-md5", "X-UNKNOWN", "GSSAPI"];
+        assert_eq!(select(PASSWORD_PREFERENCE, offered), Some(Mechanism::CramMd5));
+        assert_eq!(
+            select(PASSWORD_PREFERENCE, ["LOGIN", "plain"]),
+            Some(Mechanism::Plain)
+        );
+        assert_eq!(
+            select(PASSWORD_PREFERENCE, ["login", "Scram-Sha-256", "PLAIN"]),
+            Some(Mechanism::ScramSha256)
+        );
+        assert_eq!(select(PASSWORD_PREFERENCE, ["XOAUTH2", "NTLM"]), None);
+        assert_eq!(select(TOKEN_PREFERENCE, offered), None);
+        assert_eq!(
+            select(TOKEN_PREFERENCE, ["PLAIN", "xoauth2"]),
+            Some(Mechanism::XOAuth2)
+        );
+        assert_eq!(select(PASSWORD_PREFERENCE, []), None);
+        assert_eq!(select(&[], ["PLAIN"]), None);
+        // A custom preference order is honoured too.
+        assert_eq!(
+            select(&[Mechanism::Login, Mechanism::Plain], ["PLAIN", "LOGIN"]),
+            Some(Mechanism::Login)
+        );
+    }
+
+    #[test]
+    fn scram_rfc7677_vector() {
+        let mut client = rfc7677_client();
+        assert_eq!(client.mechanism(), Mechanism::ScramSha256);
+        let first = client.initial_response().unwrap();
+        assert_eq!(&first[..], b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+        assert!(client.initial_response().is_none());
+
+        let last = client.respond(RFC7677_SERVER_FIRST.as_bytes()).unwrap();
+        assert_eq!(std::str::from_utf8(&last).unwrap(), RFC7677_CLIENT_FINAL);
+        assert_eq!(
+            client.finish(),
+            Err(SaslError::IncompleteExchange {
+                mechanism: Mechanism::ScramSha256
+            })
+        );
+
+        let empty = client.respond(RFC7677_SERVER_FINAL.as_bytes()).unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(client.finish(), Ok(()));
+        // Nothing more is expected.
+        assert_eq!(
+            client.respond(b""),
+            Err(SaslError::UnexpectedChallenge {
+                mechanism: Mechanism::ScramSha256
+            })
+        );
+        assert_eq!(client.finish(), Ok(()));
+    }
+
+    #[test]
+    fn scram_server_final_extensions_are_ignored() {
+        let mut client = rfc7677_after_client_final();
+        let final_with_ext = format!("{RFC7677_SERVER_FINAL},x=ext");
+        assert!(client.respond(final_with_ext.as_bytes()).unwrap().is_empty());
+        assert_eq!(client.finish(), Ok(()));
+    }
+
+    #[test]
+    fn scram_flipped_signature_byte_is_refused() {
+        let mut signature = STANDARD.decode(&RFC7677_SERVER_FINAL[2..]).unwrap();
+        signature[7] ^= 0x01;
+        let tampered = format!("v={}", STANDARD.encode(&signature));
+        let mut client = rfc7677_after_client_final();
+        assert_eq!(
+            client.respond(tampered.as_bytes()),
+            Err(SaslError::ServerSignatureMismatch)
+        );
+        assert_eq!(
+            client.finish(),
+            Err(SaslError::IncompleteExchange {
+                mechanism: Mechanism::ScramSha256
+            })
+        );
+        // The exchange is dead: the genuine signature is no longer accepted.
+        assert!(client.respond(RFC7677_SERVER_FINAL.as_bytes()).is_err());
+        assert!(client.finish().is_err());
+    }
+
+    #[test]
+    fn scram_truncated_signature_is_refused() {
+        let mut client = rfc7677_after_client_final();
+        assert_eq!(
+            client.respond(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5n"),
+            Err(SaslError::ServerSignatureMismatch)
+        );
+    }
+
+    #[test]
+    fn scram_finish_before_verification_is_incomplete() {
+        let incomplete = Err(SaslError::IncompleteExchange {
+            mechanism: Mechanism::ScramSha256,
+        });
+        let client = rfc7677_client();
+        assert_eq!(client.finish(), incomplete);
+        let client = rfc7677_started();
+        assert_eq!(client.finish(), incomplete);
+        let client = rfc7677_after_client_final();
+        assert_eq!(client.finish(), incomplete);
+    }
+
+    #[test]
+    fn scram_nonce_must_extend_client_nonce() {
+        let mut client = rfc7677_started();
+        assert_eq!(
+            client.respond(b"r=someoneElsesNonce%hvYDpWUa2Ra,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"),
+            Err(SaslError::NonceMismatch)
+        );
+        // Exactly the client nonce, with no server part, does not extend it.
+        let mut client = rfc7677_started();
+        assert_eq!(
+            client.respond(b"r=rOprNGfwEbeRWgbNEkqO,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"),
+            Err(SaslError::NonceMismatch)
+        );
+        // A prefix of the client nonce does not either.
+        let mut client = rfc7677_started();
+        assert_eq!(
+            client.respond(b"r=rOprNG,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"),
+            Err(SaslError::NonceMismatch)
+        );
+        assert!(client.finish().is_err());
+    }
+
+    fn server_first_with_count(count: &str) -> String {
+        format!("r={RFC7677_NONCE}srv,s=W22ZaJ0SNY7soEsUEjb6gQ==,i={count}")
+    }
+
+    #[test]
+    fn scram_iteration_count_bounds() {
+        for (text, count) in [
+            ("1", 1),
+            ("0", 0),
+            ("4095", 4095),
+            ("1000001", 1_000_001),
+            ("100000000", 100_000_000),
+            ("99999999999999999999999999", u64::MAX),
+        ] {
+            let mut client = rfc7677_started();
+            assert_eq!(
+                client.respond(server_first_with_count(text).as_bytes()),
+                Err(SaslError::IterationCount { count }),
+                "i={text}"
+            );
+        }
+        let mut client = rfc7677_started();
+        assert!(client.respond(server_first_with_count("4096").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn scram_server_error() {
+        let mut client = rfc7677_after_client_final();
+        assert_eq!(
+            client.respond(b"e=invalid-proof"),
+            Err(SaslError::ServerError {
+                message: "invalid-proof".to_owned()
+            })
+        );
+        assert!(client.finish().is_err());
+    }
+
+    #[test]
+    fn scram_malformed_server_first() {
+        let cases: [&[u8]; 13] = [
+            b"",
+            b"m=ext,r=rOprNGfwEbeRWgbNEkqOsrv,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+            b"s=W22ZaJ0SNY7soEsUEjb6gQ==,r=rOprNGfwEbeRWgbNEkqOsrv,i=4096",
+            b"r=rOprNGfwEbeRWgbNEkqOsrv",
+            b"r=rOprNGfwEbeRWgbNEkqOsrv,i=4096,s=W22ZaJ0SNY7soEsUEjb6gQ==",
+            b"r=rOprNGfwEbeRWgbNEkqOsrv,s=,i=4096",
+            b"r=rOprNGfwEbeRWgbNEkqOsrv,s=not base64!,i=4096",
+            b"r=rOprNGfwEbeRWgbNEkqOsrv,s=W22ZaJ0SNY7soEsUEjb6gQ==",
+            b"r=rOprNGfwEbeRWgbNEkqOsrv,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=",
+            b"r=rOprNGfwEbeRWgbNEkqOsrv,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=+4096",
+            b"r=rOprNGfwEbeRWgbNEkqOsrv,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,",
+            b"r=rOprNGfwEbeRWgbNEkqOs rv,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+            b"r=rOprNGfwEbeRWgbNEkqOsrv\xff,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+        ];
+        for case in cases {
+            let mut client = rfc7677_started();
+            let result = client.respond(case);
+            assert!(
+                matches!(
+                    result,
+                    Err(SaslError::MalformedServerMessage {
+                        mechanism: Mechanism::ScramSha256,
+                        ..
+                    })
+                ),
+                "{:?} gave {result:?}",
+                String::from_utf8_lossy(case)
+            );
+        }
+    }
+
+    #[test]
+    fn scram_tolerates_extensions_after_iteration_count() {
+        let mut client = rfc7677_started();
+        let server_first = format!("{RFC7677_SERVER_FIRST},x=extension,y=");
+        let client_final = client.respond(server_first.as_bytes()).unwrap();
+        let client_final = std::str::from_utf8(&client_final).unwrap();
+        assert!(client_final.starts_with("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p="));
+        // The extension is part of AuthMessage, so the proof differs.
+        assert_ne!(client_final, RFC7677_CLIENT_FINAL);
+    }
+
+    #[test]
+    fn scram_malformed_server_final() {
+        for case in [&b"x=abc"[..], b"", b"v=***", b"v\xff"] {
+            let mut client = rfc7677_after_client_final();
+            assert!(matches!(
+                client.respond(case),
+                Err(SaslError::MalformedServerMessage { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn scram_without_initial_response_answers_empty_challenge() {
+        let mut client = rfc7677_client();
+        let first = client.respond(b"").unwrap();
+        assert_eq!(&first[..], b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+        assert!(client.initial_response().is_none());
+        let last = client.respond(RFC7677_SERVER_FIRST.as_bytes()).unwrap();
+        assert_eq!(&last[..], RFC7677_CLIENT_FINAL.as_bytes());
+
+        // A non-empty challenge before client-first is unexpected.
+        let mut client = rfc7677_client();
+        assert_eq!(
+            client.respond(RFC7677_SERVER_FIRST.as_bytes()),
+            Err(SaslError::UnexpectedChallenge {
+                mechanism: Mechanism::ScramSha256
+            })
+        );
+    }
+
+    #[test]
+    fn scram_username_is_escaped() {
+        let mut client =
+            SaslClient::new(Mechanism::ScramSha256, &password("a=b,c", "pencil"), "nonce").unwrap();
+        assert_eq!(&client.initial_response().unwrap()[..], b"n,,n=a=3Db=2Cc,r=nonce");
+    }
+
+    #[test]
+    fn scram_applies_saslprep() {
+        // U+00A0 NO-BREAK SPACE maps to a plain space; U+00AD SOFT HYPHEN
+        // maps to nothing.
+        let mut client = SaslClient::new(
+            Mechanism::ScramSha256,
+            &password("us\u{00A0}er\u{00AD}", "pencil"),
+            "nonce",
+        )
+        .unwrap();
+        assert_eq!(&client.initial_response().unwrap()[..], b"n,,n=us er,r=nonce");
+
+        // The password goes through SASLprep too: "pen\u{00AD}cil" is "pencil".
+        let mut client = SaslClient::new(
+            Mechanism::ScramSha256,
+            &password("user", "pen\u{00AD}cil"),
+            RFC7677_NONCE,
+        )
+        .unwrap();
+        client.initial_response().unwrap();
+        let last = client.respond(RFC7677_SERVER_FIRST.as_bytes()).unwrap();
+        assert_eq!(&last[..], RFC7677_CLIENT_FINAL.as_bytes());
+    }
+
+    #[test]
+    fn scram_refuses_prohibited_text() {
+        let invalid = Err(SaslError::InvalidCredentialText {
+            mechanism: Mechanism::ScramSha256,
+        });
+        for (user, pass) in [
+            ("user", "pen\u{0007}cil"),
+            ("us\u{0000}er", "pencil"),
+            ("", "pencil"),
+            ("\u{00AD}", "pencil"),
+        ] {
+            let result = SaslClient::new(Mechanism::ScramSha256, &password(user, pass), "nonce");
+            assert_eq!(result.map(|_| ()), invalid, "{user:?}");
+        }
+    }
+
+    #[test]
+    fn scram_refuses_bad_nonce() {
+        for nonce in ["", "a,b", "with space", "tab\t", "caf\u{e9}", "\x7f"] {
+            let result = SaslClient::new(Mechanism::ScramSha256, &password("u", "p"), nonce);
+            assert_eq!(result.map(|_| ()), Err(SaslError::InvalidNonce), "{nonce:?}");
+        }
+        // Other mechanisms ignore the nonce.
+        for mechanism in [Mechanism::Plain, Mechanism::Login, Mechanism::CramMd5] {
+            assert!(SaslClient::new(mechanism, &password("u", "p"), "").is_ok());
+        }
+        assert!(SaslClient::new(Mechanism::XOAuth2, &token("u", "t"), "a,b").is_ok());
+    }
+
+    #[test]
+    fn cram_md5_rfc2195_vector() {
+        let mut client =
+            SaslClient::new(Mechanism::CramMd5, &password("tim", "tanstaaftanstaaf"), "").unwrap();
+        assert!(client.initial_response().is_none());
+        let response = client
+            .respond(b"<1896.697170952@postoffice.reston.mci.net>")
+            .unwrap();
+        assert_eq!(&response[..], b"tim b913a602c7eda7a495b4e6e7334d3890");
+        assert_eq!(
+            client.respond(b"<1896.697170952@postoffice.reston.mci.net>"),
+            Err(SaslError::UnexpectedChallenge {
+                mechanism: Mechanism::CramMd5
+            })
+        );
+        assert_eq!(client.finish(), Ok(()));
+    }
+
+    #[test]
+    fn cram_md5_wire_round_trip() {
+        // The RFC 2195 challenge as it appears on the wire.
+        let challenge = decode_challenge("PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UucmVzdG9uLm1jaS5uZXQ+").unwrap();
+        assert_eq!(challenge, b"<1896.697170952@postoffice.reston.mci.net>");
+        let mut client =
+            SaslClient::new(Mechanism::CramMd5, &password("tim", "tanstaaftanstaaf"), "").unwrap();
+        let response = client.respond(&challenge).unwrap();
+        assert_eq!(
+            &encode_continuation(&response)[..],
+            b"dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw"
+        );
+    }
+
+    #[test]
+    fn plain_initial_response() {
+        let mut client = SaslClient::new(Mechanism::Plain, &password("user", "pass"), "").unwrap();
+        assert_eq!(&client.initial_response().unwrap()[..], b"\0user\0pass");
+        assert!(client.initial_response().is_none());
+        assert_eq!(
+            client.respond(b""),
+            Err(SaslError::UnexpectedChallenge {
+                mechanism: Mechanism::Plain
+            })
+        );
+        assert_eq!(client.finish(), Ok(()));
+        assert_eq!(&encode_initial_response(b"\0user\0pass")[..], b"AHVzZXIAcGFzcw==");
+    }
+
+    #[test]
+    fn plain_without_initial_response_answers_challenge() {
+        let mut client = SaslClient::new(Mechanism::Plain, &password("user", "pass"), "").unwrap();
+        assert_eq!(&client.respond(b"").unwrap()[..], b"\0user\0pass");
+        assert!(client.initial_response().is_none());
+        assert!(client.respond(b"").is_err());
+    }
+
+    #[test]
+    fn plain_refuses_nul() {
+        for (user, pass) in [("us\0er", "pass"), ("user", "pa\0ss")] {
+            assert_eq!(
+                SaslClient::new(Mechanism::Plain, &password(user, pass), "").map(|_| ()),
+                Err(SaslError::InvalidCredentialText {
+                    mechanism: Mechanism::Plain
+                })
+            );
+        }
+    }
+
+    const XOAUTH2_TOKEN: &str = "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg";
+
+    fn xoauth2_client() -> SaslClient {
+        SaslClient::new(
+            Mechanism::XOAuth2,
+            &token("someuser@example.com", XOAUTH2_TOKEN),
+            "",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn xoauth2_initial_response() {
+        let mut client = xoauth2_client();
+        let initial = client.initial_response().unwrap();
+        assert_eq!(
+            &initial[..],
+            b"user=someuser@example.com\x01auth=Bearer ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg\x01\x01"
+        );
+        assert_eq!(
+            &encode_initial_response(&initial)[..],
+            b"dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ=="
+        );
+        assert_eq!(client.server_error(), None);
+        assert_eq!(client.finish(), Ok(()));
+    }
+
+    #[test]
+    fn xoauth2_json_error_is_answered_empty_and_kept() {
+        let json = r#"{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}"#;
+        let mut client = xoauth2_client();
+        client.initial_response().unwrap();
+        let challenge = decode_challenge(&STANDARD.encode(json)).unwrap();
+        let response = client.respond(&challenge).unwrap();
+        assert!(response.is_empty());
+        assert_eq!(&encode_continuation(&response)[..], b"");
+        assert_eq!(client.server_error(), Some(json));
+        assert_eq!(
+            client.respond(b"{}"),
+            Err(SaslError::UnexpectedChallenge {
+                mechanism: Mechanism::XOAuth2
+            })
+        );
+        assert_eq!(client.server_error(), Some(json));
+    }
+
+    #[test]
+    fn xoauth2_without_initial_response_answers_challenge() {
+        let mut client = xoauth2_client();
+        let response = client.respond(b"").unwrap();
+        assert!(response.starts_with(b"user=someuser@example.com\x01"));
+        assert!(client.respond(b"{\"status\":\"400\"}").unwrap().is_empty());
+        assert_eq!(client.server_error(), Some("{\"status\":\"400\"}"));
+    }
+
+    #[test]
+    fn xoauth2_refuses_separator_in_text() {
+        for (user, tok) in [("some\x01user", "tok"), ("user", "to\x01k")] {
+            assert_eq!(
+                SaslClient::new(Mechanism::XOAuth2, &token(user, tok), "").map(|_| ()),
+                Err(SaslError::InvalidCredentialText {
+                    mechanism: Mechanism::XOAuth2
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn server_error_is_xoauth2_only() {
+        let mut client = SaslClient::new(Mechanism::Login, &password("u", "p"), "").unwrap();
+        client.respond(b"{\"status\":\"401\"}").unwrap();
+        assert_eq!(client.server_error(), None);
+    }
+
+    #[test]
+    fn login_two_prompts_then_unexpected() {
+        let mut client = SaslClient::new(Mechanism::Login, &password("user", "pass"), "").unwrap();
+        assert!(client.initial_response().is_none());
+        assert_eq!(&client.respond(b"Username:").unwrap()[..], b"user");
+        assert_eq!(&client.respond(b"Password:").unwrap()[..], b"pass");
+        assert_eq!(
+            client.respond(b"Password:"),
+            Err(SaslError::UnexpectedChallenge {
+                mechanism: Mechanism::Login
+            })
+        );
+        assert_eq!(client.finish(), Ok(()));
+    }
+
+    #[test]
+    fn wrong_credential_kind() {
+        assert_eq!(
+            SaslClient::new(Mechanism::XOAuth2, &password("u", "p"), "").map(|_| ()),
+            Err(SaslError::WrongCredential {
+                mechanism: Mechanism::XOAuth2,
+                credential: "password"
+            })
+        );
+        for mechanism in PASSWORD_PREFERENCE {
+            let error = SaslClient::new(*mechanism, &token("u", "t"), "nonce")
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(
+                error,
+                SaslError::WrongCredential {
+                    mechanism: *mechanism,
+                    credential: "bearer token"
+                }
+            );
+            assert_eq!(
+                error.to_string(),
+                format!("{mechanism} cannot be used with a bearer token credential")
+            );
+        }
+    }
+
+    #[test]
+    fn debug_output_is_redacted() {
+        let secret = "s3cr3t-Pa55w0rd";
+        let credentials = [password("bob", secret), token("bob", secret)];
+        for credential in &credentials {
+            for text in [format!("{credential:?}"), format!("{credential:#?}")] {
+                assert!(text.contains("bob"), "{text}");
+                assert!(text.contains("[redacted]"), "{text}");
+                assert!(!text.contains(secret), "{text}");
+            }
+        }
+        assert_eq!(
+            format!("{:?}", credentials[0]),
+            r#"Password { username: "bob", password: "[redacted]" }"#
+        );
+        assert_eq!(
+            format!("{:?}", credentials[1]),
+            r#"OAuth2 { username: "bob", token: "[redacted]" }"#
+        );
+
+        for mechanism in Mechanism::ALL {
+            let credential = if mechanism == Mechanism::XOAuth2 {
+                &credentials[1]
+            } else {
+                &credentials[0]
+            };
+            let mut client = SaslClient::new(mechanism, credential, "nonce").unwrap();
+            let check = |client: &SaslClient| {
+                let text = format!("{client:?} {client:#?}");
+                assert!(text.contains(&format!("{mechanism:?}")), "{text}");
+                assert!(!text.contains(secret), "{text}");
+            };
+            check(&client);
+            let _ = client.initial_response();
+            check(&client);
+            let _ = client.respond(b"challenge");
+            check(&client);
+        }
+    }
+
+    #[test]
+    fn encoding_helpers() {
+        assert_eq!(&encode_initial_response(b"")[..], b"=");
+        assert_eq!(&encode_continuation(b"")[..], b"");
+        assert_eq!(&encode_initial_response(b"user")[..], b"dXNlcg==");
+        assert_eq!(&encode_continuation(b"user")[..], b"dXNlcg==");
+        assert_eq!(decode_challenge("").unwrap(), b"");
+        assert_eq!(decode_challenge(" \t\r\n").unwrap(), b"");
+        assert_eq!(decode_challenge(" VXNlcm5hbWU6\r\n").unwrap(), b"Username:");
+        assert_eq!(decode_challenge("dXNlcg").unwrap(), b"user");
+        assert_eq!(decode_challenge("not base64!"), Err(SaslError::InvalidBase64));
+        assert_eq!(decode_challenge("VXNl cm5hbWU6"), Err(SaslError::InvalidBase64));
+        assert_eq!(decode_challenge("\u{e9}"), Err(SaslError::InvalidBase64));
+    }
+
+    #[test]
+    fn error_messages_are_descriptive() {
+        let cases = [
+            (SaslError::InvalidBase64, "base64"),
+            (SaslError::NonceMismatch, "nonce"),
+            (SaslError::IterationCount { count: 1 }, "1 is outside"),
+            (SaslError::ServerSignatureMismatch, "signature"),
+            (
+                SaslError::ServerError {
+                    message: "invalid-proof".to_owned(),
+                },
+                "\"invalid-proof\"",
+            ),
+            (
+                SaslError::IncompleteExchange {
+                    mechanism: Mechanism::ScramSha256,
+                },
+                "SCRAM-SHA-256",
+            ),
+            (
+                SaslError::MalformedServerMessage {
+                    mechanism: Mechanism::ScramSha256,
+                    detail: "salt is empty",
+                },
+                "salt is empty",
+            ),
+            (SaslError::InvalidNonce, "nonce"),
+        ];
+        for (error, needle) in cases {
+            let text = error.to_string();
+            assert!(text.contains(needle), "{text}");
+        }
+    }
+
+    /// A challenge: arbitrary bytes, or text shaped like SCRAM messages so
+    /// the deeper states are reached too.
+    fn challenge_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let salt = prop_oneof![Just("W22ZaJ0SNY7soEsUEjb6gQ==".to_owned()), "[ -~]{0,24}",];
+        let count = prop_oneof![4096u64..4200, any::<u64>()];
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..96),
+            ("[!-~]{0,12}", salt, count, "[ -~]{0,16}").prop_map(|(ext, salt, count, tail)| {
+                format!("r={RFC7677_NONCE}{ext},s={salt},i={count}{tail}").into_bytes()
+            }),
+            "[ve]=[ -~]{0,48}".prop_map(String::into_bytes),
+            Just(Vec::new()),
+        ]
+    }
+
+    fn mechanism_strategy() -> impl Strategy<Value = Mechanism> {
+        prop::sample::select(Mechanism::ALL.to_vec())
+    }
+
+    fn assert_no_secret(error: &SaslError, secret: &str) {
+        assert!(!error.to_string().contains(secret));
+        assert!(!format!("{error:?}").contains(secret));
+    }
+
+    proptest! {
+        #[test]
+        fn respond_never_panics(
+            mechanism in mechanism_strategy(),
+            secret in "[A-Za-z0-9]{20,32}",
+            mismatch in prop::bool::weighted(0.1),
+            send_initial in any::<bool>(),
+            challenges in prop::collection::vec(challenge_strategy(), 0..=4),
+        ) {
+            let credential = if (mechanism == Mechanism::XOAuth2) != mismatch {
+                token("user", &secret)
+            } else {
+                password("user", &secret)
+            };
+            let mut client = match SaslClient::new(mechanism, &credential, RFC7677_NONCE) {
+                Ok(client) => client,
+                Err(error) => {
+                    assert_no_secret(&error, &secret);
+                    return Ok(());
+                }
+            };
+            if send_initial {
+                let _ = client.initial_response();
+            }
+            for challenge in &challenges {
+                if let Err(error) = client.respond(challenge) {
+                    assert_no_secret(&error, &secret);
+                }
+                let debug = format!("{client:?}");
+                prop_assert!(!debug.contains(&secret));
+            }
+            if let Err(error) = client.finish() {
+                assert_no_secret(&error, &secret);
+            }
+            if let Some(text) = client.server_error() {
+                prop_assert!(!text.contains(&secret));
+            }
+        }
+
+        #[test]
+        fn respond_never_panics_on_wire_text(
+            mechanism in mechanism_strategy(),
+            lines in prop::collection::vec(".{0,64}", 0..=4),
+        ) {
+            let credential = if mechanism == Mechanism::XOAuth2 {
+                token("user", "tok")
+            } else {
+                password("user", "pass")
+            };
+            let mut client = SaslClient::new(mechanism, &credential, RFC7677_NONCE).unwrap();
+            for line in &lines {
+                if let Ok(challenge) = decode_challenge(line) {
+                    let _ = client.respond(&challenge);
+                }
+            }
+            let _ = client.finish();
+        }
+
+        #[test]
+        fn continuation_round_trips(raw in prop::collection::vec(any::<u8>(), 0..128)) {
+            let encoded = encode_continuation(&raw);
+            let text = std::str::from_utf8(&encoded).unwrap();
+            prop_assert_eq!(decode_challenge(text).unwrap(), raw);
+        }
+    }
+}

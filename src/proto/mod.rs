@@ -1,0 +1,23 @@
+//! The sans-IO SMTP protocol core.
+//!
+//! Nothing in this module performs IO, spawns tasks or reads a clock: bytes go
+//! in, bytes and events come out. It is what the transport drives, what the
+//! table and property tests exercise without sockets, and what the fuzz
+//! targets attack. Applications normally use the higher layers; the core is
+//! public for those who want to drive SMTP over their own IO.
+//!
+//! | module | what it does |
+//! |---|---|
+//! | [`reply`] | incremental reply parser (RFC 5321 §4.2), enhanced status codes |
+//! | [`ehlo`] | EHLO capabilities |
+//! | [`command`] | command encoder that refuses unsafe arguments |
+//! | [`data`] | DATA dot-stuffing and BDAT chunking with CRLF normalisation |
+//! | [`auth`] | SASL client mechanisms (SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN, XOAUTH2) |
+//! | [`session`] | the session state machine from greeting to QUIT |
+
+pub mod auth;
+pub mod command;
+pub mod data;
+pub mod ehlo;
+pub mod reply;
+pub mod session;

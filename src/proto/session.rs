@@ -1,0 +1,1330 @@
+//! The SMTP client session as a sans-IO state machine.
+//!
+//! A [`Session`] never touches a socket or a clock. The caller (the "shell")
+//! moves bytes and enforces time:
+//!
+//! 1. write [`Session::output`] to the connection, then call
+//!    [`Session::consume_output`] with the number of bytes written;
+//! 2. read from the connection and hand the bytes to [`Session::receive`]
+//!    (or call [`Session::receive_eof`] when the peer closed);
+//! 3. take [`Event`]s from [`Session::poll_event`] and act on them: run a TLS
+//!    handshake on [`Event::StartTls`], authenticate or send mail on
+//!    [`Event::Ready`], report each [`Event::Transaction`];
+//! 4. apply the timeout of [`Session::phase`] to each wait.
+//!
+//! ```text
+//! greeting ─▶ EHLO ─┬─▶ STARTTLS ─▶ (TLS handshake by the shell) ─▶ EHLO ─┐
+//!                   │   (HELO fallback only where allowed)                 │
+//!                   └──────────────────────────────────────────────────────┴─▶ Ready
+//! Ready ─▶ AUTH … ─▶ Ready ─▶ MAIL, RCPT×n, DATA/BDAT, body ─▶ Ready … ─▶ QUIT ─▶ Closed
+//! ```
+//!
+//! With PIPELINING the MAIL, RCPT and DATA (or BDAT with the message) of a
+//! transaction go out in one write, their replies are matched in order, and
+//! after the end of one message the next transaction's commands follow in the
+//! same write (RFC 2920 §3.1). A fatal error puts the session in a failed state
+//! that it never leaves; every later call returns the same error.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use secrecy::zeroize::Zeroize;
+
+use super::auth::{self, Mechanism, SaslClient};
+use super::command::{check_helo_name, check_mailbox, Argument, BodyType, Command, MailParams, RcptParams};
+use super::data::{self, DataEncoder};
+use super::ehlo::{Capabilities, Extension};
+use super::reply::{Reply, ReplyLimits, ReplyParser};
+use crate::error::{Error, Kind, Stage};
+
+/// When to upgrade a plain connection with STARTTLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StartTlsPolicy {
+    /// Never send STARTTLS (clear text, or a connection that is already TLS).
+    Never,
+    /// Upgrade when the server offers STARTTLS; otherwise, or when the server
+    /// refuses it, continue in clear text.
+    Opportunistic,
+    /// Upgrade or fail: no byte of mail is sent in clear text.
+    Required,
+}
+
+/// How one session behaves. Build with [`SessionConfig::new`] and adjust fields.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// The EHLO/HELO name (a domain or an address literal).
+    pub helo_name: String,
+    /// The stream is already TLS (implicit TLS): STARTTLS is never sent and
+    /// credentials may be sent.
+    pub implicit_tls: bool,
+    /// STARTTLS behaviour for a plain stream.
+    pub starttls: StartTlsPolicy,
+    /// Fall back to HELO when EHLO is refused. Never used when STARTTLS is
+    /// required or after a TLS upgrade. Default: true.
+    pub allow_helo_fallback: bool,
+    /// Allow sending credentials on a connection without TLS. Default: false.
+    pub allow_plaintext_auth: bool,
+    /// Use PIPELINING when offered. Default: true.
+    pub pipelining: bool,
+    /// Use BDAT when CHUNKING is offered. Default: true.
+    pub chunking: bool,
+    /// Reply parser limits.
+    pub reply_limits: ReplyLimits,
+}
+
+impl SessionConfig {
+    /// Defaults for the given EHLO name: no TLS, HELO fallback allowed,
+    /// plain-text AUTH refused, PIPELINING and CHUNKING used when offered.
+    pub fn new(helo_name: impl Into<String>) -> SessionConfig {
+        SessionConfig {
+            helo_name: helo_name.into(),
+            implicit_tls: false,
+            starttls: StartTlsPolicy::Never,
+            allow_helo_fallback: true,
+            allow_plaintext_auth: false,
+            pipelining: true,
+            chunking: true,
+            reply_limits: ReplyLimits::default(),
+        }
+    }
+}
+
+/// What the session is waiting for, so the shell can pick a timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// The 220 greeting.
+    Greeting,
+    /// The EHLO/HELO reply.
+    Ehlo,
+    /// The STARTTLS reply.
+    StartTls,
+    /// The shell must run the TLS handshake now.
+    TlsHandshake,
+    /// A reply during AUTH.
+    Auth,
+    /// The reply to MAIL, RCPT, DATA, RSET or NOOP.
+    Command,
+    /// The final reply after the end of a message.
+    FinalReply,
+    /// The reply to QUIT.
+    Quit,
+    /// Nothing: the session is idle (or closed).
+    Idle,
+}
+
+/// Identifies a transaction handed to [`Session::send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TxId(u64);
+
+impl TxId {
+    /// The sequence number within the session (starting at 0).
+    pub fn value(self) -> u64 {
+        self.0
+    }
+}
+
+/// One recipient and its RCPT parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recipient {
+    /// The mailbox, without angle brackets.
+    pub address: String,
+    /// DSN parameters.
+    pub params: RcptParams,
+}
+
+impl Recipient {
+    /// A recipient without parameters.
+    pub fn new(address: impl Into<String>) -> Recipient {
+        Recipient {
+            address: address.into(),
+            params: RcptParams::default(),
+        }
+    }
+}
+
+/// The SMTP envelope: reverse path, its parameters and the recipients.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// The MAIL FROM mailbox; empty for the null reverse path `<>`.
+    pub from: String,
+    /// MAIL parameters set by the caller. SIZE, BODY=8BITMIME and SMTPUTF8
+    /// are added by the session when needed and offered; DSN parameters are
+    /// left out when the server does not offer DSN.
+    pub params: MailParams,
+    /// The recipients, in order.
+    pub recipients: Vec<Recipient>,
+}
+
+/// A message to deliver: envelope, raw RFC 5322 bytes and delivery options.
+#[derive(Clone, Debug)]
+pub struct Transaction {
+    /// The envelope.
+    pub envelope: Envelope,
+    /// The message (headers and body). Line endings are normalised and lines
+    /// are dot-stuffed on the wire; the caller passes the message as is.
+    pub message: Arc<[u8]>,
+    /// Fail (and RSET) unless every recipient is accepted. Default: false —
+    /// the message goes to those accepted and the refused are reported.
+    pub require_all_recipients: bool,
+}
+
+impl Transaction {
+    /// A transaction with the default options.
+    pub fn new(envelope: Envelope, message: impl Into<Arc<[u8]>>) -> Transaction {
+        Transaction {
+            envelope,
+            message: message.into(),
+            require_all_recipients: false,
+        }
+    }
+}
+
+/// The server's answer for one recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecipientReply {
+    /// The recipient address.
+    pub address: String,
+    /// The reply to its RCPT; `None` when the transaction ended before it.
+    pub reply: Option<Reply>,
+}
+
+impl RecipientReply {
+    /// Whether the server accepted this recipient.
+    pub fn accepted(&self) -> bool {
+        self.reply.as_ref().is_some_and(Reply::is_positive)
+    }
+}
+
+/// The end of one transaction.
+#[derive(Clone, Debug)]
+pub struct TransactionOutcome {
+    /// Which transaction.
+    pub id: TxId,
+    /// Each recipient's reply, in envelope order.
+    pub recipients: Vec<RecipientReply>,
+    /// The final reply after the message (queue id text) on success.
+    pub result: Result<Reply, Error>,
+}
+
+/// Something the shell must act on or may report.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// Write out [`Session::output`], then run the TLS handshake on the same
+    /// stream and call [`Session::tls_established`]. Any byte the server sent
+    /// after its 220 has already been refused.
+    StartTls,
+    /// Greeting, EHLO and TLS negotiation are done: the session accepts
+    /// [`Session::authenticate`] and [`Session::send`].
+    Ready,
+    /// The AUTH exchange ended.
+    Authenticated(Result<Mechanism, Error>),
+    /// A transaction ended.
+    Transaction(TransactionOutcome),
+    /// A NOOP was answered positively.
+    Noop,
+    /// QUIT was answered (or the server closed after QUIT).
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Greeting,
+    Ehlo,
+    Helo,
+    StartTls,
+    TlsUpgrade,
+    Ready,
+    Auth,
+    Quitting,
+    Closed,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    Mail(TxId),
+    Rcpt(TxId),
+    Data(TxId),
+    EndOfData(TxId),
+    Bdat(TxId),
+    Rset,
+    Noop,
+    Quit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyMode {
+    Data,
+    Bdat,
+}
+
+#[derive(Debug)]
+struct Tx {
+    id: TxId,
+    from: String,
+    params: MailParams,
+    recipients: Vec<Recipient>,
+    replies: Vec<RecipientReply>,
+    message: Arc<[u8]>,
+    require_all: bool,
+    mode: BodyMode,
+    mail_written: bool,
+    rcpts_written: usize,
+    data_written: bool,
+    body_written: bool,
+    mail_reply: Option<Reply>,
+    failure: Option<Error>,
+}
+
+impl Tx {
+    fn accepted(&self) -> usize {
+        self.replies.iter().filter(|r| r.accepted()).count()
+    }
+
+    fn rcpt_replies(&self) -> usize {
+        self.replies.iter().filter(|r| r.reply.is_some()).count()
+    }
+
+    fn mail_accepted(&self) -> bool {
+        self.mail_reply.as_ref().is_some_and(Reply::is_positive)
+    }
+
+    /// The error for a transaction whose recipients were refused.
+    fn recipients_error(&self) -> Error {
+        let refused: Vec<&Reply> = self
+            .replies
+            .iter()
+            .filter_map(|r| r.reply.as_ref())
+            .filter(|r| !r.is_positive())
+            .collect();
+        let first = refused.first().map(|r| (*r).clone());
+        let all_transient = !refused.is_empty() && refused.iter().all(|r| r.is_transient());
+        let message = if self.accepted() == 0 {
+            "every recipient was refused".to_owned()
+        } else {
+            format!(
+                "{} of {} recipients refused and all were required",
+                refused.len(),
+                self.replies.len()
+            )
+        };
+        let mut e = Error::new(Kind::Rejected, Some(Stage::Rcpt), message).transient(all_transient);
+        if let Some(r) = first {
+            e = e.with_reply(r);
+        }
+        e
+    }
+}
+
+/// One SMTP client session. See the [module docs](self).
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    state: State,
+    parser: ReplyParser,
+    out: Vec<u8>,
+    /// Bytes at the start of `out` that carry AUTH data; wiped when consumed.
+    sensitive: usize,
+    events: VecDeque<Event>,
+    expects: VecDeque<Expect>,
+    caps: Option<Capabilities>,
+    secure: bool,
+    upgraded: bool,
+    authenticated: Option<Mechanism>,
+    sasl: Option<SaslClient>,
+    sasl_cancelled: Option<Error>,
+    tls_note: Option<String>,
+    txs: VecDeque<Tx>,
+    next_id: u64,
+    failure: Option<Error>,
+}
+
+impl Session {
+    /// A session that waits for the server's greeting. Fails if the EHLO name
+    /// is not a valid domain or address literal.
+    pub fn new(config: SessionConfig) -> Result<Session, Error> {
+        check_helo_name(&config.helo_name)
+            .map_err(|e| Error::config(format!("invalid HELO name: {e}")).with_source(e))?;
+        Ok(Session {
+            parser: ReplyParser::with_limits(config.reply_limits),
+            secure: config.implicit_tls,
+            config,
+            state: State::Greeting,
+            out: Vec::new(),
+            sensitive: 0,
+            events: VecDeque::new(),
+            expects: VecDeque::new(),
+            caps: None,
+            upgraded: false,
+            authenticated: None,
+            sasl: None,
+            sasl_cancelled: None,
+            tls_note: None,
+            txs: VecDeque::new(),
+            next_id: 0,
+            failure: None,
+        })
+    }
+
+    /// Bytes to write to the server.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Whether there is output to write.
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Marks `n` bytes of [`output`](Session::output) as written. Bytes that
+    /// carried AUTH data are overwritten with zeros before they are dropped.
+    pub fn consume_output(&mut self, n: usize) {
+        let n = n.min(self.out.len());
+        let wipe = n.min(self.sensitive);
+        self.out[..wipe].zeroize();
+        self.sensitive -= wipe;
+        self.out.drain(..n);
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// What the session waits for.
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::Greeting => Phase::Greeting,
+            State::Ehlo | State::Helo => Phase::Ehlo,
+            State::StartTls => Phase::StartTls,
+            State::TlsUpgrade => Phase::TlsHandshake,
+            State::Auth => Phase::Auth,
+            State::Closed | State::Failed => Phase::Idle,
+            State::Ready | State::Quitting => match self.expects.front() {
+                None => Phase::Idle,
+                Some(Expect::EndOfData(_) | Expect::Bdat(_)) => Phase::FinalReply,
+                Some(Expect::Quit) => Phase::Quit,
+                Some(_) => Phase::Command,
+            },
+        }
+    }
+
+    /// Whether the session waits for bytes from the server.
+    pub fn wants_read(&self) -> bool {
+        !matches!(self.phase(), Phase::Idle | Phase::TlsHandshake)
+    }
+
+    /// The server's capabilities from the latest EHLO (`None` before EHLO
+    /// succeeded, and empty after a HELO fallback).
+    pub fn capabilities(&self) -> Option<&Capabilities> {
+        self.caps.as_ref()
+    }
+
+    /// Whether the stream is TLS (implicit, or upgraded with STARTTLS).
+    pub fn is_secure(&self) -> bool {
+        self.secure
+    }
+
+    /// The mechanism used if AUTH succeeded.
+    pub fn authenticated(&self) -> Option<Mechanism> {
+        self.authenticated
+    }
+
+    /// Why an opportunistic STARTTLS did not happen, when it did not.
+    pub fn tls_skipped_reason(&self) -> Option<&str> {
+        self.tls_note.as_deref()
+    }
+
+    /// Whether the session is ready for AUTH, transactions, NOOP or QUIT.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// Whether nothing is in flight: ready, no reply outstanding, no
+    /// transaction queued.
+    pub fn is_idle(&self) -> bool {
+        self.state == State::Ready && self.expects.is_empty() && self.txs.is_empty()
+    }
+
+    /// Whether the session ended (closed after QUIT, or failed).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed | State::Failed)
+    }
+
+    /// The error that failed the session, if one did.
+    pub fn failure(&self) -> Option<&Error> {
+        self.failure.as_ref()
+    }
+
+    /// Transactions accepted by [`send`](Session::send) and not yet ended.
+    pub fn in_flight(&self) -> usize {
+        self.txs.len()
+    }
+
+    fn check_alive(&self) -> Result<(), Error> {
+        match (&self.failure, self.state) {
+            (Some(e), _) => Err(e.clone()),
+            (None, State::Closed) => Err(Error::new(Kind::Closed, None, "the session is closed")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Hands bytes read from the server to the session and processes every
+    /// complete reply. An error is fatal: the session stays failed, and
+    /// every transaction in flight ends with an error event.
+    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.check_alive()?;
+        if self.state == State::TlsUpgrade && !bytes.is_empty() {
+            return Err(self.fail(starttls_injection()));
+        }
+        self.parser.push(bytes);
+        loop {
+            if self.state == State::Closed {
+                return Ok(());
+            }
+            let reply = match self.parser.next_reply() {
+                Ok(Some(reply)) => reply,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let err = Error::protocol(self.current_stage(), format!("unreadable reply: {e}"))
+                        .with_source(e);
+                    return Err(self.fail(err));
+                }
+            };
+            if let Err(e) = self.on_reply(reply) {
+                return Err(self.fail(e));
+            }
+            if self.state == State::TlsUpgrade && !self.parser.is_empty() {
+                return Err(self.fail(starttls_injection()));
+            }
+        }
+    }
+
+    /// The server closed the connection. After QUIT this is the normal end;
+    /// otherwise it fails the session (and everything in flight).
+    pub fn receive_eof(&mut self) -> Result<(), Error> {
+        self.check_alive()?;
+        if self.state == State::Quitting && self.expects.front() == Some(&Expect::Quit) {
+            self.expects.clear();
+            self.state = State::Closed;
+            self.events.push_back(Event::Closed);
+            return Ok(());
+        }
+        let stage = self.current_stage();
+        let mut e = Error::new(Kind::Closed, stage, "the server closed the connection");
+        if stage == Some(Stage::Greeting) {
+            e = e.with_hint("the server accepted the connection but sent no greeting before closing: it may be overloaded, reject this client, or expect implicit TLS");
+        }
+        Err(self.fail(e))
+    }
+
+    /// The shell's timer for the current [`phase`](Session::phase) expired.
+    /// Fails the session (every transaction in flight ends with the error)
+    /// and returns a timeout error naming the stage.
+    pub fn timed_out(&mut self) -> Error {
+        let stage = self.current_stage();
+        let mut e = Error::new(
+            Kind::Timeout,
+            stage,
+            "no reply from the server within the timeout",
+        );
+        if stage == Some(Stage::Greeting) {
+            e = e.with_hint(
+                "the server accepted the connection but sent no greeting: if this port expects implicit TLS (usually 465), use implicit TLS instead of STARTTLS or none",
+            );
+        }
+        self.abort(e)
+    }
+
+    /// A read or write on the connection failed. Fails the session and
+    /// returns the error (an unexpected end of stream counts as the server
+    /// closing the connection).
+    pub fn io_failed(&mut self, error: std::io::Error) -> Error {
+        let closed = matches!(
+            error.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+        );
+        let (kind, message) = if closed {
+            (Kind::Closed, "the connection was closed")
+        } else {
+            (Kind::Io, "network error")
+        };
+        let e = Error::new(kind, self.current_stage(), message).with_source(error);
+        self.abort(e)
+    }
+
+    /// Fails the session with an error from the shell (TLS handshake failure
+    /// and the like). The first failure is kept.
+    pub(crate) fn abort(&mut self, error: Error) -> Error {
+        if let Some(e) = &self.failure {
+            return e.clone();
+        }
+        let error = match (error.stage(), self.current_stage()) {
+            (None, Some(stage)) => error.at_stage(stage),
+            _ => error,
+        };
+        self.fail(error)
+    }
+
+    /// The stage of the reply the session waits for (for the shell's errors).
+    pub fn current_stage(&self) -> Option<Stage> {
+        Some(match self.state {
+            State::Greeting => Stage::Greeting,
+            State::Ehlo | State::Helo => Stage::Ehlo,
+            State::StartTls => Stage::StartTls,
+            State::TlsUpgrade => Stage::Tls,
+            State::Auth => Stage::Auth,
+            State::Closed | State::Failed => return None,
+            State::Ready | State::Quitting => match self.expects.front()? {
+                Expect::Mail(_) => Stage::Mail,
+                Expect::Rcpt(_) => Stage::Rcpt,
+                Expect::Data(_) => Stage::Data,
+                Expect::EndOfData(_) | Expect::Bdat(_) => Stage::EndOfData,
+                Expect::Rset => Stage::Rset,
+                Expect::Noop => Stage::Noop,
+                Expect::Quit => Stage::Quit,
+            },
+        })
+    }
+
+    fn fail(&mut self, error: Error) -> Error {
+        self.state = State::Failed;
+        self.expects.clear();
+        self.sasl = None;
+        for tx in self.txs.drain(..) {
+            let mut e = error.clone();
+            if tx.body_written {
+                e = e.after_body();
+            }
+            self.events.push_back(Event::Transaction(TransactionOutcome {
+                id: tx.id,
+                recipients: tx.replies,
+                result: Err(e),
+            }));
+        }
+        self.failure = Some(error.clone());
+        error
+    }
+
+    /// Call after the TLS handshake that followed [`Event::StartTls`]
+    /// succeeded. The capabilities are forgotten and EHLO is sent again.
+    pub fn tls_established(&mut self) -> Result<(), Error> {
+        self.check_alive()?;
+        if self.state != State::TlsUpgrade {
+            return Err(Error::config("tls_established called without a pending STARTTLS"));
+        }
+        self.secure = true;
+        self.upgraded = true;
+        self.caps = None;
+        self.state = State::Ehlo;
+        self.write(Command::Ehlo(&self.config.helo_name.clone()))
+    }
+
+    fn write(&mut self, cmd: Command<'_>) -> Result<(), Error> {
+        cmd.encode(&mut self.out)
+            .map_err(|e| Error::config(format!("cannot send {}: {e}", cmd.verb())).with_source(e))
+    }
+
+    fn write_sensitive(&mut self, cmd: Command<'_>) -> Result<(), Error> {
+        self.write(cmd)?;
+        self.sensitive = self.out.len();
+        Ok(())
+    }
+
+    /// Starts SMTP AUTH with a prepared SASL client. Refused (nothing sent)
+    /// when the session is not ready, the server does not offer AUTH or this
+    /// mechanism, or the connection is not encrypted and plain-text AUTH is
+    /// not allowed.
+    pub fn authenticate(&mut self, mut client: SaslClient) -> Result<(), Error> {
+        self.check_alive()?;
+        let mech = client.mechanism();
+        if self.state != State::Ready || !self.expects.is_empty() || !self.txs.is_empty() {
+            return Err(Error::config("AUTH is only possible on an idle, ready session"));
+        }
+        if self.authenticated.is_some() {
+            return Err(Error::config("the session is already authenticated"));
+        }
+        if !self.secure && !self.config.allow_plaintext_auth {
+            return Err(Error::new(
+                Kind::Auth,
+                Some(Stage::Auth),
+                "refusing to send credentials over a connection without TLS",
+            )
+            .with_hint("use STARTTLS (required) or implicit TLS, or allow plain-text AUTH explicitly if the network is trusted"));
+        }
+        let caps = self.caps.as_ref();
+        if !caps.is_some_and(|c| c.supports(Extension::Auth)) {
+            let mut e = Error::new(Kind::Auth, Some(Stage::Auth), "the server does not offer AUTH");
+            if !self.secure {
+                e = e.with_hint("many servers offer AUTH only after STARTTLS");
+            }
+            return Err(e);
+        }
+        let offered = caps.map(|c| c.auth_mechanisms()).unwrap_or_default();
+        if !offered.iter().any(|m| m.eq_ignore_ascii_case(mech.name())) {
+            return Err(Error::new(
+                Kind::Auth,
+                Some(Stage::Auth),
+                format!(
+                    "the server does not offer {mech} (it offers {})",
+                    offered.join(" ")
+                ),
+            ));
+        }
+        let initial = client
+            .initial_response()
+            .map(|raw| auth::encode_initial_response(&raw));
+        self.write_sensitive(Command::Auth {
+            mechanism: mech.name(),
+            initial: initial.as_deref().map(|v| v.as_slice()),
+        })?;
+        self.sasl = Some(client);
+        self.state = State::Auth;
+        Ok(())
+    }
+
+    /// Queues a transaction. Everything that can be checked before sending is
+    /// checked here — addresses, parameters, the server's SIZE limit, the need
+    /// for SMTPUTF8 or 8BITMIME — and a problem is returned without writing
+    /// anything; the session stays usable.
+    pub fn send(&mut self, tx: Transaction) -> Result<TxId, Error> {
+        self.check_alive()?;
+        if self.state != State::Ready {
+            return Err(Error::config("the session is not ready for a transaction"));
+        }
+        let caps = self.caps.clone().unwrap_or_default();
+        let Transaction {
+            envelope,
+            message,
+            require_all_recipients,
+        } = tx;
+        if envelope.recipients.is_empty() {
+            return Err(Error::config("the envelope has no recipient"));
+        }
+        let mut params = envelope.params.clone();
+        let mut needs_utf8 = false;
+        if !envelope.from.is_empty() {
+            needs_utf8 |= mailbox(&envelope.from, Argument::ReversePath)?;
+        }
+        for r in &envelope.recipients {
+            needs_utf8 |= mailbox(&r.address, Argument::ForwardPath)?;
+        }
+        if needs_utf8 || params.smtputf8 {
+            if !caps.supports(Extension::SmtpUtf8) {
+                return Err(Error::new(
+                    Kind::Unsupported,
+                    Some(Stage::Mail),
+                    "an address has non-ASCII characters but the server does not offer SMTPUTF8",
+                )
+                .with_hint("use an ASCII (or IDNA A-label) address, or a relay that supports SMTPUTF8"));
+            }
+            params.smtputf8 = true;
+        }
+        let eight_bit = message.iter().any(|&b| b >= 0x80);
+        if eight_bit && params.body.is_none() {
+            if !caps.supports(Extension::EightBitMime) {
+                return Err(Error::new(
+                    Kind::Unsupported,
+                    Some(Stage::Mail),
+                    "the message has 8-bit content but the server does not offer 8BITMIME",
+                )
+                .with_hint("encode the message as 7-bit (quoted-printable or base64 MIME parts)"));
+            }
+            params.body = Some(BodyType::EightBitMime);
+        }
+        let mode = if self.config.chunking && caps.supports(Extension::Chunking) {
+            BodyMode::Bdat
+        } else {
+            if params.body == Some(BodyType::BinaryMime) {
+                return Err(Error::new(
+                    Kind::Unsupported,
+                    Some(Stage::Mail),
+                    "BODY=BINARYMIME needs BDAT, which the server does not offer (CHUNKING)",
+                ));
+            }
+            BodyMode::Data
+        };
+        if params.body == Some(BodyType::BinaryMime) && !caps.supports(Extension::BinaryMime) {
+            return Err(Error::new(
+                Kind::Unsupported,
+                Some(Stage::Mail),
+                "the server does not offer BINARYMIME",
+            ));
+        }
+        if params.requiretls && !(caps.supports(Extension::RequireTls) && self.secure) {
+            return Err(Error::new(
+                Kind::Unsupported,
+                Some(Stage::Mail),
+                "REQUIRETLS was asked for but the server does not offer it over TLS",
+            ));
+        }
+        let mut recipients = envelope.recipients;
+        if !caps.supports(Extension::Dsn) {
+            params.ret = None;
+            params.envid = None;
+            for r in &mut recipients {
+                r.params = RcptParams::default();
+            }
+        }
+        let size = data::normalized_len(&message);
+        if caps.supports(Extension::Size) {
+            if let Some(limit) = caps.size_limit() {
+                if size > limit {
+                    return Err(Error::new(
+                        Kind::Unsupported,
+                        Some(Stage::Mail),
+                        format!("the message is {size} bytes but the server accepts at most {limit} (SIZE)"),
+                    ));
+                }
+            }
+            params.size = Some(size);
+        } else {
+            params.size = None;
+        }
+        // Encode every command once now, so that no argument can fail later
+        // with half a transaction on the wire.
+        let mut scratch = Vec::new();
+        let from = envelope.from;
+        Command::Mail {
+            from: &from,
+            params: &params,
+        }
+        .encode(&mut scratch)
+        .map_err(cmd_error)?;
+        for r in &recipients {
+            Command::Rcpt {
+                to: &r.address,
+                params: &r.params,
+            }
+            .encode(&mut scratch)
+            .map_err(cmd_error)?;
+        }
+        let id = TxId(self.next_id);
+        self.next_id += 1;
+        let replies = recipients
+            .iter()
+            .map(|r| RecipientReply {
+                address: r.address.clone(),
+                reply: None,
+            })
+            .collect();
+        self.txs.push_back(Tx {
+            id,
+            from,
+            params,
+            recipients,
+            replies,
+            message,
+            require_all: require_all_recipients,
+            mode,
+            mail_written: false,
+            rcpts_written: 0,
+            data_written: false,
+            body_written: false,
+            mail_reply: None,
+            failure: None,
+        });
+        self.pump()?;
+        Ok(id)
+    }
+
+    /// Sends NOOP (to probe an idle connection); answered by [`Event::Noop`].
+    pub fn noop(&mut self) -> Result<(), Error> {
+        self.check_alive()?;
+        if self.state != State::Ready {
+            return Err(Error::config("NOOP is only possible on a ready session"));
+        }
+        self.write(Command::Noop)?;
+        self.expects.push_back(Expect::Noop);
+        Ok(())
+    }
+
+    /// Sends QUIT after anything already queued. [`Event::Closed`] follows
+    /// the server's reply (or its closing the connection).
+    pub fn quit(&mut self) -> Result<(), Error> {
+        self.check_alive()?;
+        match self.state {
+            State::Ready => {}
+            State::Quitting => return Ok(()),
+            _ => return Err(Error::config("QUIT is only possible on a ready session")),
+        }
+        if !self.txs.is_empty() {
+            return Err(Error::config("QUIT with transactions still queued"));
+        }
+        self.write(Command::Quit)?;
+        self.expects.push_back(Expect::Quit);
+        self.state = State::Quitting;
+        Ok(())
+    }
+
+    fn can_write_command(&self) -> bool {
+        self.pipelining() || self.expects.is_empty()
+    }
+
+    fn pipelining(&self) -> bool {
+        self.config.pipelining
+            && self
+                .caps
+                .as_ref()
+                .is_some_and(|c| c.supports(Extension::Pipelining))
+    }
+
+    /// Writes whatever the queued transactions allow now.
+    fn pump(&mut self) -> Result<(), Error> {
+        while self.state == State::Ready {
+            // The transaction whose commands or body are still to be written.
+            let Some(idx) = self.txs.iter().position(|t| !t.body_written) else {
+                return Ok(());
+            };
+            // BDAT ends a transaction only with its final reply (RFC 3030 does
+            // not say a failed BDAT LAST closes it), so the next MAIL waits.
+            if idx > 0 && self.txs[idx - 1].mode == BodyMode::Bdat {
+                return Ok(());
+            }
+            let pipelining = self.pipelining();
+            let can_write = self.can_write_command();
+            let tx = &self.txs[idx];
+            let id = tx.id;
+            if !tx.mail_written {
+                if !can_write {
+                    return Ok(());
+                }
+                let (from, params) = (tx.from.clone(), tx.params.clone());
+                self.write(Command::Mail {
+                    from: &from,
+                    params: &params,
+                })?;
+                self.txs[idx].mail_written = true;
+                self.expects.push_back(Expect::Mail(id));
+                continue;
+            }
+            if tx.rcpts_written < tx.recipients.len() {
+                if !can_write || tx.failure.is_some() {
+                    return Ok(());
+                }
+                let r = tx.recipients[tx.rcpts_written].clone();
+                self.write(Command::Rcpt {
+                    to: &r.address,
+                    params: &r.params,
+                })?;
+                self.txs[idx].rcpts_written += 1;
+                self.expects.push_back(Expect::Rcpt(id));
+                continue;
+            }
+            if tx.data_written {
+                // Waiting for 354 before the body.
+                return Ok(());
+            }
+            let all_replies_in = tx.mail_reply.is_some() && tx.rcpt_replies() == tx.recipients.len();
+            let must_wait = tx.require_all || !pipelining;
+            if must_wait && !all_replies_in {
+                return Ok(());
+            }
+            if all_replies_in || tx.failure.is_some() {
+                if let Some(abort) = self.verdict_before_data(idx) {
+                    self.finish_tx(idx, Err(abort))?;
+                    continue;
+                }
+            }
+            if !can_write {
+                return Ok(());
+            }
+            match tx.mode {
+                BodyMode::Data => {
+                    self.write(Command::Data)?;
+                    self.txs[idx].data_written = true;
+                    self.expects.push_back(Expect::Data(id));
+                }
+                BodyMode::Bdat => {
+                    let normalized = data::normalize(&self.txs[idx].message);
+                    data::frame_chunk(&normalized, true, &mut self.out);
+                    let tx = &mut self.txs[idx];
+                    tx.data_written = true;
+                    tx.body_written = true;
+                    self.expects.push_back(Expect::Bdat(id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Once MAIL and every RCPT are answered: the error that ends the
+    /// transaction before DATA, if any.
+    fn verdict_before_data(&self, idx: usize) -> Option<Error> {
+        let tx = &self.txs[idx];
+        if let Some(e) = &tx.failure {
+            return Some(e.clone());
+        }
+        let accepted = tx.accepted();
+        if accepted == 0 || (tx.require_all && accepted < tx.recipients.len()) {
+            return Some(tx.recipients_error());
+        }
+        None
+    }
+
+    /// Ends transaction `idx`, sending RSET when the server may still hold
+    /// an open transaction for it.
+    fn finish_tx(&mut self, idx: usize, result: Result<Reply, Error>) -> Result<(), Error> {
+        let Some(tx) = self.txs.remove(idx) else {
+            return Ok(());
+        };
+        let needs_rset = result.is_err() && tx.mail_accepted() && tx.mode == BodyMode::Bdat
+            || result.is_err() && tx.mail_accepted() && !tx.body_written;
+        self.events.push_back(Event::Transaction(TransactionOutcome {
+            id: tx.id,
+            recipients: tx.replies,
+            result,
+        }));
+        if needs_rset && self.state == State::Ready {
+            self.write(Command::Rset)?;
+            self.expects.push_back(Expect::Rset);
+        }
+        Ok(())
+    }
+
+    fn tx_index(&self, id: TxId) -> Result<usize, Error> {
+        self.txs
+            .iter()
+            .position(|t| t.id == id)
+            .ok_or_else(|| Error::protocol(None, "reply for a finished transaction"))
+    }
+
+    fn on_reply(&mut self, reply: Reply) -> Result<(), Error> {
+        // 421: the server is closing the channel, whatever we asked.
+        if reply.code().value() == 421 && self.state != State::Quitting {
+            let stage = self.current_stage();
+            return Err(Error::rejected(
+                stage.unwrap_or(Stage::Greeting),
+                "the server is closing the connection",
+                reply,
+            ));
+        }
+        match self.state {
+            State::Greeting => self.on_greeting(reply),
+            State::Ehlo => self.on_ehlo(reply),
+            State::Helo => self.on_helo(reply),
+            State::StartTls => self.on_starttls(reply),
+            State::Auth => self.on_auth(reply),
+            State::Ready | State::Quitting => self.on_pipeline_reply(reply),
+            State::TlsUpgrade => Err(starttls_injection()),
+            State::Closed | State::Failed => Err(Error::protocol(None, "reply after the session ended")),
+        }
+    }
+
+    fn on_greeting(&mut self, reply: Reply) -> Result<(), Error> {
+        if reply.code().value() != 220 {
+            return Err(Error::rejected(
+                Stage::Greeting,
+                "the server refused the session",
+                reply,
+            ));
+        }
+        self.state = State::Ehlo;
+        self.write(Command::Ehlo(&self.config.helo_name.clone()))
+    }
+
+    fn on_ehlo(&mut self, reply: Reply) -> Result<(), Error> {
+        if reply.is_positive() {
+            self.caps = Some(Capabilities::from_ehlo(&reply));
+            return self.after_hello();
+        }
+        let fallback = self.config.allow_helo_fallback
+            && !self.upgraded
+            && self.config.starttls != StartTlsPolicy::Required
+            && reply.is_permanent();
+        if fallback {
+            self.state = State::Helo;
+            return self.write(Command::Helo(&self.config.helo_name.clone()));
+        }
+        let mut e = Error::rejected(Stage::Ehlo, "EHLO was refused", reply);
+        if e.is_permanent() {
+            e = e.with_hint(
+                "some relays refuse EHLO names that do not resolve: set a HELO name the server accepts",
+            );
+        }
+        Err(e)
+    }
+
+    fn on_helo(&mut self, reply: Reply) -> Result<(), Error> {
+        if !reply.is_positive() {
+            return Err(Error::rejected(Stage::Ehlo, "HELO was refused", reply).with_hint(
+                "some relays refuse HELO names that do not resolve: set a HELO name the server accepts",
+            ));
+        }
+        self.caps = Some(Capabilities::default());
+        self.after_hello()
+    }
+
+    fn after_hello(&mut self) -> Result<(), Error> {
+        let wants_tls = !self.secure && self.config.starttls != StartTlsPolicy::Never;
+        if !wants_tls {
+            return self.become_ready();
+        }
+        let offered = self
+            .caps
+            .as_ref()
+            .is_some_and(|c| c.supports(Extension::StartTls));
+        if offered {
+            self.state = State::StartTls;
+            return self.write(Command::StartTls);
+        }
+        if self.config.starttls == StartTlsPolicy::Required {
+            return Err(Error::new(
+                Kind::Tls,
+                Some(Stage::StartTls),
+                "STARTTLS is required but the server does not offer it",
+            )
+            .with_hint(
+                "check the port (465 usually expects implicit TLS, 587 STARTTLS) or the server's TLS setup",
+            ));
+        }
+        self.tls_note = Some("the server does not offer STARTTLS".into());
+        self.become_ready()
+    }
+
+    fn become_ready(&mut self) -> Result<(), Error> {
+        self.state = State::Ready;
+        self.events.push_back(Event::Ready);
+        Ok(())
+    }
+
+    fn on_starttls(&mut self, reply: Reply) -> Result<(), Error> {
+        if reply.code().value() == 220 {
+            // RFC 3207 §6: nothing may follow the 220 before the handshake;
+            // `receive` checks the parser for leftover bytes.
+            self.state = State::TlsUpgrade;
+            self.events.push_back(Event::StartTls);
+            return Ok(());
+        }
+        if self.config.starttls == StartTlsPolicy::Required {
+            return Err(Error::new(
+                Kind::Tls,
+                Some(Stage::StartTls),
+                "STARTTLS is required but the server refused it",
+            )
+            .with_reply(reply));
+        }
+        self.tls_note = Some(format!("the server refused STARTTLS: {reply}"));
+        self.become_ready()
+    }
+
+    fn on_auth(&mut self, reply: Reply) -> Result<(), Error> {
+        let Some(client) = self.sasl.as_mut() else {
+            return Err(Error::protocol(
+                Some(Stage::Auth),
+                "AUTH reply without an exchange",
+            ));
+        };
+        let mech = client.mechanism();
+        if let Some(err) = self.sasl_cancelled.take() {
+            // The server answered our "*": the exchange is over.
+            self.sasl = None;
+            self.state = State::Ready;
+            self.events.push_back(Event::Authenticated(Err(err)));
+            return Ok(());
+        }
+        match reply.code().value() {
+            334 => {
+                let step = auth::decode_challenge(&reply.text()).and_then(|c| client.respond(&c));
+                match step {
+                    Ok(raw) => {
+                        let b64 = auth::encode_continuation(&raw);
+                        self.write_sensitive(Command::AuthResponse(&b64))
+                    }
+                    Err(e) => {
+                        self.sasl_cancelled = Some(
+                            Error::new(
+                                Kind::Auth,
+                                Some(Stage::Auth),
+                                format!("{mech} authentication failed"),
+                            )
+                            .with_source(e),
+                        );
+                        self.write(Command::AuthCancel)
+                    }
+                }
+            }
+            235 => {
+                let finished = client.finish();
+                self.sasl = None;
+                if let Err(e) = finished {
+                    // The server claims success without proving it knows the
+                    // password: do not trust this connection.
+                    return Err(Error::new(
+                        Kind::Auth,
+                        Some(Stage::Auth),
+                        format!("{mech} authentication could not be verified"),
+                    )
+                    .with_source(e));
+                }
+                self.authenticated = Some(mech);
+                self.state = State::Ready;
+                self.events.push_back(Event::Authenticated(Ok(mech)));
+                Ok(())
+            }
+            _ if !reply.is_intermediate() => {
+                let detail = client.server_error().map(str::to_owned);
+                self.sasl = None;
+                self.state = State::Ready;
+                let mut e = Error::new(
+                    Kind::Auth,
+                    Some(Stage::Auth),
+                    format!("the server rejected {mech} authentication"),
+                )
+                .with_reply(reply.clone())
+                .transient(reply.is_transient());
+                if let Some(detail) = detail {
+                    e = e.with_hint(format!("the server said: {detail}"));
+                } else if reply.code().value() == 535 {
+                    e = e.with_hint("check the user name and password");
+                }
+                self.events.push_back(Event::Authenticated(Err(e)));
+                Ok(())
+            }
+            _ => Err(Error::protocol(Some(Stage::Auth), "unexpected reply during AUTH").with_reply(reply)),
+        }
+    }
+
+    fn on_pipeline_reply(&mut self, reply: Reply) -> Result<(), Error> {
+        let Some(expect) = self.expects.pop_front() else {
+            return Err(
+                Error::protocol(self.current_stage(), "the server sent a reply nobody asked for")
+                    .with_reply(reply),
+            );
+        };
+        match expect {
+            Expect::Mail(id) => {
+                let idx = self.tx_index(id)?;
+                let tx = &mut self.txs[idx];
+                if !reply.is_positive() {
+                    tx.failure = Some(Error::rejected(
+                        Stage::Mail,
+                        "the sender was refused",
+                        reply.clone(),
+                    ));
+                }
+                tx.mail_reply = Some(reply);
+                self.settle(idx)?;
+            }
+            Expect::Rcpt(id) => {
+                let idx = self.tx_index(id)?;
+                let tx = &mut self.txs[idx];
+                let n = tx.rcpt_replies();
+                if let Some(slot) = tx.replies.get_mut(n) {
+                    slot.reply = Some(reply);
+                }
+                self.settle(idx)?;
+            }
+            Expect::Data(id) => {
+                let idx = self.tx_index(id)?;
+                if reply.code().value() == 354 {
+                    let tx = &mut self.txs[idx];
+                    tx.body_written = true;
+                    if tx.failure.is_some() || tx.accepted() == 0 {
+                        // The server took DATA though nothing can be delivered:
+                        // end it with an empty message, report the refusal.
+                        self.out.extend_from_slice(b".\r\n");
+                    } else {
+                        DataEncoder::encode_all(&tx.message, &mut self.out);
+                    }
+                    self.expects.push_back(Expect::EndOfData(id));
+                } else {
+                    let err = match self.verdict_before_data(idx) {
+                        Some(e) => e,
+                        None if reply.is_intermediate() => {
+                            return Err(Error::protocol(Some(Stage::Data), "unexpected reply to DATA")
+                                .with_reply(reply))
+                        }
+                        None => Error::rejected(Stage::Data, "DATA was refused", reply),
+                    };
+                    self.finish_tx(idx, Err(err))?;
+                }
+            }
+            Expect::EndOfData(id) | Expect::Bdat(id) => {
+                let idx = self.tx_index(id)?;
+                let result = match self.verdict_before_data(idx) {
+                    Some(e) => Err(e),
+                    None if reply.is_positive() => Ok(reply),
+                    None if reply.is_intermediate() => {
+                        return Err(Error::protocol(
+                            Some(Stage::EndOfData),
+                            "unexpected reply after the message",
+                        )
+                        .with_reply(reply))
+                    }
+                    None => Err(Error::rejected(
+                        Stage::EndOfData,
+                        "the message was refused",
+                        reply,
+                    )),
+                };
+                self.finish_tx(idx, result)?;
+            }
+            Expect::Rset => {
+                if !reply.is_positive() {
+                    return Err(Error::protocol(
+                        Some(Stage::Rset),
+                        "RSET failed; the session is out of step",
+                    )
+                    .with_reply(reply));
+                }
+            }
+            Expect::Noop => {
+                if !reply.is_positive() {
+                    return Err(Error::rejected(Stage::Noop, "NOOP failed", reply));
+                }
+                self.events.push_back(Event::Noop);
+            }
+            Expect::Quit => {
+                self.expects.clear();
+                self.state = State::Closed;
+                self.events.push_back(Event::Closed);
+                return Ok(());
+            }
+        }
+        self.pump()
+    }
+
+    /// After a MAIL or RCPT reply: ends the transaction early when it can no
+    /// longer succeed and nothing else of it is awaited.
+    fn settle(&mut self, idx: usize) -> Result<(), Error> {
+        let tx = &self.txs[idx];
+        let id = tx.id;
+        let awaiting = self.expects.iter().any(|e| match e {
+            Expect::Mail(t) | Expect::Rcpt(t) | Expect::Data(t) | Expect::EndOfData(t) | Expect::Bdat(t) => {
+                *t == id
+            }
+            _ => false,
+        });
+        // Without pipelining a refused MAIL ends the transaction at once.
+        if !awaiting && tx.failure.is_some() && !tx.data_written {
+            let e = tx.failure.clone();
+            if let Some(e) = e {
+                return self.finish_tx(idx, Err(e));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn mailbox(addr: &str, argument: Argument) -> Result<bool, Error> {
+    check_mailbox(addr, argument)
+        .map(|info| info.needs_smtputf8)
+        .map_err(cmd_error)
+}
+
+fn cmd_error(e: super::command::CommandError) -> Error {
+    Error::config(e.to_string()).with_source(e)
+}
+
+fn starttls_injection() -> Error {
+    Error::new(
+        Kind::Tls,
+        Some(Stage::StartTls),
+        "the server sent data after its STARTTLS reply, before the TLS handshake (RFC 3207 §6); possible command injection",
+    )
+}
