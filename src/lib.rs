@@ -62,6 +62,8 @@
 
 pub mod error;
 pub mod proto;
+#[cfg(feature = "test-server")]
+pub mod testing;
 
 #[doc(hidden)]
 pub mod fuzzing;
