@@ -211,6 +211,14 @@ pub fn command_encoder(input: &[u8]) {
 
 const FUZZ_PASSWORD: &str = "Fuzz-Secret-Pa55word";
 
+/// Whether `text` reveals the password. Errors may quote what the server
+/// said, so when the server's own bytes carry the password (a fuzzer lifts
+/// string constants into its inputs), quoting it is not a leak.
+fn leaks(text: &str, server_input: &[u8]) -> bool {
+    let secret = FUZZ_PASSWORD.as_bytes();
+    text.contains(FUZZ_PASSWORD) && !server_input.windows(secret.len()).any(|w| w == secret)
+}
+
 /// SASL clients: arbitrary server challenges never panic, and no error text
 /// contains the password.
 pub fn sasl(input: &[u8]) {
@@ -250,13 +258,13 @@ pub fn sasl(input: &[u8]) {
         };
         let result = decoded.and_then(|c| client.respond(&c));
         if let Err(e) = result {
-            assert!(!e.to_string().contains(FUZZ_PASSWORD));
-            assert!(!format!("{e:?}").contains(FUZZ_PASSWORD));
+            assert!(!leaks(&e.to_string(), input));
+            assert!(!leaks(&format!("{e:?}"), input));
             break;
         }
     }
     if let Err(e) = client.finish() {
-        assert!(!e.to_string().contains(FUZZ_PASSWORD));
+        assert!(!leaks(&e.to_string(), input));
     }
     assert!(!format!("{client:?}").contains(FUZZ_PASSWORD));
 }
@@ -296,7 +304,7 @@ pub fn session(input: &[u8]) {
             s.receive(piece)
         };
         if let Err(e) = result {
-            assert!(!e.to_string().contains(FUZZ_PASSWORD));
+            assert!(!leaks(&e.to_string(), input));
             failed = true;
         }
         while let Some(ev) = s.poll_event() {
@@ -312,14 +320,14 @@ pub fn session(input: &[u8]) {
                     };
                     if let Ok(c) = SaslClient::new(Mechanism::Plain, &cred, "") {
                         if let Err(e) = s.authenticate(c) {
-                            assert!(!e.to_string().contains(FUZZ_PASSWORD));
+                            assert!(!leaks(&e.to_string(), input));
                         }
                     }
                 }
                 Event::Transaction(t) => {
                     ended += 1;
                     if let Err(e) = &t.result {
-                        assert!(!e.to_string().contains(FUZZ_PASSWORD));
+                        assert!(!leaks(&e.to_string(), input));
                     }
                 }
                 _ => {}

@@ -62,10 +62,20 @@
 
 pub mod error;
 pub mod proto;
+pub mod settings;
 #[cfg(feature = "test-server")]
 pub mod testing;
+pub mod transport;
 
 #[doc(hidden)]
 pub mod fuzzing;
 
 pub use error::{Error, Stage};
+pub use proto::auth::{Credential, Mechanism};
+pub use proto::reply::Reply;
+pub use proto::session::{Envelope, Recipient, RecipientReply};
+pub use settings::{
+    Auth, CredentialProvider, FieldError, Sender, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, Timeouts,
+    TlsMode, TlsOptions,
+};
+pub use transport::{verify, Connection, ConnectionInfo, Connector, Delivery, TlsInfo};

@@ -1,0 +1,980 @@
+//! `SmtpSettings`: everything an administrator sets on an "SMTP settings"
+//! page, typed and validated.
+//!
+//! Build settings with [`SmtpSettings::builder`]; [`SmtpSettingsBuilder::build`]
+//! checks every field and returns **all** problems at once as
+//! [`FieldError`]s (field name + message), so a settings form can show each
+//! next to its field.
+//!
+//! ```
+//! use relaymail::{SmtpSettings, TlsMode};
+//! use std::time::Duration;
+//!
+//! let settings = SmtpSettings::builder()
+//!     .host("smtp.example.com")
+//!     .tls(TlsMode::StartTls)
+//!     .sender("noreply@example.com")
+//!     .sender_name("Example App")
+//!     .credentials("noreply@example.com", "app-password")
+//!     .timeout(Duration::from_secs(20))
+//!     .build()
+//!     .unwrap();
+//! assert_eq!(settings.port(), 587);
+//! assert!(format!("{settings:?}").contains("[redacted]"));
+//!
+//! let errors = SmtpSettings::builder().host("").port(0).sender("not an address").build().unwrap_err();
+//! let fields: Vec<&str> = errors.iter().map(|e| e.field()).collect();
+//! assert_eq!(fields, ["host", "port", "sender"]);
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use secrecy::SecretString;
+
+use crate::error::Error;
+use crate::proto::auth::{Credential, Mechanism};
+use crate::proto::command::{check_helo_name, check_mailbox, Argument};
+
+/// How the connection to the relay is secured.
+///
+/// | mode | port | security |
+/// |---|---|---|
+/// | [`None`](TlsMode::None) | 25 | none: mail and (if allowed) credentials travel in clear text; anyone on the path can read and change them |
+/// | [`StartTlsOpportunistic`](TlsMode::StartTlsOpportunistic) | 587 | encrypted when the server offers STARTTLS, clear text otherwise: protects against passive listeners only — an active attacker can strip the STARTTLS offer |
+/// | [`StartTls`](TlsMode::StartTls) | 587 | STARTTLS required: fails closed if the server does not offer it or the upgrade fails; certificates verified |
+/// | [`Implicit`](TlsMode::Implicit) | 465 | TLS from the first byte (SMTPS); certificates verified |
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TlsMode {
+    /// No TLS at all.
+    None,
+    /// STARTTLS when offered, clear text otherwise.
+    StartTlsOpportunistic,
+    /// STARTTLS required (the default): no mail or credentials in clear text.
+    #[default]
+    StartTls,
+    /// Implicit TLS (SMTPS).
+    Implicit,
+}
+
+impl TlsMode {
+    /// The usual port for this mode: 25, 587 or 465.
+    pub fn default_port(self) -> u16 {
+        match self {
+            TlsMode::None => 25,
+            TlsMode::StartTlsOpportunistic | TlsMode::StartTls => 587,
+            TlsMode::Implicit => 465,
+        }
+    }
+
+    /// The short name used in URLs and the command-line tool:
+    /// `none`, `starttls-opportunistic`, `starttls`, `implicit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::None => "none",
+            TlsMode::StartTlsOpportunistic => "starttls-opportunistic",
+            TlsMode::StartTls => "starttls",
+            TlsMode::Implicit => "implicit",
+        }
+    }
+
+    /// Parses [`as_str`](TlsMode::as_str) names (case-insensitive; `smtps`
+    /// and `tls` are accepted for implicit).
+    pub fn parse(name: &str) -> Option<TlsMode> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "none" | "plain" => TlsMode::None,
+            "starttls-opportunistic" | "opportunistic" => TlsMode::StartTlsOpportunistic,
+            "starttls" | "starttls-required" => TlsMode::StartTls,
+            "implicit" | "smtps" | "tls" => TlsMode::Implicit,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Per-phase timeouts. Each bounds one wait; a wait that exceeds it fails
+/// the connection with [`Error::is_timeout`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Resolving the host and opening the TCP connection (all addresses). Default 10 s.
+    pub connect: Duration,
+    /// The server's 220 greeting. Default 30 s.
+    pub greeting: Duration,
+    /// A TLS handshake (implicit or after STARTTLS). Default 30 s.
+    pub tls_handshake: Duration,
+    /// Each command reply (EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA, RSET, NOOP, QUIT). Default 30 s.
+    pub command: Duration,
+    /// Each write to the server, including the message body. Default 60 s.
+    pub data: Duration,
+    /// The final reply after the end of a message (the server may scan it). Default 120 s.
+    pub final_reply: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            greeting: Duration::from_secs(30),
+            tls_handshake: Duration::from_secs(30),
+            command: Duration::from_secs(30),
+            data: Duration::from_secs(60),
+            final_reply: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The same timeout for every phase (the single "Timeout" field of most
+    /// settings pages).
+    pub fn all(d: Duration) -> Timeouts {
+        Timeouts {
+            connect: d,
+            greeting: d,
+            tls_handshake: d,
+            command: d,
+            data: d,
+            final_reply: d,
+        }
+    }
+}
+
+/// A boxed future, for [`CredentialProvider`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Supplies credentials when a connection is opened — for example a fresh
+/// OAuth2 access token for XOAUTH2, or credentials from a secret store
+/// ("default credentials").
+pub trait CredentialProvider: Send + Sync + fmt::Debug {
+    /// Returns the credential to authenticate the next connection with.
+    fn credential(&self) -> BoxFuture<'_, Result<Credential, Error>>;
+}
+
+/// How the client authenticates.
+#[derive(Clone, Default)]
+pub enum Auth {
+    /// No AUTH.
+    #[default]
+    None,
+    /// A fixed credential (password or OAuth2 token).
+    Credential(Credential),
+    /// Credentials fetched per connection.
+    Provider(Arc<dyn CredentialProvider>),
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            // Credential's Debug prints `password: "[redacted]"`.
+            Auth::Credential(c) => f.debug_tuple("Credential").field(c).finish(),
+            Auth::Provider(p) => f.debug_tuple("Provider").field(p).finish(),
+        }
+    }
+}
+
+/// TLS options beyond the mode.
+#[derive(Clone, Default)]
+pub struct TlsOptions {
+    pub(crate) extra_roots: Vec<CertificateDer<'static>>,
+    pub(crate) webpki_roots: bool,
+    pub(crate) dangerous_accept_invalid_certs: bool,
+    pub(crate) dangerous_accept_invalid_hostnames: bool,
+}
+
+impl TlsOptions {
+    /// Root certificates added to (or, without webpki roots, used instead of)
+    /// the Mozilla root store.
+    pub fn extra_roots(&self) -> &[CertificateDer<'static>] {
+        &self.extra_roots
+    }
+
+    /// Whether the Mozilla (webpki-roots) root store is trusted.
+    pub fn uses_webpki_roots(&self) -> bool {
+        self.webpki_roots
+    }
+
+    /// Whether certificate verification is disabled.
+    pub fn accepts_invalid_certs(&self) -> bool {
+        self.dangerous_accept_invalid_certs
+    }
+
+    /// Whether a certificate for another name is accepted.
+    pub fn accepts_invalid_hostnames(&self) -> bool {
+        self.dangerous_accept_invalid_hostnames
+    }
+}
+
+impl fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("extra_roots", &self.extra_roots.len())
+            .field("webpki_roots", &self.webpki_roots)
+            .field(
+                "dangerous_accept_invalid_certs",
+                &self.dangerous_accept_invalid_certs,
+            )
+            .field(
+                "dangerous_accept_invalid_hostnames",
+                &self.dangerous_accept_invalid_hostnames,
+            )
+            .finish()
+    }
+}
+
+/// The sender: an address and an optional display name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sender {
+    /// The mailbox, e.g. `noreply@example.com`; the default From address and
+    /// envelope sender.
+    pub address: String,
+    /// The display name, e.g. `Example App`.
+    pub name: Option<String>,
+}
+
+/// Validated settings for one relay. Cheap to clone.
+#[derive(Clone)]
+pub struct SmtpSettings {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: TlsMode,
+    pub(crate) tls_options: TlsOptions,
+    pub(crate) sender: Sender,
+    pub(crate) auth: Auth,
+    pub(crate) auth_mechanisms: Option<Vec<Mechanism>>,
+    pub(crate) allow_plaintext_auth: bool,
+    pub(crate) helo_name: Option<String>,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) pipelining: bool,
+    pub(crate) chunking: bool,
+    pub(crate) require_all_recipients: bool,
+}
+
+impl fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmtpSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("tls_options", &self.tls_options)
+            .field("sender", &self.sender)
+            .field("auth", &self.auth)
+            .field("auth_mechanisms", &self.auth_mechanisms)
+            .field("allow_plaintext_auth", &self.allow_plaintext_auth)
+            .field("helo_name", &self.helo_name)
+            .field("timeouts", &self.timeouts)
+            .field("pipelining", &self.pipelining)
+            .field("chunking", &self.chunking)
+            .field("require_all_recipients", &self.require_all_recipients)
+            .finish()
+    }
+}
+
+impl SmtpSettings {
+    /// Starts a builder.
+    pub fn builder() -> SmtpSettingsBuilder {
+        SmtpSettingsBuilder::default()
+    }
+
+    /// The relay's host name or IP address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port (the configured one, or the TLS mode's default).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The TLS mode.
+    pub fn tls(&self) -> TlsMode {
+        self.tls
+    }
+
+    /// TLS options.
+    pub fn tls_options(&self) -> &TlsOptions {
+        &self.tls_options
+    }
+
+    /// The sender address and display name.
+    pub fn sender(&self) -> &Sender {
+        &self.sender
+    }
+
+    /// How the client authenticates.
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// The mechanisms AUTH may use, if restricted.
+    pub fn auth_mechanisms(&self) -> Option<&[Mechanism]> {
+        self.auth_mechanisms.as_deref()
+    }
+
+    /// Whether credentials may be sent without TLS.
+    pub fn allows_plaintext_auth(&self) -> bool {
+        self.allow_plaintext_auth
+    }
+
+    /// The configured HELO name, if any (otherwise a default is chosen per
+    /// connection: the machine's FQDN, else the local address literal).
+    pub fn helo_name(&self) -> Option<&str> {
+        self.helo_name.as_deref()
+    }
+
+    /// Per-phase timeouts.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// Whether PIPELINING is used when offered.
+    pub fn uses_pipelining(&self) -> bool {
+        self.pipelining
+    }
+
+    /// Whether BDAT is used when CHUNKING is offered.
+    pub fn uses_chunking(&self) -> bool {
+        self.chunking
+    }
+
+    /// Whether a message fails (and is not sent) unless every recipient is
+    /// accepted.
+    pub fn requires_all_recipients(&self) -> bool {
+        self.require_all_recipients
+    }
+
+    /// A builder holding these settings (to change some and build again).
+    pub fn to_builder(&self) -> SmtpSettingsBuilder {
+        SmtpSettingsBuilder {
+            host: Some(self.host.clone()),
+            port: Some(u32::from(self.port)),
+            tls: self.tls,
+            extra_roots_pem: Vec::new(),
+            tls_options: self.tls_options.clone(),
+            sender: Some(self.sender.address.clone()),
+            sender_name: self.sender.name.clone(),
+            auth: self.auth.clone(),
+            auth_mechanisms: self.auth_mechanisms.clone(),
+            allow_plaintext_auth: self.allow_plaintext_auth,
+            helo_name: self.helo_name.clone(),
+            timeouts: self.timeouts,
+            pipelining: self.pipelining,
+            chunking: self.chunking,
+            require_all_recipients: self.require_all_recipients,
+        }
+    }
+}
+
+/// One invalid field: its name (as in the builder method) and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    field: &'static str,
+    message: String,
+}
+
+impl FieldError {
+    pub(crate) fn new(field: &'static str, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The field: `host`, `port`, `sender`, `sender_name`, `username`,
+    /// `helo_name`, `extra_roots`, `timeouts`, `auth_mechanisms`.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// What is wrong, for a person.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem [`SmtpSettingsBuilder::build`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingsErrors(Vec<FieldError>);
+
+impl SettingsErrors {
+    /// The problems, in field order.
+    pub fn iter(&self) -> std::slice::Iter<'_, FieldError> {
+        self.0.iter()
+    }
+
+    /// The problem for one field, if any.
+    pub fn field(&self, name: &str) -> Option<&FieldError> {
+        self.0.iter().find(|e| e.field == name)
+    }
+
+    /// The number of problems.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false: a `SettingsErrors` holds at least one problem.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a SettingsErrors {
+    type Item = &'a FieldError;
+    type IntoIter = std::slice::Iter<'a, FieldError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl fmt::Display for SettingsErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid SMTP settings: ")?;
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SettingsErrors {}
+
+impl From<SettingsErrors> for Error {
+    fn from(e: SettingsErrors) -> Error {
+        Error::config(e.to_string())
+    }
+}
+
+/// Builder for [`SmtpSettings`]; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct SmtpSettingsBuilder {
+    host: Option<String>,
+    port: Option<u32>,
+    tls: TlsMode,
+    extra_roots_pem: Vec<Vec<u8>>,
+    tls_options: TlsOptions,
+    sender: Option<String>,
+    sender_name: Option<String>,
+    auth: Auth,
+    auth_mechanisms: Option<Vec<Mechanism>>,
+    allow_plaintext_auth: bool,
+    helo_name: Option<String>,
+    timeouts: Timeouts,
+    pipelining: bool,
+    chunking: bool,
+    require_all_recipients: bool,
+}
+
+impl Default for SmtpSettingsBuilder {
+    fn default() -> Self {
+        SmtpSettingsBuilder {
+            host: None,
+            port: None,
+            tls: TlsMode::default(),
+            extra_roots_pem: Vec::new(),
+            tls_options: TlsOptions {
+                webpki_roots: true,
+                ..TlsOptions::default()
+            },
+            sender: None,
+            sender_name: None,
+            auth: Auth::None,
+            auth_mechanisms: None,
+            allow_plaintext_auth: false,
+            helo_name: None,
+            timeouts: Timeouts::default(),
+            pipelining: true,
+            chunking: true,
+            require_all_recipients: false,
+        }
+    }
+}
+
+impl SmtpSettingsBuilder {
+    /// The relay's host name or IP address (required).
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// The port, 1–65535. Default: 25, 587 or 465 by TLS mode.
+    pub fn port(mut self, port: u32) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// The TLS mode. Default: [`TlsMode::StartTls`] (required).
+    pub fn tls(mut self, mode: TlsMode) -> Self {
+        self.tls = mode;
+        self
+    }
+
+    /// Trusts the certificates in this PEM text (one or more) as roots, in
+    /// addition to the Mozilla roots.
+    pub fn add_root_certificates_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.extra_roots_pem.push(pem.as_ref().to_vec());
+        self
+    }
+
+    /// Whether to trust the Mozilla root store (webpki-roots). Default true;
+    /// turn it off to trust only the added roots (a private CA).
+    pub fn webpki_roots(mut self, on: bool) -> Self {
+        self.tls_options.webpki_roots = on;
+        self
+    }
+
+    /// **Dangerous**: accepts any certificate, expired, self-signed or for
+    /// another host. The connection is encrypted but anyone on the path can
+    /// impersonate the relay and read the mail and the password.
+    pub fn dangerous_accept_invalid_certs(mut self, on: bool) -> Self {
+        self.tls_options.dangerous_accept_invalid_certs = on;
+        self
+    }
+
+    /// **Dangerous**: accepts a trusted certificate issued for another host
+    /// name. Any holder of a certificate from a trusted CA can impersonate the
+    /// relay.
+    pub fn dangerous_accept_invalid_hostnames(mut self, on: bool) -> Self {
+        self.tls_options.dangerous_accept_invalid_hostnames = on;
+        self
+    }
+
+    /// The sender address (required): default From and envelope sender.
+    pub fn sender(mut self, address: impl Into<String>) -> Self {
+        self.sender = Some(address.into());
+        self
+    }
+
+    /// The sender's display name.
+    pub fn sender_name(mut self, name: impl Into<String>) -> Self {
+        self.sender_name = Some(name.into());
+        self
+    }
+
+    /// User name and password for AUTH.
+    pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.auth = Auth::Credential(Credential::Password {
+            username: username.into(),
+            password: SecretString::from(password.into()),
+        });
+        self
+    }
+
+    /// User name and an OAuth2 access token for XOAUTH2.
+    pub fn oauth2_token(mut self, username: impl Into<String>, token: impl Into<String>) -> Self {
+        self.auth = Auth::Credential(Credential::OAuth2 {
+            username: username.into(),
+            token: SecretString::from(token.into()),
+        });
+        self
+    }
+
+    /// A credential, e.g. with a password already in a [`SecretString`].
+    pub fn credential(mut self, credential: Credential) -> Self {
+        self.auth = Auth::Credential(credential);
+        self
+    }
+
+    /// Credentials fetched from a provider for every new connection.
+    pub fn credential_provider(mut self, provider: Arc<dyn CredentialProvider>) -> Self {
+        self.auth = Auth::Provider(provider);
+        self
+    }
+
+    /// No authentication (the default).
+    pub fn no_auth(mut self) -> Self {
+        self.auth = Auth::None;
+        self
+    }
+
+    /// Restricts AUTH to these mechanisms, in this order of preference.
+    /// Default: SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN for passwords; XOAUTH2
+    /// for tokens.
+    pub fn auth_mechanisms(mut self, mechanisms: &[Mechanism]) -> Self {
+        self.auth_mechanisms = Some(mechanisms.to_vec());
+        self
+    }
+
+    /// Allows sending credentials on a connection without TLS. Default
+    /// false: without TLS, AUTH is refused with an error saying why. Only for
+    /// a relay on a trusted network (or loopback).
+    pub fn allow_plaintext_auth(mut self, on: bool) -> Self {
+        self.allow_plaintext_auth = on;
+        self
+    }
+
+    /// The EHLO/HELO name. Default: the machine's fully qualified name when
+    /// it has one, else the local address as a literal such as `[192.0.2.1]`.
+    /// An empty string means the default.
+    pub fn helo_name(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.helo_name = (!name.trim().is_empty()).then_some(name);
+        self
+    }
+
+    /// The same timeout for every phase.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts = Timeouts::all(timeout);
+        self
+    }
+
+    /// Per-phase timeouts.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Use PIPELINING when offered (default true).
+    pub fn pipelining(mut self, on: bool) -> Self {
+        self.pipelining = on;
+        self
+    }
+
+    /// Use BDAT when CHUNKING is offered (default true).
+    pub fn chunking(mut self, on: bool) -> Self {
+        self.chunking = on;
+        self
+    }
+
+    /// Fail a message (and send nothing) unless every recipient is accepted.
+    /// Default false: the message goes to the accepted recipients and the
+    /// refused are reported.
+    pub fn require_all_recipients(mut self, on: bool) -> Self {
+        self.require_all_recipients = on;
+        self
+    }
+
+    /// Validates every field and returns the settings, or every problem found.
+    pub fn build(self) -> Result<SmtpSettings, SettingsErrors> {
+        let mut errors = Vec::new();
+        let host = self.host.unwrap_or_default().trim().to_owned();
+        if let Err(message) = validate_host(&host) {
+            errors.push(FieldError::new("host", message));
+        }
+        let port = match self.port {
+            None => self.tls.default_port(),
+            Some(p) => match u16::try_from(p) {
+                Ok(p) if p > 0 => p,
+                _ => {
+                    errors.push(FieldError::new(
+                        "port",
+                        format!("{p} is not a port: use 1 to 65535"),
+                    ));
+                    0
+                }
+            },
+        };
+        let sender = self.sender.unwrap_or_default().trim().to_owned();
+        if sender.is_empty() {
+            errors.push(FieldError::new("sender", "the sender address is required"));
+        } else if let Err(e) = check_mailbox(&sender, Argument::ReversePath) {
+            errors.push(FieldError::new("sender", format!("not a valid address: {e}")));
+        }
+        if let Some(name) = &self.sender_name {
+            if name.chars().any(char::is_control) {
+                errors.push(FieldError::new(
+                    "sender_name",
+                    "the display name may not contain control characters",
+                ));
+            }
+        }
+        if let Auth::Credential(c) = &self.auth {
+            let user = c.username();
+            if user.is_empty() {
+                errors.push(FieldError::new("username", "the user name is empty"));
+            } else if user.chars().any(char::is_control) {
+                errors.push(FieldError::new(
+                    "username",
+                    "the user name may not contain control characters",
+                ));
+            }
+        }
+        if let Some(mechs) = &self.auth_mechanisms {
+            if mechs.is_empty() {
+                errors.push(FieldError::new(
+                    "auth_mechanisms",
+                    "at least one mechanism is needed",
+                ));
+            }
+        }
+        if let Some(name) = &self.helo_name {
+            if let Err(e) = check_helo_name(name.trim()) {
+                errors.push(FieldError::new(
+                    "helo_name",
+                    format!("{e}; use a fully qualified domain name or an address literal like [192.0.2.1]"),
+                ));
+            }
+        }
+        let t = &self.timeouts;
+        if [
+            t.connect,
+            t.greeting,
+            t.tls_handshake,
+            t.command,
+            t.data,
+            t.final_reply,
+        ]
+        .contains(&Duration::ZERO)
+        {
+            errors.push(FieldError::new(
+                "timeouts",
+                "a timeout of zero would fail every connection",
+            ));
+        }
+        let mut tls_options = self.tls_options;
+        for pem in &self.extra_roots_pem {
+            match parse_pem_certificates(pem) {
+                Ok(certs) => tls_options.extra_roots.extend(certs),
+                Err(message) => errors.push(FieldError::new("extra_roots", message)),
+            }
+        }
+        if !tls_options.webpki_roots && tls_options.extra_roots.is_empty() && self.tls != TlsMode::None {
+            errors.push(FieldError::new(
+                "extra_roots",
+                "without the Mozilla roots, at least one root certificate is needed",
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(SettingsErrors(errors));
+        }
+        Ok(SmtpSettings {
+            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            port,
+            tls: self.tls,
+            tls_options,
+            sender: Sender {
+                address: sender,
+                name: self.sender_name.filter(|n| !n.trim().is_empty()),
+            },
+            auth: self.auth,
+            auth_mechanisms: self.auth_mechanisms,
+            allow_plaintext_auth: self.allow_plaintext_auth,
+            helo_name: self.helo_name.map(|n| n.trim().to_owned()),
+            timeouts: self.timeouts,
+            pipelining: self.pipelining,
+            chunking: self.chunking,
+            require_all_recipients: self.require_all_recipients,
+        })
+    }
+}
+
+fn parse_pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
+    match certs {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        Ok(_) => Err("no certificate found in the PEM text".into()),
+        Err(e) => Err(format!("unreadable PEM certificate: {e}")),
+    }
+}
+
+/// A host is an IP address (IPv6 optionally in brackets) or a DNS name.
+pub(crate) fn validate_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("the server host is required".into());
+    }
+    let unbracketed = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if unbracketed.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() > 253 {
+        return Err("the host name is longer than 253 characters".into());
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(format!(
+                "{host:?} is not a valid host name or IP address (letters, digits, hyphens and dots only)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> SmtpSettingsBuilder {
+        SmtpSettings::builder()
+            .host("smtp.example.com")
+            .sender("noreply@example.com")
+    }
+
+    #[test]
+    fn default_ports_follow_the_tls_mode() {
+        for (mode, port) in [
+            (TlsMode::None, 25),
+            (TlsMode::StartTlsOpportunistic, 587),
+            (TlsMode::StartTls, 587),
+            (TlsMode::Implicit, 465),
+        ] {
+            assert_eq!(base().tls(mode).build().expect("valid").port(), port);
+        }
+        assert_eq!(base().port(2525).build().expect("valid").port(), 2525);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let errors = SmtpSettings::builder()
+            .host("bad host!")
+            .port(70000)
+            .sender("a@b.example\r\nRCPT TO:<x@y>")
+            .sender_name("x\ny")
+            .credentials("", "pw")
+            .helo_name("not valid")
+            .timeout(Duration::ZERO)
+            .add_root_certificates_pem("not pem")
+            .build()
+            .expect_err("invalid");
+        let fields: Vec<&str> = errors.iter().map(FieldError::field).collect();
+        assert_eq!(
+            fields,
+            [
+                "host",
+                "port",
+                "sender",
+                "sender_name",
+                "username",
+                "helo_name",
+                "timeouts",
+                "extra_roots"
+            ]
+        );
+        assert!(errors
+            .field("port")
+            .is_some_and(|e| e.message().contains("70000")));
+        assert!(errors.to_string().starts_with("invalid SMTP settings: host:"));
+    }
+
+    #[test]
+    fn required_fields() {
+        let errors = SmtpSettings::builder().build().expect_err("invalid");
+        assert!(errors.field("host").is_some());
+        assert!(errors.field("sender").is_some());
+        assert_eq!(errors.len(), 2);
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "smtp.example.com",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "[::1]",
+            "mail_relay.corp",
+            "x.example.",
+        ] {
+            assert!(validate_host(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a..b",
+            "-a.example",
+            "a b",
+            "smtp.example.com:587",
+            "ex ample",
+            "a/b",
+        ] {
+            assert!(validate_host(bad).is_err(), "{bad}");
+        }
+        assert_eq!(base().host("[::1]").build().expect("valid").host(), "::1");
+    }
+
+    #[test]
+    fn password_never_in_debug() {
+        let s = base()
+            .credentials("user", "hunter2-very-secret")
+            .build()
+            .expect("valid");
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("password: \"[redacted]\""), "{dbg}");
+        let s = base()
+            .oauth2_token("user", "ya29.token-secret")
+            .build()
+            .expect("valid");
+        assert!(!format!("{s:?}").contains("ya29"));
+    }
+
+    #[test]
+    fn empty_helo_means_default() {
+        assert_eq!(base().helo_name("  ").build().expect("valid").helo_name(), None);
+        assert_eq!(
+            base()
+                .helo_name("app.example.com")
+                .build()
+                .expect("valid")
+                .helo_name(),
+            Some("app.example.com")
+        );
+        assert!(base().helo_name("[192.0.2.1]").build().is_ok());
+    }
+
+    #[test]
+    fn timeout_shortcut_sets_every_phase() {
+        let s = base().timeout(Duration::from_secs(7)).build().expect("valid");
+        assert_eq!(*s.timeouts(), Timeouts::all(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn tls_mode_names_round_trip() {
+        for m in [
+            TlsMode::None,
+            TlsMode::StartTlsOpportunistic,
+            TlsMode::StartTls,
+            TlsMode::Implicit,
+        ] {
+            assert_eq!(TlsMode::parse(m.as_str()), Some(m));
+        }
+        assert_eq!(TlsMode::parse("SMTPS"), Some(TlsMode::Implicit));
+        assert_eq!(TlsMode::parse("ssl3"), None);
+    }
+
+    #[test]
+    fn private_ca_only_needs_a_root() {
+        let e = base().webpki_roots(false).build().expect_err("no roots");
+        assert!(e.field("extra_roots").is_some());
+        assert!(base().webpki_roots(false).tls(TlsMode::None).build().is_ok());
+    }
+
+    #[test]
+    fn to_builder_round_trips() {
+        let s = base()
+            .port(2525)
+            .sender_name("App")
+            .helo_name("h.example")
+            .build()
+            .expect("valid");
+        let again = s.to_builder().build().expect("valid");
+        assert_eq!(format!("{s:?}"), format!("{again:?}"));
+    }
+}

@@ -1,0 +1,583 @@
+//! One SMTP connection over tokio: DNS and TCP, implicit TLS or a STARTTLS
+//! upgrade of the same stream, AUTH, transactions, QUIT — a thin shell that
+//! moves bytes for the sans-IO [`Session`](crate::proto::session::Session)
+//! and enforces the timeout of each phase.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), relaymail::Error> {
+//! use relaymail::{Connection, Envelope, Recipient, SmtpSettings, TlsMode};
+//!
+//! let settings = SmtpSettings::builder()
+//!     .host("smtp.example.com")
+//!     .tls(TlsMode::StartTls)
+//!     .sender("noreply@example.com")
+//!     .credentials("noreply@example.com", "app-password")
+//!     .build()?;
+//! let mut conn = Connection::open(&settings).await?;
+//! let envelope = Envelope {
+//!     from: settings.sender().address.clone(),
+//!     recipients: vec![Recipient::new("user@example.net")],
+//!     ..Envelope::default()
+//! };
+//! let delivery = conn.send(envelope, b"Subject: hi\r\n\r\nhello\r\n".to_vec()).await?;
+//! println!("queued: {}", delivery.reply());
+//! conn.quit().await?;
+//! # Ok(()) }
+//! ```
+
+mod connect;
+pub(crate) mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::error::{Error, Kind, Stage};
+use crate::proto::auth::{self, Credential, Mechanism, SaslClient};
+use crate::proto::ehlo::Capabilities;
+use crate::proto::reply::Reply;
+use crate::proto::session::{
+    Envelope, Event, Phase, RecipientReply, Session, SessionConfig, StartTlsPolicy, Transaction, TxId,
+};
+use crate::settings::{Auth, SmtpSettings, TlsMode};
+
+pub use connect::default_helo_name;
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while the TCP stream is handed to the TLS handshake.
+    Detached,
+}
+
+impl Stream {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+            Stream::Detached => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(buf).await,
+            Stream::Tls(s) => {
+                s.write_all(buf).await?;
+                s.flush().await
+            }
+            Stream::Detached => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = match self {
+            Stream::Plain(s) => s.shutdown().await,
+            Stream::Tls(s) => s.shutdown().await,
+            Stream::Detached => Ok(()),
+        };
+    }
+}
+
+/// The TLS parameters negotiated on a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: String,
+    /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher_suite: String,
+    /// Whether TLS came from STARTTLS (false: implicit TLS).
+    pub via_starttls: bool,
+}
+
+/// What a connection found out about the server.
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    /// The server's address.
+    pub peer: SocketAddr,
+    /// Our local address.
+    pub local: SocketAddr,
+    /// The EHLO name sent.
+    pub helo_name: String,
+    /// The capabilities from the last EHLO.
+    pub capabilities: Capabilities,
+    /// The TLS parameters, when the connection is encrypted.
+    pub tls: Option<TlsInfo>,
+    /// Why opportunistic STARTTLS did not happen, when it did not.
+    pub tls_skipped: Option<String>,
+    /// The mechanism AUTH succeeded with.
+    pub auth_mechanism: Option<Mechanism>,
+}
+
+/// The result of one delivered message.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    recipients: Vec<RecipientReply>,
+    reply: Reply,
+}
+
+impl Delivery {
+    /// Each recipient's reply, in envelope order.
+    pub fn recipients(&self) -> &[RecipientReply] {
+        &self.recipients
+    }
+
+    /// The recipients the server accepted.
+    pub fn accepted(&self) -> impl Iterator<Item = &str> {
+        self.recipients
+            .iter()
+            .filter(|r| r.accepted())
+            .map(|r| r.address.as_str())
+    }
+
+    /// The recipients the server refused, with its reply.
+    pub fn refused(&self) -> impl Iterator<Item = (&str, &Reply)> {
+        self.recipients.iter().filter_map(|r| {
+            r.reply
+                .as_ref()
+                .filter(|rep| !rep.is_positive())
+                .map(|rep| (r.address.as_str(), rep))
+        })
+    }
+
+    /// The server's final reply (usually names the queue id).
+    pub fn reply(&self) -> &Reply {
+        &self.reply
+    }
+}
+
+/// Everything needed to open connections for one [`SmtpSettings`]: the
+/// settings and the TLS configuration built once from them.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    settings: Arc<SmtpSettings>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Connector {
+    /// Prepares connections for these settings (builds the TLS configuration).
+    pub fn new(settings: SmtpSettings) -> Result<Connector, Error> {
+        let tls = match settings.tls {
+            TlsMode::None => None,
+            _ => Some(tls::client_config(&settings.tls_options)?),
+        };
+        Ok(Connector {
+            settings: Arc::new(settings),
+            tls,
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &SmtpSettings {
+        &self.settings
+    }
+
+    /// Opens a connection: connect, greeting, EHLO, TLS, AUTH.
+    pub async fn connect(&self) -> Result<Connection, Error> {
+        let s = &self.settings;
+        let tcp = connect::tcp(&s.host, s.port, s.timeouts.connect).await?;
+        let peer = tcp
+            .peer_addr()
+            .map_err(|e| Error::new(Kind::Io, Some(Stage::Connect), "no peer address").with_source(e))?;
+        let local = tcp
+            .local_addr()
+            .map_err(|e| Error::new(Kind::Io, Some(Stage::Connect), "no local address").with_source(e))?;
+        let helo_name = match &s.helo_name {
+            Some(name) => name.clone(),
+            None => default_helo_name(local.ip()),
+        };
+        let mut config = SessionConfig::new(helo_name.clone());
+        config.implicit_tls = s.tls == TlsMode::Implicit;
+        config.starttls = match s.tls {
+            TlsMode::None | TlsMode::Implicit => StartTlsPolicy::Never,
+            TlsMode::StartTlsOpportunistic => StartTlsPolicy::Opportunistic,
+            TlsMode::StartTls => StartTlsPolicy::Required,
+        };
+        config.allow_plaintext_auth = s.allow_plaintext_auth;
+        config.pipelining = s.pipelining;
+        config.chunking = s.chunking;
+        let session = Session::new(config)?;
+        let mut conn = Connection {
+            stream: Stream::Plain(tcp),
+            session,
+            connector: self.clone(),
+            buf: vec![0; 16 * 1024],
+            info: ConnectionInfo {
+                peer,
+                local,
+                helo_name,
+                capabilities: Capabilities::default(),
+                tls: None,
+                tls_skipped: None,
+                auth_mechanism: None,
+            },
+            deliveries: 0,
+        };
+        if s.tls == TlsMode::Implicit {
+            conn.handshake(false).await?;
+        }
+        loop {
+            match conn.next_event().await? {
+                Event::Ready => break,
+                _ => continue,
+            }
+        }
+        conn.refresh_info();
+        conn.authenticate().await?;
+        Ok(conn)
+    }
+}
+
+/// One open SMTP connection. See the [module docs](self).
+pub struct Connection {
+    stream: Stream,
+    session: Session,
+    connector: Connector,
+    buf: Vec<u8>,
+    info: ConnectionInfo,
+    deliveries: usize,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("info", &self.info)
+            .field("deliveries", &self.deliveries)
+            .field("usable", &self.is_usable())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Opens a connection with these settings (see [`Connector`] to open
+    /// many without rebuilding the TLS configuration each time).
+    pub async fn open(settings: &SmtpSettings) -> Result<Connection, Error> {
+        Connector::new(settings.clone())?.connect().await
+    }
+
+    /// What the connection found out about the server.
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.info
+    }
+
+    /// Messages delivered (successfully or not) on this connection.
+    pub fn deliveries(&self) -> usize {
+        self.deliveries
+    }
+
+    /// Whether the connection can carry another transaction: not failed,
+    /// not closed, nothing in flight. A connection that timed out or lost
+    /// sync is never usable again.
+    pub fn is_usable(&self) -> bool {
+        self.session.is_idle()
+    }
+
+    fn settings(&self) -> &SmtpSettings {
+        &self.connector.settings
+    }
+
+    fn refresh_info(&mut self) {
+        if let Some(caps) = self.session.capabilities() {
+            self.info.capabilities = caps.clone();
+        }
+        self.info.tls_skipped = self.session.tls_skipped_reason().map(str::to_owned);
+        self.info.auth_mechanism = self.session.authenticated();
+    }
+
+    /// Writes all pending output within the data timeout.
+    async fn flush(&mut self) -> Result<(), Error> {
+        if !self.session.wants_write() {
+            return Ok(());
+        }
+        let limit = self.settings().timeouts.data;
+        let out = self.session.output();
+        let n = out.len();
+        match tokio::time::timeout(limit, self.stream.write_all(out)).await {
+            Ok(Ok(())) => {
+                self.session.consume_output(n);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.session.io_failed(e)),
+            Err(_) => {
+                let e = Error::new(
+                    Kind::Timeout,
+                    None,
+                    format!("sending to the server took longer than {limit:?}"),
+                );
+                Err(self.session.abort(e))
+            }
+        }
+    }
+
+    /// Reads once, within the timeout of the current phase.
+    async fn read_once(&mut self) -> Result<(), Error> {
+        let t = self.settings().timeouts;
+        let limit = match self.session.phase() {
+            Phase::Greeting => t.greeting,
+            Phase::FinalReply => t.final_reply,
+            Phase::TlsHandshake => t.tls_handshake,
+            Phase::Idle => return Err(Error::protocol(None, "read while the session waits for nothing")),
+            _ => t.command,
+        };
+        match tokio::time::timeout(limit, self.stream.read(&mut self.buf)).await {
+            Err(_) => {
+                let mut e = self.session.timed_out();
+                if e.stage() == Some(Stage::Greeting) && self.settings().port == 465 {
+                    e = e.with_hint("port 465 usually expects implicit TLS: set the TLS mode to implicit");
+                }
+                Err(e)
+            }
+            Ok(Err(e)) => Err(self.session.io_failed(e)),
+            Ok(Ok(0)) => self.session.receive_eof(),
+            Ok(Ok(n)) => self.session.receive(&self.buf[..n]),
+        }
+    }
+
+    /// Moves bytes until the session has an event; runs the STARTTLS
+    /// handshake itself.
+    async fn next_event(&mut self) -> Result<Event, Error> {
+        loop {
+            if let Some(event) = self.session.poll_event() {
+                if let Event::StartTls = event {
+                    self.flush().await?;
+                    self.handshake(true).await?;
+                    continue;
+                }
+                return Ok(event);
+            }
+            self.flush().await?;
+            if !self.session.wants_read() {
+                return Err(match self.session.failure() {
+                    Some(e) => e.clone(),
+                    None => Error::protocol(None, "the session waits for nothing"),
+                });
+            }
+            self.read_once().await?;
+        }
+    }
+
+    async fn handshake(&mut self, via_starttls: bool) -> Result<(), Error> {
+        let Some(config) = self.connector.tls.clone() else {
+            return Err(self
+                .session
+                .abort(Error::config("TLS requested without a TLS configuration")));
+        };
+        let (host, port, limit) = {
+            let s = self.settings();
+            (s.host.clone(), s.port, s.timeouts.tls_handshake)
+        };
+        let name = tls::server_name(&host)?;
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Detached) else {
+            return Err(self.session.abort(Error::protocol(
+                Some(Stage::Tls),
+                "TLS on a stream that is not plain",
+            )));
+        };
+        let handshake = TlsConnector::from(config).connect(name, tcp);
+        match tokio::time::timeout(limit, handshake).await {
+            Ok(Ok(tls)) => {
+                let (_, conn) = tls.get_ref();
+                self.info.tls = Some(TlsInfo {
+                    version: match conn.protocol_version() {
+                        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+                        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+                        other => format!("{other:?}"),
+                    },
+                    cipher_suite: conn
+                        .negotiated_cipher_suite()
+                        .map(|c| format!("{:?}", c.suite()))
+                        .unwrap_or_default(),
+                    via_starttls,
+                });
+                self.stream = Stream::Tls(Box::new(tls));
+                if via_starttls {
+                    self.session.tls_established()?;
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self
+                .session
+                .abort(tls::handshake_error(e, &host, port, !via_starttls))),
+            Err(_) => {
+                let mut e = Error::new(Kind::Timeout, Some(Stage::Tls), "the TLS handshake timed out");
+                if !via_starttls {
+                    e = e.with_hint(format!(
+                        "no TLS answer on port {port}: if the server speaks plain SMTP there, use STARTTLS or none"
+                    ));
+                }
+                Err(self.session.abort(e))
+            }
+        }
+    }
+
+    async fn authenticate(&mut self) -> Result<(), Error> {
+        let credential = match &self.settings().auth {
+            Auth::None => return Ok(()),
+            Auth::Credential(c) => c.clone(),
+            Auth::Provider(p) => {
+                let p = p.clone();
+                let limit = self.settings().timeouts.command;
+                match tokio::time::timeout(limit, p.credential()).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(Error::new(
+                            Kind::Timeout,
+                            Some(Stage::Auth),
+                            "the credential provider timed out",
+                        ))
+                    }
+                }
+            }
+        };
+        let mechanism = self.choose_mechanism(&credential)?;
+        let mut nonce = [0u8; 18];
+        tls::provider().secure_random.fill(&mut nonce).map_err(|_| {
+            Error::new(
+                Kind::Auth,
+                Some(Stage::Auth),
+                "no secure random numbers for the SASL nonce",
+            )
+        })?;
+        let nonce = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, nonce);
+        let client = SaslClient::new(mechanism, &credential, &nonce).map_err(|e| {
+            Error::new(Kind::Auth, Some(Stage::Auth), format!("cannot use {mechanism}")).with_source(e)
+        })?;
+        self.session.authenticate(client)?;
+        loop {
+            match self.next_event().await? {
+                Event::Authenticated(Ok(m)) => {
+                    self.info.auth_mechanism = Some(m);
+                    return Ok(());
+                }
+                Event::Authenticated(Err(e)) => return Err(e),
+                _ => continue,
+            }
+        }
+    }
+
+    fn choose_mechanism(&self, credential: &Credential) -> Result<Mechanism, Error> {
+        let preference: Vec<Mechanism> = match &self.settings().auth_mechanisms {
+            Some(list) => list.clone(),
+            None => credential.preference().to_vec(),
+        };
+        let caps = &self.info.capabilities;
+        let offered = caps.auth_mechanisms();
+        if offered.is_empty() {
+            let mut e = Error::new(
+                Kind::Auth,
+                Some(Stage::Auth),
+                "credentials are configured but the server does not offer AUTH",
+            );
+            e = if self.info.tls.is_none() {
+                e.with_hint("many servers offer AUTH only after STARTTLS: use STARTTLS or implicit TLS")
+            } else {
+                e.with_hint("if this relay accepts mail without a login, remove the user name and password")
+            };
+            return Err(e);
+        }
+        auth::select(&preference, offered.iter().map(String::as_str)).ok_or_else(|| {
+            let ours: Vec<&str> = preference.iter().map(|m| m.name()).collect();
+            Error::new(
+                Kind::Auth,
+                Some(Stage::Auth),
+                format!(
+                    "no common AUTH mechanism: the server offers {}, relaymail may use {}",
+                    offered.join(" "),
+                    ours.join(" ")
+                ),
+            )
+        })
+    }
+
+    /// Delivers one message: MAIL, RCPT for each recipient, DATA or BDAT.
+    /// Line endings are normalised and lines dot-stuffed on the wire.
+    ///
+    /// Returns per-recipient results and the server's final reply. Refused
+    /// recipients are reported in the [`Delivery`] while the others receive
+    /// the message, unless the settings require all recipients. A failure
+    /// after which the connection is still in step (a refused sender, every
+    /// recipient refused, a refused message) leaves it usable; timeouts and
+    /// protocol errors break it.
+    pub async fn send(
+        &mut self,
+        envelope: Envelope,
+        message: impl Into<Arc<[u8]>>,
+    ) -> Result<Delivery, Error> {
+        let id = self.submit(envelope, message.into())?;
+        self.outcome(id).await
+    }
+
+    /// Queues a transaction without waiting (pipelining across transactions).
+    pub(crate) fn submit(&mut self, envelope: Envelope, message: Arc<[u8]>) -> Result<TxId, Error> {
+        let mut tx = Transaction::new(envelope, message);
+        tx.require_all_recipients = self.settings().require_all_recipients;
+        let id = self.session.send(tx)?;
+        self.deliveries += 1;
+        Ok(id)
+    }
+
+    /// Waits for the outcome of transaction `id`.
+    pub(crate) async fn outcome(&mut self, id: TxId) -> Result<Delivery, Error> {
+        loop {
+            match self.next_event().await {
+                Ok(Event::Transaction(t)) if t.id == id => {
+                    return t.result.map(|reply| Delivery {
+                        recipients: t.recipients,
+                        reply,
+                    })
+                }
+                Ok(_) => continue,
+                Err(fatal) => {
+                    // The session ended every transaction with the error, and
+                    // marked those whose body had been sent.
+                    while let Some(event) = self.session.poll_event() {
+                        if let Event::Transaction(t) = event {
+                            if t.id == id {
+                                return Err(t.result.err().unwrap_or(fatal));
+                            }
+                        }
+                    }
+                    return Err(fatal);
+                }
+            }
+        }
+    }
+
+    /// Sends NOOP and waits for the answer (a liveness probe).
+    pub async fn noop(&mut self) -> Result<(), Error> {
+        self.session.noop()?;
+        loop {
+            if let Event::Noop = self.next_event().await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends QUIT, waits for the reply (or the server closing) and closes.
+    pub async fn quit(mut self) -> Result<(), Error> {
+        self.session.quit()?;
+        let result = loop {
+            match self.next_event().await {
+                Ok(Event::Closed) => break Ok(()),
+                Ok(_) => continue,
+                Err(e) => break Err(e),
+            }
+        };
+        self.stream.shutdown().await;
+        result
+    }
+}
+
+/// Connects with these settings — TCP, greeting, EHLO, TLS, AUTH — then
+/// QUITs, and reports what it found: capabilities, TLS version and cipher,
+/// AUTH mechanism. Cheap enough to run when settings are saved.
+pub async fn verify(settings: &SmtpSettings) -> Result<ConnectionInfo, Error> {
+    let conn = Connection::open(settings).await?;
+    let info = conn.info.clone();
+    conn.quit().await?;
+    Ok(info)
+}
