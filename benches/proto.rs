@@ -28,7 +28,8 @@ fn rate(budget: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 fn message(size: usize) -> Vec<u8> {
-    let mut m = b"From: Example <noreply@example.com>\r\nTo: user@example.net\r\nSubject: Your alert\r\n\r\n".to_vec();
+    let mut m = b"From: Example <noreply@example.com>\r\nTo: user@example.net\r\nSubject: Your alert\r\n\r\n"
+        .to_vec();
     let line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\n";
     while m.len() < size {
         m.extend_from_slice(line);
@@ -41,7 +42,11 @@ fn message(size: usize) -> Vec<u8> {
 }
 
 fn main() {
-    let budget = Duration::from_millis(if std::env::args().any(|a| a == "--quick") { 200 } else { 1500 });
+    let budget = Duration::from_millis(if std::env::args().any(|a| a == "--quick") {
+        200
+    } else {
+        1500
+    });
     let small = message(2048);
     let large = message(1 << 20);
 
@@ -50,7 +55,11 @@ fn main() {
         out.clear();
         DataEncoder::encode_all(black_box(&small), &mut out);
     });
-    println!("data_encoder 2 KiB message: {:>12.0} msgs/s  {:>8.1} MiB/s", r, r * 2048.0 / 1048576.0);
+    println!(
+        "data_encoder 2 KiB message: {:>12.0} msgs/s  {:>8.1} MiB/s",
+        r,
+        r * 2048.0 / 1048576.0
+    );
     let r = rate(budget, || {
         out.clear();
         DataEncoder::encode_all(black_box(&large), &mut out);
@@ -80,7 +89,9 @@ fn main() {
     let mut session = Session::new(SessionConfig::new("client.example.com")).expect("config");
     session.receive(b"220 mx ESMTP\r\n").expect("greeting");
     session.consume_output(session.output().len());
-    session.receive(b"250-mx\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10000000\r\n").expect("ehlo");
+    session
+        .receive(b"250-mx\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10000000\r\n")
+        .expect("ehlo");
     while session.poll_event().is_some() {}
     let envelope = Envelope {
         from: "noreply@example.com".into(),
@@ -88,9 +99,13 @@ fn main() {
         ..Envelope::default()
     };
     let r = rate(budget, || {
-        session.send(Transaction::new(envelope.clone(), body.clone())).expect("send");
+        session
+            .send(Transaction::new(envelope.clone(), body.clone()))
+            .expect("send");
         session.consume_output(session.output().len());
-        session.receive(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n").expect("replies");
+        session
+            .receive(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n")
+            .expect("replies");
         session.consume_output(session.output().len());
         session.receive(b"250 2.0.0 Ok: queued\r\n").expect("final");
         while let Some(ev) = session.poll_event() {

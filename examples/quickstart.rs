@@ -23,9 +23,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = thread::spawn(move || sink(listener, received_tx));
 
     let notifications = [
-        ("ana@example.net", "Reset your password", "Follow this link to choose a new password."),
-        ("ops@example.net", "Disk almost full", "/var is at 97%.\n.\nThis line follows a lone dot."),
-        ("billing@example.net", "Invoice INV-2041", "Your invoice for November is attached."),
+        (
+            "ana@example.net",
+            "Reset your password",
+            "Follow this link to choose a new password.",
+        ),
+        (
+            "ops@example.net",
+            "Disk almost full",
+            "/var is at 97%.\n.\nThis line follows a lone dot.",
+        ),
+        (
+            "billing@example.net",
+            "Invoice INV-2041",
+            "Your invoice for November is attached.",
+        ),
     ];
 
     let mut stream = TcpStream::connect(addr)?;

@@ -763,6 +763,24 @@ impl Session {
             ));
         }
         let mut recipients = envelope.recipients;
+        // The caller's own parameters are validated as given, before any is
+        // dropped: a malformed ORCPT or ENVID is an error whether or not this
+        // server would have seen it.
+        let mut scratch = Vec::new();
+        Command::Mail {
+            from: &envelope.from,
+            params: &params,
+        }
+        .encode(&mut scratch)
+        .map_err(cmd_error)?;
+        for r in &recipients {
+            Command::Rcpt {
+                to: &r.address,
+                params: &r.params,
+            }
+            .encode(&mut scratch)
+            .map_err(cmd_error)?;
+        }
         if !caps.supports(Extension::Dsn) {
             params.ret = None;
             params.envid = None;
@@ -787,7 +805,7 @@ impl Session {
         }
         // Encode every command once now, so that no argument can fail later
         // with half a transaction on the wire.
-        let mut scratch = Vec::new();
+        scratch.clear();
         let from = envelope.from;
         Command::Mail {
             from: &from,
