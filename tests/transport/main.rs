@@ -1,0 +1,10 @@
+//! Integration tests of one connection end to end against the in-process
+//! test server (feature `test-server`): TLS modes, certificates, AUTH,
+//! pipelining, BDAT, SIZE, recipients, timeouts, injection.
+#![cfg(feature = "test-server")]
+
+mod auth;
+mod delivery;
+mod support;
+mod timeouts;
+mod tls;
