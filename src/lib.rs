@@ -4,12 +4,48 @@
 //! email — password resets, alerts, share links, invoices — through a relay
 //! an administrator configures.
 //!
-//! This release contains the protocol core: a sans-IO SMTP client
-//! ([`proto`]) with an incremental reply parser, EHLO capabilities, a command
-//! encoder that refuses injection, DATA/BDAT body encoders that cannot end a
-//! message early, SASL mechanisms and the session state machine with
-//! PIPELINING. The network transport, the settings model and the pooled
-//! dispatcher build on it.
+//! Layers, bottom up:
+//!
+//! - [`proto`]: a sans-IO SMTP client (no sockets, no clock): incremental
+//!   reply parser, EHLO capabilities, a command encoder that refuses
+//!   injection, DATA/BDAT body encoders that cannot end a message early, SASL
+//!   mechanisms and the session state machine with PIPELINING.
+//! - [`SmtpSettings`]: the typed, validated settings an administrator's form
+//!   produces (host, port, [`TlsMode`], trust, credentials, HELO name,
+//!   per-phase [`Timeouts`]); `build()` reports every bad field at once.
+//! - [`Connection`] ([`transport`]): one connection over tokio and rustls —
+//!   DNS, implicit TLS or STARTTLS, AUTH, delivery, NOOP, QUIT — with the
+//!   timeout of each phase enforced and errors that name the stage and the
+//!   likely fix. [`verify`] checks settings end to end.
+//! - `testing` (feature `test-server`): an in-process SMTP server with TLS,
+//!   AUTH, extension switches, fault injection and recorded sessions, for
+//!   this crate's tests and for the tests of applications that embed it.
+//!
+//! ## Sending one message
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), relaymail::Error> {
+//! use relaymail::{Connection, Envelope, Recipient, SmtpSettings, TlsMode};
+//!
+//! let settings = SmtpSettings::builder()
+//!     .host("smtp.example.com")
+//!     .tls(TlsMode::StartTls) // port 587 by default
+//!     .sender("noreply@example.com")
+//!     .credentials("noreply@example.com", "app-password")
+//!     .build()?;
+//! let mut conn = Connection::open(&settings).await?;
+//! let envelope = Envelope {
+//!     from: "noreply@example.com".into(),
+//!     recipients: vec![Recipient::new("user@example.net")],
+//!     ..Envelope::default()
+//! };
+//! let delivery = conn
+//!     .send(envelope, b"Subject: Reset your password\r\n\r\nFollow the link.\r\n".to_vec())
+//!     .await?;
+//! println!("queued: {}", delivery.reply());
+//! conn.quit().await?;
+//! # Ok(()) }
+//! ```
 //!
 //! ## Driving a session
 //!

@@ -448,6 +448,13 @@ impl Session {
         self.state == State::Ready && self.expects.is_empty() && self.txs.is_empty()
     }
 
+    /// Whether a new transaction may be started and none is unfinished: the
+    /// session is ready and healthy. Unlike [`Session::is_idle`], a reply
+    /// still awaited for an RSET after a failed transaction does not count.
+    pub fn can_send(&self) -> bool {
+        self.state == State::Ready && self.failure.is_none() && self.txs.is_empty()
+    }
+
     /// Whether the session ended (closed after QUIT, or failed).
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed | State::Failed)

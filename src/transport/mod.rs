@@ -270,10 +270,11 @@ impl Connection {
     }
 
     /// Whether the connection can carry another transaction: not failed,
-    /// not closed, nothing in flight. A connection that timed out or lost
-    /// sync is never usable again.
+    /// not closed, no transaction unfinished (an RSET still being answered
+    /// after a refused transaction does not count). A connection that timed
+    /// out or lost sync is never usable again.
     pub fn is_usable(&self) -> bool {
-        self.session.is_idle()
+        self.session.can_send()
     }
 
     fn settings(&self) -> &SmtpSettings {
@@ -326,8 +327,16 @@ impl Connection {
         match tokio::time::timeout(limit, self.stream.read(&mut self.buf)).await {
             Err(_) => {
                 let mut e = self.session.timed_out();
-                if e.stage() == Some(Stage::Greeting) && self.settings().port == 465 {
-                    e = e.with_hint("port 465 usually expects implicit TLS: set the TLS mode to implicit");
+                let settings = self.settings();
+                if e.stage() == Some(Stage::Greeting) && settings.tls != TlsMode::Implicit {
+                    e = e.with_hint(if settings.port == 465 {
+                        "port 465 usually expects implicit TLS: set the TLS mode to implicit".to_owned()
+                    } else {
+                        format!(
+                            "no greeting from the server: if port {} expects implicit TLS (as port 465 usually does), set the TLS mode to implicit",
+                            settings.port
+                        )
+                    });
                 }
                 Err(e)
             }

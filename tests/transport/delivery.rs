@@ -208,6 +208,10 @@ async fn refused_sender_and_message_keep_the_connection() {
         .expect_err("spam");
     assert_eq!(e.stage(), Some(Stage::EndOfData));
     assert!(e.to_string().contains("spam"));
+    assert!(
+        conn.is_usable(),
+        "a refused message leaves the connection in step"
+    );
     let spoofed = Envelope {
         from: "spoof@example.com".into(),
         ..envelope(&["a@example.net"])
@@ -223,6 +227,10 @@ async fn refused_sender_and_message_keep_the_connection() {
             .map(|c| c.to_string())
             .as_deref(),
         Some("5.7.1")
+    );
+    assert!(
+        conn.is_usable(),
+        "RSET after a refused sender keeps the connection"
     );
     conn.send(envelope(&["a@example.net"]), MESSAGE.to_vec())
         .await
