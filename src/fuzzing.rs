@@ -216,7 +216,11 @@ const FUZZ_PASSWORD: &str = "Fuzz-Secret-Pa55word";
 /// string constants into its inputs), quoting it is not a leak.
 fn leaks(text: &str, server_input: &[u8]) -> bool {
     let secret = FUZZ_PASSWORD.as_bytes();
-    text.contains(FUZZ_PASSWORD) && !server_input.windows(secret.len()).any(|w| w == secret)
+    // The harnesses cut their input at 0xfe / 0xff into pieces that reach the
+    // parser back to back: the server "sent" the secret if it appears once
+    // those separators are gone.
+    let joined: Vec<u8> = server_input.iter().copied().filter(|&b| b < 0xfe).collect();
+    text.contains(FUZZ_PASSWORD) && !joined.windows(secret.len()).any(|w| w == secret)
 }
 
 /// SASL clients: arbitrary server challenges never panic, and no error text
