@@ -190,13 +190,14 @@ impl BdatEncoder {
     }
 
     /// Writes the final chunk as `BDAT n LAST`. Returns the number of `BDAT`
-    /// commands written (one, or two when the final line break pushed the
-    /// pending bytes over the chunk size).
+    /// commands written: one, or more when the final line break pushed the
+    /// pending bytes over the chunk size (with chunks of 1 or 2 bytes, the
+    /// added CRLF can need two more chunks).
     pub fn finish(mut self, out: &mut Vec<u8>) -> usize {
         self.norm.finish(&mut self.pending);
         let mut chunks = 0;
         let mut rest: &[u8] = &self.pending;
-        if rest.len() > self.chunk_size {
+        while rest.len() > self.chunk_size {
             frame_chunk(&rest[..self.chunk_size], false, out);
             rest = &rest[self.chunk_size..];
             chunks += 1;
@@ -340,6 +341,14 @@ mod tests {
         enc.encode(b".line\n", &mut out);
         assert_eq!(enc.finish(&mut out), 1);
         assert_eq!(out, b"BDAT 7 LAST\r\n.line\r\n", "no dot-stuffing in BDAT");
+
+        // The CRLF added at the end respects the chunk size too (found by
+        // the body_encoder fuzz target).
+        let mut out = Vec::new();
+        let mut enc = BdatEncoder::new(1);
+        assert_eq!(enc.encode(b"a", &mut out), 0);
+        assert_eq!(enc.finish(&mut out), 3);
+        assert_eq!(out, b"BDAT 1\r\naBDAT 1\r\n\rBDAT 1 LAST\r\n\n");
     }
 
     /// Parses BDAT framing back into the carried bytes, checking each size.
