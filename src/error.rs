@@ -96,6 +96,11 @@ pub(crate) enum Kind {
     Protocol,
     /// The server lacks an extension the message needs.
     Unsupported,
+    /// The mailer was shut down (or its queue closed) before the message
+    /// could be delivered.
+    Shutdown,
+    /// The mailer's queue was full (only from non-waiting calls).
+    Full,
 }
 
 #[derive(Clone)]
@@ -250,6 +255,17 @@ impl Error {
     /// The server's reply that caused the error, when there was one.
     pub fn reply(&self) -> Option<&Reply> {
         self.0.reply.as_ref()
+    }
+
+    /// The mailer was shut down before this message was delivered; nothing
+    /// more will be tried for it.
+    pub fn is_shutdown(&self) -> bool {
+        self.0.kind == Kind::Shutdown
+    }
+
+    /// The mailer's queue was full and the call does not wait.
+    pub fn is_full(&self) -> bool {
+        self.0.kind == Kind::Full
     }
 
     /// A plain-language suggestion for fixing a likely misconfiguration.

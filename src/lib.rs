@@ -97,6 +97,8 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod error;
+pub mod mailer;
+pub mod message;
 pub mod proto;
 pub mod settings;
 #[cfg(feature = "test-server")]
@@ -107,6 +109,11 @@ pub mod transport;
 pub mod fuzzing;
 
 pub use error::{Error, Stage};
+pub use mailer::{
+    Mailer, MailerBuilder, Pending, RateLimit, Receipt, Redirect, ReportAddress, RetryPolicy, Stats,
+    TrySendError,
+};
+pub use message::Message;
 pub use proto::auth::{Credential, Mechanism};
 pub use proto::reply::Reply;
 pub use proto::session::{Envelope, Recipient, RecipientReply};

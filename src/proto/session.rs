@@ -118,6 +118,11 @@ pub enum Phase {
 pub struct TxId(u64);
 
 impl TxId {
+    #[cfg(test)]
+    pub(crate) fn for_tests(n: u64) -> TxId {
+        TxId(n)
+    }
+
     /// The sequence number within the session (starting at 0).
     pub fn value(self) -> u64 {
         self.0
@@ -1331,6 +1336,35 @@ impl Session {
             if let Some(e) = e {
                 return self.finish_tx(idx, Err(e));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Envelope {
+    /// Checks the envelope as [`Session::send`] will: at least one recipient,
+    /// and MAIL FROM and every RCPT TO (with their parameters) encodable —
+    /// no control bytes, angle brackets or stray spaces. Lets a queue refuse
+    /// a bad envelope when it is handed over rather than when its turn comes.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.recipients.is_empty() {
+            return Err(Error::config("the envelope has no recipient"));
+        }
+        let mut scratch = Vec::new();
+        Command::Mail {
+            from: &self.from,
+            params: &self.params,
+        }
+        .encode(&mut scratch)
+        .map_err(cmd_error)?;
+        for r in &self.recipients {
+            scratch.clear();
+            Command::Rcpt {
+                to: &r.address,
+                params: &r.params,
+            }
+            .encode(&mut scratch)
+            .map_err(cmd_error)?;
         }
         Ok(())
     }

@@ -65,6 +65,9 @@ pub(super) async fn run(shared: Arc<Shared>, id: usize, stream: TcpStream) {
     if session.linger {
         session.conn.close_lingering(LINGER).await;
     } else {
+        // Counted as closed before the socket closes: a client that saw the
+        // close knows the server's connection count no longer includes it.
+        session.shared.close_session(session.id);
         session.conn.close().await;
     }
 }

@@ -121,6 +121,11 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    #[cfg(test)]
+    pub(crate) fn new(recipients: Vec<RecipientReply>, reply: Reply) -> Delivery {
+        Delivery { recipients, reply }
+    }
+
     /// Each recipient's reply, in envelope order.
     pub fn recipients(&self) -> &[RecipientReply] {
         &self.recipients
@@ -576,6 +581,24 @@ impl Connection {
                 Err(e) => break Err(e),
             }
         };
+        if result.is_ok() {
+            // Let the server close first (it does after 221): the TIME_WAIT
+            // state stays on its side, and once we see the close, the server
+            // has let go of the connection too. Bounded: at most 2 s.
+            let limit = self
+                .settings()
+                .timeouts
+                .command
+                .min(std::time::Duration::from_secs(2));
+            let _ = tokio::time::timeout(limit, async {
+                while let Ok(n) = self.stream.read(&mut self.buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
         self.stream.shutdown().await;
         result
     }

@@ -1,0 +1,577 @@
+//! [`Mailer`]: what applications hold. Cheap to clone, shared across tasks,
+//! it sends through a pool of connections built from one [`SmtpSettings`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), relaymail::Error> {
+//! use relaymail::{Envelope, Mailer, Message, Recipient, SmtpSettings, TlsMode};
+//!
+//! let settings = SmtpSettings::builder()
+//!     .host("smtp.example.com")
+//!     .tls(TlsMode::StartTls)
+//!     .sender("noreply@example.com")
+//!     .credentials("noreply@example.com", "app-password")
+//!     .build()?;
+//! let mailer = Mailer::builder(settings).max_connections(4).build()?;
+//! let envelope = Envelope {
+//!     from: "noreply@example.com".into(),
+//!     recipients: vec![Recipient::new("user@example.net")],
+//!     ..Envelope::default()
+//! };
+//! let receipt = mailer
+//!     .send(Message::new(envelope, &b"Subject: Reset your password\r\n\r\nFollow the link.\r\n"[..]))
+//!     .await?;
+//! println!("{} (after {} attempt(s))", receipt.reply(), receipt.attempts());
+//! mailer.shutdown(std::time::Duration::from_secs(10)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Behaviour
+//!
+//! - **Connections**: at most `max_connections` open at once — a hard cap on
+//!   all connections, busy or idle. Each carries at most
+//!   `max_deliveries_per_connection` transactions (default 20) and lives at
+//!   most `max_connection_age`; then it QUITs and a new one is opened. Idle
+//!   connections close after `idle_timeout`. A connection that sat idle
+//!   longer than `probe_after_idle` is probed with NOOP before use — never a
+//!   NOOP per message. A connection that timed out, lost sync or got a 421
+//!   is dropped, never reused.
+//! - **Pipelining**: a connection takes a batch of waiting messages and
+//!   writes the next transaction's commands right behind the previous
+//!   message (RFC 2920 §3.1); BDAT is used where CHUNKING is offered.
+//! - **Retries** follow [`RetryPolicy`]: transient failures (4yz, connection
+//!   failures, timeouts) are retried with exponential back-off and jitter on a
+//!   new connection; permanent ones (5yz) are not. Recipients refused with a
+//!   4yz while others were accepted are retried alone. A connection lost after
+//!   the body was sent is retried by default (**at-least-once**: a recipient
+//!   may receive such a message twice).
+//! - **Back-pressure**: the queue holds at most `queue_capacity` messages;
+//!   [`Mailer::send`] and [`Mailer::submit`] wait for room,
+//!   [`Mailer::try_send`] hands the message back.
+//! - **Rate limit** (optional): at most N messages per interval across the
+//!   pool, from the first message on.
+//! - **Reload**: [`Mailer::reload`] switches new transactions to new settings
+//!   without a restart; idle connections of the old settings close, busy ones
+//!   finish their messages first.
+//! - **Redirect**: with a [`Redirect`] switched on, every message goes only to
+//!   the enabled report addresses; the original recipients are kept in an
+//!   `X-Relaymail-Original-Recipients` header.
+//! - **Shutdown**: [`Mailer::shutdown`] stops accepting, delivers what is
+//!   queued until its deadline, fails the rest with
+//!   [`Error::is_shutdown`], and QUITs every connection.
+
+mod limit;
+mod pool;
+mod retry;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+pub use limit::RateLimit;
+pub use retry::RetryPolicy;
+
+use crate::error::{Error, Kind};
+use crate::message::Message;
+use crate::proto::reply::Reply;
+use crate::proto::session::{Envelope, Recipient, RecipientReply, TxId};
+use crate::settings::SmtpSettings;
+use crate::transport::{Connection, Connector, Delivery};
+use pool::{Job, Pool, PoolConfig};
+
+/// The header that keeps the original recipients of a redirected message.
+pub const ORIGINAL_RECIPIENTS_HEADER: &str = "X-Relaymail-Original-Recipients";
+
+/// The result of a delivered message.
+#[derive(Clone, Debug)]
+pub struct Receipt {
+    recipients: Vec<RecipientReply>,
+    reply: Reply,
+    attempts: u32,
+}
+
+impl Receipt {
+    /// Every recipient with the server's last answer for it, in the order of
+    /// the envelope.
+    pub fn recipients(&self) -> &[RecipientReply] {
+        &self.recipients
+    }
+
+    /// The recipients that accepted the message.
+    pub fn accepted(&self) -> impl Iterator<Item = &str> {
+        self.recipients
+            .iter()
+            .filter(|r| r.accepted())
+            .map(|r| r.address.as_str())
+    }
+
+    /// The recipients that did not, with the server's reply when there was one.
+    pub fn refused(&self) -> impl Iterator<Item = (&str, Option<&Reply>)> {
+        self.recipients
+            .iter()
+            .filter(|r| !r.accepted())
+            .map(|r| (r.address.as_str(), r.reply.as_ref()))
+    }
+
+    /// The server's final reply to the (last) transaction, usually naming
+    /// its queue id.
+    pub fn reply(&self) -> &Reply {
+        &self.reply
+    }
+
+    /// How many attempts it took (1 = first time).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+}
+
+/// A snapshot of the mailer's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Messages waiting in the queue.
+    pub queued: usize,
+    /// Messages being sent on a connection.
+    pub in_flight: usize,
+    /// Messages waiting out a retry back-off.
+    pub deferred: usize,
+    /// Messages accepted into the queue since the start.
+    pub offered: u64,
+    /// Messages delivered to at least one recipient.
+    pub delivered: u64,
+    /// Messages that failed for good (including those failed at shutdown).
+    pub failed: u64,
+    /// Retries scheduled.
+    pub retried: u64,
+    /// Connections open now.
+    pub connections_open: usize,
+    /// Connections opened since the start.
+    pub connections_opened: u64,
+    /// For closed connections: (transactions carried, how many connections
+    /// carried that many), ascending.
+    pub deliveries_per_connection: Vec<(usize, u64)>,
+}
+
+/// A report address for [`Redirect`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportAddress {
+    /// The mailbox.
+    pub address: String,
+    /// Whether redirected mail goes to it.
+    pub enabled: bool,
+}
+
+/// Redirect mode: send every message only to report addresses (testing and
+/// staging setups), keeping the original recipients in a header.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Redirect {
+    /// Whether redirect is on.
+    pub enabled: bool,
+    /// The report addresses, each enabled or not.
+    pub addresses: Vec<ReportAddress>,
+}
+
+impl Redirect {
+    /// Redirect switched on, to these addresses (all enabled).
+    pub fn to<I, S>(addresses: I) -> Redirect
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Redirect {
+            enabled: true,
+            addresses: addresses
+                .into_iter()
+                .map(|a| ReportAddress {
+                    address: a.into(),
+                    enabled: true,
+                })
+                .collect(),
+        }
+    }
+
+    fn targets(&self) -> impl Iterator<Item = &str> {
+        self.addresses
+            .iter()
+            .filter(|a| a.enabled)
+            .map(|a| a.address.as_str())
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let mut probe = Envelope::default();
+        for a in &self.addresses {
+            probe.recipients = vec![Recipient::new(a.address.clone())];
+            probe
+                .validate()
+                .map_err(|e| Error::config(format!("redirect address {:?}: {e}", a.address)))?;
+        }
+        if self.enabled && self.targets().next().is_none() {
+            return Err(Error::config(
+                "redirect is on but no report address is enabled; refusing to send to the real recipients",
+            )
+            .with_hint("enable a report address, or switch redirect off"));
+        }
+        Ok(())
+    }
+
+    /// Rewrites the envelope to the report addresses and records the
+    /// original recipients in a header.
+    fn apply(&self, envelope: &mut Envelope, content: &mut Arc<[u8]>) -> Result<(), Error> {
+        self.check()?;
+        let originals: Vec<&str> = envelope.recipients.iter().map(|r| r.address.as_str()).collect();
+        let mut header = format!("{ORIGINAL_RECIPIENTS_HEADER}:");
+        let mut line_len = header.len();
+        for (i, addr) in originals.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            // Fold long lists (RFC 5322 §2.2.3); addresses were validated:
+            // no CR, LF or other control bytes can reach the header.
+            if line_len + sep.len() + 1 + addr.len() > 76 && i > 0 {
+                header.push_str(sep);
+                header.push_str("\r\n ");
+                line_len = 1;
+            } else {
+                header.push_str(sep);
+                header.push(' ');
+                line_len += sep.len() + 1;
+            }
+            header.push_str(addr);
+            line_len += addr.len();
+        }
+        header.push_str("\r\n");
+        let mut bytes = Vec::with_capacity(header.len() + content.len());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(content);
+        *content = bytes.into();
+        envelope.recipients = self.targets().map(Recipient::new).collect();
+        Ok(())
+    }
+}
+
+/// A message in the mailer's hands; await it for the outcome.
+#[derive(Debug)]
+pub struct Pending(oneshot::Receiver<Result<Receipt, Error>>);
+
+impl Future for Pending {
+    type Output = Result<Receipt, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(pool::shutdown_error())))
+    }
+}
+
+/// [`Mailer::try_send`] could not take the message; it is handed back.
+#[derive(Debug)]
+pub struct TrySendError {
+    error: Error,
+    message: Message,
+}
+
+impl TrySendError {
+    /// Why: [`Error::is_full`], [`Error::is_shutdown`], or a config error
+    /// (bad envelope, redirect without address).
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// The message, untouched.
+    pub fn into_message(self) -> Message {
+        self.message
+    }
+}
+
+impl std::fmt::Display for TrySendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for TrySendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// Opens [`Connection`]s for the pool.
+struct SmtpManager {
+    connector: Connector,
+}
+
+impl pool::Manager for SmtpManager {
+    type Conn = Connection;
+
+    fn connect(&self) -> impl Future<Output = Result<Connection, Error>> + Send {
+        self.connector.connect()
+    }
+}
+
+impl pool::Conn for Connection {
+    fn submit(&mut self, envelope: Envelope, content: Arc<[u8]>) -> Result<TxId, Error> {
+        Connection::submit(self, envelope, content)
+    }
+
+    fn outcome(&mut self, id: TxId) -> impl Future<Output = Result<Delivery, Error>> + Send {
+        Connection::outcome(self, id)
+    }
+
+    fn noop(&mut self) -> impl Future<Output = Result<(), Error>> + Send {
+        Connection::noop(self)
+    }
+
+    async fn quit(self) {
+        let _ = Connection::quit(self).await;
+    }
+
+    fn is_usable(&self) -> bool {
+        Connection::is_usable(self)
+    }
+}
+
+/// Sends messages through a pool of SMTP connections. See the
+/// [module docs](self).
+#[derive(Clone)]
+pub struct Mailer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Arc<Pool<SmtpManager>>,
+    redirect: RwLock<Redirect>,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("settings", self.settings().as_ref())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Mailer {
+    /// A mailer with the default limits (see [`MailerBuilder`]).
+    pub fn new(settings: SmtpSettings) -> Result<Mailer, Error> {
+        Mailer::builder(settings).build()
+    }
+
+    /// Configures limits, retries, rate limit and redirect.
+    pub fn builder(settings: SmtpSettings) -> MailerBuilder {
+        MailerBuilder::new(settings)
+    }
+
+    /// Sends a message and waits for the outcome (after any retries).
+    /// Waits for room when the queue is full.
+    pub async fn send(&self, message: Message) -> Result<Receipt, Error> {
+        self.submit(message).await?.await
+    }
+
+    /// Hands a message over, waiting only for room in the queue; await the
+    /// returned [`Pending`] for the outcome.
+    pub async fn submit(&self, message: Message) -> Result<Pending, Error> {
+        let (job, rx) = self.job(message)?;
+        self.inner.pool.push(job).await?;
+        Ok(Pending(rx))
+    }
+
+    /// Hands a message over if the queue has room now; otherwise gives it
+    /// back.
+    pub fn try_send(&self, message: Message) -> Result<Pending, TrySendError> {
+        let (job, rx) = match self.job(message.clone()) {
+            Ok(j) => j,
+            Err(error) => return Err(TrySendError { error, message }),
+        };
+        match self.inner.pool.try_push(job) {
+            Ok(()) => Ok(Pending(rx)),
+            Err(error) => Err(TrySendError { error, message }),
+        }
+    }
+
+    fn job(&self, message: Message) -> Result<(Job, oneshot::Receiver<Result<Receipt, Error>>), Error> {
+        if self.inner.pool.is_closed() {
+            return Err(pool::shutdown_error());
+        }
+        let (mut envelope, mut content) = message.into_parts();
+        envelope.validate()?;
+        let redirect = self
+            .inner
+            .redirect
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if redirect.enabled {
+            redirect.apply(&mut envelope, &mut content)?;
+        }
+        let (tx, rx) = oneshot::channel();
+        Ok((Job::new(envelope, content, tx), rx))
+    }
+
+    /// Switches to new settings without a restart: new transactions use them;
+    /// idle connections of the old settings close; messages already on a
+    /// connection finish on it. Nothing queued is lost.
+    pub fn reload(&self, settings: SmtpSettings) -> Result<(), Error> {
+        let connector = Connector::new(settings)?;
+        self.inner.pool.reload(SmtpManager { connector });
+        Ok(())
+    }
+
+    /// The settings new connections use.
+    pub fn settings(&self) -> Arc<SmtpSettings> {
+        Arc::new(self.inner.pool.generation().manager.connector.settings().clone())
+    }
+
+    /// Replaces the redirect policy (applies to messages handed over from
+    /// now on). Refused when switched on without an enabled address.
+    pub fn set_redirect(&self, redirect: Redirect) -> Result<(), Error> {
+        redirect.check()?;
+        *self.inner.redirect.write().unwrap_or_else(|p| p.into_inner()) = redirect;
+        Ok(())
+    }
+
+    /// The redirect policy.
+    pub fn redirect(&self) -> Redirect {
+        self.inner
+            .redirect
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stops accepting messages, delivers what is queued (and waiting for a
+    /// retry) until `grace` has passed, fails what is left with
+    /// [`Error::is_shutdown`], QUITs every connection and returns the final
+    /// counters. Connections still busy one second after the deadline are
+    /// cut off.
+    pub async fn shutdown(&self, grace: Duration) -> Stats {
+        self.inner
+            .pool
+            .shutdown(tokio::time::Instant::now() + grace)
+            .await;
+        self.stats()
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> Stats {
+        self.inner.pool.stats()
+    }
+}
+
+/// Limits and policies of a [`Mailer`].
+#[derive(Debug)]
+pub struct MailerBuilder {
+    settings: SmtpSettings,
+    config: PoolConfig,
+    redirect: Redirect,
+}
+
+impl MailerBuilder {
+    fn new(settings: SmtpSettings) -> MailerBuilder {
+        MailerBuilder {
+            settings,
+            config: PoolConfig {
+                max_connections: 4,
+                max_deliveries: 20,
+                max_age: Some(Duration::from_secs(300)),
+                idle_timeout: Duration::from_secs(30),
+                probe_after_idle: Duration::from_secs(5),
+                queue_capacity: 1024,
+                max_batch: 32,
+                retry: RetryPolicy::default(),
+                rate_limit: None,
+            },
+            redirect: Redirect::default(),
+        }
+    }
+
+    /// Connections open at once, busy or idle (default 4).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n;
+        self
+    }
+
+    /// Transactions per connection before it QUITs and a new one is opened
+    /// (default 20).
+    pub fn max_deliveries_per_connection(mut self, n: usize) -> Self {
+        self.config.max_deliveries = n;
+        self
+    }
+
+    /// The longest a connection is used (default 5 minutes; `None`: no limit).
+    pub fn max_connection_age(mut self, age: Option<Duration>) -> Self {
+        self.config.max_age = age;
+        self
+    }
+
+    /// An idle connection is closed after this long (default 30 s).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.config.idle_timeout = d;
+        self
+    }
+
+    /// A connection idle for longer than this is probed with NOOP before it
+    /// is used again (default 5 s).
+    pub fn probe_after_idle(mut self, d: Duration) -> Self {
+        self.config.probe_after_idle = d;
+        self
+    }
+
+    /// Messages the queue holds before `send` waits (default 1024).
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.config.queue_capacity = n;
+        self
+    }
+
+    /// The retry policy (default [`RetryPolicy::default`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+
+    /// A pool-wide rate limit (default none).
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.config.rate_limit = Some(limit);
+        self
+    }
+
+    /// The redirect policy (default off).
+    pub fn redirect(mut self, redirect: Redirect) -> Self {
+        self.redirect = redirect;
+        self
+    }
+
+    /// Checks the limits and builds the mailer. No connection is opened
+    /// until the first message.
+    pub fn build(self) -> Result<Mailer, Error> {
+        let c = &self.config;
+        let problems = [
+            (c.max_connections == 0, "max_connections must be at least 1"),
+            (
+                c.max_deliveries == 0,
+                "max_deliveries_per_connection must be at least 1",
+            ),
+            (c.queue_capacity == 0, "queue_capacity must be at least 1"),
+            (c.retry.max_attempts == 0, "retry.max_attempts must be at least 1"),
+            (
+                c.rate_limit.is_some_and(|r| r.messages == 0 || r.per.is_zero()),
+                "a rate limit needs at least 1 message per non-zero interval",
+            ),
+            (c.idle_timeout.is_zero(), "idle_timeout must be more than zero"),
+        ];
+        if let Some((_, why)) = problems.iter().find(|(bad, _)| *bad) {
+            return Err(Error::new(Kind::Config, None, *why));
+        }
+        self.redirect.check()?;
+        let connector = Connector::new(self.settings)?;
+        Ok(Mailer {
+            inner: Arc::new(Inner {
+                pool: Pool::new(self.config, SmtpManager { connector }),
+                redirect: RwLock::new(self.redirect),
+            }),
+        })
+    }
+}

@@ -1,0 +1,691 @@
+//! The dispatcher behind [`Mailer`](crate::Mailer): a queue of jobs and at
+//! most `max_connections` workers, each owning at most one connection.
+//!
+//! - A job goes to the most recently idle worker (LIFO, so a warm connection
+//!   is reused before a cold one is opened); otherwise a new worker is started
+//!   while fewer than `max_connections` exist; otherwise it waits in the
+//!   queue. One worker is one connection at most, so the cap on open
+//!   connections is a hard one.
+//! - A worker takes a batch of queued jobs and submits them all before
+//!   reading any outcome: with PIPELINING the next transaction's commands
+//!   follow the previous message in the same write (RFC 2920 §3.1).
+//! - A connection is retired after `max_deliveries` transactions, after
+//!   `max_age`, after `idle_timeout` without work, when the settings are
+//!   reloaded, and whenever it is no longer in step (timeout, lost sync, 421).
+//!   It is probed with NOOP before use only after `probe_after_idle` idle.
+//! - Transient failures are retried on a later connection after a back-off
+//!   with jitter; permanent ones end the job.
+//!
+//! Generic over the connection [`Manager`] so that the dispatcher can be
+//! tested with connections that fail on command.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::limit::{Limiter, RateLimit};
+use super::retry::RetryPolicy;
+use super::{Receipt, Stats};
+use crate::error::{Error, Kind};
+use crate::proto::session::{Envelope, Recipient, RecipientReply, TxId};
+use crate::transport::Delivery;
+
+/// Opens connections (one per [`Generation`] of settings).
+pub(crate) trait Manager: Send + Sync + 'static {
+    /// The connection type.
+    type Conn: Conn;
+    /// Opens one connection, ready for transactions.
+    fn connect(&self) -> impl Future<Output = Result<Self::Conn, Error>> + Send;
+}
+
+/// What the dispatcher needs from a connection.
+pub(crate) trait Conn: Send + 'static {
+    /// Queues a transaction (validation errors come back at once).
+    fn submit(&mut self, envelope: Envelope, content: Arc<[u8]>) -> Result<TxId, Error>;
+    /// Waits for the outcome of a submitted transaction.
+    fn outcome(&mut self, id: TxId) -> impl Future<Output = Result<Delivery, Error>> + Send;
+    /// Liveness probe.
+    fn noop(&mut self) -> impl Future<Output = Result<(), Error>> + Send;
+    /// QUIT and close.
+    fn quit(self) -> impl Future<Output = ()> + Send;
+    /// Whether another transaction may follow.
+    fn is_usable(&self) -> bool;
+}
+
+/// Limits and policies of the dispatcher.
+#[derive(Clone, Debug)]
+pub(crate) struct PoolConfig {
+    pub(crate) max_connections: usize,
+    pub(crate) max_deliveries: usize,
+    pub(crate) max_age: Option<Duration>,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) probe_after_idle: Duration,
+    pub(crate) queue_capacity: usize,
+    pub(crate) max_batch: usize,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) rate_limit: Option<RateLimit>,
+}
+
+/// One version of the settings: connections opened from it stay with it.
+pub(crate) struct Generation<M> {
+    pub(crate) id: u64,
+    pub(crate) manager: M,
+}
+
+/// A message on its way, with everything needed to answer its sender.
+pub(crate) struct Job {
+    envelope: Envelope,
+    content: Arc<[u8]>,
+    /// Recipient addresses in the caller's order, for the receipt.
+    order: Vec<String>,
+    /// Recipients whose fate is settled (accepted or refused for good).
+    settled: Vec<RecipientReply>,
+    last_reply: Option<crate::Reply>,
+    attempts: u32,
+    handed_over: Instant,
+    respond: oneshot::Sender<Result<Receipt, Error>>,
+    /// The queue slot, given back when a worker takes the job.
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Job {
+    pub(crate) fn new(
+        envelope: Envelope,
+        content: Arc<[u8]>,
+        respond: oneshot::Sender<Result<Receipt, Error>>,
+    ) -> Job {
+        Job {
+            order: envelope.recipients.iter().map(|r| r.address.clone()).collect(),
+            envelope,
+            content,
+            settled: Vec::new(),
+            last_reply: None,
+            attempts: 0,
+            handed_over: Instant::now(),
+            respond,
+            slot: None,
+        }
+    }
+}
+
+enum Wake {
+    Jobs(Vec<Job>),
+    Close,
+}
+
+struct Idle {
+    worker: u64,
+    generation: u64,
+    remaining: usize,
+    wake: oneshot::Sender<Wake>,
+}
+
+struct State<M> {
+    queue: VecDeque<Job>,
+    idle: Vec<Idle>,
+    workers: usize,
+    next_worker: u64,
+    generation: Arc<Generation<M>>,
+    /// No new messages accepted.
+    closed: bool,
+    /// Workers stop; queued and deferred jobs are failed.
+    stopping: bool,
+    deliveries_histogram: BTreeMap<usize, u64>,
+    aborts: HashMap<u64, AbortHandle>,
+}
+
+#[derive(Default)]
+struct Counters {
+    in_flight: AtomicUsize,
+    deferred: AtomicUsize,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    offered: AtomicU64,
+    open: AtomicUsize,
+    opened: AtomicU64,
+}
+
+/// The shared dispatcher.
+pub(crate) struct Pool<M: Manager> {
+    config: PoolConfig,
+    state: Mutex<State<M>>,
+    space: Arc<Semaphore>,
+    limiter: Option<Limiter>,
+    counters: Counters,
+    /// Signalled whenever a job ends or a worker exits.
+    changed: Notify,
+    stop: watch::Sender<bool>,
+}
+
+pub(crate) fn shutdown_error() -> Error {
+    Error::new(
+        Kind::Shutdown,
+        None,
+        "the mailer was shut down before the message could be delivered",
+    )
+}
+
+impl<M: Manager> Pool<M> {
+    pub(crate) fn new(config: PoolConfig, manager: M) -> Arc<Pool<M>> {
+        let capacity = config.queue_capacity.max(1);
+        Arc::new(Pool {
+            limiter: config.rate_limit.map(Limiter::new),
+            space: Arc::new(Semaphore::new(capacity)),
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                idle: Vec::new(),
+                workers: 0,
+                next_worker: 0,
+                generation: Arc::new(Generation { id: 0, manager }),
+                closed: false,
+                stopping: false,
+                deliveries_histogram: BTreeMap::new(),
+                aborts: HashMap::new(),
+            }),
+            counters: Counters::default(),
+            changed: Notify::new(),
+            stop: watch::channel(false).0,
+            config,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<M>> {
+        // A panic elsewhere must not take every sender down with it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a job, waiting for room in the queue. On error the job is
+    /// dropped (the caller keeps its own copy of the message).
+    pub(crate) async fn push(self: &Arc<Self>, mut job: Job) -> Result<(), Error> {
+        if self.lock().closed {
+            return Err(shutdown_error());
+        }
+        match self.space.clone().acquire_owned().await {
+            Ok(permit) => job.slot = Some(permit),
+            Err(_) => return Err(shutdown_error()),
+        }
+        self.enqueue(job)
+    }
+
+    /// Queues a job if there is room now.
+    pub(crate) fn try_push(self: &Arc<Self>, mut job: Job) -> Result<(), Error> {
+        if self.lock().closed {
+            return Err(shutdown_error());
+        }
+        match self.space.clone().try_acquire_owned() {
+            Ok(permit) => job.slot = Some(permit),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(shutdown_error()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let e = Error::new(
+                    Kind::Full,
+                    None,
+                    format!(
+                        "the mailer's queue is full ({} messages waiting)",
+                        self.config.queue_capacity
+                    ),
+                )
+                .transient(true);
+                return Err(e);
+            }
+        }
+        self.enqueue(job)
+    }
+
+    fn enqueue(self: &Arc<Self>, job: Job) -> Result<(), Error> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(shutdown_error());
+        }
+        self.counters.offered.fetch_add(1, Ordering::Relaxed);
+        st.queue.push_back(job);
+        self.dispatch(&mut st);
+        Ok(())
+    }
+
+    /// Puts a job that waited out its back-off back in line.
+    fn requeue(self: &Arc<Self>, job: Job) {
+        let mut st = self.lock();
+        if st.stopping {
+            drop(st);
+            self.complete(job, Err(shutdown_error()));
+            return;
+        }
+        st.queue.push_back(job);
+        self.dispatch(&mut st);
+    }
+
+    /// Hands queued jobs to idle workers or new ones.
+    fn dispatch(self: &Arc<Self>, st: &mut State<M>) {
+        while !st.queue.is_empty() && !st.stopping {
+            let current = st.generation.id;
+            // Idle workers of an older generation are closed at reload; the
+            // most recently idle one has the warmest connection.
+            if let Some(pos) = st.idle.iter().rposition(|i| i.generation == current) {
+                let idle = st.idle.remove(pos);
+                let batch = self.take_batch(st, idle.remaining);
+                if let Err(Wake::Jobs(batch)) = idle.wake.send(Wake::Jobs(batch)) {
+                    // That worker is gone: the jobs go back, in order.
+                    self.counters.in_flight.fetch_sub(batch.len(), Ordering::Relaxed);
+                    for job in batch.into_iter().rev() {
+                        st.queue.push_front(job);
+                    }
+                }
+                continue;
+            }
+            if st.workers < self.config.max_connections {
+                st.workers += 1;
+                let id = st.next_worker;
+                st.next_worker += 1;
+                let batch = self.take_batch(st, self.config.max_deliveries);
+                let generation = st.generation.clone();
+                let pool = self.clone();
+                let handle = tokio::spawn(async move {
+                    pool.clone().work(id, generation, batch).await;
+                });
+                st.aborts.insert(id, handle.abort_handle());
+                continue;
+            }
+            break;
+        }
+    }
+
+    /// Takes the next batch off the queue: no more than the connection may
+    /// still carry, and a fair share when other connections could help.
+    fn take_batch(&self, st: &mut State<M>, remaining: usize) -> Vec<Job> {
+        let helpers = st.idle.len() + self.config.max_connections.saturating_sub(st.workers) + 1;
+        let share = st.queue.len().div_ceil(helpers);
+        let n = share
+            .min(remaining)
+            .min(self.config.max_batch)
+            .max(1)
+            .min(st.queue.len());
+        let batch: Vec<Job> = st
+            .queue
+            .drain(..n)
+            .map(|mut job| {
+                job.slot = None;
+                job
+            })
+            .collect();
+        self.counters.in_flight.fetch_add(batch.len(), Ordering::Relaxed);
+        batch
+    }
+
+    /// Waits for the next batch as an idle worker; `None`: close.
+    async fn next_batch(
+        self: &Arc<Self>,
+        worker: u64,
+        generation: u64,
+        remaining: usize,
+    ) -> Option<Vec<Job>> {
+        let rx = {
+            let mut st = self.lock();
+            if st.stopping || st.generation.id != generation {
+                return None;
+            }
+            if !st.queue.is_empty() {
+                return Some(self.take_batch(&mut st, remaining));
+            }
+            let (tx, rx) = oneshot::channel();
+            st.idle.push(Idle {
+                worker,
+                generation,
+                remaining,
+                wake: tx,
+            });
+            rx
+        };
+        let mut rx = rx;
+        match tokio::time::timeout(self.config.idle_timeout, &mut rx).await {
+            Ok(Ok(Wake::Jobs(batch))) => Some(batch),
+            Ok(Ok(Wake::Close)) | Ok(Err(_)) => None,
+            Err(_) => {
+                let mut st = self.lock();
+                if let Some(pos) = st.idle.iter().position(|i| i.worker == worker) {
+                    st.idle.remove(pos);
+                    return None;
+                }
+                drop(st);
+                // Handed work just as the idle timeout fired: do it.
+                match rx.try_recv() {
+                    Ok(Wake::Jobs(batch)) => Some(batch),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// One worker: opens a connection for its first batch and keeps using it
+    /// until it must be retired.
+    async fn work(self: Arc<Self>, id: u64, generation: Arc<Generation<M>>, mut batch: Vec<Job>) {
+        let mut conn: Option<Open<M::Conn>> = None;
+        loop {
+            // A connection for this batch: reuse (probing it after a long
+            // idle), or open one.
+            if let Some(open) = conn.as_mut() {
+                if open.last_used.elapsed() >= self.config.probe_after_idle && open.conn.noop().await.is_err()
+                {
+                    let dead = conn.take().expect("connection");
+                    self.closed_connection(dead.deliveries);
+                }
+            }
+            if conn.is_none() {
+                match generation.manager.connect().await {
+                    Ok(c) => {
+                        self.counters.open.fetch_add(1, Ordering::Relaxed);
+                        self.counters.opened.fetch_add(1, Ordering::Relaxed);
+                        conn = Some(Open {
+                            conn: c,
+                            opened: Instant::now(),
+                            last_used: Instant::now(),
+                            deliveries: 0,
+                        });
+                    }
+                    Err(e) => {
+                        for mut job in batch {
+                            job.attempts += 1;
+                            self.settle(job, Err(e.clone()));
+                        }
+                        break;
+                    }
+                }
+            }
+            let open = conn.as_mut().expect("connection");
+            let mut submitted = Vec::with_capacity(batch.len());
+            for mut job in batch {
+                if let Some(limiter) = &self.limiter {
+                    let mut stop = self.stop.subscribe();
+                    let stopped = tokio::select! {
+                        _ = limiter.admit() => false,
+                        _ = stop.wait_for(|s| *s) => true,
+                    };
+                    if stopped {
+                        self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        self.complete(job, Err(shutdown_error()));
+                        continue;
+                    }
+                }
+                job.attempts += 1;
+                match open.conn.submit(job.envelope.clone(), job.content.clone()) {
+                    Ok(tx) => {
+                        open.deliveries += 1;
+                        submitted.push((tx, job));
+                    }
+                    Err(e) => self.settle(job, Err(e)),
+                }
+            }
+            for (tx, job) in submitted {
+                let result = open.conn.outcome(tx).await;
+                self.settle(job, result);
+            }
+            open.last_used = Instant::now();
+            let retire = !open.conn.is_usable()
+                || open.deliveries >= self.config.max_deliveries
+                || self
+                    .config
+                    .max_age
+                    .is_some_and(|age| open.opened.elapsed() >= age);
+            if retire {
+                let done = conn.take().expect("connection");
+                self.quit(done).await;
+            }
+            let remaining = self.config.max_deliveries - conn.as_ref().map_or(0, |c| c.deliveries);
+            match self.next_batch(id, generation.id, remaining).await {
+                Some(next) => batch = next,
+                None => break,
+            }
+        }
+        if let Some(open) = conn.take() {
+            self.quit(open).await;
+        }
+        let mut st = self.lock();
+        st.workers -= 1;
+        st.aborts.remove(&id);
+        self.dispatch(&mut st);
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
+    async fn quit(&self, open: Open<M::Conn>) {
+        let deliveries = open.deliveries;
+        if open.conn.is_usable() {
+            open.conn.quit().await;
+        }
+        self.closed_connection(deliveries);
+    }
+
+    fn closed_connection(&self, deliveries: usize) {
+        self.counters.open.fetch_sub(1, Ordering::Relaxed);
+        *self.lock().deliveries_histogram.entry(deliveries).or_default() += 1;
+    }
+
+    /// Decides what happens to a job after an attempt.
+    fn settle(self: &Arc<Self>, mut job: Job, result: Result<Delivery, Error>) {
+        self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let policy = &self.config.retry;
+        match result {
+            Ok(delivery) => {
+                let mut again: Vec<Recipient> = Vec::new();
+                let reply = delivery.reply().clone();
+                for r in delivery.recipients() {
+                    let transient = r.reply.as_ref().is_some_and(|rep| rep.is_transient());
+                    if !r.accepted() && transient && self.may_retry(&job) {
+                        if let Some(rcpt) = job.envelope.recipients.iter().find(|x| x.address == r.address) {
+                            again.push(rcpt.clone());
+                            continue;
+                        }
+                    }
+                    job.settled.push(r.clone());
+                }
+                job.last_reply = Some(reply);
+                if again.is_empty() {
+                    self.complete(job, Ok(()));
+                } else {
+                    job.envelope.recipients = again;
+                    self.defer(job);
+                }
+            }
+            Err(e) => {
+                if policy.is_retryable(&e) && self.may_retry(&job) {
+                    self.defer(job);
+                } else if job.settled.iter().any(RecipientReply::accepted) {
+                    // Some recipients got it on an earlier attempt: report
+                    // the rest as failed with this error's reply.
+                    let rest: Vec<RecipientReply> = job
+                        .envelope
+                        .recipients
+                        .iter()
+                        .map(|r| RecipientReply {
+                            address: r.address.clone(),
+                            reply: e.reply().cloned(),
+                        })
+                        .collect();
+                    job.settled.extend(rest);
+                    self.complete(job, Ok(()));
+                } else {
+                    self.complete(job, Err(e));
+                }
+            }
+        }
+    }
+
+    fn may_retry(&self, job: &Job) -> bool {
+        let policy = &self.config.retry;
+        job.attempts < policy.max_attempts
+            && !*self.stop.borrow()
+            && policy
+                .deadline
+                .is_none_or(|d| job.handed_over.elapsed() + policy.backoff(job.attempts) <= d)
+    }
+
+    /// Waits out the back-off, then queues the job again (or fails it if the
+    /// mailer stops meanwhile).
+    fn defer(self: &Arc<Self>, job: Job) {
+        self.counters.retried.fetch_add(1, Ordering::Relaxed);
+        self.counters.deferred.fetch_add(1, Ordering::Relaxed);
+        let wait = self.config.retry.backoff_with_jitter(job.attempts);
+        let pool = self.clone();
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            let stopped = tokio::select! {
+                _ = tokio::time::sleep(wait) => false,
+                _ = stop.wait_for(|s| *s) => true,
+            };
+            pool.counters.deferred.fetch_sub(1, Ordering::Relaxed);
+            if stopped {
+                pool.complete(job, Err(shutdown_error()));
+            } else {
+                pool.requeue(job);
+            }
+            pool.changed.notify_waiters();
+        });
+    }
+
+    /// Answers the sender.
+    fn complete(&self, job: Job, result: Result<(), Error>) {
+        let Job {
+            order,
+            mut settled,
+            last_reply,
+            attempts,
+            respond,
+            ..
+        } = job;
+        let answer = match (result, last_reply) {
+            (Ok(()), Some(reply)) => {
+                settled.sort_by_key(|r| order.iter().position(|a| *a == r.address).unwrap_or(usize::MAX));
+                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                Ok(Receipt {
+                    recipients: settled,
+                    reply,
+                    attempts,
+                })
+            }
+            (Ok(()), None) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                Err(Error::protocol(None, "no final reply was recorded"))
+            }
+            (Err(e), _) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        };
+        // The sender may have stopped waiting; the outcome still counts.
+        let _ = respond.send(answer);
+        self.changed.notify_waiters();
+    }
+
+    /// New connections use `manager`; idle ones of older settings close; busy
+    /// ones finish their batch on the old settings, then close.
+    pub(crate) fn reload(self: &Arc<Self>, manager: M) {
+        let mut st = self.lock();
+        let id = st.generation.id + 1;
+        st.generation = Arc::new(Generation { id, manager });
+        let old: Vec<Idle> = st.idle.drain(..).collect();
+        for idle in old {
+            let _ = idle.wake.send(Wake::Close);
+        }
+        self.dispatch(&mut st);
+    }
+
+    /// The current manager.
+    pub(crate) fn generation(&self) -> Arc<Generation<M>> {
+        self.lock().generation.clone()
+    }
+
+    /// Stops accepting, waits for queued and deferred jobs until `deadline`,
+    /// then fails what is left and closes every connection.
+    pub(crate) async fn shutdown(self: &Arc<Self>, deadline: Instant) {
+        self.lock().closed = true;
+        self.space.close();
+        // Drain.
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let busy = {
+                let st = self.lock();
+                !st.queue.is_empty()
+                    || self.counters.in_flight.load(Ordering::Relaxed) > 0
+                    || self.counters.deferred.load(Ordering::Relaxed) > 0
+            };
+            if !busy {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                break;
+            }
+        }
+        // Stop.
+        // send_replace: the value must change even when nobody listens yet.
+        self.stop.send_replace(true);
+        let leftovers: Vec<Job> = {
+            let mut st = self.lock();
+            st.stopping = true;
+            for idle in st.idle.drain(..) {
+                let _ = idle.wake.send(Wake::Close);
+            }
+            st.queue.drain(..).collect()
+        };
+        for job in leftovers {
+            self.complete(job, Err(shutdown_error()));
+        }
+        // Workers finish their batch and QUIT; one second past the deadline
+        // (room for QUIT) those still busy are cut off, and their jobs
+        // answered with a shutdown error.
+        let grace = deadline.max(Instant::now()) + Duration::from_secs(1);
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.lock().workers == 0 && self.counters.deferred.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(grace, changed).await.is_err() {
+                let mut st = self.lock();
+                for (_, handle) in st.aborts.drain() {
+                    handle.abort();
+                }
+                st.workers = 0;
+                self.counters.open.store(0, Ordering::Relaxed);
+                self.counters.in_flight.store(0, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+
+    /// Whether `shutdown` was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let st = self.lock();
+        Stats {
+            queued: st.queue.len(),
+            in_flight: self.counters.in_flight.load(Ordering::Relaxed),
+            deferred: self.counters.deferred.load(Ordering::Relaxed),
+            offered: self.counters.offered.load(Ordering::Relaxed),
+            delivered: self.counters.delivered.load(Ordering::Relaxed),
+            failed: self.counters.failed.load(Ordering::Relaxed),
+            retried: self.counters.retried.load(Ordering::Relaxed),
+            connections_open: self.counters.open.load(Ordering::Relaxed),
+            connections_opened: self.counters.opened.load(Ordering::Relaxed),
+            deliveries_per_connection: st.deliveries_histogram.iter().map(|(k, v)| (*k, *v)).collect(),
+        }
+    }
+}
+
+struct Open<C> {
+    conn: C,
+    opened: Instant,
+    last_used: Instant,
+    deliveries: usize,
+}

@@ -1,0 +1,154 @@
+//! Which failures are tried again, and when.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::Error;
+
+/// How transient failures are retried.
+///
+/// Retried: 4yz replies, connection failures, timeouts, a connection lost
+/// before the server's verdict. Never retried: 5yz replies, invalid settings
+/// or input, refused logins, certificate failures. Each retry waits
+/// `initial_backoff × multiplier^(n-1)` (capped at `max_backoff`) with ±50 %
+/// random jitter, on a new connection.
+///
+/// **At-least-once**: when the connection is lost after the whole message was
+/// sent but before the server's final reply, the server may already have
+/// accepted it. With `retry_after_body_sent` (the default) the message is
+/// sent again, so a recipient may get it twice; turn it off for at-most-once
+/// delivery of such messages (the error then says
+/// [`body_was_sent`](Error::body_was_sent)).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first one included (1 = never retry). Default 5.
+    pub max_attempts: u32,
+    /// The wait before the first retry. Default 1 s.
+    pub initial_backoff: Duration,
+    /// The longest wait between attempts. Default 60 s.
+    pub max_backoff: Duration,
+    /// Growth of the wait per attempt. Default 2.
+    pub multiplier: f64,
+    /// No retry starts later than this after the message was handed over
+    /// (`None`: no deadline). Default 10 minutes.
+    pub deadline: Option<Duration>,
+    /// Retry when the connection was lost after the body was sent (see the
+    /// type docs). Default true.
+    pub retry_after_body_sent: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            multiplier: 2.0,
+            deadline: Some(Duration::from_secs(600)),
+            retry_after_body_sent: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Never retry.
+    pub fn never() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// Whether this failure may succeed on another attempt.
+    pub fn is_retryable(&self, error: &Error) -> bool {
+        error.is_transient() && (self.retry_after_body_sent || !error.body_was_sent())
+    }
+
+    /// The wait before attempt `attempt + 1`, after `attempt` attempts (≥ 1),
+    /// without jitter.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .multiplier
+            .max(1.0)
+            .powi(attempt.saturating_sub(1).min(64) as i32);
+        let secs = self.initial_backoff.as_secs_f64() * exp;
+        if !secs.is_finite() || secs >= self.max_backoff.as_secs_f64() {
+            self.max_backoff
+        } else {
+            Duration::from_secs_f64(secs)
+        }
+    }
+
+    /// [`backoff`](RetryPolicy::backoff) with ±50 % jitter, so that messages
+    /// that failed together do not all come back together.
+    pub fn backoff_with_jitter(&self, attempt: u32) -> Duration {
+        jitter(self.backoff(attempt), random_unit())
+    }
+}
+
+/// `base` scaled by a factor in [0.5, 1.5) chosen by `unit` in [0, 1).
+pub(crate) fn jitter(base: Duration, unit: f64) -> Duration {
+    base.mul_f64(0.5 + unit.clamp(0.0, 1.0))
+}
+
+/// A number in [0, 1) that differs between calls and processes. Not for
+/// cryptography: it only spreads retries.
+fn random_unit() -> f64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        let waits: Vec<_> = (1..=6).map(|a| p.backoff(a)).collect();
+        assert_eq!(
+            waits,
+            [100, 200, 400, 800, 1000, 1000]
+                .map(Duration::from_millis)
+                .to_vec()
+        );
+        assert_eq!(p.backoff(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_stays_within_half_either_side() {
+        let base = Duration::from_secs(10);
+        assert_eq!(jitter(base, 0.0), Duration::from_secs(5));
+        assert!(jitter(base, 0.999_999) < Duration::from_secs(15));
+        let p = RetryPolicy::default();
+        let samples: Vec<_> = (0..200).map(|_| p.backoff_with_jitter(3)).collect();
+        assert!(samples
+            .iter()
+            .all(|d| *d >= Duration::from_secs(2) && *d < Duration::from_secs(6)));
+        let distinct: std::collections::HashSet<_> = samples.iter().collect();
+        assert!(distinct.len() > 100, "jitter varies");
+    }
+
+    #[test]
+    fn what_is_retried() {
+        use crate::error::{Kind, Stage};
+        let p = RetryPolicy::default();
+        let timeout = Error::new(Kind::Timeout, Some(Stage::EndOfData), "t");
+        assert!(p.is_retryable(&timeout));
+        assert!(p.is_retryable(&timeout.clone().after_body()));
+        let at_most_once = RetryPolicy {
+            retry_after_body_sent: false,
+            ..RetryPolicy::default()
+        };
+        assert!(!at_most_once.is_retryable(&timeout.after_body()));
+        assert!(!p.is_retryable(&Error::config("bad")));
+    }
+}

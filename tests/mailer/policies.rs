@@ -1,0 +1,327 @@
+//! Retries, rate limit, back-pressure, reload, redirect and shutdown.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use relaymail::testing::{Fault, ServerConfig};
+use relaymail::{Mailer, RateLimit, Redirect, ReportAddress, RetryPolicy};
+
+use crate::{message, quick_retries, server, settings, subject, WAIT};
+
+#[tokio::test]
+async fn transient_failures_are_retried_on_a_new_connection() {
+    for (name, fault) in [
+        (
+            "451 after the body",
+            Fault::on_end_of_data().nth(1).reply("451 4.3.0 try again later"),
+        ),
+        (
+            "421 at MAIL",
+            Fault::on_command("MAIL").nth(1).reply("421 4.3.2 going down"),
+        ),
+        (
+            "dropped at RCPT",
+            Fault::on_command("RCPT").nth(1).drop_connection(),
+        ),
+        (
+            "dropped after the body",
+            Fault::on_end_of_data().nth(1).drop_connection(),
+        ),
+    ] {
+        let srv = server(ServerConfig::new().fault(fault)).await;
+        let mailer = Mailer::builder(settings(&srv).build().expect("settings"))
+            .retry(quick_retries())
+            .build()
+            .expect("mailer");
+        let receipt = mailer
+            .send(message("ops@example.net", name))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(receipt.attempts(), 2, "{name}");
+        assert_eq!(srv.messages().len(), 1, "{name}: delivered once");
+        let stats = mailer.shutdown(WAIT).await;
+        assert_eq!(
+            (stats.retried, stats.delivered, stats.failed),
+            (1, 1, 0),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn permanent_refusal_is_not_retried() {
+    let srv =
+        server(ServerConfig::new().reject_recipient("gone@example.net", "550 5.1.1 no such user")).await;
+    let mailer = Mailer::builder(settings(&srv).build().expect("settings"))
+        .retry(quick_retries())
+        .build()
+        .expect("mailer");
+    let e = mailer
+        .send(message("gone@example.net", "x"))
+        .await
+        .expect_err("550");
+    assert!(e.is_permanent() && e.is_rejected(), "{e}");
+    assert_eq!(e.reply().map(|r| r.code().value()), Some(550));
+    let rcpts: usize = srv
+        .sessions()
+        .iter()
+        .map(|s| s.commands.iter().filter(|c| c.line.starts_with("RCPT")).count())
+        .sum();
+    assert_eq!(rcpts, 1, "asked once");
+    assert_eq!(mailer.stats().retried, 0);
+}
+
+#[tokio::test]
+async fn retries_stop_after_max_attempts() {
+    let srv = server(ServerConfig::new().fault(Fault::on_end_of_data().reply("452 4.3.1 queue full"))).await;
+    let mailer = Mailer::builder(settings(&srv).build().expect("settings"))
+        .retry(quick_retries())
+        .build()
+        .expect("mailer");
+    let e = mailer
+        .send(message("ops@example.net", "x"))
+        .await
+        .expect_err("gives up");
+    assert!(e.is_transient(), "{e}");
+    let ends: usize = srv
+        .sessions()
+        .iter()
+        .map(|s| s.commands.iter().filter(|c| c.line == "DATA").count())
+        .sum();
+    assert_eq!(ends, 3, "max_attempts = 3");
+    let stats = mailer.shutdown(WAIT).await;
+    assert_eq!((stats.failed, stats.retried), (1, 2));
+}
+
+#[tokio::test]
+async fn rate_limit_holds_from_the_first_message() {
+    let srv = server(ServerConfig::new()).await;
+    let mailer = Mailer::builder(settings(&srv).build().expect("settings"))
+        .rate_limit(RateLimit::new(2, Duration::from_secs(3600)))
+        .build()
+        .expect("mailer");
+    let mut pending = Vec::new();
+    for i in 0..3 {
+        pending.push(
+            mailer
+                .submit(message("ops@example.net", &format!("r{i}")))
+                .await
+                .expect("queued"),
+        );
+    }
+    srv.wait_for_messages(2, WAIT).await.expect("two go at once");
+    assert!(
+        srv.wait_for_messages(3, Duration::from_millis(300))
+            .await
+            .is_err(),
+        "the third waits for the window"
+    );
+    let stats = mailer.stats();
+    assert_eq!(stats.delivered, 2);
+    assert_eq!(stats.queued + stats.in_flight, 1);
+    let stats = mailer.shutdown(Duration::ZERO).await;
+    assert_eq!((stats.delivered, stats.failed), (2, 1));
+    let third = pending.pop().expect("third").await.expect_err("never sent");
+    assert!(third.is_shutdown(), "{third}");
+    assert_eq!(srv.messages().len(), 2);
+}
+
+#[tokio::test]
+async fn full_queue_hands_messages_back_and_memory_stays_bounded() {
+    let srv = server(ServerConfig::new()).await;
+    let mailer = Mailer::builder(settings(&srv).build().expect("settings"))
+        .max_connections(1)
+        .queue_capacity(10)
+        // The one connection takes one message, then waits an hour.
+        .rate_limit(RateLimit::new(1, Duration::from_secs(3600)))
+        .build()
+        .expect("mailer");
+    let mut accepted = Vec::new();
+    let mut handed_back = 0;
+    for i in 0..1000 {
+        match mailer.try_send(message("ops@example.net", &format!("q{i}"))) {
+            Ok(p) => accepted.push(p),
+            Err(e) => {
+                assert!(e.error().is_full(), "{e}");
+                let m = e.into_message();
+                assert_eq!(m.envelope().recipients[0].address, "ops@example.net");
+                handed_back += 1;
+            }
+        }
+    }
+    // The queue's 10, plus what the one connection took out of it.
+    assert!(accepted.len() <= 10 + 20, "bounded: {}", accepted.len());
+    assert_eq!(accepted.len() + handed_back, 1000);
+    let stats = mailer.stats();
+    assert_eq!(
+        stats.queued + stats.in_flight + stats.delivered as usize,
+        accepted.len()
+    );
+    let stats = mailer.shutdown(Duration::ZERO).await;
+    assert_eq!(stats.delivered + stats.failed, accepted.len() as u64);
+    let e = mailer
+        .try_send(message("ops@example.net", "late"))
+        .expect_err("shut down");
+    assert!(e.error().is_shutdown());
+}
+
+#[tokio::test]
+async fn reload_switches_servers_without_losing_a_message() {
+    let old = server(ServerConfig::new()).await;
+    let new = server(ServerConfig::new()).await;
+    let mailer = Mailer::builder(settings(&old).build().expect("settings"))
+        .max_connections(2)
+        .build()
+        .expect("mailer");
+    let mut pending = Vec::new();
+    for i in 0..60 {
+        if i == 30 {
+            old.wait_for_messages(10, WAIT).await.expect("old server in use");
+            mailer
+                .reload(settings(&new).build().expect("settings"))
+                .expect("reloaded");
+        }
+        pending.push(
+            mailer
+                .submit(message("ops@example.net", &format!("m{i}")))
+                .await
+                .expect("queued"),
+        );
+    }
+    for p in pending {
+        p.await.expect("delivered");
+    }
+    let mut seen = HashSet::new();
+    for m in old.messages().iter().chain(new.messages().iter()) {
+        assert!(seen.insert(subject(&m.data)), "duplicate {}", subject(&m.data));
+    }
+    assert_eq!(seen.len(), 60, "nothing lost");
+    assert!(!new.messages().is_empty());
+    // Messages handed over after the reload went to the new server.
+    let late: Vec<String> = (30..60).map(|i| format!("m{i}")).collect();
+    assert!(old.messages().iter().all(|m| !late.contains(&subject(&m.data))));
+    // The old server's connections are closed with QUIT.
+    let closed = old
+        .wait_for_closed_sessions(old.connections_total(), WAIT)
+        .await
+        .expect("closed");
+    assert!(closed.iter().all(|s| s.quit));
+    assert_eq!(mailer.settings().port(), new.port());
+    mailer.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn redirect_sends_only_to_enabled_report_addresses() {
+    let srv = server(ServerConfig::new()).await;
+    let redirect = Redirect {
+        enabled: true,
+        addresses: vec![
+            ReportAddress {
+                address: "qa@example.com".into(),
+                enabled: true,
+            },
+            ReportAddress {
+                address: "off@example.com".into(),
+                enabled: false,
+            },
+        ],
+    };
+    let mailer = Mailer::builder(settings(&srv).build().expect("settings"))
+        .redirect(redirect.clone())
+        .build()
+        .expect("mailer");
+    let mut m = message("customer@example.net", "invoice");
+    let (mut envelope, content) = m.clone().into_parts();
+    envelope
+        .recipients
+        .push(relaymail::Recipient::new("boss@example.net"));
+    m = relaymail::Message::new(envelope, content);
+    let receipt = mailer.send(m).await.expect("sent");
+    assert_eq!(receipt.accepted().collect::<Vec<_>>(), vec!["qa@example.com"]);
+    let got = srv.wait_for_messages(1, WAIT).await.expect("message");
+    assert_eq!(got[0].rcpt_to, vec!["qa@example.com".to_owned()]);
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(
+        text.starts_with("X-Relaymail-Original-Recipients: customer@example.net, boss@example.net\r\n"),
+        "{text}"
+    );
+
+    // Redirect on, nothing enabled: refused, never sent to the real ones.
+    let none = Redirect {
+        enabled: true,
+        addresses: vec![ReportAddress {
+            address: "qa@example.com".into(),
+            enabled: false,
+        }],
+    };
+    let e = mailer.set_redirect(none.clone()).expect_err("refused");
+    assert!(e.is_config(), "{e}");
+    assert_eq!(mailer.redirect(), redirect, "unchanged");
+    let e = Mailer::builder(settings(&srv).build().expect("settings"))
+        .redirect(none)
+        .build()
+        .expect_err("refused");
+    assert!(e.is_config());
+
+    // Switched off: real recipients again.
+    mailer.set_redirect(Redirect::default()).expect("off");
+    mailer
+        .send(message("customer@example.net", "real"))
+        .await
+        .expect("sent");
+    let got = srv.wait_for_messages(2, WAIT).await.expect("messages");
+    assert_eq!(got[1].rcpt_to, vec!["customer@example.net".to_owned()]);
+    mailer.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_the_queue_and_quits() {
+    let srv = server(ServerConfig::new()).await;
+    let mailer = Mailer::builder(settings(&srv).build().expect("settings"))
+        .max_connections(1)
+        .build()
+        .expect("mailer");
+    let mut pending = Vec::new();
+    for i in 0..30 {
+        pending.push(
+            mailer
+                .submit(message("ops@example.net", &format!("d{i}")))
+                .await
+                .expect("queued"),
+        );
+    }
+    let stats = mailer.shutdown(WAIT).await;
+    assert_eq!(
+        (stats.delivered, stats.failed, stats.connections_open),
+        (30, 0, 0)
+    );
+    for p in pending {
+        p.await.expect("delivered before shutdown returned");
+    }
+    assert_eq!(srv.messages().len(), 30);
+    let sessions = srv
+        .wait_for_closed_sessions(srv.connections_total(), WAIT)
+        .await
+        .expect("closed");
+    assert!(sessions.iter().all(|s| s.quit), "every connection QUIT");
+    let e = mailer
+        .send(message("ops@example.net", "late"))
+        .await
+        .expect_err("closed");
+    assert!(e.is_shutdown(), "{e}");
+}
+
+#[tokio::test]
+async fn bad_envelope_is_refused_when_handed_over() {
+    let srv = server(ServerConfig::new()).await;
+    let mailer = Mailer::new(settings(&srv).build().expect("settings")).expect("mailer");
+    let e = mailer
+        .send(message("victim@example.net>\r\nRCPT TO:<x@evil.example", "x"))
+        .await
+        .expect_err("refused");
+    assert!(e.is_config(), "{e}");
+    assert_eq!(mailer.stats().offered, 0);
+    assert_eq!(srv.connections_total(), 0, "nothing was even connected");
+    let never = RetryPolicy::never();
+    assert_eq!(never.max_attempts, 1);
+}
