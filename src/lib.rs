@@ -17,6 +17,9 @@
 //!   DNS, implicit TLS or STARTTLS, AUTH, delivery, NOOP, QUIT — with the
 //!   timeout of each phase enforced and errors that name the stage and the
 //!   likely fix. [`verify`] checks settings end to end.
+//! - [`Mailer`] ([`mailer`]): the pooled dispatcher applications hold — a
+//!   hard cap on connections, deliveries per connection, retries with
+//!   back-off, rate limit, back-pressure, reload, redirect, shutdown.
 //! - `testing` (feature `test-server`): an in-process SMTP server with TLS,
 //!   AUTH, extension switches, fault injection and recorded sessions, for
 //!   this crate's tests and for the tests of applications that embed it.
