@@ -5,7 +5,14 @@
 //!                  [--helo NAME] [--ca-file PEM] [--timeout SECS] [--allow-plaintext-auth]
 //! relaymail send   (same options) --from ADDR --to ADDR [--to ADDR ...] [--subject S]
 //!                  [--body TEXT | --eml FILE] [--json]
+//!                  [--count N [--connections K] [--max-per-connection M] [--size BYTES]]
 //! ```
+//!
+//! With `--count N`, `send` generates N distinct messages of about `--size`
+//! bytes (default 2048) and sends them through a pooled `Mailer` with K
+//! connections (default 4), each carrying at most M messages (default 20). A
+//! progress bar goes to stderr on a terminal (none otherwise); `--json` prints
+//! `{"sent":…,"failed":…,"seconds":…,"msgs_per_s":…,"connections_opened":…}`.
 //!
 //! The password is read only from the environment variable
 //! `RELAYMAIL_PASSWORD` (never from the command line, where other users of
@@ -19,13 +26,18 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use relaymail::{Connection, Envelope, Error, Recipient, SmtpSettings, TlsMode};
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use relaymail::{Connection, Envelope, Error, Mailer, Message, Recipient, SmtpSettings, TlsMode};
 
 const USAGE: &str = "usage:
   relaymail verify --host H --port P --tls none|starttls|starttls-opportunistic|implicit [--user U]
                    [--helo NAME] [--ca-file PEM] [--timeout SECS] [--allow-plaintext-auth]
   relaymail send   (same options) --from ADDR --to ADDR [--to ADDR ...] [--subject S]
                    [--body TEXT | --eml FILE] [--json]
+                   [--count N [--connections K] [--max-per-connection M] [--size BYTES]]
 The password is read from the environment variable RELAYMAIL_PASSWORD.";
 
 #[derive(Default)]
@@ -45,6 +57,17 @@ struct Args {
     body: Option<String>,
     eml: Option<String>,
     json: bool,
+    count: Option<usize>,
+    connections: Option<usize>,
+    max_per_connection: Option<usize>,
+    size: Option<usize>,
+}
+
+fn number(flag: &str, v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{flag} {v:?} is not a positive number")),
+    }
 }
 
 fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -86,6 +109,12 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--body" => a.body = Some(value("--body")?),
             "--eml" => a.eml = Some(value("--eml")?),
             "--json" => a.json = true,
+            "--count" => a.count = Some(number("--count", &value("--count")?)?),
+            "--connections" => a.connections = Some(number("--connections", &value("--connections")?)?),
+            "--max-per-connection" => {
+                a.max_per_connection = Some(number("--max-per-connection", &value("--max-per-connection")?)?)
+            }
+            "--size" => a.size = Some(number("--size", &value("--size")?)?),
             "--password" => {
                 return Err("pass the password in the RELAYMAIL_PASSWORD environment variable".into())
             }
@@ -106,6 +135,16 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         if a.body.is_some() && a.eml.is_some() {
             return Err("use either --body or --eml, not both".into());
         }
+        if a.count.is_none()
+            && (a.connections.is_some() || a.max_per_connection.is_some() || a.size.is_some())
+        {
+            return Err("--connections, --max-per-connection and --size go with --count".into());
+        }
+        if a.count.is_some() && a.eml.is_some() {
+            return Err("--count generates its messages: --eml does not apply".into());
+        }
+    } else if a.count.is_some() {
+        return Err("--count goes with send".into());
     }
     Ok(a)
 }
@@ -255,6 +294,145 @@ async fn run(a: &Args, settings: &SmtpSettings, message: Vec<u8>) -> Result<Stri
     })
 }
 
+/// One of the `--count` messages: distinct Message-ID and subject, about
+/// `size` bytes.
+fn bulk_message(a: &Args, i: usize, size: usize) -> Result<Vec<u8>, String> {
+    let from = a.from.clone().unwrap_or_default();
+    let domain = from.rsplit_once('@').map_or("localhost", |(_, d)| d).to_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let subject = a.subject.clone().unwrap_or_else(|| "relaymail bulk test".into());
+    let mut body = format!("Message {} of {}.\n", i + 1, a.count.unwrap_or(1));
+    let line = "The quick brown fox jumps over the lazy dog; pack my box with five dozen jugs.\n";
+    while body.len() + line.len() + 300 <= size {
+        body.push_str(line);
+    }
+    mail_builder::MessageBuilder::new()
+        .from(from.as_str())
+        .to(a.to.iter().map(String::as_str).collect::<Vec<_>>())
+        .subject(format!("{subject} #{}", i + 1))
+        .message_id(format!(
+            "bulk.{}.{}.{i}@{domain}",
+            now.as_secs(),
+            std::process::id()
+        ))
+        .date(now.as_secs())
+        .text_body(body)
+        .write_to_vec()
+        .map_err(|e| format!("cannot build the message: {e}"))
+}
+
+/// `send --count N`: N messages through a pooled `Mailer`.
+async fn bulk(a: &Args, settings: SmtpSettings) -> ExitCode {
+    let count = a.count.unwrap_or(1);
+    let size = a.size.unwrap_or(2048);
+    let mailer = match Mailer::builder(settings)
+        .max_connections(a.connections.unwrap_or(4))
+        .max_deliveries_per_connection(a.max_per_connection.unwrap_or(20))
+        .build()
+    {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("relaymail: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                let n = done.load(Ordering::Relaxed) as usize;
+                let filled = n * 30 / count.max(1);
+                let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                eprint!(
+                    "\r[{}{}] {n}/{count}  {rate:.0} msg/s ",
+                    "#".repeat(filled),
+                    ".".repeat(30 - filled)
+                );
+                let _ = std::io::stderr().flush();
+            }
+        })
+    });
+    // Outcomes are collected as they come, while messages are still being
+    // generated and handed over (the queue bounds memory).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<relaymail::Pending>(1024);
+    let collector = {
+        let (done, failed) = (done.clone(), failed.clone());
+        tokio::spawn(async move {
+            let mut first_error = None;
+            while let Some(p) = rx.recv().await {
+                if let Err(e) = p.await {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    first_error.get_or_insert(e);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            first_error
+        })
+    };
+    let envelope = Envelope {
+        from: a.from.clone().unwrap_or_default(),
+        recipients: a.to.iter().map(Recipient::new).collect(),
+        ..Envelope::default()
+    };
+    for i in 0..count {
+        let bytes = match bulk_message(a, i, size) {
+            Ok(b) => b,
+            Err(msg) => {
+                eprintln!("relaymail: {msg}");
+                return ExitCode::from(2);
+            }
+        };
+        match mailer.submit(Message::new(envelope.clone(), bytes)).await {
+            Ok(p) => {
+                if tx.send(p).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                eprintln!("relaymail: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    drop(tx);
+    let first_error = collector.await.ok().flatten();
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    let stats = mailer.shutdown(Duration::from_secs(30)).await;
+    let failed = failed.load(Ordering::Relaxed);
+    let sent = count as u64 - failed;
+    if a.json {
+        println!(
+            "{{\"sent\":{sent},\"failed\":{failed},\"seconds\":{seconds:.3},\"msgs_per_s\":{:.1},\"connections_opened\":{}}}",
+            sent as f64 / seconds.max(1e-9),
+            stats.connections_opened
+        );
+    } else {
+        println!(
+            "sent {sent}, failed {failed} in {seconds:.2} s ({:.0} msg/s) over {} connection(s)",
+            sent as f64 / seconds.max(1e-9),
+            stats.connections_opened
+        );
+    }
+    match first_error {
+        Some(e) => {
+            eprintln!("relaymail: {failed} message(s) failed; first error: {e}");
+            ExitCode::FAILURE
+        }
+        None => ExitCode::SUCCESS,
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
@@ -267,6 +445,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.count.is_some() {
+        return match settings(&args) {
+            Ok(s) => bulk(&args, s).await,
+            Err(msg) => {
+                eprintln!("relaymail: {msg}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let prepared = settings(&args).and_then(|s| {
         let body = if args.command == "send" {
             message(&args)?

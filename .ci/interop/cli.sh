@@ -84,4 +84,14 @@ cli verify --host 127.0.0.1 --port "$RELAYMAIL_POSTFIX_SMTPS_PORT" --tls implici
   --ca-file "$RELAYMAIL_INTEROP_CA" --json >"$out/ok.json" || fail "verify Postfix implicit exited $?"
 grep -q '"CHUNKING"' "$out/ok.json" || fail "verify: $(cat "$out/ok.json")"
 echo "cli: ok verify Postfix implicit TLS: $(cat "$out/ok.json")"
+# 6. bulk mode: 300 generated messages through a pooled Mailer, 3
+#    connections of at most 25 messages each, against Postfix over STARTTLS.
+cli send --host 127.0.0.1 --port "$RELAYMAIL_POSTFIX_PORT" --tls starttls \
+  --ca-file "$RELAYMAIL_INTEROP_CA" --from alerts@example.com --to "bulk-$$@example.net" \
+  --count 300 --connections 3 --max-per-connection 25 --size 4096 --json >"$out/bulk.json" 2>"$out/bulk.err" \
+  || fail "bulk send exited $?: $(cat "$out/bulk.err")"
+grep -q '"sent":300,"failed":0' "$out/bulk.json" || fail "bulk: $(cat "$out/bulk.json")"
+grep -q '"connections_opened":12[,}]' "$out/bulk.json" || fail "bulk: expected 300/25 = 12 connections: $(cat "$out/bulk.json")"
+[ ! -s "$out/bulk.err" ] || fail "no progress bar when stderr is not a terminal: $(cat "$out/bulk.err")"
+echo "cli: ok bulk send via Postfix: $(cat "$out/bulk.json")"
 echo "cli: all passed"
