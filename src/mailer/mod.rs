@@ -64,6 +64,7 @@ mod pool;
 mod retry;
 #[cfg(test)]
 mod tests;
+mod trace;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -330,6 +331,10 @@ impl pool::Conn for Connection {
 
     fn is_usable(&self) -> bool {
         Connection::is_usable(self)
+    }
+
+    fn info(&self) -> Option<&crate::transport::ConnectionInfo> {
+        Some(Connection::info(self))
     }
 }
 

@@ -34,7 +34,9 @@ use super::retry::RetryPolicy;
 use super::{Receipt, Stats};
 use crate::error::{Error, Kind};
 use crate::proto::session::{Envelope, Recipient, RecipientReply, TxId};
-use crate::transport::Delivery;
+use crate::transport::{ConnectionInfo, Delivery};
+
+use super::trace;
 
 /// Opens connections (one per [`Generation`] of settings).
 pub(crate) trait Manager: Send + Sync + 'static {
@@ -56,6 +58,8 @@ pub(crate) trait Conn: Send + 'static {
     fn quit(self) -> impl Future<Output = ()> + Send;
     /// Whether another transaction may follow.
     fn is_usable(&self) -> bool;
+    /// What the connection found out about the server (for tracing).
+    fn info(&self) -> Option<&ConnectionInfo>;
 }
 
 /// Limits and policies of the dispatcher.
@@ -365,6 +369,7 @@ impl<M: Manager> Pool<M> {
     /// One worker: opens a connection for its first batch and keeps using it
     /// until it must be retired.
     async fn work(self: Arc<Self>, id: u64, generation: Arc<Generation<M>>, mut batch: Vec<Job>) {
+        let span = trace::connection(id, generation.id);
         let mut conn: Option<Open<M::Conn>> = None;
         loop {
             // A connection for this batch: reuse (probing it after a long
@@ -373,12 +378,13 @@ impl<M: Manager> Pool<M> {
                 if open.last_used.elapsed() >= self.config.probe_after_idle && open.conn.noop().await.is_err()
                 {
                     let dead = conn.take().expect("connection");
-                    self.closed_connection(dead.deliveries);
+                    self.closed_connection(dead.deliveries, &span, "idle probe failed");
                 }
             }
             if conn.is_none() {
                 match generation.manager.connect().await {
                     Ok(c) => {
+                        trace::connected(&span, c.info());
                         self.counters.open.fetch_add(1, Ordering::Relaxed);
                         self.counters.opened.fetch_add(1, Ordering::Relaxed);
                         conn = Some(Open {
@@ -389,6 +395,7 @@ impl<M: Manager> Pool<M> {
                         });
                     }
                     Err(e) => {
+                        trace::connect_failed(&span, &e);
                         for mut job in batch {
                             job.attempts += 1;
                             self.settle(job, Err(e.clone()));
@@ -413,28 +420,46 @@ impl<M: Manager> Pool<M> {
                     }
                 }
                 job.attempts += 1;
+                let traced = trace::transaction(
+                    &span,
+                    job.attempts,
+                    job.envelope.recipients.len(),
+                    job.content.len(),
+                );
                 match open.conn.submit(job.envelope.clone(), job.content.clone()) {
                     Ok(tx) => {
                         open.deliveries += 1;
-                        submitted.push((tx, job));
+                        submitted.push((tx, job, traced));
                     }
-                    Err(e) => self.settle(job, Err(e)),
+                    Err(e) => {
+                        let result = Err(e);
+                        trace::transaction_done(traced, &result);
+                        self.settle(job, result);
+                    }
                 }
             }
-            for (tx, job) in submitted {
+            for (tx, job, traced) in submitted {
                 let result = open.conn.outcome(tx).await;
+                trace::transaction_done(traced, &result);
                 self.settle(job, result);
             }
             open.last_used = Instant::now();
-            let retire = !open.conn.is_usable()
-                || open.deliveries >= self.config.max_deliveries
-                || self
-                    .config
-                    .max_age
-                    .is_some_and(|age| open.opened.elapsed() >= age);
-            if retire {
+            let retire = if !open.conn.is_usable() {
+                Some("broken")
+            } else if open.deliveries >= self.config.max_deliveries {
+                Some("max deliveries")
+            } else if self
+                .config
+                .max_age
+                .is_some_and(|age| open.opened.elapsed() >= age)
+            {
+                Some("max age")
+            } else {
+                None
+            };
+            if let Some(reason) = retire {
                 let done = conn.take().expect("connection");
-                self.quit(done).await;
+                self.quit(done, &span, reason).await;
             }
             let remaining = self.config.max_deliveries - conn.as_ref().map_or(0, |c| c.deliveries);
             match self.next_batch(id, generation.id, remaining).await {
@@ -443,7 +468,7 @@ impl<M: Manager> Pool<M> {
             }
         }
         if let Some(open) = conn.take() {
-            self.quit(open).await;
+            self.quit(open, &span, "idle, reload or shutdown").await;
         }
         let mut st = self.lock();
         st.workers -= 1;
@@ -453,15 +478,16 @@ impl<M: Manager> Pool<M> {
         self.changed.notify_waiters();
     }
 
-    async fn quit(&self, open: Open<M::Conn>) {
+    async fn quit(&self, open: Open<M::Conn>, span: &trace::ConnSpan, reason: &'static str) {
         let deliveries = open.deliveries;
         if open.conn.is_usable() {
             open.conn.quit().await;
         }
-        self.closed_connection(deliveries);
+        self.closed_connection(deliveries, span, reason);
     }
 
-    fn closed_connection(&self, deliveries: usize) {
+    fn closed_connection(&self, deliveries: usize, span: &trace::ConnSpan, reason: &'static str) {
+        trace::closed(span, deliveries, reason);
         self.counters.open.fetch_sub(1, Ordering::Relaxed);
         *self.lock().deliveries_histogram.entry(deliveries).or_default() += 1;
     }

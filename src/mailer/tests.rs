@@ -154,6 +154,10 @@ impl Conn for ScriptedConn {
     fn is_usable(&self) -> bool {
         !self.broken
     }
+
+    fn info(&self) -> Option<&crate::transport::ConnectionInfo> {
+        None
+    }
 }
 
 fn config() -> PoolConfig {

@@ -3,6 +3,8 @@
 
 mod policies;
 mod pool;
+#[cfg(feature = "tracing")]
+mod tracing;
 
 use std::time::Duration;
 

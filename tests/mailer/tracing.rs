@@ -1,0 +1,131 @@
+//! The `tracing` feature: a span per connection and per transaction with
+//! reply codes and timing — and never a secret.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ::tracing::field::{Field, Visit};
+use ::tracing::span::{Attributes, Id, Record};
+use ::tracing::{Event, Metadata, Subscriber};
+use base64::Engine;
+use relaymail::testing::ServerConfig;
+use relaymail::{Mailer, TlsMode};
+
+use crate::{message, server, settings, WAIT};
+
+/// Records every span, field and event as one text line.
+#[derive(Clone, Default)]
+struct Recorder {
+    lines: Arc<Mutex<Vec<String>>>,
+    next: Arc<AtomicU64>,
+}
+
+struct Fields(String);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={:?}", field.name(), value));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.push_str(&format!(" {}={}", field.name(), value));
+    }
+}
+
+impl Subscriber for Recorder {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut f = Fields(format!("span#{id} {}", span.metadata().name()));
+        span.record(&mut f);
+        self.lines.lock().unwrap().push(f.0);
+        Id::from_u64(id)
+    }
+
+    fn record(&self, span: &Id, values: &Record<'_>) {
+        let mut f = Fields(format!("record#{}", span.into_u64()));
+        values.record(&mut f);
+        self.lines.lock().unwrap().push(f.0);
+    }
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut f = Fields(format!("event {}", event.metadata().level()));
+        event.record(&mut f);
+        self.lines.lock().unwrap().push(f.0);
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
+}
+
+#[tokio::test]
+async fn spans_carry_codes_and_timing_but_no_secret() {
+    const PASSWORD: &str = "tr4ce-S3cret-pw";
+    let recorder = Recorder::default();
+    let _guard = ::tracing::subscriber::set_default(recorder.clone());
+    let srv = server(
+        ServerConfig::new()
+            .starttls(true)
+            .auth_mechanisms(&["PLAIN"])
+            .user("app", PASSWORD)
+            .reject_recipient("gone@example.net", "550 5.1.1 no such user"),
+    )
+    .await;
+    let s = settings(&srv)
+        .tls(TlsMode::StartTls)
+        .add_root_certificates_pem(srv.ca_pem())
+        .webpki_roots(false)
+        .credentials("app", PASSWORD)
+        .build()
+        .expect("settings");
+    let mailer = Mailer::builder(s).max_connections(1).build().expect("mailer");
+    mailer
+        .send(message("ops@example.net", "fine"))
+        .await
+        .expect("sent");
+    mailer
+        .send(message("gone@example.net", "refused"))
+        .await
+        .expect_err("550");
+    mailer.shutdown(WAIT).await;
+    let lines = recorder.lines.lock().unwrap().clone();
+    let text = lines.join("\n");
+
+    let connections = lines
+        .iter()
+        .filter(|l| l.contains(" relaymail.connection"))
+        .count();
+    assert_eq!(connections, 1, "{text}");
+    let transactions = lines
+        .iter()
+        .filter(|l| l.contains(" relaymail.transaction"))
+        .count();
+    assert_eq!(transactions, 2, "{text}");
+    assert!(text.contains("tls=TLSv1."), "{text}");
+    assert!(text.contains("auth=PLAIN"), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("delivered") && l.contains("code=250")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("transaction failed") && l.contains("code=550") && l.contains("stage=rcpt")),
+        "{text}"
+    );
+    assert!(text.contains("elapsed_ms="), "{text}");
+    assert!(text.contains("deliveries=2"), "{text}");
+
+    // Never the password, in clear or as the AUTH PLAIN response.
+    let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0app\0{PASSWORD}"));
+    assert!(!text.contains(PASSWORD) && !text.contains(&plain), "{text}");
+    assert!(!text.contains("AUTH"), "no command is recorded: {text}");
+}
