@@ -348,3 +348,36 @@ async fn verify_reports_what_it_found() {
     assert_eq!(info.helo_name, "client.example.com");
     assert!(info.peer.ip().is_loopback());
 }
+
+#[tokio::test]
+async fn mailer_pool_delivers_through_postfix() {
+    let Some(env) = Interop::get("postfix mailer") else {
+        return;
+    };
+    let s = env
+        .settings(env.postfix_port, TlsMode::StartTls)
+        .build()
+        .expect("settings");
+    let mailer = relaymail::Mailer::builder(s)
+        .max_connections(3)
+        .max_deliveries_per_connection(10)
+        .build()
+        .expect("mailer");
+    let mut pending = Vec::new();
+    for i in 0..60 {
+        let to = unique("pool");
+        let m = relaymail::Message::new(envelope(&[&to]), message(&to, &format!("pooled {i}\r\n")));
+        pending.push(mailer.submit(m).await.expect("queued"));
+    }
+    for p in pending {
+        let receipt = p.await.expect("delivered");
+        assert_queued(receipt.reply());
+    }
+    let stats = mailer.shutdown(Duration::from_secs(10)).await;
+    assert_eq!((stats.delivered, stats.failed), (60, 0));
+    assert!(stats.connections_opened >= 6, "10 per connection: {stats:?}");
+    assert!(
+        stats.deliveries_per_connection.iter().all(|(n, _)| *n <= 10),
+        "{stats:?}"
+    );
+}
