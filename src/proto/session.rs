@@ -778,21 +778,7 @@ impl Session {
         // The caller's own parameters are validated as given, before any is
         // dropped: a malformed ORCPT or ENVID is an error whether or not this
         // server would have seen it.
-        let mut scratch = Vec::new();
-        Command::Mail {
-            from: &envelope.from,
-            params: &params,
-        }
-        .encode(&mut scratch)
-        .map_err(cmd_error)?;
-        for r in &recipients {
-            Command::Rcpt {
-                to: &r.address,
-                params: &r.params,
-            }
-            .encode(&mut scratch)
-            .map_err(cmd_error)?;
-        }
+        encode_envelope(&envelope.from, &params, &recipients)?;
         if !caps.supports(Extension::Dsn) {
             params.ret = None;
             params.envid = None;
@@ -817,22 +803,8 @@ impl Session {
         }
         // Encode every command once now, so that no argument can fail later
         // with half a transaction on the wire.
-        scratch.clear();
         let from = envelope.from;
-        Command::Mail {
-            from: &from,
-            params: &params,
-        }
-        .encode(&mut scratch)
-        .map_err(cmd_error)?;
-        for r in &recipients {
-            Command::Rcpt {
-                to: &r.address,
-                params: &r.params,
-            }
-            .encode(&mut scratch)
-            .map_err(cmd_error)?;
-        }
+        encode_envelope(&from, &params, &recipients)?;
         let id = TxId(self.next_id);
         self.next_id += 1;
         let replies = recipients
@@ -1350,24 +1322,27 @@ impl Envelope {
         if self.recipients.is_empty() {
             return Err(Error::config("the envelope has no recipient"));
         }
-        let mut scratch = Vec::new();
-        Command::Mail {
-            from: &self.from,
-            params: &self.params,
+        encode_envelope(&self.from, &self.params, &self.recipients)
+    }
+}
+
+/// Encodes MAIL FROM and every RCPT TO into scratch space: the check that
+/// no argument can fail once the transaction has started on the wire.
+fn encode_envelope(from: &str, params: &MailParams, recipients: &[Recipient]) -> Result<(), Error> {
+    let mut scratch = Vec::new();
+    Command::Mail { from, params }
+        .encode(&mut scratch)
+        .map_err(cmd_error)?;
+    for r in recipients {
+        scratch.clear();
+        Command::Rcpt {
+            to: &r.address,
+            params: &r.params,
         }
         .encode(&mut scratch)
         .map_err(cmd_error)?;
-        for r in &self.recipients {
-            scratch.clear();
-            Command::Rcpt {
-                to: &r.address,
-                params: &r.params,
-            }
-            .encode(&mut scratch)
-            .map_err(cmd_error)?;
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 fn mailbox(addr: &str, argument: Argument) -> Result<bool, Error> {
