@@ -3,8 +3,6 @@
 
 mod policies;
 mod pool;
-#[cfg(feature = "tracing")]
-mod tracing;
 
 use std::time::Duration;
 

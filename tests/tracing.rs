@@ -1,5 +1,12 @@
 //! The `tracing` feature: a span per connection and per transaction with
 //! reply codes and timing — and never a secret.
+//!
+//! A test binary of its own: the recording subscriber is the process-wide
+//! default (a thread-local one misses callsites that other tests' threads
+//! registered first).
+#![cfg(feature = "tracing")]
+
+use std::time::Duration;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,10 +15,22 @@ use ::tracing::field::{Field, Visit};
 use ::tracing::span::{Attributes, Id, Record};
 use ::tracing::{Event, Metadata, Subscriber};
 use base64::Engine;
-use relaymail::testing::ServerConfig;
-use relaymail::{Mailer, TlsMode};
+use relaymail::testing::{ServerConfig, TestServer};
+use relaymail::{Envelope, Mailer, Message, Recipient, SmtpSettings, TlsMode};
 
-use crate::{message, server, settings, WAIT};
+const WAIT: Duration = Duration::from_secs(10);
+
+fn message(to: &str, subject: &str) -> Message {
+    let envelope = Envelope {
+        from: "alerts@example.com".into(),
+        recipients: vec![Recipient::new(to)],
+        ..Envelope::default()
+    };
+    Message::new(
+        envelope,
+        format!("Subject: {subject}\r\n\r\nbody\r\n").into_bytes(),
+    )
+}
 
 /// Records every span, field and event as one text line.
 #[derive(Clone, Default)]
@@ -68,16 +87,20 @@ impl Subscriber for Recorder {
 async fn spans_carry_codes_and_timing_but_no_secret() {
     const PASSWORD: &str = "tr4ce-S3cret-pw";
     let recorder = Recorder::default();
-    let _guard = ::tracing::subscriber::set_default(recorder.clone());
-    let srv = server(
+    ::tracing::subscriber::set_global_default(recorder.clone()).expect("first subscriber");
+    let srv = TestServer::start(
         ServerConfig::new()
             .starttls(true)
             .auth_mechanisms(&["PLAIN"])
             .user("app", PASSWORD)
             .reject_recipient("gone@example.net", "550 5.1.1 no such user"),
     )
-    .await;
-    let s = settings(&srv)
+    .await
+    .expect("server");
+    let s = SmtpSettings::builder()
+        .host("127.0.0.1")
+        .port(u32::from(srv.port()))
+        .sender("alerts@example.com")
         .tls(TlsMode::StartTls)
         .add_root_certificates_pem(srv.ca_pem())
         .webpki_roots(false)
