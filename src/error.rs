@@ -101,6 +101,8 @@ pub(crate) enum Kind {
     Shutdown,
     /// The mailer's queue was full (only from non-waiting calls).
     Full,
+    /// Something is larger than a configured limit (an attachment).
+    TooLarge,
 }
 
 #[derive(Clone)]
@@ -261,6 +263,12 @@ impl Error {
     /// more will be tried for it.
     pub fn is_shutdown(&self) -> bool {
         self.0.kind == Kind::Shutdown
+    }
+
+    /// Something is larger than a configured limit: an attachment over the
+    /// attachment policy's maximum (the message names the file and sizes).
+    pub fn is_too_large(&self) -> bool {
+        self.0.kind == Kind::TooLarge
     }
 
     /// The mailer's queue was full and the call does not wait.

@@ -17,6 +17,11 @@
 //!   DNS, implicit TLS or STARTTLS, AUTH, delivery, NOOP, QUIT — with the
 //!   timeout of each phase enforced and errors that name the stage and the
 //!   likely fix. [`verify`] checks settings end to end.
+//! - [`Email`] and [`Composer`] ([`email`]): notification emails built with
+//!   `mail-builder` — From defaults from the settings, envelope derived (Bcc
+//!   only in the envelope), [`AddressPolicy`] strict or lenient,
+//!   internationalised addresses, attachment size limit with large files
+//!   sent as links. [`Message::from_rfc5322`] takes raw messages.
 //! - [`Mailer`] ([`mailer`]): the pooled dispatcher applications hold — a
 //!   hard cap on connections, deliveries per connection, retries with
 //!   back-off, rate limit, back-pressure, reload, redirect, shutdown.
@@ -99,10 +104,13 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod address;
+pub mod email;
 pub mod error;
 pub mod mailer;
 pub mod message;
 pub mod proto;
+mod rand;
 pub mod settings;
 #[cfg(feature = "test-server")]
 pub mod testing;
@@ -111,6 +119,8 @@ pub mod transport;
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use address::{Address, AddressPolicy, Mailbox};
+pub use email::{Attachment, AttachmentPolicy, Composer, Email};
 pub use error::{Error, Stage};
 pub use mailer::{
     Mailer, MailerBuilder, Pending, RateLimit, Receipt, Redirect, ReportAddress, RetryPolicy, Stats,

@@ -77,6 +77,8 @@ use tokio::sync::oneshot;
 pub use limit::RateLimit;
 pub use retry::RetryPolicy;
 
+use crate::address::AddressPolicy;
+use crate::email::{AttachmentPolicy, Composer, Email};
 use crate::error::{Error, Kind};
 use crate::message::Message;
 use crate::proto::reply::Reply;
@@ -348,6 +350,8 @@ pub struct Mailer {
 struct Inner {
     pool: Arc<Pool<SmtpManager>>,
     redirect: RwLock<Redirect>,
+    addresses: AddressPolicy,
+    attachments: AttachmentPolicy,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -374,6 +378,22 @@ impl Mailer {
     /// Waits for room when the queue is full.
     pub async fn send(&self, message: Message) -> Result<Receipt, Error> {
         self.submit(message).await?.await
+    }
+
+    /// Composes an [`Email`] (see [`Composer`]: the settings' sender as the
+    /// default From and envelope sender, the mailer's address and attachment
+    /// policies) and sends it.
+    pub async fn send_email(&self, email: Email) -> Result<Receipt, Error> {
+        let message = self.composer().compose(email).await?;
+        self.send(message).await
+    }
+
+    /// The composer [`send_email`](Mailer::send_email) uses: the current
+    /// settings' sender and the mailer's policies.
+    pub fn composer(&self) -> Composer {
+        Composer::new(&self.settings())
+            .address_policy(self.inner.addresses)
+            .attachment_policy(self.inner.attachments.clone())
     }
 
     /// Hands a message over, waiting only for room in the queue; await the
@@ -472,6 +492,8 @@ pub struct MailerBuilder {
     settings: SmtpSettings,
     config: PoolConfig,
     redirect: Redirect,
+    addresses: AddressPolicy,
+    attachments: AttachmentPolicy,
 }
 
 impl MailerBuilder {
@@ -490,7 +512,21 @@ impl MailerBuilder {
                 rate_limit: None,
             },
             redirect: Redirect::default(),
+            addresses: AddressPolicy::Strict,
+            attachments: AttachmentPolicy::default(),
         }
+    }
+
+    /// How addresses in [`Email`]s are read (default strict).
+    pub fn address_policy(mut self, policy: AddressPolicy) -> Self {
+        self.addresses = policy;
+        self
+    }
+
+    /// The attachment size limit for [`Email`]s (default none).
+    pub fn attachment_policy(mut self, policy: AttachmentPolicy) -> Self {
+        self.attachments = policy;
+        self
     }
 
     /// Connections open at once, busy or idle (default 4).
@@ -576,6 +612,8 @@ impl MailerBuilder {
             inner: Arc::new(Inner {
                 pool: Pool::new(self.config, SmtpManager { connector }),
                 redirect: RwLock::new(self.redirect),
+                addresses: self.addresses,
+                attachments: self.attachments,
             }),
         })
     }

@@ -1,8 +1,5 @@
 //! Which failures are tried again, and when.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::Error;
@@ -84,22 +81,13 @@ impl RetryPolicy {
     /// [`backoff`](RetryPolicy::backoff) with ±50 % jitter, so that messages
     /// that failed together do not all come back together.
     pub fn backoff_with_jitter(&self, attempt: u32) -> Duration {
-        jitter(self.backoff(attempt), random_unit())
+        jitter(self.backoff(attempt), crate::rand::random_unit())
     }
 }
 
 /// `base` scaled by a factor in [0.5, 1.5) chosen by `unit` in [0, 1).
 pub(crate) fn jitter(base: Duration, unit: f64) -> Duration {
     base.mul_f64(0.5 + unit.clamp(0.0, 1.0))
-}
-
-/// A number in [0, 1) that differs between calls and processes. Not for
-/// cryptography: it only spreads retries.
-fn random_unit() -> f64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
