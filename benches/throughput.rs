@@ -72,8 +72,6 @@ fn main() {
         .expect("runtime");
     let messages: Vec<Arc<[u8]>> = (0..n.max(n_latency)).map(message).collect();
 
-    println!("| path | K | messages | relaymail msgs/s | lettre msgs/s | ratio | relaymail CPU ms / 10k msgs | lettre CPU ms / 10k msgs |");
-    println!("|---|---|---|---|---|---|---|---|");
     let mut runs = vec![
         ("loopback", sink, 1, n),
         ("loopback", sink, 4, n),
@@ -81,17 +79,29 @@ fn main() {
     ];
     runs.push(("+2.4 ms RTT", proxy, 1, n_latency / 4));
     runs.push(("+2.4 ms RTT", proxy, 4, n_latency));
-    for (path, port, k, count) in runs {
-        let ours = rt.block_on(relaymail_run(port, k, &messages[..count]));
-        let theirs = if no_lettre {
-            Run {
-                messages: 0,
-                wall: Duration::from_secs(1),
-                cpu: Duration::ZERO,
+    println!("| path | K | messages | relaymail msgs/s | lettre msgs/s | ratio | relaymail CPU ms / 10k msgs | lettre CPU ms / 10k msgs |");
+    println!("|---|---|---|---|---|---|---|---|");
+    // All relaymail runs first (a few seconds), then lettre's (minutes), so
+    // that the quick runs see the quietest machine.
+    let ours: Vec<Run> = runs
+        .iter()
+        .map(|&(_, port, k, count)| rt.block_on(relaymail_run(port, k, &messages[..count])))
+        .collect();
+    let theirs: Vec<Run> = runs
+        .iter()
+        .map(|&(_, port, k, count)| {
+            if no_lettre {
+                Run {
+                    messages: 0,
+                    wall: Duration::from_secs(1),
+                    cpu: Duration::ZERO,
+                }
+            } else {
+                rt.block_on(lettre_run(port, k, &messages[..count]))
             }
-        } else {
-            rt.block_on(lettre_run(port, k, &messages[..count]))
-        };
+        })
+        .collect();
+    for ((&(path, _, k, count), ours), theirs) in runs.iter().zip(&ours).zip(&theirs) {
         println!(
             "| {path} | {k} | {count} | {:.0} | {:.0} | {:.1}× | {:.0} | {:.0} |",
             ours.rate(),
