@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use relaymail::testing::{ServerConfig, TestServer};
-use relaymail::{Envelope, Mailer, Message, Recipient, SmtpSettings, TlsMode};
+use relaymail::{Email, Mailer, SmtpSettings, TlsMode};
 
 const NOTIFICATIONS: [(&str, &str, &str); 8] = [
     (
@@ -91,22 +91,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Every notification from its own task, all at once.
     let mut tasks = Vec::new();
-    for (i, (to, subject, body)) in NOTIFICATIONS.into_iter().enumerate() {
+    for (to, subject, body) in NOTIFICATIONS {
         let mailer = mailer.clone();
         tasks.push(tokio::spawn(async move {
-            let content = format!(
-                "From: Example App <noreply@example.com>\r\nTo: {to}\r\nSubject: {subject}\r\n\
-                 Message-ID: <quickstart-{i}@example.com>\r\n\r\n{body}\r\n"
-            );
-            let envelope = Envelope {
-                from: "noreply@example.com".into(),
-                recipients: vec![Recipient::new(to)],
-                ..Envelope::default()
-            };
-            (
-                subject,
-                mailer.send(Message::new(envelope, content.into_bytes())).await,
-            )
+            // From, Date and Message-ID come from the settings and the clock.
+            let email = Email::new().to(to).subject(subject).text(body);
+            (subject, mailer.send_email(email).await)
         }));
     }
     for task in tasks {
