@@ -131,7 +131,7 @@ pub use proto::auth::{Credential, Mechanism};
 pub use proto::reply::Reply;
 pub use proto::session::{Envelope, Recipient, RecipientReply};
 pub use settings::{
-    Auth, CredentialProvider, FieldError, Sender, SettingsErrors, SmtpSettings, SmtpSettingsBuilder,
-    Timeouts, TlsMode, TlsOptions,
+    Auth, CredentialProvider, FieldError, PasswordChange, Sender, SettingsErrors, SettingsUpdate,
+    SmtpSettings, SmtpSettingsBuilder, SmtpUrl, Timeouts, TlsMode, TlsOptions,
 };
 pub use transport::{verify, Connection, ConnectionInfo, Connector, Delivery, TlsInfo};

@@ -38,6 +38,12 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use secrecy::SecretString;
 
+mod update;
+mod url;
+
+pub use update::{PasswordChange, SettingsUpdate};
+pub use url::SmtpUrl;
+
 use crate::error::Error;
 use crate::proto::auth::{Credential, Mechanism};
 use crate::proto::command::{check_helo_name, check_mailbox, Argument};

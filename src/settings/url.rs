@@ -1,0 +1,355 @@
+//! The SMTP URL form of settings:
+//!
+//! ```text
+//! smtp://[user[:password]@]host[:port][?tls=starttls|starttls-opportunistic|none&helo=NAME&timeout=SECS&from=ADDR]
+//! smtps://[user[:password]@]host[:port][?helo=…&timeout=…&from=…]
+//! ```
+//!
+//! `smtp://` means STARTTLS (required) unless `tls=` says otherwise;
+//! `smtps://` means implicit TLS. User name and password are
+//! percent-decoded. [`SmtpUrl`]'s `Display` never shows the password.
+
+use std::fmt;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use super::{Auth, FieldError, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, TlsMode};
+use crate::proto::auth::Credential;
+
+fn percent_decode(field: &'static str, s: &str) -> Result<String, FieldError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| FieldError::new(field, "a '%' is not followed by two hex digits"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| FieldError::new(field, "percent-decoding gives invalid UTF-8"))
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl SmtpSettingsBuilder {
+    /// Reads an SMTP URL (see the [module docs](self)) into a builder; set
+    /// anything else (sender, roots …) on it, then [`build`](Self::build).
+    /// Every problem is reported at once, by field.
+    pub fn from_url(url: &str) -> Result<SmtpSettingsBuilder, SettingsErrors> {
+        let mut errors = Vec::new();
+        let url = url.trim();
+        let (scheme, rest) = match url.split_once("://") {
+            Some((s, r)) => (s.to_ascii_lowercase(), r),
+            None => {
+                return Err(SettingsErrors(vec![FieldError::new(
+                    "url",
+                    "not an SMTP URL: it should start with smtp:// or smtps://",
+                )]))
+            }
+        };
+        let mut tls = match scheme.as_str() {
+            "smtp" => TlsMode::StartTls,
+            "smtps" => TlsMode::Implicit,
+            other => {
+                errors.push(FieldError::new(
+                    "url",
+                    format!("unknown scheme {other:?}: use smtp or smtps"),
+                ));
+                TlsMode::StartTls
+            }
+        };
+        let (authority, query) = match rest.split_once('?') {
+            Some((a, q)) => (a, Some(q)),
+            None => (rest, None),
+        };
+        let authority = authority.strip_suffix('/').unwrap_or(authority);
+        if authority.contains('/') || authority.contains('#') {
+            errors.push(FieldError::new("url", "an SMTP URL has no path or fragment"));
+        }
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let mut b = SmtpSettings::builder();
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            match v6.split_once(']') {
+                Some((h, after)) => (format!("[{h}]"), after.strip_prefix(':')),
+                None => {
+                    errors.push(FieldError::new(
+                        "host",
+                        "an IPv6 address in brackets is not closed",
+                    ));
+                    (String::new(), None)
+                }
+            }
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (hostport.to_owned(), None),
+            }
+        };
+        b = b.host(host);
+        if let Some(p) = port {
+            match p.parse::<u32>() {
+                Ok(p) => b = b.port(p),
+                Err(_) => errors.push(FieldError::new("port", format!("{p:?} is not a port number"))),
+            }
+        }
+        if let Some(info) = userinfo {
+            let (user, password) = match info.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (info, None),
+            };
+            match percent_decode("username", user) {
+                Ok(user) => match password.map(|p| percent_decode("password", p)) {
+                    Some(Ok(password)) => b = b.credentials(user, password),
+                    Some(Err(e)) => errors.push(e),
+                    None => errors.push(FieldError::new(
+                        "password",
+                        "a user name without a password; give user:password (percent-encoded)",
+                    )),
+                },
+                Err(e) => errors.push(e),
+            }
+        }
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = match percent_decode("url", raw) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            match key {
+                "tls" => match (scheme.as_str(), TlsMode::parse(&value)) {
+                    (_, None) => errors.push(FieldError::new("tls", format!("unknown TLS mode {value:?}"))),
+                    ("smtps", Some(TlsMode::Implicit)) => {}
+                    ("smtps", Some(_)) => errors.push(FieldError::new(
+                        "tls",
+                        "smtps:// is implicit TLS; use smtp:// for other modes",
+                    )),
+                    (_, Some(TlsMode::Implicit)) => {
+                        errors.push(FieldError::new("tls", "for implicit TLS use the smtps:// scheme"))
+                    }
+                    (_, Some(mode)) => tls = mode,
+                },
+                "helo" => b = b.helo_name(value),
+                "timeout" => match value.parse::<f64>() {
+                    Ok(secs) if secs > 0.0 && secs.is_finite() && secs <= 86_400.0 => {
+                        b = b.timeout(Duration::from_secs_f64(secs))
+                    }
+                    _ => errors.push(FieldError::new(
+                        "timeout",
+                        format!("{value:?} is not a number of seconds between 0 and 86400"),
+                    )),
+                },
+                "from" => b = b.sender(value),
+                other => errors.push(FieldError::new("url", format!("unknown parameter {other:?}"))),
+            }
+        }
+        b = b.tls(tls);
+        if errors.is_empty() {
+            Ok(b)
+        } else {
+            Err(SettingsErrors(errors))
+        }
+    }
+}
+
+impl SmtpSettings {
+    /// Reads an SMTP URL and builds the settings (the URL must carry
+    /// `from=`; otherwise use [`SmtpSettingsBuilder::from_url`] and set the
+    /// sender).
+    pub fn from_url(url: &str) -> Result<SmtpSettings, SettingsErrors> {
+        SmtpSettingsBuilder::from_url(url)?.build()
+    }
+
+    /// The settings as an SMTP URL; its `Display` shows the password as
+    /// `***`.
+    pub fn url(&self) -> SmtpUrl<'_> {
+        SmtpUrl(self)
+    }
+}
+
+/// Displays settings as an SMTP URL, password redacted. See
+/// [`SmtpSettings::url`].
+#[derive(Clone, Copy, Debug)]
+pub struct SmtpUrl<'a>(&'a SmtpSettings);
+
+impl SmtpUrl<'_> {
+    /// The URL with the password in it, for storing where secrets belong.
+    pub fn expose_password(&self) -> String {
+        self.render(true)
+    }
+
+    fn render(&self, with_password: bool) -> String {
+        let s = self.0;
+        let scheme = if s.tls == TlsMode::Implicit {
+            "smtps"
+        } else {
+            "smtp"
+        };
+        let mut out = format!("{scheme}://");
+        if let Auth::Credential(Credential::Password { username, password }) = &s.auth {
+            out.push_str(&percent_encode(username));
+            out.push(':');
+            if with_password {
+                out.push_str(&percent_encode(password.expose_secret()));
+            } else {
+                out.push_str("***");
+            }
+            out.push('@');
+        }
+        if s.host.contains(':') {
+            out.push_str(&format!("[{}]", s.host));
+        } else {
+            out.push_str(&s.host);
+        }
+        out.push_str(&format!(":{}", s.port));
+        let mut params = Vec::new();
+        if !matches!(s.tls, TlsMode::Implicit | TlsMode::StartTls) {
+            params.push(format!("tls={}", s.tls.as_str()));
+        }
+        if let Some(helo) = &s.helo_name {
+            params.push(format!("helo={}", percent_encode(helo)));
+        }
+        let t = &s.timeouts;
+        if [t.greeting, t.tls_handshake, t.command, t.data, t.final_reply]
+            .iter()
+            .all(|d| *d == t.connect)
+        {
+            params.push(format!("timeout={}", t.connect.as_secs_f64()));
+        }
+        params.push(format!("from={}", percent_encode(&s.sender.address)));
+        out.push('?');
+        out.push_str(&params.join("&"));
+        out
+    }
+}
+
+impl fmt::Display for SmtpUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render(false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn reads_the_common_forms() {
+        let s = SmtpSettings::from_url(
+            "smtps://app%40example.com:p%3Ass%40w0rd@mail.example.com?from=noreply@example.com",
+        )
+        .expect("settings");
+        assert_eq!(
+            (s.host(), s.port(), s.tls()),
+            ("mail.example.com", 465, TlsMode::Implicit)
+        );
+        match s.auth() {
+            Auth::Credential(Credential::Password { username, password }) => {
+                assert_eq!(username, "app@example.com");
+                assert_eq!(password.expose_secret(), "p:ss@w0rd");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            s.url().to_string(),
+            "smtps://app%40example.com:***@mail.example.com:465?from=noreply%40example.com"
+        );
+        assert_eq!(
+            s.url().expose_password(),
+            "smtps://app%40example.com:p%3Ass%40w0rd@mail.example.com:465?from=noreply%40example.com"
+        );
+
+        let s = SmtpSettings::from_url(
+            "smtp://[2001:db8::25]:2525?tls=starttls-opportunistic&helo=app.example.com&timeout=7.5&from=a@example.com",
+        )
+        .expect("settings");
+        assert_eq!(
+            (s.host(), s.port(), s.tls()),
+            ("2001:db8::25", 2525, TlsMode::StartTlsOpportunistic)
+        );
+        assert_eq!(s.helo_name(), Some("app.example.com"));
+        assert_eq!(s.timeouts().command, Duration::from_millis(7500));
+        let s =
+            SmtpSettings::from_url("smtp://relay.internal?tls=none&from=a@example.com").expect("settings");
+        assert_eq!((s.port(), s.tls()), (25, TlsMode::None));
+    }
+
+    #[test]
+    fn field_errors_all_at_once() {
+        let e =
+            SmtpSettings::from_url("smtp://user@:99999?tls=bogus&timeout=-1&colour=blue").expect_err("bad");
+        let fields: Vec<&str> = e.iter().map(|f| f.field()).collect();
+        for f in ["password", "tls", "timeout", "url"] {
+            assert!(fields.contains(&f), "{f} in {fields:?}");
+        }
+        let e = SmtpSettings::from_url("smtps://mail.example.com?tls=none&from=a@example.com")
+            .expect_err("conflict");
+        assert!(e.field("tls").is_some());
+        let e = SmtpSettings::from_url("mail.example.com:587").expect_err("no scheme");
+        assert!(e.field("url").is_some());
+        // Port and host are checked by build(), with the other fields.
+        let e = SmtpSettings::from_url("smtp://:70000?from=a@example.com").expect_err("bad");
+        assert!(e.field("host").is_some() && e.field("port").is_some(), "{e}");
+    }
+
+    #[test]
+    fn display_never_shows_the_password() {
+        let s = SmtpSettings::from_url("smtp://u:hunter2-secret@mail.example.com?from=a@example.com")
+            .expect("ok");
+        assert!(!s.url().to_string().contains("hunter2"));
+        assert!(!format!("{:?}", s.url()).contains("hunter2"));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_display_round_trips(
+            host in "[a-z]([a-z0-9-]{0,8}[a-z0-9])?(\\.[a-z][a-z0-9]{0,8}){0,3}",
+            port in 1u32..=65535,
+            tls in 0usize..4,
+            user in proptest::option::of("[ -~]{1,20}"),
+            password in "[ -~]{1,20}",
+            helo in proptest::option::of("[a-z]{1,8}\\.example\\.com"),
+            timeout in proptest::option::of(1u64..600),
+        ) {
+            let mode = [TlsMode::None, TlsMode::Implicit, TlsMode::StartTls, TlsMode::StartTlsOpportunistic][tls];
+            let mut b = SmtpSettings::builder().host(host).port(port).tls(mode).sender("app@example.com");
+            if let Some(u) = &user {
+                b = b.credentials(u.clone(), password.clone());
+            }
+            if let Some(h) = helo {
+                b = b.helo_name(h);
+            }
+            if let Some(t) = timeout {
+                b = b.timeout(Duration::from_secs(t));
+            }
+            let s = b.build().expect("valid");
+            let again = SmtpSettings::from_url(&s.url().expose_password()).expect("parses");
+            prop_assert_eq!(again.url().expose_password(), s.url().expose_password());
+            prop_assert_eq!(format!("{:?}", again), format!("{:?}", s));
+        }
+    }
+}
