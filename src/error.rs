@@ -140,6 +140,7 @@ impl Error {
     pub(crate) fn rejected(stage: Stage, message: impl Into<String>, reply: Reply) -> Error {
         let mut e = Error::new(Kind::Rejected, Some(stage), message);
         e.0.transient = reply.is_transient();
+        e.0.hint = reply_hint(stage, &reply).map(str::to_owned);
         e.0.reply = Some(reply);
         e
     }
@@ -282,6 +283,30 @@ impl Error {
     }
 }
 
+/// The likely fix for the refusals administrators meet most.
+pub(crate) fn reply_hint(stage: Stage, reply: &Reply) -> Option<&'static str> {
+    let code = reply.code().value();
+    let enhanced = reply.enhanced_code().map(|c| c.to_string()).unwrap_or_default();
+    let text = reply.text().to_ascii_lowercase();
+    if code == 530 || enhanced == "5.7.0" && text.contains("auth") {
+        return Some("the server requires authentication: set a user name and password (over TLS)");
+    }
+    if code == 552 || enhanced == "5.3.4" {
+        return Some(
+            "the message is larger than the server accepts: shrink it, or send large attachments as links",
+        );
+    }
+    match stage {
+        Stage::Rcpt if (code == 550 || code == 554) && (enhanced == "5.7.1" || text.contains("relay")) => Some(
+            "the server does not relay mail for this client or sender: authenticate, or ask its administrator to allow this machine or sender address",
+        ),
+        Stage::Mail if reply.is_permanent() => Some(
+            "the server refused the sender address: use one it accepts (often the authenticated user's own address)",
+        ),
+        _ => None,
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(stage) = self.0.stage {
@@ -358,8 +383,22 @@ mod tests {
         assert!(e.is_permanent());
         assert_eq!(
             e.to_string(),
-            "mail: sender refused (server replied: 550 5.7.1 no)"
+            "mail: sender refused (server replied: 550 5.7.1 no); hint: the server refused the sender address: use one it accepts (often the authenticated user's own address)"
         );
+        let e = Error::rejected(
+            Stage::Rcpt,
+            "refused",
+            reply(b"554 5.7.1 Relay access denied\r\n"),
+        );
+        assert!(e.hint().is_some_and(|h| h.contains("does not relay")));
+        let e = Error::rejected(
+            Stage::Mail,
+            "refused",
+            reply(b"530 5.7.0 Authentication required\r\n"),
+        );
+        assert!(e.hint().is_some_and(|h| h.contains("requires authentication")));
+        let e = Error::rejected(Stage::Rcpt, "refused", reply(b"550 5.1.1 no such user\r\n"));
+        assert_eq!(e.hint(), None, "an unknown mailbox needs no configuration hint");
     }
 
     #[test]

@@ -105,6 +105,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod address;
+pub mod diagnose;
 pub mod email;
 pub mod error;
 pub mod mailer;

@@ -317,6 +317,9 @@ impl Tx {
         };
         let mut e = Error::new(Kind::Rejected, Some(Stage::Rcpt), message).transient(all_transient);
         if let Some(r) = first {
+            if let Some(hint) = crate::error::reply_hint(Stage::Rcpt, &r) {
+                e = e.with_hint(hint);
+            }
             e = e.with_reply(r);
         }
         e
@@ -344,6 +347,8 @@ pub struct Session {
     txs: VecDeque<Tx>,
     next_id: u64,
     failure: Option<Error>,
+    /// Every reply with the stage it answered, when recording is on.
+    replies: Option<Vec<(Stage, Reply)>>,
 }
 
 impl Session {
@@ -370,7 +375,19 @@ impl Session {
             txs: VecDeque::new(),
             next_id: 0,
             failure: None,
+            replies: None,
         })
+    }
+
+    /// Starts keeping every reply with the stage it answered (for
+    /// diagnostics; replies never contain our secrets).
+    pub fn record_replies(&mut self) {
+        self.replies.get_or_insert_with(Vec::new);
+    }
+
+    /// The replies recorded so far (see [`Session::record_replies`]).
+    pub fn take_replies(&mut self) -> Vec<(Stage, Reply)> {
+        self.replies.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Bytes to write to the server.
@@ -528,6 +545,8 @@ impl Session {
         let mut e = Error::new(Kind::Closed, stage, "the server closed the connection");
         if stage == Some(Stage::Greeting) {
             e = e.with_hint("the server accepted the connection but sent no greeting before closing: it may be overloaded, reject this client, or expect implicit TLS");
+        } else if stage == Some(Stage::Ehlo) {
+            e = e.with_hint("the server closed the connection right after its greeting: it may refuse this client (address blocked, too many connections); check the relay's logs");
         }
         Err(self.fail(e))
     }
@@ -794,7 +813,8 @@ impl Session {
                         Kind::Unsupported,
                         Some(Stage::Mail),
                         format!("the message is {size} bytes but the server accepts at most {limit} (SIZE)"),
-                    ));
+                    )
+                    .with_hint("shrink the message, or send large attachments as links"));
                 }
             }
             params.size = Some(size);
@@ -996,6 +1016,12 @@ impl Session {
     }
 
     fn on_reply(&mut self, reply: Reply) -> Result<(), Error> {
+        if self.replies.is_some() {
+            let stage = self.current_stage();
+            if let (Some(log), Some(stage)) = (self.replies.as_mut(), stage) {
+                log.push((stage, reply.clone()));
+            }
+        }
         // 421: the server is closing the channel, whatever we asked.
         if reply.code().value() == 421 && self.state != State::Quitting {
             let stage = self.current_stage();

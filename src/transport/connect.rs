@@ -10,12 +10,31 @@ use tokio::time::Instant;
 use crate::error::{Error, Kind, Stage};
 use crate::proto::command::check_helo_name;
 
+use super::Trace;
+
 /// Resolves `host` and connects to each address in turn, all within
 /// `limit`. Sets `TCP_NODELAY`: SMTP sends small commands and waits for
 /// replies, and Nagle's algorithm with delayed ACKs would add ~40 ms to
 /// many of them.
-pub(crate) async fn tcp(host: &str, port: u16, limit: Duration) -> Result<TcpStream, Error> {
+pub(crate) async fn tcp(
+    host: &str,
+    port: u16,
+    limit: Duration,
+    trace: &mut Trace,
+) -> Result<TcpStream, Error> {
     let deadline = Instant::now() + limit;
+    trace.enter(Some(Stage::Resolve));
+    // RFC 6761 §6.4: names under .invalid never resolve; say so at once
+    // instead of asking a DNS server.
+    let bare = host.trim_end_matches('.');
+    if bare.eq_ignore_ascii_case("invalid") || bare.to_ascii_lowercase().ends_with(".invalid") {
+        return Err(Error::new(
+            Kind::Io,
+            Some(Stage::Resolve),
+            format!("cannot resolve {host:?}: names under .invalid never resolve (RFC 6761)"),
+        )
+        .with_hint("check the host name for typos"));
+    }
     let lookup = tokio::net::lookup_host((host, port));
     let addrs: Vec<_> = match tokio::time::timeout_at(deadline, lookup).await {
         Ok(Ok(addrs)) => addrs.collect(),
@@ -42,6 +61,7 @@ pub(crate) async fn tcp(host: &str, port: u16, limit: Duration) -> Result<TcpStr
         );
     }
     let mut last_error = None;
+    trace.enter(Some(Stage::Connect));
     for addr in &addrs {
         match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {

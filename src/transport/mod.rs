@@ -83,6 +83,73 @@ impl Stream {
     }
 }
 
+/// Time spent waiting in one stage of a connection (diagnostics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageTiming {
+    /// The stage.
+    pub stage: Stage,
+    /// How long it took.
+    pub duration: std::time::Duration,
+    /// Whether it ended well (false: the connection failed in it).
+    pub ok: bool,
+}
+
+/// Stage timings and replies of one connection, when recording is on.
+#[derive(Debug, Default)]
+pub(crate) struct Trace {
+    pub(crate) on: bool,
+    current: Option<(Stage, tokio::time::Instant)>,
+    pub(crate) stages: Vec<StageTiming>,
+    pub(crate) replies: Vec<(Stage, Reply)>,
+}
+
+impl Trace {
+    fn new(on: bool) -> Trace {
+        Trace {
+            on,
+            ..Trace::default()
+        }
+    }
+
+    /// Notes that the connection now waits in `stage`.
+    fn enter(&mut self, stage: Option<Stage>) {
+        if !self.on || self.current.map(|c| c.0) == stage {
+            return;
+        }
+        self.close(true);
+        self.current = stage.map(|s| (s, tokio::time::Instant::now()));
+    }
+
+    /// Closes the stage in progress: done, or failed by `error`. An error
+    /// found by the client in another stage (AUTH not offered, a message over
+    /// SIZE, a refused RCPT read together with MAIL's reply) is recorded at
+    /// its own stage.
+    fn end(&mut self, error: Option<&Error>) {
+        let current = self.current.map(|c| c.0);
+        match error.and_then(Error::stage) {
+            Some(stage) if self.on && Some(stage) != current => {
+                self.close(true);
+                self.stages.push(StageTiming {
+                    stage,
+                    duration: std::time::Duration::ZERO,
+                    ok: false,
+                });
+            }
+            _ => self.close(error.is_none()),
+        }
+    }
+
+    fn close(&mut self, ok: bool) {
+        if let Some((stage, since)) = self.current.take() {
+            self.stages.push(StageTiming {
+                stage,
+                duration: since.elapsed(),
+                ok,
+            });
+        }
+    }
+}
+
 /// The TLS parameters negotiated on a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsInfo {
@@ -92,6 +159,8 @@ pub struct TlsInfo {
     pub cipher_suite: String,
     /// Whether TLS came from STARTTLS (false: implicit TLS).
     pub via_starttls: bool,
+    /// The DNS names the server's certificate covers.
+    pub certificate_names: Vec<String>,
 }
 
 /// What a connection found out about the server.
@@ -183,14 +252,53 @@ impl Connector {
 
     /// Opens a connection: connect, greeting, EHLO, TLS, AUTH.
     pub async fn connect(&self) -> Result<Connection, Error> {
+        self.connect_traced(false).await.map_err(|(e, _)| e)
+    }
+
+    /// [`connect`](Connector::connect), recording stage timings and replies
+    /// when `on`; on failure the trace so far comes with the error.
+    pub(crate) async fn connect_traced(&self, on: bool) -> Result<Connection, (Error, Trace)> {
+        let mut trace = Trace::new(on);
         let s = &self.settings;
-        let tcp = connect::tcp(&s.host, s.port, s.timeouts.connect).await?;
-        let peer = tcp
-            .peer_addr()
-            .map_err(|e| Error::new(Kind::Io, Some(Stage::Connect), "no peer address").with_source(e))?;
-        let local = tcp
-            .local_addr()
-            .map_err(|e| Error::new(Kind::Io, Some(Stage::Connect), "no local address").with_source(e))?;
+        let tcp = match connect::tcp(&s.host, s.port, s.timeouts.connect, &mut trace).await {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                trace.end(Some(&e));
+                return Err((e, trace));
+            }
+        };
+        trace.enter(None);
+        let mut conn = match self.session_for(tcp, trace) {
+            Ok(c) => c,
+            Err((e, mut trace)) => {
+                trace.close(false);
+                return Err((e, trace));
+            }
+        };
+        if on {
+            conn.session.record_replies();
+        }
+        match conn.start().await {
+            Ok(()) => Ok(conn),
+            Err(e) => {
+                let trace = conn.take_trace(Some(&e));
+                Err((e, trace))
+            }
+        }
+    }
+
+    fn session_for(&self, tcp: TcpStream, trace: Trace) -> Result<Connection, (Error, Trace)> {
+        let s = &self.settings;
+        let addrs = tcp.peer_addr().and_then(|p| Ok((p, tcp.local_addr()?)));
+        let (peer, local) = match addrs {
+            Ok(a) => a,
+            Err(e) => {
+                return Err((
+                    Error::new(Kind::Io, Some(Stage::Connect), "no socket address").with_source(e),
+                    trace,
+                ))
+            }
+        };
         let helo_name = match &s.helo_name {
             Some(name) => name.clone(),
             None => default_helo_name(local.ip()),
@@ -205,8 +313,11 @@ impl Connector {
         config.allow_plaintext_auth = s.allow_plaintext_auth;
         config.pipelining = s.pipelining;
         config.chunking = s.chunking;
-        let session = Session::new(config)?;
-        let mut conn = Connection {
+        let session = match Session::new(config) {
+            Ok(s) => s,
+            Err(e) => return Err((e, trace)),
+        };
+        Ok(Connection {
             stream: Stream::Plain(tcp),
             session,
             connector: self.clone(),
@@ -221,19 +332,8 @@ impl Connector {
                 auth_mechanism: None,
             },
             deliveries: 0,
-        };
-        if s.tls == TlsMode::Implicit {
-            conn.handshake(false).await?;
-        }
-        loop {
-            match conn.next_event().await? {
-                Event::Ready => break,
-                _ => continue,
-            }
-        }
-        conn.refresh_info();
-        conn.authenticate().await?;
-        Ok(conn)
+            trace,
+        })
     }
 }
 
@@ -245,6 +345,7 @@ pub struct Connection {
     buf: Vec<u8>,
     info: ConnectionInfo,
     deliveries: usize,
+    trace: Trace,
 }
 
 impl std::fmt::Debug for Connection {
@@ -258,6 +359,30 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// Greeting, EHLO, TLS, AUTH on a fresh connection.
+    async fn start(&mut self) -> Result<(), Error> {
+        if self.settings().tls == TlsMode::Implicit {
+            self.handshake(false).await?;
+        }
+        loop {
+            match self.next_event().await? {
+                Event::Ready => break,
+                _ => continue,
+            }
+        }
+        self.refresh_info();
+        self.authenticate().await
+    }
+
+    /// The stage timings and replies recorded so far (when recording is on),
+    /// the stage in progress closed as failed by `error` or as done.
+    pub(crate) fn take_trace(&mut self, error: Option<&Error>) -> Trace {
+        self.trace.end(error);
+        self.trace.replies.extend(self.session.take_replies());
+        let on = self.trace.on;
+        std::mem::replace(&mut self.trace, Trace::new(on))
+    }
+
     /// Opens a connection with these settings (see [`Connector`] to open
     /// many without rebuilding the TLS configuration each time).
     pub async fn open(settings: &SmtpSettings) -> Result<Connection, Error> {
@@ -364,6 +489,7 @@ impl Connection {
                 return Ok(event);
             }
             self.flush().await?;
+            self.trace.enter(self.session.current_stage());
             if !self.session.wants_read() {
                 return Err(match self.session.failure() {
                     Some(e) => e.clone(),
@@ -391,6 +517,7 @@ impl Connection {
                 "TLS on a stream that is not plain",
             )));
         };
+        self.trace.enter(Some(Stage::Tls));
         let handshake = TlsConnector::from(config).connect(name, tcp);
         match tokio::time::timeout(limit, handshake).await {
             Ok(Ok(tls)) => {
@@ -406,6 +533,12 @@ impl Connection {
                         .map(|c| format!("{:?}", c.suite()))
                         .unwrap_or_default(),
                     via_starttls,
+                    certificate_names: conn
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+                        .map(|cert| cert.valid_dns_names().map(str::to_owned).collect())
+                        .unwrap_or_default(),
                 });
                 self.stream = Stream::Tls(Box::new(tls));
                 if via_starttls {

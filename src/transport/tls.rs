@@ -165,7 +165,11 @@ pub(crate) fn handshake_error(err: std::io::Error, host: &str, port: u16, implic
             let hint = match cert {
                 CertificateError::NotValidForNameContext { presented, .. } => format!(
                     "the server's certificate is not valid for {host:?}; it names {}; connect using one of those names",
-                    if presented.is_empty() { "no host at all".to_owned() } else { presented.join(", ") }
+                    if presented.is_empty() {
+                        "no host at all".to_owned()
+                    } else {
+                        presented.iter().map(|p| presented_name(p)).collect::<Vec<_>>().join(", ")
+                    }
                 ),
                 CertificateError::NotValidForName => {
                     format!("the server's certificate is not valid for {host:?}; connect using a name it lists")
@@ -190,6 +194,17 @@ pub(crate) fn handshake_error(err: std::io::Error, host: &str, port: u16, implic
             )),
         _ => base.with_source(tls_error.clone()),
     }
+}
+
+/// rustls lists the names a certificate presents in their Debug form
+/// (`DnsName("mail.example.org")`); people want `mail.example.org`.
+fn presented_name(p: &str) -> &str {
+    for prefix in ["DnsName(\"", "IpAddress(\""] {
+        if let Some(inner) = p.strip_prefix(prefix).and_then(|r| r.strip_suffix("\")")) {
+            return inner;
+        }
+    }
+    p
 }
 
 #[cfg(test)]

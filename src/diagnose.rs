@@ -1,0 +1,263 @@
+//! "Test connection" and "Send test email" for a settings page: one-off
+//! connections (never the pool; unsaved settings work) that report every
+//! stage — resolve, connect, greeting, EHLO, STARTTLS, TLS handshake, AUTH,
+//! MAIL, RCPT, DATA — with its duration, outcome and the server's replies,
+//! the TLS version and the certificate's names, and on failure the stage,
+//! the reply and a plain-language hint. No secret is ever in a report.
+//!
+//! ```no_run
+//! # async fn demo(settings: relaymail::SmtpSettings) {
+//! let report = relaymail::diagnose::send_test(&settings, "admin@example.com", None).await;
+//! println!("{report}"); // one line per stage, then the verdict
+//! if let Some(e) = report.error() {
+//!     eprintln!("failed at {:?}: {}", e.stage(), e.hint().unwrap_or(""));
+//! }
+//! # }
+//! ```
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Stage};
+use crate::proto::auth::Mechanism;
+use crate::proto::reply::Reply;
+use crate::proto::session::{Envelope, Recipient};
+use crate::settings::SmtpSettings;
+use crate::transport::{Connector, Delivery, StageTiming, TlsInfo, Trace};
+
+/// One stage of a diagnostic connection.
+#[derive(Clone, Debug)]
+pub struct StageReport {
+    /// The stage.
+    pub stage: Stage,
+    /// Time spent in it.
+    pub duration: Duration,
+    /// Whether it went well.
+    pub ok: bool,
+    /// The server's replies in this stage.
+    pub replies: Vec<Reply>,
+}
+
+/// What a diagnostic connection found. `Display` prints it for people.
+#[derive(Clone, Debug)]
+pub struct Report {
+    host: String,
+    port: u16,
+    stages: Vec<StageReport>,
+    tls: Option<TlsInfo>,
+    auth: Option<Mechanism>,
+    extensions: Vec<String>,
+    delivery: Option<Delivery>,
+    error: Option<Error>,
+}
+
+impl Report {
+    /// Every stage reached, in order.
+    pub fn stages(&self) -> &[StageReport] {
+        &self.stages
+    }
+
+    /// The TLS parameters, when TLS was established.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// The AUTH mechanism that succeeded.
+    pub fn auth_mechanism(&self) -> Option<Mechanism> {
+        self.auth
+    }
+
+    /// The extensions the server offered (after TLS, when TLS was used).
+    pub fn extensions(&self) -> &[String] {
+        &self.extensions
+    }
+
+    /// For a test email: the server's answer.
+    pub fn delivery(&self) -> Option<&Delivery> {
+        self.delivery.as_ref()
+    }
+
+    /// The failure, if any: its stage, reply and hint.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// Whether everything worked.
+    pub fn is_ok(&self) -> bool {
+        self.error.is_none()
+    }
+
+    fn from_trace(settings: &SmtpSettings, trace: Trace) -> Report {
+        let Trace { stages, replies, .. } = trace;
+        let stages = stages
+            .into_iter()
+            .map(|StageTiming { stage, duration, ok }| StageReport {
+                stage,
+                duration,
+                ok,
+                replies: replies
+                    .iter()
+                    .filter(|(s, _)| *s == stage)
+                    .map(|(_, r)| r.clone())
+                    .collect(),
+            })
+            .collect();
+        Report {
+            host: settings.host().to_owned(),
+            port: settings.port(),
+            stages,
+            tls: None,
+            auth: None,
+            extensions: Vec::new(),
+            delivery: None,
+            error: None,
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "SMTP check of {}:{}", self.host, self.port)?;
+        for s in &self.stages {
+            write!(
+                f,
+                "  {:<12} {:>8.1} ms  {}",
+                s.stage.as_str(),
+                s.duration.as_secs_f64() * 1000.0,
+                if s.ok { "ok" } else { "FAILED" }
+            )?;
+            if let Some(r) = s.replies.last() {
+                let first = r.lines().first().map(String::as_str).unwrap_or("");
+                write!(f, "  ({} {first})", r.code().value())?;
+            }
+            writeln!(f)?;
+        }
+        if let Some(tls) = &self.tls {
+            writeln!(
+                f,
+                "  TLS: {} {}{}; certificate for {}",
+                tls.version,
+                tls.cipher_suite,
+                if tls.via_starttls { " via STARTTLS" } else { "" },
+                if tls.certificate_names.is_empty() {
+                    "(no names)".to_owned()
+                } else {
+                    tls.certificate_names.join(", ")
+                }
+            )?;
+        }
+        if let Some(m) = self.auth {
+            writeln!(f, "  AUTH: {}", m.name())?;
+        }
+        match &self.error {
+            None => write!(f, "  result: ok"),
+            Some(e) => write!(f, "  result: {e}"),
+        }
+    }
+}
+
+/// Connect, EHLO, TLS, AUTH, QUIT — cheap enough to run on every save of a
+/// settings form — and report each stage.
+pub async fn verify(settings: &SmtpSettings) -> Report {
+    run(settings, None).await
+}
+
+/// Sends one standard test message to `recipient` over a one-off connection
+/// (from `from`, or the settings' sender) and reports each stage. The
+/// message says when it was sent, through which relay, with which TLS and
+/// AUTH mechanism — never a secret.
+pub async fn send_test(settings: &SmtpSettings, recipient: &str, from: Option<&str>) -> Report {
+    run(settings, Some((recipient, from))).await
+}
+
+async fn run(settings: &SmtpSettings, test: Option<(&str, Option<&str>)>) -> Report {
+    let connector = match Connector::new(settings.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut r = Report::from_trace(settings, Trace::default());
+            r.error = Some(e);
+            return r;
+        }
+    };
+    let mut conn = match connector.connect_traced(true).await {
+        Ok(c) => c,
+        Err((e, trace)) => {
+            let mut r = Report::from_trace(settings, trace);
+            r.error = Some(e);
+            return r;
+        }
+    };
+    let info = conn.info().clone();
+    let mut delivery = None;
+    let mut error = None;
+    if let Some((recipient, from)) = test {
+        let from = from.unwrap_or(&settings.sender().address).to_owned();
+        let envelope = Envelope {
+            from: from.clone(),
+            recipients: vec![Recipient::new(recipient)],
+            ..Envelope::default()
+        };
+        let body = test_message(settings, &info, &from, recipient);
+        match conn.send(envelope, body).await {
+            Ok(d) => delivery = Some(d),
+            Err(e) => error = Some(e),
+        }
+    }
+    let mut trace = conn.take_trace(error.as_ref());
+    if error.is_none() {
+        // QUIT, timed as a stage of its own.
+        let started = tokio::time::Instant::now();
+        let quit = conn.quit().await;
+        trace.stages.push(StageTiming {
+            stage: Stage::Quit,
+            duration: started.elapsed(),
+            ok: quit.is_ok(),
+        });
+    }
+    let mut r = Report::from_trace(settings, trace);
+    r.tls = info.tls.clone();
+    r.auth = info.auth_mechanism;
+    r.extensions = info
+        .capabilities
+        .extensions()
+        .map(|e| e.keyword().to_owned())
+        .collect();
+    r.delivery = delivery;
+    r.error = error;
+    r
+}
+
+fn test_message(
+    settings: &SmtpSettings,
+    info: &crate::transport::ConnectionInfo,
+    from: &str,
+    to: &str,
+) -> Vec<u8> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let tls = info.tls.as_ref().map_or("none (clear text)".to_owned(), |t| {
+        format!("{} ({})", t.version, t.cipher_suite)
+    });
+    let auth = info.auth_mechanism.map_or("none", |m| m.name());
+    let domain = from.rsplit_once('@').map_or("localhost", |(_, d)| d);
+    let body = format!(
+        "This is a test email sent to check the SMTP settings.\n\n\
+         Relay: {}:{}\nTLS: {tls}\nAuthentication: {auth}\nSent at: {} seconds after 1970-01-01 UTC\n\n\
+         If you received it, outgoing email works.\n",
+        settings.host(),
+        settings.port(),
+        now.as_secs()
+    );
+    mail_builder::MessageBuilder::new()
+        .from(from)
+        .to(to)
+        .subject("SMTP settings test")
+        .date(now.as_secs() as i64)
+        .message_id(format!(
+            "smtp-test.{}.{:x}@{domain}",
+            now.as_secs(),
+            crate::rand::random_u64()
+        ))
+        .text_body(body)
+        .write_to_vec()
+        .unwrap_or_default()
+}
