@@ -38,9 +38,17 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use secrecy::SecretString;
 
+#[cfg(feature = "serde")]
+mod data;
+#[cfg(feature = "serde")]
+mod sealed;
 mod update;
 mod url;
 
+#[cfg(feature = "serde")]
+pub use data::{SettingsData, TimeoutsData};
+#[cfg(feature = "serde")]
+pub use sealed::{SealedSecret, SealedSettings, SecretKey};
 pub use update::{PasswordChange, SettingsUpdate};
 pub use url::SmtpUrl;
 

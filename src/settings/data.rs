@@ -1,0 +1,323 @@
+//! Serde support (feature `serde`): settings as plain data, JSON or TOML.
+//!
+//! [`SettingsData`] is the stored form: every field of [`SmtpSettings`]
+//! except the password, which is never serialised. [`SmtpSettings`]
+//! serialises through it, and deserialises through it *and* the builder's
+//! validation. Settings with a user name need their password from
+//! elsewhere: [`SealedSettings`](super::SealedSettings) carries it
+//! encrypted, or [`SettingsData::into_settings`] takes it.
+
+use base64::Engine;
+use secrecy::SecretString;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{Auth, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, Timeouts, TlsMode};
+use crate::proto::auth::{Credential, Mechanism};
+
+/// Timeouts in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsData {
+    /// Connect (resolve + TCP), seconds.
+    pub connect: f64,
+    /// Greeting, seconds.
+    pub greeting: f64,
+    /// TLS handshake, seconds.
+    pub tls_handshake: f64,
+    /// Each command reply, seconds.
+    pub command: f64,
+    /// Each write, seconds.
+    pub data: f64,
+    /// The final reply after a message, seconds.
+    pub final_reply: f64,
+}
+
+/// [`SmtpSettings`] as plain data, without the password.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsData {
+    /// Server host.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// `none`, `starttls`, `starttls-opportunistic` or `implicit`.
+    pub tls: String,
+    /// Sender address.
+    pub sender: String,
+    /// Sender display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_name: Option<String>,
+    /// AUTH user name (the password is stored separately, sealed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Whether the credential is an OAuth2 token (XOAUTH2) rather than a password.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oauth2: bool,
+    /// AUTH mechanisms allowed, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_mechanisms: Option<Vec<String>>,
+    /// Allow AUTH without TLS.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
+    /// HELO name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helo_name: Option<String>,
+    /// Timeouts.
+    pub timeouts: TimeoutsData,
+    /// Extra root certificates, PEM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_roots_pem: Vec<String>,
+    /// Trust the Mozilla roots.
+    pub webpki_roots: bool,
+    /// Accept any certificate (dangerous).
+    #[serde(default)]
+    pub dangerous_accept_invalid_certs: bool,
+    /// Accept certificates for other names (dangerous).
+    #[serde(default)]
+    pub dangerous_accept_invalid_hostnames: bool,
+    /// Use PIPELINING when offered.
+    pub pipelining: bool,
+    /// Use CHUNKING when offered.
+    pub chunking: bool,
+    /// Fail unless every recipient is accepted.
+    #[serde(default)]
+    pub require_all_recipients: bool,
+}
+
+fn pem(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+impl SmtpSettings {
+    /// The settings as plain data, without the password.
+    pub fn to_data(&self) -> SettingsData {
+        let (username, oauth2) = match &self.auth {
+            Auth::Credential(Credential::Password { username, .. }) => (Some(username.clone()), false),
+            Auth::Credential(Credential::OAuth2 { username, .. }) => (Some(username.clone()), true),
+            Auth::None | Auth::Provider(_) => (None, false),
+        };
+        let t = &self.timeouts;
+        SettingsData {
+            host: self.host.clone(),
+            port: self.port,
+            tls: self.tls.as_str().to_owned(),
+            sender: self.sender.address.clone(),
+            sender_name: self.sender.name.clone(),
+            username,
+            oauth2,
+            auth_mechanisms: self
+                .auth_mechanisms
+                .as_ref()
+                .map(|m| m.iter().map(|m| m.name().to_owned()).collect()),
+            allow_plaintext_auth: self.allow_plaintext_auth,
+            helo_name: self.helo_name.clone(),
+            timeouts: TimeoutsData {
+                connect: t.connect.as_secs_f64(),
+                greeting: t.greeting.as_secs_f64(),
+                tls_handshake: t.tls_handshake.as_secs_f64(),
+                command: t.command.as_secs_f64(),
+                data: t.data.as_secs_f64(),
+                final_reply: t.final_reply.as_secs_f64(),
+            },
+            extra_roots_pem: self.tls_options.extra_roots.iter().map(|c| pem(c)).collect(),
+            webpki_roots: self.tls_options.webpki_roots,
+            dangerous_accept_invalid_certs: self.tls_options.dangerous_accept_invalid_certs,
+            dangerous_accept_invalid_hostnames: self.tls_options.dangerous_accept_invalid_hostnames,
+            pipelining: self.pipelining,
+            chunking: self.chunking,
+            require_all_recipients: self.require_all_recipients,
+        }
+    }
+}
+
+impl SettingsData {
+    /// Validated settings, with `secret` as the password (or OAuth2 token)
+    /// when the data names a user. Every problem is reported by field.
+    pub fn into_settings(self, secret: Option<SecretString>) -> Result<SmtpSettings, SettingsErrors> {
+        let mut errors = Vec::new();
+        let tls = TlsMode::parse(&self.tls).unwrap_or_else(|| {
+            errors.push(super::FieldError::new(
+                "tls",
+                format!("unknown TLS mode {:?}", self.tls),
+            ));
+            TlsMode::default()
+        });
+        let secs = |field: &'static str, v: f64, errors: &mut Vec<super::FieldError>| {
+            if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+                std::time::Duration::from_secs_f64(v)
+            } else {
+                errors.push(super::FieldError::new(
+                    field,
+                    format!("{v} is not a number of seconds in (0, 86400]"),
+                ));
+                std::time::Duration::from_secs(1)
+            }
+        };
+        let t = self.timeouts;
+        let timeouts = Timeouts {
+            connect: secs("timeouts", t.connect, &mut errors),
+            greeting: secs("timeouts", t.greeting, &mut errors),
+            tls_handshake: secs("timeouts", t.tls_handshake, &mut errors),
+            command: secs("timeouts", t.command, &mut errors),
+            data: secs("timeouts", t.data, &mut errors),
+            final_reply: secs("timeouts", t.final_reply, &mut errors),
+        };
+        let mut b: SmtpSettingsBuilder = SmtpSettings::builder()
+            .host(self.host)
+            .port(u32::from(self.port))
+            .tls(tls)
+            .sender(self.sender)
+            .allow_plaintext_auth(self.allow_plaintext_auth)
+            .timeouts(timeouts)
+            .webpki_roots(self.webpki_roots)
+            .dangerous_accept_invalid_certs(self.dangerous_accept_invalid_certs)
+            .dangerous_accept_invalid_hostnames(self.dangerous_accept_invalid_hostnames)
+            .pipelining(self.pipelining)
+            .chunking(self.chunking)
+            .require_all_recipients(self.require_all_recipients);
+        if let Some(name) = self.sender_name {
+            b = b.sender_name(name);
+        }
+        if let Some(helo) = self.helo_name {
+            b = b.helo_name(helo);
+        }
+        for p in &self.extra_roots_pem {
+            b = b.add_root_certificates_pem(p.as_bytes());
+        }
+        if let Some(names) = self.auth_mechanisms {
+            let mut mechs = Vec::new();
+            for n in names {
+                match Mechanism::from_name(&n) {
+                    Some(m) => mechs.push(m),
+                    None => errors.push(super::FieldError::new(
+                        "auth_mechanisms",
+                        format!("unknown mechanism {n:?}"),
+                    )),
+                }
+            }
+            b = b.auth_mechanisms(&mechs);
+        }
+        match (self.username, secret) {
+            (Some(username), Some(secret)) => {
+                b = b.credential(if self.oauth2 {
+                    Credential::OAuth2 {
+                        username,
+                        token: secret,
+                    }
+                } else {
+                    Credential::Password {
+                        username,
+                        password: secret,
+                    }
+                })
+            }
+            (Some(_), None) => errors.push(super::FieldError::new(
+                "password",
+                "a user name is stored but no password: settings with credentials are stored sealed",
+            )),
+            (None, _) => {}
+        }
+        match b.build() {
+            Ok(s) if errors.is_empty() => Ok(s),
+            Ok(_) => Err(SettingsErrors(errors)),
+            Err(SettingsErrors(more)) => {
+                errors.extend(more);
+                Err(SettingsErrors(errors))
+            }
+        }
+    }
+}
+
+impl Serialize for SmtpSettings {
+    /// Never the password.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_data().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SmtpSettings {
+    /// Validates like the builder; settings with a user name fail (their
+    /// password is not in plain data: use sealed settings).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let data = SettingsData::deserialize(deserializer)?;
+        data.into_settings(None).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> SmtpSettings {
+        SmtpSettings::builder()
+            .host("mail.example.com")
+            .port(2525)
+            .tls(TlsMode::StartTlsOpportunistic)
+            .sender("noreply@example.com")
+            .sender_name("Example App")
+            .helo_name("app.example.com")
+            .timeout(std::time::Duration::from_millis(12_500))
+            .auth_mechanisms(&[Mechanism::Plain, Mechanism::Login])
+            .pipelining(false)
+            .build()
+            .expect("settings")
+    }
+
+    #[test]
+    fn json_and_toml_round_trip() {
+        let s = full();
+        let json = serde_json::to_string_pretty(&s).expect("json");
+        let back: SmtpSettings = serde_json::from_str(&json).expect("parse");
+        assert_eq!(format!("{back:?}"), format!("{s:?}"));
+        let toml_text = toml::to_string(&s).expect("toml");
+        let back: SmtpSettings = toml::from_str(&toml_text).expect("parse");
+        assert_eq!(format!("{back:?}"), format!("{s:?}"));
+    }
+
+    #[test]
+    fn the_password_is_never_serialised() {
+        let s = full()
+            .to_builder()
+            .credentials("app", "Sup3r-Secret-Pw")
+            .build()
+            .expect("settings");
+        let json = serde_json::to_string(&s).expect("json");
+        let toml_text = toml::to_string(&s).expect("toml");
+        for text in [&json, &toml_text] {
+            assert!(!text.contains("Sup3r-Secret-Pw"), "{text}");
+            assert!(
+                text.contains("\"app\"") || text.contains("'app'") || text.contains("= \"app\""),
+                "{text}"
+            );
+        }
+        // Without the password the credentials cannot come back.
+        let e = serde_json::from_str::<SmtpSettings>(&json).expect_err("no password");
+        assert!(e.to_string().contains("password"), "{e}");
+        let data: SettingsData = serde_json::from_str(&json).expect("data");
+        let back = data
+            .into_settings(Some("Sup3r-Secret-Pw".into()))
+            .expect("with the password");
+        assert_eq!(format!("{back:?}"), format!("{s:?}"));
+    }
+
+    #[test]
+    fn invalid_data_gives_field_errors() {
+        let mut data = full().to_data();
+        data.host = String::new();
+        data.tls = "ssl3".into();
+        data.timeouts.command = -1.0;
+        data.auth_mechanisms = Some(vec!["GSSAPI".into()]);
+        let e = data.into_settings(None).expect_err("invalid");
+        for f in ["host", "tls", "timeouts", "auth_mechanisms"] {
+            assert!(e.field(f).is_some(), "{f}: {e}");
+        }
+        assert!(serde_json::from_str::<SettingsData>(r#"{"host":"x","colour":"blue"}"#).is_err());
+    }
+}
