@@ -33,7 +33,7 @@ fn message(size: usize) -> Vec<u8> {
     let line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\n";
     while m.len() < size {
         m.extend_from_slice(line);
-        if m.len() % 7 == 0 {
+        if m.len().is_multiple_of(7) {
             m.extend_from_slice(b".leading dot\r\n");
         }
     }

@@ -103,6 +103,8 @@ pub(crate) enum Kind {
     Full,
     /// Something is larger than a configured limit (an attachment).
     TooLarge,
+    /// A stored object changed since it was loaded (optimistic concurrency).
+    Conflict,
 }
 
 #[derive(Clone)]
@@ -270,6 +272,12 @@ impl Error {
     /// attachment policy's maximum (the message names the file and sizes).
     pub fn is_too_large(&self) -> bool {
         self.0.kind == Kind::TooLarge
+    }
+
+    /// Saving would overwrite a newer version (someone saved in between):
+    /// load again, reapply the change, save again.
+    pub fn is_conflict(&self) -> bool {
+        self.0.kind == Kind::Conflict
     }
 
     /// The mailer's queue was full and the call does not wait.

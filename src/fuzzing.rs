@@ -172,7 +172,7 @@ pub fn command_encoder(input: &[u8]) {
     let rp = RcptParams {
         notify: Some(Notify::On {
             success: true,
-            failure: input.len() % 2 == 0,
+            failure: input.len().is_multiple_of(2),
             delay: false,
         }),
         orcpt: c.map(str::to_owned),

@@ -110,6 +110,8 @@ pub mod email;
 pub mod error;
 pub mod mailer;
 pub mod message;
+#[cfg(feature = "serde")]
+pub mod profiles;
 pub mod proto;
 mod rand;
 pub mod settings;

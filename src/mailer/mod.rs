@@ -354,6 +354,25 @@ struct Inner {
     attachments: AttachmentPolicy,
 }
 
+/// A [`Mailer`] handle that does not keep it alive (for followers such as
+/// the profile store).
+#[cfg(feature = "serde")]
+#[derive(Clone, Debug)]
+pub(crate) struct WeakMailer(std::sync::Weak<Inner>);
+
+#[cfg(feature = "serde")]
+impl WeakMailer {
+    pub(crate) fn upgrade(&self) -> Option<Mailer> {
+        self.0.upgrade().map(|inner| Mailer { inner })
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mailer")
+    }
+}
+
 impl std::fmt::Debug for Mailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mailer")
@@ -364,6 +383,11 @@ impl std::fmt::Debug for Mailer {
 }
 
 impl Mailer {
+    #[cfg(feature = "serde")]
+    pub(crate) fn downgrade(&self) -> WeakMailer {
+        WeakMailer(Arc::downgrade(&self.inner))
+    }
+
     /// A mailer with the default limits (see [`MailerBuilder`]).
     pub fn new(settings: SmtpSettings) -> Result<Mailer, Error> {
         Mailer::builder(settings).build()

@@ -1,0 +1,553 @@
+//! Named settings profiles (feature `serde`; seeds 001, 002, 004): an ordered
+//! list of settings sets, each enabled or not; the active one is the first
+//! enabled. [`ProfileStore`] keeps them in a JSON file with sealed passwords,
+//! written atomically, with optimistic concurrency, and reloads the
+//! [`Mailer`]s that follow it when it is saved — no application restart.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), relaymail::Error> {
+//! use relaymail::profiles::{ProfileStore, Profiles};
+//! use relaymail::settings::SecretKey;
+//! use relaymail::{Mailer, SmtpSettings};
+//!
+//! let store = ProfileStore::new("/var/lib/app/smtp-profiles.json", SecretKey::from_env("APP_SMTP_KEY")?);
+//! let mut profiles = store.load()?;
+//! if profiles.get("primary").is_none() {
+//!     let settings = SmtpSettings::from_url("smtps://app:secret@mail.example.com?from=noreply@example.com")?;
+//!     profiles.add("primary", settings, true)?;
+//!     store.save(&mut profiles)?;
+//! }
+//! let mailer = store.mailer(|settings| Mailer::builder(settings).build())?;
+//! // Later, from the settings page: edit, save — the mailer follows.
+//! profiles.set_enabled("primary", true)?;
+//! store.save(&mut profiles)?;
+//! # drop(mailer); Ok(()) }
+//! ```
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Kind};
+use crate::mailer::{Mailer, WeakMailer};
+use crate::settings::{SealedSettings, SecretKey, SettingsUpdate, SmtpSettings};
+
+/// One named settings set.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    name: String,
+    enabled: bool,
+    settings: SmtpSettings,
+}
+
+impl Profile {
+    /// Its name (unique, not empty).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether it may be the active profile.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &SmtpSettings {
+        &self.settings
+    }
+}
+
+/// The ordered profiles, as loaded (with the version they were loaded at).
+#[derive(Clone, Debug, Default)]
+pub struct Profiles {
+    version: u64,
+    list: Vec<Profile>,
+}
+
+fn not_found(name: &str) -> Error {
+    Error::config(format!("there is no profile named {name:?}"))
+}
+
+fn check_name(name: &str) -> Result<String, Error> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(Error::config("a profile name may not be empty"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::config("a profile name may not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+impl Profiles {
+    /// No profiles.
+    pub fn new() -> Profiles {
+        Profiles::default()
+    }
+
+    /// The store version these profiles were loaded at (0: never saved).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The profiles in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Profile> {
+        self.list.iter()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The profile named `name`.
+    pub fn get(&self, name: &str) -> Option<&Profile> {
+        self.list.iter().find(|p| p.name == name.trim())
+    }
+
+    fn index(&self, name: &str) -> Result<usize, Error> {
+        self.list
+            .iter()
+            .position(|p| p.name == name.trim())
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// Adds a profile at the end. Names are unique.
+    pub fn add(&mut self, name: &str, settings: SmtpSettings, enabled: bool) -> Result<(), Error> {
+        let name = check_name(name)?;
+        if self.get(&name).is_some() {
+            return Err(Error::config(format!("a profile named {name:?} already exists")));
+        }
+        self.list.push(Profile {
+            name,
+            enabled,
+            settings,
+        });
+        Ok(())
+    }
+
+    /// Replaces a profile's settings.
+    pub fn edit(&mut self, name: &str, settings: SmtpSettings) -> Result<(), Error> {
+        let i = self.index(name)?;
+        self.list[i].settings = settings;
+        Ok(())
+    }
+
+    /// Applies a form's update (see [`SmtpSettings::apply`]) to a profile;
+    /// nothing changes when it is invalid.
+    pub fn update(&mut self, name: &str, update: SettingsUpdate) -> Result<(), Error> {
+        let i = self.index(name)?;
+        self.list[i].settings = self.list[i].settings.apply(update)?;
+        Ok(())
+    }
+
+    /// Renames a profile.
+    pub fn rename(&mut self, name: &str, new_name: &str) -> Result<(), Error> {
+        let i = self.index(name)?;
+        let new_name = check_name(new_name)?;
+        if self
+            .list
+            .iter()
+            .enumerate()
+            .any(|(j, p)| j != i && p.name == new_name)
+        {
+            return Err(Error::config(format!(
+                "a profile named {new_name:?} already exists"
+            )));
+        }
+        self.list[i].name = new_name;
+        Ok(())
+    }
+
+    /// Removes a profile and returns it.
+    pub fn remove(&mut self, name: &str) -> Result<Profile, Error> {
+        let i = self.index(name)?;
+        Ok(self.list.remove(i))
+    }
+
+    /// Moves a profile to position `index` (clamped to the end).
+    pub fn move_to(&mut self, name: &str, index: usize) -> Result<(), Error> {
+        let i = self.index(name)?;
+        let p = self.list.remove(i);
+        let index = index.min(self.list.len());
+        self.list.insert(index, p);
+        Ok(())
+    }
+
+    /// Enables or disables a profile.
+    pub fn set_enabled(&mut self, name: &str, enabled: bool) -> Result<(), Error> {
+        let i = self.index(name)?;
+        self.list[i].enabled = enabled;
+        Ok(())
+    }
+
+    /// The active profile: the first enabled one.
+    pub fn active(&self) -> Result<&Profile, Error> {
+        self.list.iter().find(|p| p.enabled).ok_or_else(|| {
+            Error::config(if self.list.is_empty() {
+                "no SMTP profile is configured"
+            } else {
+                "no SMTP profile is enabled"
+            })
+            .with_hint("enable a profile in the SMTP settings")
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredProfile {
+    name: String,
+    enabled: bool,
+    settings: SealedSettings,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredFile {
+    format: u32,
+    version: u64,
+    profiles: Vec<StoredProfile>,
+}
+
+/// A JSON file of profiles with sealed passwords. See the [module docs](self).
+#[derive(Debug)]
+pub struct ProfileStore {
+    path: PathBuf,
+    key: SecretKey,
+    followers: Mutex<Vec<WeakMailer>>,
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::new(Kind::Io, None, format!("{what} {}", path.display())).with_source(e)
+}
+
+impl ProfileStore {
+    /// A store in `path`, sealing passwords with `key`.
+    pub fn new(path: impl Into<PathBuf>, key: SecretKey) -> ProfileStore {
+        ProfileStore {
+            path: path.into(),
+            key,
+            followers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn read(&self, key: &SecretKey) -> Result<Profiles, Error> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Profiles::new()),
+            Err(e) => return Err(io_error("cannot read the profile store", &self.path, e)),
+        };
+        let stored: StoredFile = serde_json::from_str(&text).map_err(|e| {
+            Error::config(format!(
+                "the profile store {} is not valid: {e}",
+                self.path.display()
+            ))
+        })?;
+        if stored.format != 1 {
+            return Err(Error::config(format!(
+                "unknown profile store format {}",
+                stored.format
+            )));
+        }
+        let mut list = Vec::with_capacity(stored.profiles.len());
+        for p in stored.profiles {
+            let settings = p
+                .settings
+                .unseal(key, &p.name)
+                .map_err(|e| Error::config(format!("profile {:?}: {e}", p.name)))?;
+            list.push(Profile {
+                name: p.name,
+                enabled: p.enabled,
+                settings,
+            });
+        }
+        Ok(Profiles {
+            version: stored.version,
+            list,
+        })
+    }
+
+    /// Loads the profiles (none when the file does not exist yet).
+    pub fn load(&self) -> Result<Profiles, Error> {
+        self.read(&self.key)
+    }
+
+    /// Saves `profiles` if the file is still at the version they were loaded
+    /// at (otherwise a [conflict](Error::is_conflict): someone saved in
+    /// between; nothing is written). The write is atomic: a temporary file,
+    /// fsync, rename over the store, fsync of the directory. On success
+    /// `profiles` carries the new version and every following [`Mailer`]
+    /// switches to the new active settings (when no profile is enabled they
+    /// keep their previous settings, and [`Profiles::active`] says why).
+    pub fn save(&self, profiles: &mut Profiles) -> Result<(), Error> {
+        self.write(profiles, &self.key)?;
+        self.reload_followers(profiles);
+        Ok(())
+    }
+
+    fn write(&self, profiles: &mut Profiles, key: &SecretKey) -> Result<(), Error> {
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // One writer at a time, across processes: the check and the rename
+        // happen under an exclusive lock on a lock file next to the store.
+        let lock_path = self.path.with_extension("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_error("cannot open the lock file", &lock_path, e))?;
+        lock.lock().map_err(|e| io_error("cannot lock", &lock_path, e))?;
+        let on_disk = match std::fs::read_to_string(&self.path) {
+            Ok(text) => {
+                serde_json::from_str::<StoredFile>(&text)
+                    .map_err(|e| Error::config(format!("the profile store is not valid: {e}")))?
+                    .version
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io_error("cannot read the profile store", &self.path, e)),
+        };
+        if on_disk != profiles.version {
+            return Err(Error::new(
+                Kind::Conflict,
+                None,
+                format!(
+                    "the profile store was saved by someone else (version {on_disk}, these profiles are version {})",
+                    profiles.version
+                ),
+            )
+            .with_hint("load the profiles again, reapply the change and save"));
+        }
+        let next = on_disk + 1;
+        let stored = StoredFile {
+            format: 1,
+            version: next,
+            profiles: profiles
+                .list
+                .iter()
+                .map(|p| {
+                    Ok(StoredProfile {
+                        name: p.name.clone(),
+                        enabled: p.enabled,
+                        settings: p.settings.seal(key, &p.name)?,
+                    })
+                })
+                .collect::<Result<_, Error>>()?,
+        };
+        let json =
+            serde_json::to_vec_pretty(&stored).map_err(|e| Error::config(format!("cannot encode: {e}")))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp.{}.{:x}",
+            self.path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("profiles"),
+            std::process::id(),
+            crate::rand::random_u64()
+        ));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| io_error("cannot create", &tmp, e))?;
+            f.write_all(&json)
+                .map_err(|e| io_error("cannot write", &tmp, e))?;
+            f.sync_all().map_err(|e| io_error("cannot sync", &tmp, e))?;
+            std::fs::rename(&tmp, &self.path).map_err(|e| io_error("cannot replace", &self.path, e))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_error("cannot sync the directory", dir, e))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result?;
+        profiles.version = next;
+        Ok(())
+    }
+
+    /// Re-seals every password with `new` (key rotation) in one save; the
+    /// store then uses `new`.
+    pub fn rotate_key(&mut self, new: SecretKey) -> Result<(), Error> {
+        let mut profiles = self.load()?;
+        self.write(&mut profiles, &new)?;
+        self.key = new;
+        Ok(())
+    }
+
+    /// A mailer built by `build` from the active profile's settings, that
+    /// follows the store: each [`save`](ProfileStore::save) (and
+    /// [`reload`](ProfileStore::reload)) switches it to the active settings.
+    pub fn mailer(&self, build: impl FnOnce(SmtpSettings) -> Result<Mailer, Error>) -> Result<Mailer, Error> {
+        let profiles = self.load()?;
+        let mailer = build(profiles.active()?.settings.clone())?;
+        self.follow(&mailer);
+        Ok(mailer)
+    }
+
+    /// Makes `mailer` follow the store.
+    pub fn follow(&self, mailer: &Mailer) {
+        let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        followers.retain(|w| w.upgrade().is_some());
+        followers.push(mailer.downgrade());
+    }
+
+    /// Reads the file again (after another process saved it) and switches
+    /// the following mailers to its active profile.
+    pub fn reload(&self) -> Result<Profiles, Error> {
+        let profiles = self.load()?;
+        self.reload_followers(&profiles);
+        Ok(profiles)
+    }
+
+    fn reload_followers(&self, profiles: &Profiles) {
+        let Ok(active) = profiles.active() else {
+            return;
+        };
+        let followers = self.followers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for mailer in followers.iter().filter_map(WeakMailer::upgrade) {
+            // The settings were validated when they were built; a TLS
+            // configuration error would leave the old settings in place.
+            let _ = mailer.reload(active.settings.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(host: &str) -> SmtpSettings {
+        SmtpSettings::builder()
+            .host(host)
+            .sender("noreply@example.com")
+            .credentials("app", format!("pw-for-{host}"))
+            .build()
+            .expect("settings")
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("relaymail-profiles-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir.join("profiles.json")
+    }
+
+    #[test]
+    fn ordered_named_first_enabled_is_active() {
+        let mut p = Profiles::new();
+        assert!(p
+            .active()
+            .expect_err("none")
+            .to_string()
+            .contains("no SMTP profile is configured"));
+        p.add("primary", settings("a.example.com"), false).expect("add");
+        p.add("backup", settings("b.example.com"), true).expect("add");
+        assert!(
+            p.add(" backup ", settings("c.example.com"), true).is_err(),
+            "unique after trimming"
+        );
+        assert!(p.add("", settings("c.example.com"), true).is_err(), "not empty");
+        assert_eq!(p.active().expect("active").name(), "backup");
+        p.set_enabled("primary", true).expect("enable");
+        assert_eq!(p.active().expect("active").name(), "primary");
+        p.move_to("backup", 0).expect("move");
+        assert_eq!(p.active().expect("active").name(), "backup");
+        p.rename("backup", "secondary").expect("rename");
+        assert!(p.rename("secondary", "primary").is_err(), "taken");
+        let names: Vec<&str> = p.iter().map(Profile::name).collect();
+        assert_eq!(names, ["secondary", "primary"]);
+        p.remove("secondary").expect("remove");
+        p.set_enabled("primary", false).expect("disable");
+        assert!(p
+            .active()
+            .expect_err("none enabled")
+            .to_string()
+            .contains("no SMTP profile is enabled"));
+        assert!(p.edit("missing", settings("x.example.com")).is_err());
+    }
+
+    #[test]
+    fn store_round_trip_sealed_atomic_and_versioned() {
+        let path = temp("roundtrip");
+        let store = ProfileStore::new(&path, SecretKey::generate().expect("key"));
+        let mut p = store.load().expect("empty");
+        assert_eq!(p.version(), 0);
+        p.add("primary", settings("a.example.com"), true).expect("add");
+        store.save(&mut p).expect("saved");
+        assert_eq!(p.version(), 1);
+        let text = std::fs::read_to_string(&path).expect("file");
+        assert!(!text.contains("pw-for-a.example.com"), "sealed: {text}");
+        let again = store.load().expect("load");
+        assert_eq!(
+            format!("{:?}", again.active().expect("a").settings()),
+            format!("{:?}", settings("a.example.com"))
+        );
+        // No temporary file is left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn concurrent_saves_conflict_instead_of_losing_an_update() {
+        let path = temp("conflict");
+        let store = ProfileStore::new(&path, SecretKey::generate().expect("key"));
+        let mut p = store.load().expect("load");
+        p.add("primary", settings("a.example.com"), true).expect("add");
+        store.save(&mut p).expect("saved");
+        let mut alice = store.load().expect("load");
+        let mut bob = store.load().expect("load");
+        alice.add("alice", settings("b.example.com"), true).expect("add");
+        bob.add("bob", settings("c.example.com"), true).expect("add");
+        store.save(&mut alice).expect("first save wins");
+        let e = store.save(&mut bob).expect_err("second save conflicts");
+        assert!(e.is_conflict(), "{e}");
+        let now = store.load().expect("load");
+        assert!(now.get("alice").is_some() && now.get("bob").is_none());
+        // Bob reloads and reapplies.
+        let mut bob = store.load().expect("load");
+        bob.add("bob", settings("c.example.com"), true).expect("add");
+        store.save(&mut bob).expect("saved");
+        assert_eq!(store.load().expect("load").len(), 3);
+    }
+
+    #[test]
+    fn wrong_key_and_rotation() {
+        let path = temp("rotate");
+        let mut store = ProfileStore::new(&path, SecretKey::generate().expect("key"));
+        let mut p = store.load().expect("load");
+        p.add("primary", settings("a.example.com"), true).expect("add");
+        store.save(&mut p).expect("saved");
+        let stranger = ProfileStore::new(&path, SecretKey::generate().expect("key"));
+        assert!(stranger
+            .load()
+            .expect_err("wrong key")
+            .to_string()
+            .contains("cannot be opened"));
+        let new = SecretKey::generate().expect("key");
+        let new_text = new.to_base64();
+        store.rotate_key(new).expect("rotated");
+        let with_new = ProfileStore::new(
+            &path,
+            SecretKey::from_base64(secrecy::ExposeSecret::expose_secret(&new_text)).expect("key"),
+        );
+        assert_eq!(with_new.load().expect("new key").len(), 1);
+    }
+}
