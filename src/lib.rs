@@ -110,6 +110,7 @@ pub mod email;
 pub mod error;
 pub mod mailer;
 pub mod message;
+pub mod outbox;
 #[cfg(feature = "serde")]
 pub mod profiles;
 pub mod proto;

@@ -1,0 +1,518 @@
+//! The durable outbox (seed 003: mail is saved as a draft when the relay is
+//! offline or the settings are invalid): a directory spool that needs no
+//! external service.
+//!
+//! [`DirSpool::enqueue`] returns only once the message and its envelope are
+//! on disk: written to a temporary file, fsynced, renamed into `drafts/`, the
+//! directory fsynced. A draft is a small text header (envelope, attempts,
+//! next attempt, last error) followed by the message bytes. Drafts are listed
+//! a page at a time straight from the directory, never loaded all at once.
+//! Files that cannot be read as drafts are moved to `corrupt/` and reported;
+//! the others go on.
+//!
+//! Layout: `drafts/`, `failed/`, `corrupt/`, `tmp/` under the spool
+//! directory; a draft's id is its file name without `.draft`, sortable by
+//! creation time.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Kind};
+use crate::message::Message;
+use crate::proto::session::{Envelope, Recipient};
+
+const MAGIC: &str = "relaymail-draft 1";
+const EXT: &str = "draft";
+
+/// Where a draft is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Area {
+    /// Waiting for (another) attempt.
+    Drafts,
+    /// Failed for good (5yz for every recipient, refused, or too old).
+    Failed,
+}
+
+impl Area {
+    fn dir(self) -> &'static str {
+        match self {
+            Area::Drafts => "drafts",
+            Area::Failed => "failed",
+        }
+    }
+}
+
+/// A draft's identity: sortable by creation time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DraftId(String);
+
+impl DraftId {
+    /// Parses an id (as shown by [`DraftId::as_str`]).
+    pub fn parse(text: &str) -> Option<DraftId> {
+        let ok = text.len() == 30
+            && text.bytes().enumerate().all(|(i, b)| match i {
+                13 => b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            });
+        ok.then(|| DraftId(text.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DraftId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a draft holds, without its bytes. Never a secret: drafts hold
+/// messages and envelopes, not settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DraftInfo {
+    /// Its id.
+    pub id: DraftId,
+    /// Its area.
+    pub area: Area,
+    /// The envelope.
+    pub envelope: Envelope,
+    /// Message size in bytes.
+    pub size: u64,
+    /// When it was enqueued.
+    pub created: SystemTime,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// When the next attempt is due.
+    pub next_attempt: SystemTime,
+    /// Why the last attempt failed (or why it is in the failed area).
+    pub last_error: Option<String>,
+}
+
+/// A page of a listing.
+#[derive(Clone, Debug)]
+pub struct Page {
+    /// The drafts, oldest first.
+    pub drafts: Vec<DraftInfo>,
+    /// Pass this to get the next page; `None` at the end.
+    pub next: Option<DraftId>,
+    /// Files found unreadable on the way and moved to `corrupt/`.
+    pub quarantined: Vec<PathBuf>,
+}
+
+/// The directory spool. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct DirSpool {
+    root: PathBuf,
+}
+
+fn io(what: impl Into<String>, e: std::io::Error) -> Error {
+    let what = what.into();
+    let mut err = Error::new(Kind::Io, None, format!("{what}: {e}"));
+    if matches!(e.raw_os_error(), Some(28) | Some(122)) {
+        err = err.with_hint("the disk (or quota) is full: the message was not queued");
+    } else if e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(30) {
+        err = err.with_hint("the spool directory is not writable: the message was not queued");
+    }
+    err
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(format!("cannot sync {}", dir.display()), e))
+}
+
+impl DirSpool {
+    /// Opens (creating when needed) a spool in `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<DirSpool, Error> {
+        let root = root.into();
+        for sub in ["drafts", "failed", "corrupt", "tmp"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).map_err(|e| io(format!("cannot create {}", dir.display()), e))?;
+        }
+        Ok(DirSpool { root })
+    }
+
+    fn path(&self, area: Area, id: &DraftId) -> PathBuf {
+        self.root.join(area.dir()).join(format!("{}.{EXT}", id.0))
+    }
+
+    /// Writes `bytes` to `target` atomically and durably.
+    fn write_atomic(&self, target: &Path, bytes: &[u8]) -> Result<(), Error> {
+        let tmp = self.root.join("tmp").join(format!(
+            "{}.{:016x}.tmp",
+            std::process::id(),
+            crate::rand::random_u64()
+        ));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| io(format!("cannot create {}", tmp.display()), e))?;
+            f.write_all(bytes)
+                .map_err(|e| io(format!("cannot write {}", tmp.display()), e))?;
+            f.sync_all()
+                .map_err(|e| io(format!("cannot sync {}", tmp.display()), e))?;
+            fs::rename(&tmp, target)
+                .map_err(|e| io(format!("cannot move the draft to {}", target.display()), e))?;
+            sync_dir(target.parent().unwrap_or(&self.root))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn encode(info: &DraftInfo, content: &[u8]) -> Vec<u8> {
+        let mut out = format!(
+            "{MAGIC}\ncreated {}\nattempts {}\nnext {}\nsize {}\nfrom {}\n",
+            millis(info.created),
+            info.attempts,
+            millis(info.next_attempt),
+            content.len(),
+            info.envelope.from
+        );
+        for r in &info.envelope.recipients {
+            out.push_str(&format!("to {}\n", r.address));
+        }
+        if let Some(e) = &info.last_error {
+            out.push_str(&format!("error {}\n", one_line(e)));
+        }
+        out.push('\n');
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(content);
+        bytes
+    }
+
+    /// Reads a draft file: its info and, when `with_content`, its bytes.
+    fn decode(id: DraftId, area: Area, raw: &[u8], with_content: bool) -> Option<(DraftInfo, Vec<u8>)> {
+        let header_end = raw.windows(2).position(|w| w == b"\n\n")?;
+        let header = std::str::from_utf8(&raw[..header_end]).ok()?;
+        let content = &raw[header_end + 2..];
+        let mut lines = header.lines();
+        if lines.next()? != MAGIC {
+            return None;
+        }
+        let (mut created, mut attempts, mut next, mut size) = (None, None, None, None);
+        let mut envelope = Envelope::default();
+        let mut from = None;
+        let mut last_error = None;
+        for line in lines {
+            let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+            match key {
+                "created" => created = value.parse::<u64>().ok(),
+                "attempts" => attempts = value.parse::<u32>().ok(),
+                "next" => next = value.parse::<u64>().ok(),
+                "size" => size = value.parse::<u64>().ok(),
+                "from" => from = Some(value.to_owned()),
+                "to" => envelope.recipients.push(Recipient::new(value)),
+                "error" => last_error = Some(value.to_owned()),
+                _ => return None,
+            }
+        }
+        envelope.from = from?;
+        let size = size?;
+        if size != content.len() as u64 || envelope.validate().is_err() {
+            return None; // truncated or altered
+        }
+        let info = DraftInfo {
+            id,
+            area,
+            envelope,
+            size,
+            created: from_millis(created?),
+            attempts: attempts?,
+            next_attempt: from_millis(next?),
+            last_error,
+        };
+        Some((
+            info,
+            if with_content {
+                content.to_vec()
+            } else {
+                Vec::new()
+            },
+        ))
+    }
+
+    /// Saves a message as a draft, due now. Returns its id only once it is
+    /// on disk; on any error (disk full, directory not writable …) nothing is
+    /// queued and the error says so.
+    pub fn enqueue(&self, message: &Message) -> Result<DraftId, Error> {
+        message.envelope().validate()?;
+        let now = SystemTime::now();
+        let id = DraftId(format!("{:013x}-{:016x}", millis(now), crate::rand::random_u64()));
+        let info = DraftInfo {
+            id: id.clone(),
+            area: Area::Drafts,
+            envelope: message.envelope().clone(),
+            size: message.content().len() as u64,
+            created: now,
+            attempts: 0,
+            next_attempt: now,
+            last_error: None,
+        };
+        self.write_atomic(
+            &self.path(Area::Drafts, &id),
+            &Self::encode(&info, message.content()),
+        )?;
+        Ok(id)
+    }
+
+    fn read(&self, area: Area, id: &DraftId, with_content: bool) -> Result<(DraftInfo, Vec<u8>), Error> {
+        let path = self.path(area, id);
+        let mut raw = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut raw))
+            .map_err(|e| io(format!("cannot read draft {id}"), e))?;
+        match Self::decode(id.clone(), area, &raw, with_content) {
+            Some(d) => Ok(d),
+            None => {
+                let moved = self.quarantine(&path);
+                Err(Error::new(
+                    Kind::Config,
+                    None,
+                    format!("draft {id} is corrupt; moved to {}", moved.display()),
+                ))
+            }
+        }
+    }
+
+    /// A draft's info (envelope, size, attempts, last error).
+    pub fn inspect(&self, area: Area, id: &DraftId) -> Result<DraftInfo, Error> {
+        self.read(area, id, false).map(|(info, _)| info)
+    }
+
+    /// A draft's message, ready to send.
+    pub fn message(&self, area: Area, id: &DraftId) -> Result<Message, Error> {
+        let (info, content) = self.read(area, id, true)?;
+        Ok(Message::new(info.envelope, content))
+    }
+
+    fn quarantine(&self, path: &Path) -> PathBuf {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = self
+            .root
+            .join("corrupt")
+            .join(format!("{name}.{:08x}", crate::rand::random_u64() as u32));
+        match fs::rename(path, &target) {
+            Ok(()) => target,
+            Err(_) => path.to_owned(),
+        }
+    }
+
+    /// Up to `limit` drafts of `area` after `after` (ids sort by creation),
+    /// read straight from the directory: memory follows `limit`, not the
+    /// size of the spool. Unreadable files are quarantined and reported.
+    pub fn list(&self, area: Area, after: Option<&DraftId>, limit: usize) -> Result<Page, Error> {
+        let dir = self.root.join(area.dir());
+        let entries = fs::read_dir(&dir).map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
+        // Keep only the `limit` smallest ids above `after` (a bounded max-heap).
+        let mut best: std::collections::BinaryHeap<DraftId> = std::collections::BinaryHeap::new();
+        let mut quarantined = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let id = name.strip_suffix(&format!(".{EXT}")).and_then(DraftId::parse);
+            let Some(id) = id else {
+                quarantined.push(self.quarantine(&entry.path()));
+                continue;
+            };
+            if after.is_some_and(|a| &id <= a) {
+                continue;
+            }
+            if best.len() < limit {
+                best.push(id);
+            } else if best.peek().is_some_and(|top| &id < top) {
+                best.pop();
+                best.push(id);
+            }
+        }
+        let mut ids = best.into_sorted_vec();
+        let next = (ids.len() == limit && limit > 0).then(|| ids[ids.len() - 1].clone());
+        let mut drafts = Vec::with_capacity(ids.len());
+        for id in ids.drain(..) {
+            match self.read(area, &id, false) {
+                Ok((info, _)) => drafts.push(info),
+                Err(e) if e.is_config() => quarantined.push(self.root.join("corrupt")),
+                Err(_) => {} // removed meanwhile (delivered, deleted)
+            }
+        }
+        Ok(Page {
+            drafts,
+            next,
+            quarantined,
+        })
+    }
+
+    /// Deletes a draft.
+    pub fn delete(&self, area: Area, id: &DraftId) -> Result<(), Error> {
+        let path = self.path(area, id);
+        fs::remove_file(&path).map_err(|e| io(format!("cannot delete draft {id}"), e))?;
+        sync_dir(path.parent().unwrap_or(&self.root))
+    }
+
+    /// Makes a draft due now (after the administrator fixed the settings);
+    /// from the failed area it goes back to the drafts.
+    pub fn retry_now(&self, area: Area, id: &DraftId) -> Result<(), Error> {
+        let (mut info, content) = self.read(area, id, true)?;
+        info.next_attempt = SystemTime::now();
+        info.area = Area::Drafts;
+        self.write_atomic(&self.path(Area::Drafts, id), &Self::encode(&info, &content))?;
+        if area == Area::Failed {
+            self.delete(Area::Failed, id)?;
+        }
+        Ok(())
+    }
+
+    /// Records a failed attempt: attempts + 1, the error, the next attempt time.
+    pub fn defer(&self, id: &DraftId, error: &str, next_attempt: SystemTime) -> Result<(), Error> {
+        let (mut info, content) = self.read(Area::Drafts, id, true)?;
+        info.attempts += 1;
+        info.last_error = Some(one_line(error));
+        info.next_attempt = next_attempt;
+        self.write_atomic(&self.path(Area::Drafts, id), &Self::encode(&info, &content))
+    }
+
+    /// Moves a draft to the failed area with the reason.
+    pub fn fail(&self, id: &DraftId, reason: &str) -> Result<(), Error> {
+        let (mut info, content) = self.read(Area::Drafts, id, true)?;
+        info.attempts += 1;
+        info.last_error = Some(one_line(reason));
+        info.area = Area::Failed;
+        self.write_atomic(&self.path(Area::Failed, id), &Self::encode(&info, &content))?;
+        self.delete(Area::Drafts, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool(name: &str) -> (DirSpool, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("relaymail-spool-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        (DirSpool::open(&dir).expect("spool"), dir)
+    }
+
+    fn message(i: usize) -> Message {
+        Message::new(
+            Envelope {
+                from: "app@example.com".into(),
+                recipients: vec![Recipient::new(format!("user{i}@example.net"))],
+                ..Envelope::default()
+            },
+            format!("Subject: {i}\r\n\r\nbody {i}\n\n.\n").into_bytes(),
+        )
+    }
+
+    #[test]
+    fn enqueue_inspect_message_defer_fail_retry_delete() {
+        let (s, dir) = spool("cycle");
+        let id = s.enqueue(&message(1)).expect("queued");
+        let info = s.inspect(Area::Drafts, &id).expect("inspect");
+        assert_eq!((info.attempts, info.size), (0, message(1).content().len() as u64));
+        assert_eq!(
+            s.message(Area::Drafts, &id).expect("message").content(),
+            message(1).content()
+        );
+        let later = SystemTime::now() + Duration::from_secs(60);
+        s.defer(&id, "421 4.3.2 try later\r\nX-Injected: no", later)
+            .expect("defer");
+        let info = s.inspect(Area::Drafts, &id).expect("inspect");
+        assert_eq!(info.attempts, 1);
+        assert_eq!(
+            info.last_error.as_deref(),
+            Some("421 4.3.2 try later  X-Injected: no")
+        );
+        assert_eq!(millis(info.next_attempt), millis(later));
+        s.fail(&id, "550 5.1.1 no such user").expect("fail");
+        assert!(s.inspect(Area::Drafts, &id).is_err());
+        assert_eq!(s.inspect(Area::Failed, &id).expect("failed").attempts, 2);
+        s.retry_now(Area::Failed, &id).expect("retry");
+        assert!(s.inspect(Area::Drafts, &id).is_ok() && s.inspect(Area::Failed, &id).is_err());
+        s.delete(Area::Drafts, &id).expect("delete");
+        assert!(s.list(Area::Drafts, None, 10).expect("list").drafts.is_empty());
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn listing_is_paged_in_creation_order() {
+        let (s, dir) = spool("pages");
+        let ids: Vec<DraftId> = (0..25).map(|i| s.enqueue(&message(i)).expect("queued")).collect();
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s.list(Area::Drafts, after.as_ref(), 10).expect("page");
+            assert!(page.drafts.len() <= 10);
+            seen.extend(page.drafts.iter().map(|d| d.id.clone()));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn corrupt_and_truncated_files_are_moved_aside() {
+        let (s, dir) = spool("corrupt");
+        let good = s.enqueue(&message(1)).expect("queued");
+        let bad = s.enqueue(&message(2)).expect("queued");
+        let path = s.path(Area::Drafts, &bad);
+        let raw = fs::read(&path).expect("read");
+        fs::write(&path, &raw[..raw.len() - 3]).expect("truncate");
+        fs::write(dir.join("drafts").join("junk.txt"), b"not a draft").expect("junk");
+        let page = s.list(Area::Drafts, None, 10).expect("list");
+        assert_eq!(
+            page.drafts.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+            vec![good]
+        );
+        assert_eq!(page.quarantined.len(), 2, "{:?}", page.quarantined);
+        assert_eq!(fs::read_dir(dir.join("corrupt")).expect("dir").count(), 2);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn unwritable_spool_refuses_to_queue() {
+        let (s, dir) = spool("readonly");
+        // Where the temporary file must go there is a plain file: every
+        // create fails, as on a read-only or broken spool (and unlike a
+        // permission bit, this also holds for root).
+        fs::remove_dir_all(dir.join("tmp")).expect("rm");
+        fs::write(dir.join("tmp"), b"in the way").expect("file");
+        let e = s.enqueue(&message(1)).expect_err("not writable");
+        assert!(e.is_io() && e.to_string().contains("cannot create"), "{e}");
+        assert!(
+            s.list(Area::Drafts, None, 10).expect("list").drafts.is_empty(),
+            "nothing queued"
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+}
