@@ -127,8 +127,8 @@ pub use address::{Address, AddressPolicy, Mailbox};
 pub use email::{Attachment, AttachmentPolicy, Composer, Email};
 pub use error::{Error, Stage};
 pub use mailer::{
-    Mailer, MailerBuilder, Pending, RateLimit, Receipt, Redirect, ReportAddress, RetryPolicy, Stats,
-    TrySendError,
+    Mailer, MailerBuilder, Pending, RateLimit, Receipt, Redirect, ReportAddress, RetryPolicy, SendOutcome,
+    Stats, TrySendError,
 };
 pub use message::Message;
 pub use proto::auth::{Credential, Mechanism};

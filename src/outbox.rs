@@ -10,6 +10,10 @@
 //! Files that cannot be read as drafts are moved to `corrupt/` and reported;
 //! the others go on.
 //!
+//! The spool's methods do blocking file IO (and [`DirSpool::retry_now`],
+//! [`DirSpool::delete`] wait for a delivery attempt in progress on the same
+//! draft): from async code, call them through `tokio::task::spawn_blocking`.
+//!
 //! Layout: `drafts/`, `failed/`, `corrupt/`, `tmp/` under the spool
 //! directory; a draft's id is its file name without `.draft`, sortable by
 //! creation time.
@@ -102,6 +106,27 @@ pub struct Page {
     pub next: Option<DraftId>,
     /// Files found unreadable on the way and moved to `corrupt/`.
     pub quarantined: Vec<PathBuf>,
+}
+
+/// A draft locked for delivery by [`DirSpool::claim_due`]; the lock goes
+/// with it (dropping it releases the draft).
+#[derive(Debug)]
+pub struct Claim {
+    info: DraftInfo,
+    content: Vec<u8>,
+    _lock: File,
+}
+
+impl Claim {
+    /// The draft's info.
+    pub fn info(&self) -> &DraftInfo {
+        &self.info
+    }
+
+    /// The message to send.
+    pub fn message(&self) -> Message {
+        Message::new(self.info.envelope.clone(), self.content.clone())
+    }
 }
 
 /// The directory spool. See the [module docs](self).
@@ -368,28 +393,197 @@ impl DirSpool {
         })
     }
 
-    /// Deletes a draft.
+    /// Claims up to `max` drafts due at `now` for delivery: each is locked
+    /// (an advisory lock on its file, released by the kernel if this process
+    /// dies), so two processes — or two mailers — on the same spool never
+    /// deliver the same draft at once. A draft locked elsewhere is skipped.
+    pub fn claim_due(&self, now: SystemTime, max: usize) -> Result<Vec<Claim>, Error> {
+        let dir = self.root.join(Area::Drafts.dir());
+        let entries = fs::read_dir(&dir).map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
+        let mut claims = Vec::new();
+        for entry in entries.flatten() {
+            if claims.len() >= max {
+                break;
+            }
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_string_lossy()
+                .strip_suffix(&format!(".{EXT}"))
+                .and_then(DraftId::parse)
+            else {
+                continue;
+            };
+            let path = entry.path();
+            let Ok(mut file) = OpenOptions::new().read(true).write(true).open(&path) else {
+                continue; // delivered or deleted meanwhile
+            };
+            if file.try_lock().is_err() {
+                continue; // another process or mailer has it
+            }
+            // Locked — but the file may have been replaced or removed since
+            // it was opened (delivered by the previous holder): check that
+            // the path still names this very file.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                let same = match (file.metadata(), fs::metadata(&path)) {
+                    (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                    _ => false,
+                };
+                if !same {
+                    continue;
+                }
+            }
+            let mut raw = Vec::new();
+            if file.read_to_end(&mut raw).is_err() {
+                continue;
+            }
+            match Self::decode(id.clone(), Area::Drafts, &raw, true) {
+                Some((info, content)) if info.next_attempt <= now => claims.push(Claim {
+                    info,
+                    content,
+                    _lock: file,
+                }),
+                Some(_) => {}
+                None => {
+                    drop(file);
+                    self.quarantine(&path);
+                }
+            }
+        }
+        Ok(claims)
+    }
+
+    /// The earliest next attempt among the drafts (`None`: no draft).
+    pub fn next_due(&self) -> Result<Option<SystemTime>, Error> {
+        let dir = self.root.join(Area::Drafts.dir());
+        let entries = fs::read_dir(&dir).map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
+        let mut earliest: Option<SystemTime> = None;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_string_lossy()
+                .strip_suffix(&format!(".{EXT}"))
+                .and_then(DraftId::parse)
+            else {
+                continue;
+            };
+            if let Ok((info, _)) = self.read(Area::Drafts, &id, false) {
+                earliest = Some(earliest.map_or(info.next_attempt, |e| e.min(info.next_attempt)));
+            }
+        }
+        Ok(earliest)
+    }
+
+    /// A delivered draft leaves the spool.
+    pub fn complete(&self, claim: Claim) -> Result<(), Error> {
+        let id = claim.info.id.clone();
+        let result = self.remove(Area::Drafts, &id);
+        drop(claim);
+        result
+    }
+
+    /// Rewrites a claimed draft for a later attempt, keeping only
+    /// `recipients` when given (the others were delivered).
+    pub fn defer_claim(
+        &self,
+        claim: Claim,
+        error: &str,
+        next_attempt: SystemTime,
+        recipients: Option<Vec<Recipient>>,
+    ) -> Result<(), Error> {
+        let mut info = claim.info.clone();
+        info.attempts += 1;
+        info.last_error = Some(one_line(error));
+        info.next_attempt = next_attempt;
+        if let Some(r) = recipients {
+            info.envelope.recipients = r;
+        }
+        let result = self.write_atomic(
+            &self.path(Area::Drafts, &info.id),
+            &Self::encode(&info, &claim.content),
+        );
+        drop(claim);
+        result
+    }
+
+    /// Moves a claimed draft to the failed area with the reason.
+    pub fn fail_claim(&self, claim: Claim, reason: &str) -> Result<(), Error> {
+        let mut info = claim.info.clone();
+        info.attempts += 1;
+        info.last_error = Some(one_line(reason));
+        info.area = Area::Failed;
+        self.write_atomic(
+            &self.path(Area::Failed, &info.id),
+            &Self::encode(&info, &claim.content),
+        )?;
+        let result = self.remove(Area::Drafts, &info.id);
+        drop(claim);
+        result
+    }
+
+    /// Locks a draft's file, waiting while a deliverer holds it, and checks
+    /// that the path still names the locked file (a deliverer replaces the
+    /// file when it records an attempt).
+    fn lock_draft(&self, area: Area, id: &DraftId) -> Result<File, Error> {
+        let path = self.path(area, id);
+        for _ in 0..16 {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io(format!("cannot open draft {id}"), e))?;
+            file.lock()
+                .map_err(|e| io(format!("cannot lock draft {id}"), e))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                match (file.metadata(), fs::metadata(&path)) {
+                    (Ok(a), Ok(b)) if a.ino() == b.ino() && a.dev() == b.dev() => return Ok(file),
+                    (_, Err(e)) => return Err(io(format!("draft {id} is gone"), e)),
+                    _ => continue,
+                }
+            }
+            #[cfg(not(unix))]
+            return Ok(file);
+        }
+        Err(Error::new(
+            Kind::Io,
+            None,
+            format!("draft {id} keeps changing; try again"),
+        ))
+    }
+
+    /// Deletes a draft (waiting for a delivery attempt in progress).
     pub fn delete(&self, area: Area, id: &DraftId) -> Result<(), Error> {
+        let _lock = self.lock_draft(area, id)?;
+        self.remove(area, id)
+    }
+
+    fn remove(&self, area: Area, id: &DraftId) -> Result<(), Error> {
         let path = self.path(area, id);
         fs::remove_file(&path).map_err(|e| io(format!("cannot delete draft {id}"), e))?;
         sync_dir(path.parent().unwrap_or(&self.root))
     }
 
     /// Makes a draft due now (after the administrator fixed the settings);
-    /// from the failed area it goes back to the drafts.
+    /// from the failed area it goes back to the drafts. Waits for a delivery
+    /// attempt in progress on it, then makes the result due now.
     pub fn retry_now(&self, area: Area, id: &DraftId) -> Result<(), Error> {
+        let _lock = self.lock_draft(area, id)?;
         let (mut info, content) = self.read(area, id, true)?;
         info.next_attempt = SystemTime::now();
         info.area = Area::Drafts;
         self.write_atomic(&self.path(Area::Drafts, id), &Self::encode(&info, &content))?;
         if area == Area::Failed {
-            self.delete(Area::Failed, id)?;
+            self.remove(Area::Failed, id)?;
         }
         Ok(())
     }
 
     /// Records a failed attempt: attempts + 1, the error, the next attempt time.
     pub fn defer(&self, id: &DraftId, error: &str, next_attempt: SystemTime) -> Result<(), Error> {
+        let _lock = self.lock_draft(Area::Drafts, id)?;
         let (mut info, content) = self.read(Area::Drafts, id, true)?;
         info.attempts += 1;
         info.last_error = Some(one_line(error));
@@ -399,12 +593,13 @@ impl DirSpool {
 
     /// Moves a draft to the failed area with the reason.
     pub fn fail(&self, id: &DraftId, reason: &str) -> Result<(), Error> {
+        let _lock = self.lock_draft(Area::Drafts, id)?;
         let (mut info, content) = self.read(Area::Drafts, id, true)?;
         info.attempts += 1;
         info.last_error = Some(one_line(reason));
         info.area = Area::Failed;
         self.write_atomic(&self.path(Area::Failed, id), &Self::encode(&info, &content))?;
-        self.delete(Area::Drafts, id)
+        self.remove(Area::Drafts, id)
     }
 }
 
@@ -514,5 +709,124 @@ mod tests {
             "nothing queued"
         );
         let _ = fs::remove_dir_all(dir);
+    }
+}
+
+/// When drafts are tried again, and when they give up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxPolicy {
+    /// The wait after the first failed attempt. Default 30 s.
+    pub initial_backoff: Duration,
+    /// The longest wait between attempts. Default 1 hour.
+    pub max_backoff: Duration,
+    /// A draft older than this goes to the failed area after its next
+    /// failure. Default 3 days.
+    pub max_age: Duration,
+    /// How often the spool is looked at when nothing wakes the deliverer.
+    /// Default 5 s.
+    pub poll_interval: Duration,
+    /// Drafts claimed at a time. Default 64.
+    pub batch: usize,
+}
+
+impl Default for OutboxPolicy {
+    fn default() -> Self {
+        OutboxPolicy {
+            initial_backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(3600),
+            max_age: Duration::from_secs(3 * 24 * 3600),
+            poll_interval: Duration::from_secs(5),
+            batch: 64,
+        }
+    }
+}
+
+impl OutboxPolicy {
+    /// When a draft that has failed `attempts` times (≥ 1) is due again, for
+    /// a failure at `now`: `initial_backoff × 2^(attempts-1)`, capped at
+    /// `max_backoff`, scaled by `0.5 + unit` (jitter; `unit` in [0, 1)).
+    pub fn next_attempt(&self, attempts: u32, now: SystemTime, unit: f64) -> SystemTime {
+        let exp = 2f64.powi(attempts.saturating_sub(1).min(40) as i32);
+        let base = (self.initial_backoff.as_secs_f64() * exp).min(self.max_backoff.as_secs_f64());
+        now + Duration::from_secs_f64(base * (0.5 + unit.clamp(0.0, 1.0)))
+    }
+
+    /// Whether a draft created at `created` is too old at `now`.
+    pub fn too_old(&self, created: SystemTime, now: SystemTime) -> bool {
+        now.duration_since(created).unwrap_or_default() > self.max_age
+    }
+}
+
+/// What happens to a draft after an attempt ended with `result`.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// Delivered to every recipient that will ever take it: remove.
+    Done,
+    /// Try again later, for these recipients only when given.
+    Defer(String, Option<Vec<Recipient>>),
+    /// Give up: move to the failed area.
+    Fail(String),
+    /// Not attempted (the mailer is stopping): leave it as it is.
+    Release,
+}
+
+pub(crate) fn verdict(result: &Result<crate::mailer::Receipt, Error>) -> Verdict {
+    match result {
+        Ok(receipt) => {
+            let again: Vec<Recipient> = receipt
+                .recipients()
+                .iter()
+                .filter(|r| r.reply.as_ref().is_some_and(|rep| rep.is_transient()))
+                .map(|r| Recipient::new(r.address.clone()))
+                .collect();
+            if again.is_empty() {
+                Verdict::Done
+            } else {
+                let why = receipt
+                    .refused()
+                    .find_map(|(_, r)| r.map(ToString::to_string))
+                    .unwrap_or_else(|| "some recipients deferred".into());
+                Verdict::Defer(why, Some(again))
+            }
+        }
+        Err(e) if e.is_shutdown() => Verdict::Release,
+        // Refused for good, or impossible as it is: no retry will help.
+        Err(e) if (e.is_rejected() && e.is_permanent()) || e.is_too_large() || e.is_unsupported() => {
+            Verdict::Fail(e.to_string())
+        }
+        // Offline relay, timeouts, 4yz, and invalid settings (TLS, AUTH,
+        // configuration): the administrator may fix them; keep the draft.
+        Err(e) => Verdict::Defer(e.to_string(), None),
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    #[test]
+    fn back_off_schedule_with_a_controlled_clock() {
+        let p = OutboxPolicy {
+            initial_backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(100),
+            ..OutboxPolicy::default()
+        };
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let waits: Vec<u64> = (1..=6)
+            .map(|a| {
+                p.next_attempt(a, t0, 0.5)
+                    .duration_since(t0)
+                    .expect("later")
+                    .as_secs()
+            })
+            .collect();
+        assert_eq!(waits, [10, 20, 40, 80, 100, 100]);
+        assert_eq!(
+            p.next_attempt(1, t0, 0.0).duration_since(t0).expect("later"),
+            Duration::from_secs(5)
+        );
+        assert!(p.next_attempt(1, t0, 0.999).duration_since(t0).expect("later") < Duration::from_secs(15));
+        assert!(!p.too_old(t0, t0 + p.max_age));
+        assert!(p.too_old(t0, t0 + p.max_age + Duration::from_secs(1)));
     }
 }

@@ -81,6 +81,7 @@ use crate::address::AddressPolicy;
 use crate::email::{AttachmentPolicy, Composer, Email};
 use crate::error::{Error, Kind};
 use crate::message::Message;
+use crate::outbox::{self, DirSpool, DraftId, OutboxPolicy, Verdict};
 use crate::proto::reply::Reply;
 use crate::proto::session::{Envelope, Recipient, RecipientReply, TxId};
 use crate::settings::SmtpSettings;
@@ -352,6 +353,30 @@ struct Inner {
     redirect: RwLock<Redirect>,
     addresses: AddressPolicy,
     attachments: AttachmentPolicy,
+    outbox: Option<OutboxRun>,
+}
+
+/// The outbox a mailer delivers from in the background.
+struct OutboxRun {
+    spool: DirSpool,
+    wake: Arc<tokio::sync::Notify>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The result of [`Mailer::send_or_enqueue`].
+#[derive(Debug)]
+pub enum SendOutcome {
+    /// Delivered now.
+    Delivered(Receipt),
+    /// A transient failure: saved as a draft, delivered later in the
+    /// background.
+    Deferred {
+        /// The draft.
+        draft: DraftId,
+        /// Why it could not be sent now.
+        error: Error,
+    },
 }
 
 /// A [`Mailer`] handle that does not keep it alive (for followers such as
@@ -418,6 +443,55 @@ impl Mailer {
         Composer::new(&self.settings())
             .address_policy(self.inner.addresses)
             .attachment_policy(self.inner.attachments.clone())
+    }
+
+    /// Saves a message in the outbox (see [`MailerBuilder::outbox`]): the
+    /// returned id means it is on disk; it is delivered in the background,
+    /// retried with back-off while the relay is offline or the settings are
+    /// wrong, and survives a restart.
+    pub async fn enqueue(&self, message: Message) -> Result<DraftId, Error> {
+        let run = self
+            .inner
+            .outbox
+            .as_ref()
+            .ok_or_else(|| Error::config("this mailer has no outbox (MailerBuilder::outbox)"))?;
+        let spool = run.spool.clone();
+        let id = tokio::task::spawn_blocking(move || spool.enqueue(&message))
+            .await
+            .map_err(|e| Error::new(Kind::Io, None, format!("the outbox task failed: {e}")))??;
+        run.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Sends now; on a transient failure (relay offline, timeout, 4yz,
+    /// invalid settings) saves the message as a draft instead and says so.
+    /// Needs an outbox.
+    pub async fn send_or_enqueue(&self, message: Message) -> Result<SendOutcome, Error> {
+        if self.inner.outbox.is_none() {
+            return Err(Error::config("this mailer has no outbox (MailerBuilder::outbox)"));
+        }
+        match self.send(message.clone()).await {
+            Ok(receipt) => Ok(SendOutcome::Delivered(receipt)),
+            Err(error) => match outbox::verdict(&Err(error.clone())) {
+                Verdict::Defer(..) => {
+                    let draft = self.enqueue(message).await?;
+                    Ok(SendOutcome::Deferred { draft, error })
+                }
+                _ => Err(error),
+            },
+        }
+    }
+
+    /// The outbox's spool, to list, inspect, retry or delete drafts.
+    pub fn outbox(&self) -> Option<&DirSpool> {
+        self.inner.outbox.as_ref().map(|o| &o.spool)
+    }
+
+    /// Wakes the outbox deliverer (after `retry_now` on drafts, say).
+    pub fn wake_outbox(&self) {
+        if let Some(o) = &self.inner.outbox {
+            o.wake.notify_one();
+        }
     }
 
     /// Hands a message over, waiting only for room in the queue; await the
@@ -497,6 +571,14 @@ impl Mailer {
     /// counters. Connections still busy one second after the deadline are
     /// cut off.
     pub async fn shutdown(&self, grace: Duration) -> Stats {
+        if let Some(o) = &self.inner.outbox {
+            // Drafts not yet handed to the pool stay on disk for next time.
+            o.stop.send_replace(true);
+            let task = o.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(task) = task {
+                let _ = tokio::time::timeout(grace, task).await;
+            }
+        }
         self.inner
             .pool
             .shutdown(tokio::time::Instant::now() + grace)
@@ -518,6 +600,7 @@ pub struct MailerBuilder {
     redirect: Redirect,
     addresses: AddressPolicy,
     attachments: AttachmentPolicy,
+    outbox: Option<(DirSpool, OutboxPolicy)>,
 }
 
 impl MailerBuilder {
@@ -538,7 +621,19 @@ impl MailerBuilder {
             redirect: Redirect::default(),
             addresses: AddressPolicy::Strict,
             attachments: AttachmentPolicy::default(),
+            outbox: None,
         }
+    }
+
+    /// A durable outbox: [`Mailer::enqueue`] saves drafts in `spool` and a
+    /// background task (started by `build`, which must then run inside a
+    /// tokio runtime) delivers them through this mailer, following
+    /// `policy`. Drafts already in the spool (from before a restart) are
+    /// delivered too. Delivery is at-least-once: a draft whose delivery was
+    /// in flight when the process died is sent again.
+    pub fn outbox(mut self, spool: DirSpool, policy: OutboxPolicy) -> Self {
+        self.outbox = Some((spool, policy));
+        self
     }
 
     /// How addresses in [`Email`]s are read (default strict).
@@ -632,13 +727,130 @@ impl MailerBuilder {
         }
         self.redirect.check()?;
         let connector = Connector::new(self.settings)?;
-        Ok(Mailer {
+        let runtime = match &self.outbox {
+            Some(_) => Some(tokio::runtime::Handle::try_current().map_err(|_| {
+                Error::config("a mailer with an outbox must be built inside a tokio runtime")
+            })?),
+            None => None,
+        };
+        let (outbox_run, policy) = match self.outbox {
+            Some((spool, policy)) => (
+                Some(OutboxRun {
+                    spool,
+                    wake: Arc::new(tokio::sync::Notify::new()),
+                    stop: tokio::sync::watch::channel(false).0,
+                    task: std::sync::Mutex::new(None),
+                }),
+                Some(policy),
+            ),
+            None => (None, None),
+        };
+        let mailer = Mailer {
             inner: Arc::new(Inner {
                 pool: Pool::new(self.config, SmtpManager { connector }),
                 redirect: RwLock::new(self.redirect),
                 addresses: self.addresses,
                 attachments: self.attachments,
+                outbox: outbox_run,
             }),
-        })
+        };
+        if let (Some(run), Some(policy), Some(rt)) = (&mailer.inner.outbox, policy, runtime) {
+            let task = rt.spawn(deliver_drafts(
+                Arc::downgrade(&mailer.inner),
+                run.spool.clone(),
+                policy,
+                run.wake.clone(),
+                run.stop.subscribe(),
+            ));
+            *run.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        }
+        Ok(mailer)
+    }
+}
+
+/// The outbox deliverer: claims due drafts, sends them through the mailer,
+/// and records each outcome in the spool.
+async fn deliver_drafts(
+    mailer: std::sync::Weak<Inner>,
+    spool: DirSpool,
+    policy: OutboxPolicy,
+    wake: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let batch = policy.batch.max(1);
+        let s = spool.clone();
+        let claims = tokio::task::spawn_blocking(move || s.claim_due(std::time::SystemTime::now(), batch))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        if claims.is_empty() {
+            let s = spool.clone();
+            let next = tokio::task::spawn_blocking(move || s.next_due())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            let wait = next
+                .map(|t| t.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+                .unwrap_or(policy.poll_interval)
+                .min(policy.poll_interval);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = wake.notified() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let Some(inner) = mailer.upgrade() else { return };
+        let m = Mailer { inner };
+        let mut handed = Vec::with_capacity(claims.len());
+        for claim in claims {
+            let result = m.submit(claim.message()).await;
+            handed.push((claim, result));
+        }
+        drop(m);
+        let mut running = Vec::with_capacity(handed.len());
+        for (claim, submitted) in handed {
+            let (spool, policy) = (spool.clone(), policy.clone());
+            running.push(tokio::spawn(async move {
+                let result = match submitted {
+                    Ok(pending) => pending.await,
+                    Err(e) => Err(e),
+                };
+                let verdict = outbox::verdict(&result);
+                let _ = tokio::task::spawn_blocking(move || record(&spool, &policy, claim, verdict)).await;
+            }));
+        }
+        for task in running {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Writes the outcome of one attempt into the spool.
+fn record(
+    spool: &DirSpool,
+    policy: &OutboxPolicy,
+    claim: outbox::Claim,
+    verdict: Verdict,
+) -> Result<(), Error> {
+    let now = std::time::SystemTime::now();
+    match verdict {
+        Verdict::Done => spool.complete(claim),
+        Verdict::Fail(why) => spool.fail_claim(claim, &why),
+        Verdict::Release => Ok(()),
+        Verdict::Defer(why, recipients) => {
+            if policy.too_old(claim.info().created, now) {
+                spool.fail_claim(claim, &format!("gave up after {:?}: {why}", policy.max_age))
+            } else {
+                let next = policy.next_attempt(claim.info().attempts + 1, now, crate::rand::random_unit());
+                spool.defer_claim(claim, &why, next, recipients)
+            }
+        }
     }
 }

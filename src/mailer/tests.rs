@@ -399,3 +399,103 @@ async fn full_queue_hands_the_message_back() {
         "shutdown answers every message: {stats:?}"
     );
 }
+
+mod outbox_records {
+    use std::time::{Duration, SystemTime};
+
+    use super::super::record;
+    use crate::message::Message;
+    use crate::outbox::{Area, DirSpool, OutboxPolicy, Verdict};
+    use crate::proto::session::{Envelope, Recipient};
+
+    fn spool(name: &str) -> (DirSpool, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("relaymail-record-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        (DirSpool::open(&dir).expect("spool"), dir)
+    }
+
+    fn message() -> Message {
+        Message::new(
+            Envelope {
+                from: "app@example.com".into(),
+                recipients: vec![Recipient::new("a@example.net"), Recipient::new("b@example.net")],
+                ..Envelope::default()
+            },
+            b"Subject: x\r\n\r\nx\r\n".to_vec(),
+        )
+    }
+
+    fn claim(s: &DirSpool) -> crate::outbox::Claim {
+        s.claim_due(SystemTime::now() + Duration::from_secs(1), 1)
+            .expect("claim")
+            .pop()
+            .expect("one")
+    }
+
+    #[test]
+    fn transient_failure_defers_with_attempts_error_and_next_time() {
+        let (s, dir) = spool("defer");
+        let id = s.enqueue(&message()).expect("queued");
+        let policy = OutboxPolicy::default();
+        let before = SystemTime::now();
+        record(
+            &s,
+            &policy,
+            claim(&s),
+            Verdict::Defer("connect: refused".into(), None),
+        )
+        .expect("recorded");
+        let info = s.inspect(Area::Drafts, &id).expect("still a draft");
+        assert_eq!(info.attempts, 1);
+        assert_eq!(info.last_error.as_deref(), Some("connect: refused"));
+        assert!(info.next_attempt >= before + policy.initial_backoff / 2);
+        assert!(
+            s.claim_due(SystemTime::now(), 10).expect("claim").is_empty(),
+            "not due yet"
+        );
+        // Only the recipients still owed stay in the envelope.
+        s.retry_now(Area::Drafts, &id).expect("retry");
+        let partial = Verdict::Defer("451".into(), Some(vec![Recipient::new("b@example.net")]));
+        record(&s, &policy, claim(&s), partial).expect("recorded");
+        let info = s.inspect(Area::Drafts, &id).expect("draft");
+        assert_eq!(info.envelope.recipients, vec![Recipient::new("b@example.net")]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn permanent_failure_and_old_drafts_go_to_the_failed_area() {
+        let (s, dir) = spool("fail");
+        let id = s.enqueue(&message()).expect("queued");
+        record(
+            &s,
+            &OutboxPolicy::default(),
+            claim(&s),
+            Verdict::Fail("550 5.1.1 no such user".into()),
+        )
+        .expect("recorded");
+        assert!(s.inspect(Area::Drafts, &id).is_err());
+        let failed = s.inspect(Area::Failed, &id).expect("failed");
+        assert_eq!(failed.last_error.as_deref(), Some("550 5.1.1 no such user"));
+
+        let id = s.enqueue(&message()).expect("queued");
+        let old = OutboxPolicy {
+            max_age: Duration::ZERO,
+            ..OutboxPolicy::default()
+        };
+        std::thread::yield_now();
+        record(&s, &old, claim(&s), Verdict::Defer("timeout".into(), None)).expect("recorded");
+        let failed = s.inspect(Area::Failed, &id).expect("too old: failed");
+        assert!(
+            failed
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("gave up after")),
+            "{failed:?}"
+        );
+        // Delivered: gone.
+        let id = s.enqueue(&message()).expect("queued");
+        record(&s, &old, claim(&s), Verdict::Done).expect("recorded");
+        assert!(s.inspect(Area::Drafts, &id).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

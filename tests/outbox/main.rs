@@ -1,0 +1,176 @@
+//! The outbox end to end: drafts saved while the relay is unreachable are
+//! delivered once the settings are fixed; send falls back to a draft;
+//! two spools on one directory never claim the same draft.
+
+use std::time::{Duration, SystemTime};
+
+use relaymail::outbox::{Area, DirSpool, OutboxPolicy};
+use relaymail::testing::{ServerConfig, TestServer};
+use relaymail::{Email, Mailer, RetryPolicy, SendOutcome, SmtpSettings, TlsMode};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn spool_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("relaymail-outbox-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn settings(port: u16) -> SmtpSettings {
+    SmtpSettings::builder()
+        .host("127.0.0.1")
+        .port(u32::from(port))
+        .tls(TlsMode::None)
+        .sender("noreply@example.com")
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("settings")
+}
+
+fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn policy() -> OutboxPolicy {
+    OutboxPolicy {
+        initial_backoff: Duration::from_secs(3600),
+        poll_interval: Duration::from_millis(200),
+        ..OutboxPolicy::default()
+    }
+}
+
+async fn email(mailer: &Mailer, i: usize) -> relaymail::Message {
+    mailer
+        .composer()
+        .compose(
+            Email::new()
+                .to("ops@example.net")
+                .subject(format!("draft {i}"))
+                .text("x"),
+        )
+        .await
+        .expect("composed")
+}
+
+#[tokio::test]
+async fn drafts_wait_for_fixed_settings_then_go() {
+    let dir = spool_dir("fixed");
+    let spool = DirSpool::open(&dir).expect("spool");
+    let mailer = Mailer::builder(settings(dead_port()))
+        .retry(RetryPolicy::never())
+        .outbox(spool.clone(), policy())
+        .build()
+        .expect("mailer");
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(mailer.enqueue(email(&mailer, i).await).await.expect("on disk"));
+    }
+    // The relay is unreachable: every draft stays, with its attempt and error.
+    // (Each attempt fails at once: nothing listens on that port.)
+    let srv = TestServer::start(ServerConfig::new()).await.expect("server");
+    // The administrator fixes the settings and retries everything now.
+    mailer.reload(settings(srv.port())).expect("reload");
+    // The spool's calls block (file IO, waiting for a delivery attempt in
+    // progress): off the async threads.
+    let s = spool.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut after = None;
+        loop {
+            let page = s.list(Area::Drafts, after.as_ref(), 7).expect("page");
+            for d in &page.drafts {
+                s.retry_now(Area::Drafts, &d.id).expect("retry");
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+    })
+    .await
+    .expect("retried");
+    mailer.wake_outbox();
+    let got = srv.wait_for_messages(20, WAIT).await.expect("all delivered");
+    let subjects: std::collections::HashSet<String> = got
+        .iter()
+        .map(|m| {
+            String::from_utf8_lossy(&m.data)
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(subjects.len(), 20, "each draft once");
+    mailer.shutdown(WAIT).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn send_falls_back_to_a_draft_on_transient_failure_only() {
+    let dir = spool_dir("fallback");
+    let spool = DirSpool::open(&dir).expect("spool");
+    let mailer = Mailer::builder(settings(dead_port()))
+        .retry(RetryPolicy::never())
+        .outbox(spool.clone(), policy())
+        .build()
+        .expect("mailer");
+    match mailer
+        .send_or_enqueue(email(&mailer, 1).await)
+        .await
+        .expect("deferred")
+    {
+        SendOutcome::Deferred { draft, error } => {
+            assert_eq!(error.stage(), Some(relaymail::Stage::Connect), "{error}");
+            assert!(spool.inspect(Area::Drafts, &draft).is_ok(), "on disk");
+        }
+        other => panic!("{other:?}"),
+    }
+    mailer.shutdown(Duration::from_secs(1)).await;
+
+    // A permanent refusal is an error, not a draft.
+    let srv =
+        TestServer::start(ServerConfig::new().reject_recipient("ops@example.net", "550 5.1.1 no such user"))
+            .await
+            .expect("server");
+    let mailer = Mailer::builder(settings(srv.port()))
+        .outbox(DirSpool::open(spool_dir("fallback2")).expect("spool"), policy())
+        .build()
+        .expect("mailer");
+    let e = mailer
+        .send_or_enqueue(email(&mailer, 2).await)
+        .await
+        .expect_err("550");
+    assert!(e.is_permanent(), "{e}");
+    mailer.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn two_spools_never_claim_the_same_draft_and_a_dead_holder_lets_go() {
+    let dir = spool_dir("locks");
+    let a = DirSpool::open(&dir).expect("a");
+    let b = DirSpool::open(&dir).expect("b");
+    let m = relaymail::Message::new(
+        relaymail::Envelope {
+            from: "app@example.com".into(),
+            recipients: vec![relaymail::Recipient::new("ops@example.net")],
+            ..relaymail::Envelope::default()
+        },
+        b"Subject: x\r\n\r\nx\r\n".to_vec(),
+    );
+    for _ in 0..5 {
+        a.enqueue(&m).expect("queued");
+    }
+    let now = SystemTime::now() + Duration::from_secs(1);
+    let held = a.claim_due(now, 3).expect("claim");
+    assert_eq!(held.len(), 3);
+    let other = b.claim_due(now, 10).expect("claim");
+    assert_eq!(other.len(), 2, "b gets only the two a does not hold");
+    let held_ids: Vec<_> = held.iter().map(|c| c.info().id.clone()).collect();
+    assert!(other.iter().all(|c| !held_ids.contains(&c.info().id)));
+    // The holder "dies" (its files close): the locks go with it.
+    drop(held);
+    drop(other);
+    assert_eq!(b.claim_due(now, 10).expect("claim").len(), 5);
+    let _ = std::fs::remove_dir_all(dir);
+}
