@@ -1,0 +1,87 @@
+//! Outbox spool: enqueue throughput with fsync, and memory while listing a
+//! 100,000-draft spool page by page.
+//!
+//! Run: `cargo bench --bench outbox` (`-- --quick` for 10,000 drafts).
+//! Uses a directory under the system temp dir and removes it afterwards.
+
+use std::time::Instant;
+
+use relaymail::outbox::{Area, DirSpool};
+use relaymail::{Envelope, Message, Recipient};
+
+/// Peak resident set size of this process so far, in KiB (Linux).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn message(i: usize) -> Message {
+    let mut body = format!("Message-ID: <bench-{i}@example.com>\r\nSubject: report {i}\r\n\r\n");
+    while body.len() < 2048 {
+        body.push_str("The quick brown fox jumps over the lazy dog.\r\n");
+    }
+    Message::new(
+        Envelope {
+            from: "noreply@example.com".into(),
+            recipients: vec![Recipient::new(format!("user{i}@example.net"))],
+            ..Envelope::default()
+        },
+        body.into_bytes(),
+    )
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let drafts_total = if quick { 10_000 } else { 100_000 };
+    let dir = std::env::temp_dir().join(format!("relaymail-outbox-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spool = DirSpool::open(&dir).expect("spool");
+
+    // Enqueue: every call fsyncs the draft and the directory.
+    let n = 2_000;
+    let start = Instant::now();
+    let mut first = None;
+    for i in 0..n {
+        let id = spool.enqueue(&message(i)).expect("enqueue");
+        first.get_or_insert(id);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "enqueue with fsync: {n} messages of 2 KB in {secs:.2} s = {:.0} msgs/s",
+        n as f64 / secs
+    );
+
+    // Fill the spool to `drafts_total` by copying a draft file under new ids
+    // (no fsync: only the listing is measured).
+    let template = dir.join("drafts").join(format!("{}.draft", first.expect("one")));
+    for i in n..drafts_total {
+        let name = format!("{:013x}-{:016x}.draft", 0x1_0000_0000u64 + i as u64, i as u64);
+        std::fs::copy(&template, dir.join("drafts").join(name)).expect("copy");
+    }
+    let before = peak_rss_kib();
+    let start = Instant::now();
+    let mut after = None;
+    let mut listed = 0;
+    loop {
+        let page = spool.list(Area::Drafts, after.as_ref(), 100).expect("page");
+        listed += page.drafts.len();
+        match page.next {
+            Some(id) => after = Some(id),
+            None => break,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let peak = peak_rss_kib();
+    println!(
+        "list {listed} drafts in pages of 100: {secs:.1} s; peak RSS {:.1} MiB before, {:.1} MiB after (+{:.1} MiB)",
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        (peak.saturating_sub(before)) as f64 / 1024.0
+    );
+    assert_eq!(listed, drafts_total);
+    let _ = std::fs::remove_dir_all(&dir);
+}

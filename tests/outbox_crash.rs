@@ -1,0 +1,213 @@
+//! Crash safety: a process enqueues 10,000 messages while the relay is down
+//! and is killed with SIGKILL in the middle; a second process delivers with
+//! the relay up and is killed in the middle too; a third run finishes. Every
+//! message acknowledged by `enqueue` reaches the server; duplicates are at
+//! most what was in flight when the deliverer died.
+//!
+//! The child processes are this test binary run again with
+//! `RELAYMAIL_CRASH_CHILD` set (see `child_entry`).
+#![cfg(unix)]
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use relaymail::outbox::{DirSpool, OutboxPolicy};
+use relaymail::testing::{ServerConfig, TestServer};
+use relaymail::{Envelope, Mailer, Message, Recipient, SmtpSettings, TlsMode};
+
+const TOTAL: usize = 10_000;
+const MAX_CONNECTIONS: usize = 2;
+const BATCH: usize = 32;
+
+fn settings(port: u16) -> SmtpSettings {
+    SmtpSettings::builder()
+        .host("127.0.0.1")
+        .port(u32::from(port))
+        .tls(TlsMode::None)
+        .sender("noreply@example.com")
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("settings")
+}
+
+fn policy() -> OutboxPolicy {
+    OutboxPolicy {
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        poll_interval: Duration::from_millis(100),
+        batch: BATCH,
+        ..OutboxPolicy::default()
+    }
+}
+
+fn mailer(dir: &Path, port: u16) -> Mailer {
+    Mailer::builder(settings(port))
+        .max_connections(MAX_CONNECTIONS)
+        .retry(relaymail::RetryPolicy::never())
+        .outbox(DirSpool::open(dir).expect("spool"), policy())
+        .build()
+        .expect("mailer")
+}
+
+fn message(i: usize) -> Message {
+    Message::new(
+        Envelope {
+            from: "noreply@example.com".into(),
+            recipients: vec![Recipient::new("ops@example.net")],
+            ..Envelope::default()
+        },
+        format!("Message-ID: <crash-{i}@example.com>\r\nSubject: {i}\r\n\r\nbody {i}\r\n").into_bytes(),
+    )
+}
+
+/// Runs only as a child: `enqueue PORT DIR` or `deliver PORT DIR`.
+#[test]
+fn child_entry() {
+    let Ok(mode) = std::env::var("RELAYMAIL_CRASH_CHILD") else {
+        return;
+    };
+    let port: u16 = std::env::var("RELAYMAIL_CRASH_PORT")
+        .expect("port")
+        .parse()
+        .expect("port");
+    let dir = PathBuf::from(std::env::var("RELAYMAIL_CRASH_DIR").expect("dir"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async move {
+        let m = mailer(&dir, port);
+        if mode == "enqueue" {
+            for i in 0..TOTAL {
+                m.enqueue(message(i)).await.expect("enqueued");
+                // Acknowledged: on disk. The parent counts these lines.
+                println!("ack {i}");
+            }
+        }
+        // Deliver until killed.
+        std::future::pending::<()>().await;
+    });
+}
+
+fn spawn(mode: &str, port: u16, dir: &Path) -> std::process::Child {
+    Command::new(std::env::current_exe().expect("exe"))
+        .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .env("RELAYMAIL_CRASH_CHILD", mode)
+        .env("RELAYMAIL_CRASH_PORT", port.to_string())
+        .env("RELAYMAIL_CRASH_DIR", dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("child")
+}
+
+fn message_ids(srv: &TestServer) -> Vec<usize> {
+    srv.messages()
+        .iter()
+        .filter_map(|m| {
+            let text = String::from_utf8_lossy(&m.data);
+            let id = text.lines().find_map(|l| l.strip_prefix("Message-ID: <crash-"))?;
+            id.split('@').next()?.parse().ok()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_nothing_and_duplicates_stay_bounded() {
+    let dir = std::env::temp_dir().join(format!("relaymail-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+
+    // 1. Enqueue with the relay down; SIGKILL after half were acknowledged.
+    let mut child = spawn("enqueue", dead, &dir);
+    let stdout = child.stdout.take().expect("stdout");
+    let acked: HashSet<usize> = tokio::task::spawn_blocking(move || {
+        let mut acked = HashSet::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(i) = line.strip_prefix("ack ").and_then(|n| n.parse().ok()) {
+                acked.insert(i);
+                if acked.len() == TOTAL / 2 {
+                    break;
+                }
+            }
+        }
+        acked
+    })
+    .await
+    .expect("reader");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    assert_eq!(
+        acked.len(),
+        TOTAL / 2,
+        "the child acknowledged half before it was killed"
+    );
+
+    // 2. Deliver with the relay up; SIGKILL in the middle of delivery.
+    let srv = TestServer::start(ServerConfig::new()).await.expect("server");
+    let mut child = spawn("deliver", srv.port(), &dir);
+    srv.wait_for_messages(TOTAL / 8, Duration::from_secs(120))
+        .await
+        .expect("delivering");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let delivered_before_restart = srv.messages().len();
+
+    // 3. Restart: this process delivers the rest.
+    let m = mailer(&dir, srv.port());
+    let mut seen = srv.messages().len();
+    loop {
+        let ids: HashSet<usize> = message_ids(&srv).into_iter().collect();
+        if acked.is_subset(&ids) {
+            break;
+        }
+        seen = srv
+            .wait_for_messages(seen + 1, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "stalled with {} of {} acknowledged delivered",
+                    ids.len(),
+                    acked.len()
+                )
+            })
+            .len();
+    }
+    m.shutdown(Duration::from_secs(5)).await;
+
+    let ids = message_ids(&srv);
+    let mut counts: HashMap<usize, usize> = HashMap::new();
+    for id in &ids {
+        *counts.entry(*id).or_default() += 1;
+    }
+    let duplicates: usize = counts.values().map(|c| c - 1).sum();
+    // In flight when the deliverer died: at most a batch per connection
+    // handed to the pool.
+    let bound = MAX_CONNECTIONS * BATCH;
+    eprintln!(
+        "crash test: acknowledged {}, delivered {} messages ({} distinct) — {} before the second kill, duplicates {} (bound {bound})",
+        acked.len(),
+        ids.len(),
+        counts.len(),
+        delivered_before_restart,
+        duplicates
+    );
+    assert!(
+        acked.iter().all(|i| counts.contains_key(i)),
+        "every acknowledged message arrived"
+    );
+    assert!(
+        counts.len() <= acked.len() + 1,
+        "at most one unacknowledged message (enqueued as the kill came)"
+    );
+    assert!(duplicates <= bound, "{duplicates} duplicates > {bound}");
+    let _ = std::fs::remove_dir_all(dir);
+}
