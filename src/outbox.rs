@@ -108,16 +108,32 @@ pub struct Page {
     pub quarantined: Vec<PathBuf>,
 }
 
-/// A draft locked for delivery by [`DirSpool::claim_due`]; the lock goes
-/// with it (dropping it releases the draft).
-#[derive(Debug)]
+/// A draft reserved for delivery by [`Outbox::claim_due`]; the reservation
+/// goes with it (dropping it releases the draft).
 pub struct Claim {
     info: DraftInfo,
     content: Vec<u8>,
-    _lock: File,
+    _lease: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim").field("info", &self.info).finish()
+    }
 }
 
 impl Claim {
+    /// A claim for another [`Outbox`] implementation: `lease` is whatever
+    /// keeps the draft reserved (a row lock, a lease token …) and is dropped
+    /// with the claim.
+    pub fn new(info: DraftInfo, content: Vec<u8>, lease: impl std::any::Any + Send + Sync) -> Claim {
+        Claim {
+            info,
+            content,
+            _lease: Box::new(lease),
+        }
+    }
+
     /// The draft's info.
     pub fn info(&self) -> &DraftInfo {
         &self.info
@@ -126,6 +142,104 @@ impl Claim {
     /// The message to send.
     pub fn message(&self) -> Message {
         Message::new(self.info.envelope.clone(), self.content.clone())
+    }
+}
+
+/// Where drafts live. [`DirSpool`] is the embedded default; the trait is
+/// what a shared store (a database queue, when one machine is no longer
+/// enough) would implement. Methods block: the [`Mailer`](crate::Mailer)
+/// calls them through `spawn_blocking`.
+pub trait Outbox: Send + Sync + std::fmt::Debug + 'static {
+    /// Saves a message as a draft due now; `Ok` only once it is durable.
+    fn enqueue(&self, message: &Message) -> Result<DraftId, Error>;
+    /// Reserves up to `max` drafts due at `now`; a reserved draft is not
+    /// returned to anyone else until its claim is dropped or recorded.
+    fn claim_due(&self, now: SystemTime, max: usize) -> Result<Vec<Claim>, Error>;
+    /// The earliest next attempt among the drafts.
+    fn next_due(&self) -> Result<Option<SystemTime>, Error>;
+    /// Delivered: remove the draft.
+    fn complete(&self, claim: Claim) -> Result<(), Error>;
+    /// Failed for now: record the attempt, the error and the next attempt
+    /// (and the recipients still owed, when given).
+    fn defer_claim(
+        &self,
+        claim: Claim,
+        error: &str,
+        next_attempt: SystemTime,
+        recipients: Option<Vec<Recipient>>,
+    ) -> Result<(), Error>;
+    /// Failed for good: move to the failed area.
+    fn fail_claim(&self, claim: Claim, reason: &str) -> Result<(), Error>;
+    /// A page of drafts, oldest first.
+    fn list(&self, area: Area, after: Option<&DraftId>, limit: usize) -> Result<Page, Error>;
+    /// One draft's info.
+    fn inspect(&self, area: Area, id: &DraftId) -> Result<DraftInfo, Error>;
+    /// Due now (from the failed area: back to the drafts).
+    fn retry_now(&self, area: Area, id: &DraftId) -> Result<(), Error>;
+    /// Removes a draft.
+    fn delete(&self, area: Area, id: &DraftId) -> Result<(), Error>;
+
+    /// Every draft of `area` due now (e.g. after the administrator fixed the
+    /// settings); returns how many. Drafts delivered meanwhile are skipped.
+    fn retry_all_now(&self, area: Area) -> Result<usize, Error> {
+        let mut after = None;
+        let mut n = 0;
+        loop {
+            let page = self.list(area, after.as_ref(), 256)?;
+            for d in &page.drafts {
+                match self.retry_now(area, &d.id) {
+                    Ok(()) => n += 1,
+                    // Delivered or deleted meanwhile: nothing to retry.
+                    Err(_) if self.inspect(area, &d.id).is_err() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match page.next {
+                Some(next) if area == Area::Drafts => after = Some(next),
+                // Retried failed drafts left the failed area: start over.
+                Some(_) => after = None,
+                None => return Ok(n),
+            }
+        }
+    }
+}
+
+impl Outbox for DirSpool {
+    fn enqueue(&self, message: &Message) -> Result<DraftId, Error> {
+        DirSpool::enqueue(self, message)
+    }
+    fn claim_due(&self, now: SystemTime, max: usize) -> Result<Vec<Claim>, Error> {
+        DirSpool::claim_due(self, now, max)
+    }
+    fn next_due(&self) -> Result<Option<SystemTime>, Error> {
+        DirSpool::next_due(self)
+    }
+    fn complete(&self, claim: Claim) -> Result<(), Error> {
+        DirSpool::complete(self, claim)
+    }
+    fn defer_claim(
+        &self,
+        claim: Claim,
+        error: &str,
+        next_attempt: SystemTime,
+        recipients: Option<Vec<Recipient>>,
+    ) -> Result<(), Error> {
+        DirSpool::defer_claim(self, claim, error, next_attempt, recipients)
+    }
+    fn fail_claim(&self, claim: Claim, reason: &str) -> Result<(), Error> {
+        DirSpool::fail_claim(self, claim, reason)
+    }
+    fn list(&self, area: Area, after: Option<&DraftId>, limit: usize) -> Result<Page, Error> {
+        DirSpool::list(self, area, after, limit)
+    }
+    fn inspect(&self, area: Area, id: &DraftId) -> Result<DraftInfo, Error> {
+        DirSpool::inspect(self, area, id)
+    }
+    fn retry_now(&self, area: Area, id: &DraftId) -> Result<(), Error> {
+        DirSpool::retry_now(self, area, id)
+    }
+    fn delete(&self, area: Area, id: &DraftId) -> Result<(), Error> {
+        DirSpool::delete(self, area, id)
     }
 }
 
@@ -439,11 +553,9 @@ impl DirSpool {
                 continue;
             }
             match Self::decode(id.clone(), Area::Drafts, &raw, true) {
-                Some((info, content)) if info.next_attempt <= now => claims.push(Claim {
-                    info,
-                    content,
-                    _lock: file,
-                }),
+                Some((info, content)) if info.next_attempt <= now => {
+                    claims.push(Claim::new(info, content, file))
+                }
                 Some(_) => {}
                 None => {
                     drop(file);

@@ -81,7 +81,7 @@ use crate::address::AddressPolicy;
 use crate::email::{AttachmentPolicy, Composer, Email};
 use crate::error::{Error, Kind};
 use crate::message::Message;
-use crate::outbox::{self, DirSpool, DraftId, OutboxPolicy, Verdict};
+use crate::outbox::{self, DraftId, Outbox, OutboxPolicy, Verdict};
 use crate::proto::reply::Reply;
 use crate::proto::session::{Envelope, Recipient, RecipientReply, TxId};
 use crate::settings::SmtpSettings;
@@ -358,7 +358,7 @@ struct Inner {
 
 /// The outbox a mailer delivers from in the background.
 struct OutboxRun {
-    spool: DirSpool,
+    spool: Arc<dyn Outbox>,
     wake: Arc<tokio::sync::Notify>,
     stop: tokio::sync::watch::Sender<bool>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -482,9 +482,10 @@ impl Mailer {
         }
     }
 
-    /// The outbox's spool, to list, inspect, retry or delete drafts.
-    pub fn outbox(&self) -> Option<&DirSpool> {
-        self.inner.outbox.as_ref().map(|o| &o.spool)
+    /// The outbox, to list, inspect, retry or delete drafts (its calls
+    /// block: use `spawn_blocking` from async code).
+    pub fn outbox(&self) -> Option<Arc<dyn Outbox>> {
+        self.inner.outbox.as_ref().map(|o| o.spool.clone())
     }
 
     /// Wakes the outbox deliverer (after `retry_now` on drafts, say).
@@ -600,7 +601,7 @@ pub struct MailerBuilder {
     redirect: Redirect,
     addresses: AddressPolicy,
     attachments: AttachmentPolicy,
-    outbox: Option<(DirSpool, OutboxPolicy)>,
+    outbox: Option<(Arc<dyn Outbox>, OutboxPolicy)>,
 }
 
 impl MailerBuilder {
@@ -631,8 +632,8 @@ impl MailerBuilder {
     /// `policy`. Drafts already in the spool (from before a restart) are
     /// delivered too. Delivery is at-least-once: a draft whose delivery was
     /// in flight when the process died is sent again.
-    pub fn outbox(mut self, spool: DirSpool, policy: OutboxPolicy) -> Self {
-        self.outbox = Some((spool, policy));
+    pub fn outbox(mut self, spool: impl Outbox, policy: OutboxPolicy) -> Self {
+        self.outbox = Some((Arc::new(spool), policy));
         self
     }
 
@@ -772,7 +773,7 @@ impl MailerBuilder {
 /// and records each outcome in the spool.
 async fn deliver_drafts(
     mailer: std::sync::Weak<Inner>,
-    spool: DirSpool,
+    spool: Arc<dyn Outbox>,
     policy: OutboxPolicy,
     wake: Arc<tokio::sync::Notify>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -823,7 +824,8 @@ async fn deliver_drafts(
                     Err(e) => Err(e),
                 };
                 let verdict = outbox::verdict(&result);
-                let _ = tokio::task::spawn_blocking(move || record(&spool, &policy, claim, verdict)).await;
+                let _ = tokio::task::spawn_blocking(move || record(spool.as_ref(), &policy, claim, verdict))
+                    .await;
             }));
         }
         for task in running {
@@ -834,7 +836,7 @@ async fn deliver_drafts(
 
 /// Writes the outcome of one attempt into the spool.
 fn record(
-    spool: &DirSpool,
+    spool: &dyn Outbox,
     policy: &OutboxPolicy,
     claim: outbox::Claim,
     verdict: Verdict,

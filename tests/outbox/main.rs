@@ -74,21 +74,10 @@ async fn drafts_wait_for_fixed_settings_then_go() {
     // The spool's calls block (file IO, waiting for a delivery attempt in
     // progress): off the async threads.
     let s = spool.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut after = None;
-        loop {
-            let page = s.list(Area::Drafts, after.as_ref(), 7).expect("page");
-            for d in &page.drafts {
-                s.retry_now(Area::Drafts, &d.id).expect("retry");
-            }
-            match page.next {
-                Some(n) => after = Some(n),
-                None => break,
-            }
-        }
-    })
-    .await
-    .expect("retried");
+    tokio::task::spawn_blocking(move || relaymail::outbox::Outbox::retry_all_now(&s, Area::Drafts))
+        .await
+        .expect("task")
+        .expect("retried");
     mailer.wake_outbox();
     let got = srv.wait_for_messages(20, WAIT).await.expect("all delivered");
     let subjects: std::collections::HashSet<String> = got
@@ -172,5 +161,88 @@ fn two_spools_never_claim_the_same_draft_and_a_dead_holder_lets_go() {
     drop(held);
     drop(other);
     assert_eq!(b.claim_due(now, 10).expect("claim").len(), 5);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_mailers_on_one_spool_never_send_a_draft_twice() {
+    let dir = spool_dir("two-mailers");
+    let srv = TestServer::start(ServerConfig::new()).await.expect("server");
+    let a = Mailer::builder(settings(srv.port()))
+        .outbox(
+            DirSpool::open(&dir).expect("spool"),
+            OutboxPolicy { batch: 8, ..policy() },
+        )
+        .build()
+        .expect("a");
+    let b = Mailer::builder(settings(srv.port()))
+        .outbox(
+            DirSpool::open(&dir).expect("spool"),
+            OutboxPolicy { batch: 8, ..policy() },
+        )
+        .build()
+        .expect("b");
+    for i in 0..300 {
+        let m = email(&a, i).await;
+        if i % 2 == 0 {
+            a.enqueue(m).await
+        } else {
+            b.enqueue(m).await
+        }
+        .expect("queued");
+    }
+    let got = srv.wait_for_messages(300, WAIT).await.expect("all delivered");
+    let mut subjects = std::collections::HashMap::new();
+    for m in &got {
+        let s = String::from_utf8_lossy(&m.data)
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
+            .unwrap_or_default();
+        *subjects.entry(s).or_insert(0) += 1;
+    }
+    assert_eq!(subjects.len(), 300);
+    assert!(subjects.values().all(|&n| n == 1), "no draft sent twice");
+    // Both took part.
+    let sessions = srv.sessions();
+    assert!(sessions.len() >= 2, "{} sessions", sessions.len());
+    a.shutdown(WAIT).await;
+    b.shutdown(WAIT).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_permanent_refusal_moves_the_draft_to_the_failed_area() {
+    let dir = spool_dir("failed");
+    let spool = DirSpool::open(&dir).expect("spool");
+    let srv =
+        TestServer::start(ServerConfig::new().reject_recipient("ops@example.net", "550 5.1.1 no such user"))
+            .await
+            .expect("server");
+    let mut events = srv.subscribe();
+    let mailer = Mailer::builder(settings(srv.port()))
+        .outbox(spool.clone(), policy())
+        .build()
+        .expect("mailer");
+    let id = mailer.enqueue(email(&mailer, 1).await).await.expect("queued");
+    // Wait for the server to see the RCPT, then stop: shutdown lets the
+    // deliverer record the attempt it is in.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(relaymail::testing::ServerEvent::Command { verb, .. }) = events.recv().await {
+                if verb == "RCPT" {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .expect("RCPT seen");
+    mailer.shutdown(WAIT).await;
+    let failed = spool.inspect(Area::Failed, &id).expect("in the failed area");
+    assert!(
+        failed.last_error.as_deref().is_some_and(|e| e.contains("550")),
+        "{failed:?}"
+    );
+    assert!(spool.inspect(Area::Drafts, &id).is_err());
     let _ = std::fs::remove_dir_all(dir);
 }
