@@ -246,3 +246,59 @@ async fn a_permanent_refusal_moves_the_draft_to_the_failed_area() {
     assert!(spool.inspect(Area::Drafts, &id).is_err());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A full disk: `enqueue` fails with a clear error and nothing half-written
+/// is left or reported as queued. Needs to mount a small tmpfs (root, as in
+/// CI); says so and returns where that is not allowed.
+#[test]
+fn a_full_disk_refuses_to_queue() {
+    let dir = spool_dir("full");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("a_full_disk_refuses_to_queue: skipped (cannot mount a tmpfs here)");
+        return;
+    }
+    let result = std::panic::catch_unwind(|| {
+        let spool = DirSpool::open(&dir).expect("spool");
+        let body = vec![b'x'; 10_000];
+        let m = relaymail::Message::new(
+            relaymail::Envelope {
+                from: "app@example.com".into(),
+                recipients: vec![relaymail::Recipient::new("ops@example.net")],
+                ..relaymail::Envelope::default()
+            },
+            body,
+        );
+        let mut queued = 0;
+        let error = loop {
+            match spool.enqueue(&m) {
+                Ok(_) => queued += 1,
+                Err(e) => break e,
+            }
+            assert!(queued < 1000, "a 256 KiB disk cannot hold this many");
+        };
+        assert!(
+            error.is_io() && error.hint().is_some_and(|h| h.contains("full")),
+            "{error}"
+        );
+        let listed = spool.list(Area::Drafts, None, 1000).expect("list");
+        assert_eq!(listed.drafts.len(), queued, "exactly the acknowledged drafts");
+        assert!(listed.quarantined.is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.join("tmp")).expect("tmp").count(),
+            0,
+            "no partial file left"
+        );
+    });
+    let _ = std::process::Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
