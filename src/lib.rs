@@ -108,6 +108,7 @@ pub mod address;
 pub mod diagnose;
 pub mod email;
 pub mod error;
+mod fsutil;
 pub mod mailer;
 pub mod message;
 pub mod outbox;

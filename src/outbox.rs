@@ -19,7 +19,7 @@
 //! creation time.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -302,24 +302,8 @@ impl DirSpool {
             std::process::id(),
             crate::rand::random_u64()
         ));
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(|e| io(format!("cannot create {}", tmp.display()), e))?;
-            f.write_all(bytes)
-                .map_err(|e| io(format!("cannot write {}", tmp.display()), e))?;
-            f.sync_all()
-                .map_err(|e| io(format!("cannot sync {}", tmp.display()), e))?;
-            fs::rename(&tmp, target)
-                .map_err(|e| io(format!("cannot move the draft to {}", target.display()), e))?;
-            sync_dir(target.parent().unwrap_or(&self.root))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        crate::fsutil::write_atomic(&tmp, target, bytes)
+            .map_err(|e| io(format!("{} {}", e.step, e.path.display()), e.error))
     }
 
     fn encode(info: &DraftInfo, content: &[u8]) -> Vec<u8> {

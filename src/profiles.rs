@@ -24,8 +24,7 @@
 //! # drop(mailer); Ok(()) }
 //! ```
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -357,24 +356,8 @@ impl ProfileStore {
             std::process::id(),
             crate::rand::random_u64()
         ));
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(|e| io_error("cannot create", &tmp, e))?;
-            f.write_all(&json)
-                .map_err(|e| io_error("cannot write", &tmp, e))?;
-            f.sync_all().map_err(|e| io_error("cannot sync", &tmp, e))?;
-            std::fs::rename(&tmp, &self.path).map_err(|e| io_error("cannot replace", &self.path, e))?;
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_error("cannot sync the directory", dir, e))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?;
+        crate::fsutil::write_atomic(&tmp, &self.path, &json)
+            .map_err(|e| io_error(e.step, &e.path, e.error))?;
         profiles.version = next;
         Ok(())
     }
