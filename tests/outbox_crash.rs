@@ -211,3 +211,29 @@ async fn sigkill_loses_nothing_and_duplicates_stay_bounded() {
     assert!(duplicates <= bound, "{duplicates} duplicates > {bound}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_spool_deliver_each_draft_once() {
+    let dir = std::env::temp_dir().join(format!("relaymail-two-procs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spool = DirSpool::open(&dir).expect("spool");
+    let n = 600;
+    for i in 0..n {
+        spool.enqueue(&message(i)).expect("queued");
+    }
+    let srv = TestServer::start(ServerConfig::new()).await.expect("server");
+    let mut a = spawn("deliver", srv.port(), &dir);
+    let mut b = spawn("deliver", srv.port(), &dir);
+    srv.wait_for_messages(n, Duration::from_secs(120))
+        .await
+        .expect("all delivered");
+    for child in [&mut a, &mut b] {
+        child.kill().expect("kill");
+        child.wait().expect("reaped");
+    }
+    let ids = message_ids(&srv);
+    let distinct: HashSet<usize> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), n);
+    assert_eq!(ids.len(), n, "no draft was delivered by both processes");
+    let _ = std::fs::remove_dir_all(dir);
+}
