@@ -25,6 +25,13 @@
 //! - [`Mailer`] ([`mailer`]): the pooled dispatcher applications hold — a
 //!   hard cap on connections, deliveries per connection, retries with
 //!   back-off, rate limit, back-pressure, reload, redirect, shutdown.
+//! - [`outbox`]: the durable outbox — an [`outbox::Outbox`] trait and a
+//!   directory spool; with [`MailerBuilder::outbox`] mail waits on disk while
+//!   the relay is down or the settings are wrong, and survives a restart.
+//! - [`diagnose`]: "test connection" and "send test email" reports, stage by
+//!   stage, with the likely fix for the common misconfigurations.
+//! - `profiles` and sealed settings (feature `serde`): named settings sets in
+//!   a JSON file with encrypted passwords, followed live by the Mailer.
 //! - `testing` (feature `test-server`): an in-process SMTP server with TLS,
 //!   AUTH, extension switches, fault injection and recorded sessions, for
 //!   this crate's tests and for the tests of applications that embed it.

@@ -50,8 +50,11 @@ fn percent_encode(s: &str) -> String {
 }
 
 impl SmtpSettingsBuilder {
-    /// Reads an SMTP URL (see the [module docs](self)) into a builder; set
-    /// anything else (sender, roots …) on it, then [`build`](Self::build).
+    /// Reads an SMTP URL into a builder:
+    /// `smtp[s]://[user:password@]host[:port][?tls=starttls|starttls-opportunistic|none&helo=NAME&timeout=SECS&from=ADDR]`
+    /// (`smtp://` is STARTTLS unless `tls=` says otherwise, `smtps://` is
+    /// implicit TLS; user and password percent-decoded). Set anything else
+    /// (sender, roots …) on it, then [`build`](Self::build).
     /// Every problem is reported at once, by field.
     pub fn from_url(url: &str) -> Result<SmtpSettingsBuilder, SettingsErrors> {
         let mut errors = Vec::new();

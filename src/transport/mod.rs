@@ -1,6 +1,6 @@
 //! One SMTP connection over tokio: DNS and TCP, implicit TLS or a STARTTLS
 //! upgrade of the same stream, AUTH, transactions, QUIT — a thin shell that
-//! moves bytes for the sans-IO [`Session`](crate::proto::session::Session)
+//! moves bytes for the sans-IO [`crate::proto::session::Session`]
 //! and enforces the timeout of each phase.
 //!
 //! ```no_run
