@@ -224,14 +224,7 @@ impl SettingsData {
             )),
             (None, _) => {}
         }
-        match b.build() {
-            Ok(s) if errors.is_empty() => Ok(s),
-            Ok(_) => Err(SettingsErrors(errors)),
-            Err(SettingsErrors(more)) => {
-                errors.extend(more);
-                Err(SettingsErrors(errors))
-            }
-        }
+        b.build_reporting(errors)
     }
 }
 

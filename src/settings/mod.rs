@@ -676,6 +676,19 @@ impl SmtpSettingsBuilder {
         self
     }
 
+    /// [`build`](Self::build), with problems the caller already found
+    /// reported first, together with the builder's own.
+    pub(crate) fn build_reporting(self, mut errors: Vec<FieldError>) -> Result<SmtpSettings, SettingsErrors> {
+        match self.build() {
+            Ok(s) if errors.is_empty() => Ok(s),
+            Ok(_) => Err(SettingsErrors(errors)),
+            Err(SettingsErrors(more)) => {
+                errors.extend(more);
+                Err(SettingsErrors(errors))
+            }
+        }
+    }
+
     /// Validates every field and returns the settings, or every problem found.
     pub fn build(self) -> Result<SmtpSettings, SettingsErrors> {
         let mut errors = Vec::new();

@@ -136,14 +136,7 @@ impl SmtpSettings {
         if let Some(on) = update.allow_plaintext_auth {
             b = b.allow_plaintext_auth(on);
         }
-        match b.build() {
-            Ok(s) if errors.is_empty() => Ok(s),
-            Ok(_) => Err(SettingsErrors(errors)),
-            Err(SettingsErrors(more)) => {
-                errors.extend(more);
-                Err(SettingsErrors(errors))
-            }
-        }
+        b.build_reporting(errors)
     }
 }
 
