@@ -632,23 +632,12 @@ impl<M: Manager> Pool<M> {
         self.lock().closed = true;
         self.space.close();
         // Drain.
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let busy = {
-                let st = self.lock();
-                !st.queue.is_empty()
-                    || self.counters.in_flight.load(Ordering::Relaxed) > 0
-                    || self.counters.deferred.load(Ordering::Relaxed) > 0
-            };
-            if !busy {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                break;
-            }
-        }
+        self.wait_until(deadline, || {
+            !self.lock().queue.is_empty()
+                || self.counters.in_flight.load(Ordering::Relaxed) > 0
+                || self.counters.deferred.load(Ordering::Relaxed) > 0
+        })
+        .await;
         // Stop.
         // send_replace: the value must change even when nobody listens yet.
         self.stop.send_replace(true);
@@ -667,22 +656,35 @@ impl<M: Manager> Pool<M> {
         // (room for QUIT) those still busy are cut off, and their jobs
         // answered with a shutdown error.
         let grace = deadline.max(Instant::now()) + Duration::from_secs(1);
+        let done = self
+            .wait_until(grace, || {
+                self.lock().workers > 0 || self.counters.deferred.load(Ordering::Relaxed) > 0
+            })
+            .await;
+        if !done {
+            let mut st = self.lock();
+            for (_, handle) in st.aborts.drain() {
+                handle.abort();
+            }
+            st.workers = 0;
+            self.counters.open.store(0, Ordering::Relaxed);
+            self.counters.in_flight.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits while `busy()` holds, re-checking whenever a job ends or a
+    /// worker exits; `false` when `deadline` came first.
+    async fn wait_until(&self, deadline: Instant, busy: impl Fn() -> bool) -> bool {
         loop {
+            // Registered before the check, so no wake-up is missed.
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if self.lock().workers == 0 && self.counters.deferred.load(Ordering::Relaxed) == 0 {
-                break;
+            if !busy() {
+                return true;
             }
-            if tokio::time::timeout_at(grace, changed).await.is_err() {
-                let mut st = self.lock();
-                for (_, handle) in st.aborts.drain() {
-                    handle.abort();
-                }
-                st.workers = 0;
-                self.counters.open.store(0, Ordering::Relaxed);
-                self.counters.in_flight.store(0, Ordering::Relaxed);
-                break;
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
             }
         }
     }
