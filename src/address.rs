@@ -196,6 +196,22 @@ impl Mailbox {
     }
 }
 
+/// The recipients' SMTP forms ([`Address::to_smtp`]), each mailbox once:
+/// local parts compared exactly, domains without regard to case; first
+/// occurrence kept, order preserved.
+pub(crate) fn unique_recipients<'a>(
+    addresses: impl IntoIterator<Item = &'a Address>,
+) -> Result<Vec<String>, Error> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for a in addresses {
+        if seen.insert((a.local.clone(), a.domain.to_lowercase())) {
+            out.push(a.to_smtp()?);
+        }
+    }
+    Ok(out)
+}
+
 /// The local part as a dot-string, or quoted (with `"` and `\` escaped).
 fn quote_local(local: &str) -> String {
     if is_dot_string(local) {

@@ -349,7 +349,7 @@ pub struct Composer {
 }
 
 /// Control characters become spaces: a value stays on its header line.
-fn one_line(text: &str) -> Cow<'_, str> {
+pub(crate) fn one_line(text: &str) -> Cow<'_, str> {
     if text.chars().any(char::is_control) {
         Cow::Owned(
             text.chars()
@@ -473,20 +473,7 @@ impl Composer {
                 .map(|m| m.address.clone())
                 .collect(),
         };
-        let mut rcpt: Vec<String> = Vec::new();
-        for a in &recipients {
-            let wire = a.to_smtp()?;
-            let key = match wire.rsplit_once('@') {
-                Some((l, d)) => format!("{l}@{}", d.to_lowercase()),
-                None => wire.clone(),
-            };
-            if !rcpt.iter().any(|r| {
-                r.rsplit_once('@')
-                    .is_some_and(|(l, d)| format!("{l}@{}", d.to_lowercase()) == key)
-            }) {
-                rcpt.push(wire);
-            }
-        }
+        let rcpt = crate::address::unique_recipients(&recipients)?;
         if rcpt.is_empty() {
             return Err(Error::config(
                 "the email has no recipient (To, Cc, Bcc or envelope_to)",

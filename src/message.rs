@@ -57,17 +57,12 @@ impl Message {
             .first()
             .or(from.first())
             .ok_or_else(|| Error::config("the message has no From address to send from"))?;
-        let mut recipients: Vec<String> = Vec::new();
-        for a in addresses(parsed.to(), "To")?
+        let listed: Vec<Address> = addresses(parsed.to(), "To")?
             .into_iter()
             .chain(addresses(parsed.cc(), "Cc")?)
             .chain(addresses(parsed.bcc(), "Bcc")?)
-        {
-            let wire = a.to_smtp()?;
-            if !recipients.iter().any(|r| r.eq_ignore_ascii_case(&wire)) {
-                recipients.push(wire);
-            }
-        }
+            .collect();
+        let recipients = crate::address::unique_recipients(&listed)?;
         // Cut every Bcc field out of the header section.
         let mut content = Vec::with_capacity(bytes.len());
         let mut at = 0usize;

@@ -269,9 +269,29 @@ fn from_millis(ms: u64) -> SystemTime {
 }
 
 fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    crate::email::one_line(text).into_owned()
+}
+
+/// The draft id a spool file name stands for (`<id>.draft`).
+fn draft_id(name: &std::ffi::OsStr) -> Option<DraftId> {
+    name.to_str()?
+        .strip_suffix(&format!(".{EXT}"))
+        .and_then(DraftId::parse)
+}
+
+/// Whether `path` still names the (locked) `file`: a deliverer replaces or
+/// removes a draft's file when it records an attempt.
+fn still_at(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        matches!((file.metadata(), fs::metadata(path)), (Ok(a), Ok(b)) if a.ino() == b.ino() && a.dev() == b.dev())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        path.exists()
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
@@ -457,10 +477,7 @@ impl DirSpool {
         let mut best: std::collections::BinaryHeap<DraftId> = std::collections::BinaryHeap::new();
         let mut quarantined = Vec::new();
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let id = name.strip_suffix(&format!(".{EXT}")).and_then(DraftId::parse);
-            let Some(id) = id else {
+            let Some(id) = draft_id(&entry.file_name()) else {
                 quarantined.push(self.quarantine(&entry.path()));
                 continue;
             };
@@ -503,12 +520,7 @@ impl DirSpool {
             if claims.len() >= max {
                 break;
             }
-            let name = entry.file_name();
-            let Some(id) = name
-                .to_string_lossy()
-                .strip_suffix(&format!(".{EXT}"))
-                .and_then(DraftId::parse)
-            else {
+            let Some(id) = draft_id(&entry.file_name()) else {
                 continue;
             };
             let path = entry.path();
@@ -519,18 +531,9 @@ impl DirSpool {
                 continue; // another process or mailer has it
             }
             // Locked — but the file may have been replaced or removed since
-            // it was opened (delivered by the previous holder): check that
-            // the path still names this very file.
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::MetadataExt;
-                let same = match (file.metadata(), fs::metadata(&path)) {
-                    (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-                    _ => false,
-                };
-                if !same {
-                    continue;
-                }
+            // it was opened (delivered by the previous holder).
+            if !still_at(&file, &path) {
+                continue;
             }
             let mut raw = Vec::new();
             if file.read_to_end(&mut raw).is_err() {
@@ -556,12 +559,7 @@ impl DirSpool {
         let entries = fs::read_dir(&dir).map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
         let mut earliest: Option<SystemTime> = None;
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(id) = name
-                .to_string_lossy()
-                .strip_suffix(&format!(".{EXT}"))
-                .and_then(DraftId::parse)
-            else {
+            let Some(id) = draft_id(&entry.file_name()) else {
                 continue;
             };
             if let Ok((info, _)) = self.read(Area::Drafts, &id, false) {
@@ -631,17 +629,12 @@ impl DirSpool {
                 .map_err(|e| io(format!("cannot open draft {id}"), e))?;
             file.lock()
                 .map_err(|e| io(format!("cannot lock draft {id}"), e))?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::MetadataExt;
-                match (file.metadata(), fs::metadata(&path)) {
-                    (Ok(a), Ok(b)) if a.ino() == b.ino() && a.dev() == b.dev() => return Ok(file),
-                    (_, Err(e)) => return Err(io(format!("draft {id} is gone"), e)),
-                    _ => continue,
-                }
+            if still_at(&file, &path) {
+                return Ok(file);
             }
-            #[cfg(not(unix))]
-            return Ok(file);
+            if let Err(e) = fs::metadata(&path) {
+                return Err(io(format!("draft {id} is gone"), e));
+            }
         }
         Err(Error::new(
             Kind::Io,
@@ -677,25 +670,22 @@ impl DirSpool {
         Ok(())
     }
 
+    /// A draft locked as a [`Claim`], waiting for a delivery attempt in
+    /// progress on it.
+    fn claim_waiting(&self, area: Area, id: &DraftId) -> Result<Claim, Error> {
+        let lock = self.lock_draft(area, id)?;
+        let (info, content) = self.read(area, id, true)?;
+        Ok(Claim::new(info, content, lock))
+    }
+
     /// Records a failed attempt: attempts + 1, the error, the next attempt time.
     pub fn defer(&self, id: &DraftId, error: &str, next_attempt: SystemTime) -> Result<(), Error> {
-        let _lock = self.lock_draft(Area::Drafts, id)?;
-        let (mut info, content) = self.read(Area::Drafts, id, true)?;
-        info.attempts += 1;
-        info.last_error = Some(one_line(error));
-        info.next_attempt = next_attempt;
-        self.write_atomic(&self.path(Area::Drafts, id), &Self::encode(&info, &content))
+        self.defer_claim(self.claim_waiting(Area::Drafts, id)?, error, next_attempt, None)
     }
 
     /// Moves a draft to the failed area with the reason.
     pub fn fail(&self, id: &DraftId, reason: &str) -> Result<(), Error> {
-        let _lock = self.lock_draft(Area::Drafts, id)?;
-        let (mut info, content) = self.read(Area::Drafts, id, true)?;
-        info.attempts += 1;
-        info.last_error = Some(one_line(reason));
-        info.area = Area::Failed;
-        self.write_atomic(&self.path(Area::Failed, id), &Self::encode(&info, &content))?;
-        self.remove(Area::Drafts, id)
+        self.fail_claim(self.claim_waiting(Area::Drafts, id)?, reason)
     }
 }
 
@@ -885,14 +875,21 @@ pub(crate) fn verdict(result: &Result<crate::mailer::Receipt, Error>) -> Verdict
                 Verdict::Defer(why, Some(again))
             }
         }
-        Err(e) if e.is_shutdown() => Verdict::Release,
+        Err(e) => error_verdict(e),
+    }
+}
+
+/// What happens to a draft whose attempt failed with `e`.
+pub(crate) fn error_verdict(e: &Error) -> Verdict {
+    if e.is_shutdown() {
+        Verdict::Release
+    } else if (e.is_rejected() && e.is_permanent()) || e.is_too_large() || e.is_unsupported() {
         // Refused for good, or impossible as it is: no retry will help.
-        Err(e) if (e.is_rejected() && e.is_permanent()) || e.is_too_large() || e.is_unsupported() => {
-            Verdict::Fail(e.to_string())
-        }
+        Verdict::Fail(e.to_string())
+    } else {
         // Offline relay, timeouts, 4yz, and invalid settings (TLS, AUTH,
         // configuration): the administrator may fix them; keep the draft.
-        Err(e) => Verdict::Defer(e.to_string(), None),
+        Verdict::Defer(e.to_string(), None)
     }
 }
 

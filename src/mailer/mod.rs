@@ -472,7 +472,7 @@ impl Mailer {
         }
         match self.send(message.clone()).await {
             Ok(receipt) => Ok(SendOutcome::Delivered(receipt)),
-            Err(error) => match outbox::verdict(&Err(error.clone())) {
+            Err(error) => match outbox::error_verdict(&error) {
                 Verdict::Defer(..) => {
                     let draft = self.enqueue(message).await?;
                     Ok(SendOutcome::Deferred { draft, error })
