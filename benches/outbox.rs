@@ -1,10 +1,11 @@
-//! Outbox spool: enqueue throughput with fsync, and memory while listing a
-//! 100,000-draft spool page by page.
+//! Outbox spool: enqueue throughput with fsync, memory while listing a
+//! 100,000-draft spool page by page, and what one deliverer poll costs
+//! while all of those drafts wait for a relay that is down.
 //!
 //! Run: `cargo bench --bench outbox` (`-- --quick` for 10,000 drafts).
 //! Uses a directory under the system temp dir and removes it afterwards.
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use relaymail::outbox::{Area, DirSpool};
 use relaymail::{Envelope, Message, Recipient};
@@ -44,10 +45,9 @@ fn main() {
     // Enqueue: every call fsyncs the draft and the directory.
     let n = 2_000;
     let start = Instant::now();
-    let mut first = None;
+    let mut queued = Vec::with_capacity(n);
     for i in 0..n {
-        let id = spool.enqueue(&message(i)).expect("enqueue");
-        first.get_or_insert(id);
+        queued.push(spool.enqueue(&message(i)).expect("enqueue"));
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
@@ -56,8 +56,13 @@ fn main() {
     );
 
     // Fill the spool to `drafts_total` by copying a draft file under new ids
-    // (no fsync: only the listing is measured).
-    let template = dir.join("drafts").join(format!("{}.draft", first.expect("one")));
+    // (no fsync: only reading is measured). Every draft has failed once and
+    // waits an hour, as they do while the relay is down.
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    for id in &queued {
+        spool.defer(id, "relay offline", later).expect("defer");
+    }
+    let template = dir.join("drafts").join(format!("{}.draft", queued[0]));
     for i in n..drafts_total {
         let name = format!("{:013x}-{:016x}.draft", 0x1_0000_0000u64 + i as u64, i as u64);
         std::fs::copy(&template, dir.join("drafts").join(name)).expect("copy");
@@ -83,5 +88,20 @@ fn main() {
         (peak.saturating_sub(before)) as f64 / 1024.0
     );
     assert_eq!(listed, drafts_total);
+
+    // The relay is down: every draft waits for its next attempt (the
+    // copies were made from a deferred draft). A poll of the deliverer is
+    // `claim_due` (finds nothing) then `next_due`.
+    for poll in 1..=3 {
+        let start = Instant::now();
+        let claimed = spool.claim_due(SystemTime::now(), 64).expect("claim");
+        let next = spool.next_due().expect("next");
+        assert!(claimed.is_empty());
+        assert!(next.is_some_and(|t| t > SystemTime::now()));
+        println!(
+            "poll {poll} with {listed} drafts waiting (claim_due + next_due): {:.0} ms",
+            start.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

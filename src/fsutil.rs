@@ -4,6 +4,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// Which step of [`write_atomic`] failed, and on which path.
 pub(crate) struct AtomicWriteError {
@@ -15,8 +16,13 @@ pub(crate) struct AtomicWriteError {
 /// Writes `bytes` to a new file `tmp`, fsyncs it, renames it over `target`
 /// and fsyncs `target`'s directory: after `Ok`, `target` holds `bytes`
 /// whatever happens next; after an error, `target` is untouched and `tmp`
-/// is removed.
-pub(crate) fn write_atomic(tmp: &Path, target: &Path, bytes: &[u8]) -> Result<(), AtomicWriteError> {
+/// is removed. With `modified`, the file gets that modification time.
+pub(crate) fn write_atomic(
+    tmp: &Path,
+    target: &Path,
+    bytes: &[u8],
+    modified: Option<SystemTime>,
+) -> Result<(), AtomicWriteError> {
     fn fail(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AtomicWriteError {
         let path = path.to_owned();
         move |error| AtomicWriteError { step, path, error }
@@ -28,6 +34,9 @@ pub(crate) fn write_atomic(tmp: &Path, target: &Path, bytes: &[u8]) -> Result<()
             .open(tmp)
             .map_err(fail("cannot create", tmp))?;
         f.write_all(bytes).map_err(fail("cannot write", tmp))?;
+        if let Some(t) = modified {
+            f.set_modified(t).map_err(fail("cannot set the time of", tmp))?;
+        }
         f.sync_all().map_err(fail("cannot sync", tmp))?;
         fs::rename(tmp, target).map_err(fail("cannot replace", target))?;
         let dir = target

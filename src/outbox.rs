@@ -16,7 +16,13 @@
 //!
 //! Layout: `drafts/`, `failed/`, `corrupt/`, `tmp/` under the spool
 //! directory; a draft's id is its file name without `.draft`, sortable by
-//! creation time.
+//! creation time. A draft file's modification time is its next attempt
+//! time (as Postfix does with its deferred queue), so looking for due
+//! drafts reads only the directory and file metadata, however many drafts
+//! wait for a relay that is down. A time lost by copying or restoring the
+//! spool is harmless: the draft's header decides, and the next look puts
+//! the time back. Do not set spool files' times into the future by hand:
+//! such a draft waits until then.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
@@ -268,6 +274,18 @@ fn from_millis(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
+/// `t` rounded down to the millisecond, as the draft header stores it.
+fn whole_millis(t: SystemTime) -> SystemTime {
+    from_millis(millis(t))
+}
+
+/// The next attempt time a draft file's modification time says, when it
+/// is later than `now` (the draft is not due: no need to read it).
+fn waits_until(entry: &fs::DirEntry, now: SystemTime) -> Option<SystemTime> {
+    let modified = entry.metadata().ok()?.modified().ok()?;
+    (modified > now).then_some(modified)
+}
+
 fn one_line(text: &str) -> String {
     crate::email::one_line(text).into_owned()
 }
@@ -315,14 +333,15 @@ impl DirSpool {
         self.root.join(area.dir()).join(format!("{}.{EXT}", id.0))
     }
 
-    /// Writes `bytes` to `target` atomically and durably.
-    fn write_atomic(&self, target: &Path, bytes: &[u8]) -> Result<(), Error> {
+    /// Writes `bytes` to `target` atomically and durably; a waiting draft's
+    /// file gets its next attempt time as modification time (`due`).
+    fn write_atomic(&self, target: &Path, bytes: &[u8], due: Option<SystemTime>) -> Result<(), Error> {
         let tmp = self.root.join("tmp").join(format!(
             "{}.{:016x}.tmp",
             std::process::id(),
             crate::rand::random_u64()
         ));
-        crate::fsutil::write_atomic(&tmp, target, bytes)
+        crate::fsutil::write_atomic(&tmp, target, bytes, due.map(whole_millis))
             .map_err(|e| io(format!("{} {}", e.step, e.path.display()), e.error))
     }
 
@@ -418,6 +437,7 @@ impl DirSpool {
         self.write_atomic(
             &self.path(Area::Drafts, &id),
             &Self::encode(&info, message.content()),
+            Some(now),
         )?;
         Ok(id)
     }
@@ -523,6 +543,9 @@ impl DirSpool {
             let Some(id) = draft_id(&entry.file_name()) else {
                 continue;
             };
+            if waits_until(&entry, now).is_some() {
+                continue; // not due: known without reading it
+            }
             let path = entry.path();
             let Ok(mut file) = OpenOptions::new().read(true).write(true).open(&path) else {
                 continue; // delivered or deleted meanwhile
@@ -543,7 +566,12 @@ impl DirSpool {
                 Some((info, content)) if info.next_attempt <= now => {
                     claims.push(Claim::new(info, content, file))
                 }
-                Some(_) => {}
+                Some((info, _)) => {
+                    // Written by something that did not set the time (an
+                    // older version, a copy): set it, so later polls skip
+                    // this draft without reading it.
+                    let _ = file.set_modified(whole_millis(info.next_attempt));
+                }
                 None => {
                     drop(file);
                     self.quarantine(&path);
@@ -557,14 +585,20 @@ impl DirSpool {
     pub fn next_due(&self) -> Result<Option<SystemTime>, Error> {
         let dir = self.root.join(Area::Drafts.dir());
         let entries = fs::read_dir(&dir).map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
+        let now = SystemTime::now();
         let mut earliest: Option<SystemTime> = None;
         for entry in entries.flatten() {
             let Some(id) = draft_id(&entry.file_name()) else {
                 continue;
             };
-            if let Ok((info, _)) = self.read(Area::Drafts, &id, false) {
-                earliest = Some(earliest.map_or(info.next_attempt, |e| e.min(info.next_attempt)));
-            }
+            let next = match waits_until(&entry, now) {
+                Some(t) => t,
+                None => match self.read(Area::Drafts, &id, false) {
+                    Ok((info, _)) => info.next_attempt,
+                    Err(_) => continue,
+                },
+            };
+            earliest = Some(earliest.map_or(next, |e| e.min(next)));
         }
         Ok(earliest)
     }
@@ -596,6 +630,7 @@ impl DirSpool {
         let result = self.write_atomic(
             &self.path(Area::Drafts, &info.id),
             &Self::encode(&info, &claim.content),
+            Some(next_attempt),
         );
         drop(claim);
         result
@@ -610,6 +645,7 @@ impl DirSpool {
         self.write_atomic(
             &self.path(Area::Failed, &info.id),
             &Self::encode(&info, &claim.content),
+            None,
         )?;
         let result = self.remove(Area::Drafts, &info.id);
         drop(claim);
@@ -663,7 +699,11 @@ impl DirSpool {
         let (mut info, content) = self.read(area, id, true)?;
         info.next_attempt = SystemTime::now();
         info.area = Area::Drafts;
-        self.write_atomic(&self.path(Area::Drafts, id), &Self::encode(&info, &content))?;
+        self.write_atomic(
+            &self.path(Area::Drafts, id),
+            &Self::encode(&info, &content),
+            Some(info.next_attempt),
+        )?;
         if area == Area::Failed {
             self.remove(Area::Failed, id)?;
         }
@@ -737,6 +777,52 @@ mod tests {
         assert!(s.inspect(Area::Drafts, &id).is_ok() && s.inspect(Area::Failed, &id).is_err());
         s.delete(Area::Drafts, &id).expect("delete");
         assert!(s.list(Area::Drafts, None, 10).expect("list").drafts.is_empty());
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    fn mtime(s: &DirSpool, id: &DraftId) -> SystemTime {
+        fs::metadata(s.path(Area::Drafts, id))
+            .and_then(|m| m.modified())
+            .expect("mtime")
+    }
+
+    #[test]
+    fn a_waiting_draft_is_skipped_by_its_file_time_and_a_lost_time_is_repaired() {
+        let (s, dir) = spool("mtime");
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(3600);
+        let waiting = s.enqueue(&message(1)).expect("queued");
+        s.defer(&waiting, "421 try later", later).expect("defer");
+        assert_eq!(mtime(&s, &waiting), whole_millis(later));
+        assert_eq!(s.next_due().expect("next"), Some(whole_millis(later)));
+
+        // The file time decides before anything is read: a waiting draft
+        // is not opened (were it read, this damage would be quarantined).
+        let path = s.path(Area::Drafts, &waiting);
+        let original = fs::read(&path).expect("read");
+        fs::write(&path, b"damaged").expect("damage");
+        File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(later))
+            .expect("time");
+        assert!(s.claim_due(now, 10).expect("claim").is_empty());
+        assert!(path.exists(), "not read, so not moved aside");
+
+        // A copied or restored spool loses the times: the header decides,
+        // and the first poll puts the time back.
+        fs::write(&path, &original).expect("restore");
+        assert!(mtime(&s, &waiting) <= SystemTime::now());
+        assert_eq!(s.next_due().expect("next"), Some(whole_millis(later)));
+        assert!(s.claim_due(SystemTime::now(), 10).expect("claim").is_empty());
+        assert_eq!(mtime(&s, &waiting), whole_millis(later));
+
+        // Retry now makes it due at once, by its time as well.
+        s.retry_now(Area::Drafts, &waiting).expect("retry");
+        assert!(mtime(&s, &waiting) <= SystemTime::now());
+        let claims = s.claim_due(SystemTime::now(), 10).expect("claim");
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].info().id, waiting);
         let _ = fs::remove_dir_all(dir);
     }
 

@@ -356,7 +356,7 @@ impl ProfileStore {
             std::process::id(),
             crate::rand::random_u64()
         ));
-        crate::fsutil::write_atomic(&tmp, &self.path, &json)
+        crate::fsutil::write_atomic(&tmp, &self.path, &json, None)
             .map_err(|e| io_error(e.step, &e.path, e.error))?;
         profiles.version = next;
         Ok(())
