@@ -333,16 +333,22 @@ impl DirSpool {
         self.root.join(area.dir()).join(format!("{}.{EXT}", id.0))
     }
 
-    /// Writes `bytes` to `target` atomically and durably; a waiting draft's
-    /// file gets its next attempt time as modification time (`due`).
-    fn write_atomic(&self, target: &Path, bytes: &[u8], due: Option<SystemTime>) -> Result<(), Error> {
+    /// Writes a draft's file in its area, atomically and durably; in the
+    /// drafts area the file's modification time is its next attempt time.
+    fn save(&self, info: &DraftInfo, content: &[u8]) -> Result<(), Error> {
         let tmp = self.root.join("tmp").join(format!(
             "{}.{:016x}.tmp",
             std::process::id(),
             crate::rand::random_u64()
         ));
-        crate::fsutil::write_atomic(&tmp, target, bytes, due.map(whole_millis))
-            .map_err(|e| io(format!("{} {}", e.step, e.path.display()), e.error))
+        let due = (info.area == Area::Drafts).then(|| whole_millis(info.next_attempt));
+        crate::fsutil::write_atomic(
+            &tmp,
+            &self.path(info.area, &info.id),
+            &Self::encode(info, content),
+            due,
+        )
+        .map_err(|e| io(format!("{} {}", e.step, e.path.display()), e.error))
     }
 
     fn encode(info: &DraftInfo, content: &[u8]) -> Vec<u8> {
@@ -434,11 +440,7 @@ impl DirSpool {
             next_attempt: now,
             last_error: None,
         };
-        self.write_atomic(
-            &self.path(Area::Drafts, &id),
-            &Self::encode(&info, message.content()),
-            Some(now),
-        )?;
+        self.save(&info, message.content())?;
         Ok(id)
     }
 
@@ -621,17 +623,14 @@ impl DirSpool {
         recipients: Option<Vec<Recipient>>,
     ) -> Result<(), Error> {
         let mut info = claim.info.clone();
+        info.area = Area::Drafts;
         info.attempts += 1;
         info.last_error = Some(one_line(error));
         info.next_attempt = next_attempt;
         if let Some(r) = recipients {
             info.envelope.recipients = r;
         }
-        let result = self.write_atomic(
-            &self.path(Area::Drafts, &info.id),
-            &Self::encode(&info, &claim.content),
-            Some(next_attempt),
-        );
+        let result = self.save(&info, &claim.content);
         drop(claim);
         result
     }
@@ -642,11 +641,7 @@ impl DirSpool {
         info.attempts += 1;
         info.last_error = Some(one_line(reason));
         info.area = Area::Failed;
-        self.write_atomic(
-            &self.path(Area::Failed, &info.id),
-            &Self::encode(&info, &claim.content),
-            None,
-        )?;
+        self.save(&info, &claim.content)?;
         let result = self.remove(Area::Drafts, &info.id);
         drop(claim);
         result
@@ -699,11 +694,7 @@ impl DirSpool {
         let (mut info, content) = self.read(area, id, true)?;
         info.next_attempt = SystemTime::now();
         info.area = Area::Drafts;
-        self.write_atomic(
-            &self.path(Area::Drafts, id),
-            &Self::encode(&info, &content),
-            Some(info.next_attempt),
-        )?;
+        self.save(&info, &content)?;
         if area == Area::Failed {
             self.remove(Area::Failed, id)?;
         }
