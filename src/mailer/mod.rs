@@ -108,10 +108,7 @@ impl Receipt {
 
     /// The recipients that accepted the message.
     pub fn accepted(&self) -> impl Iterator<Item = &str> {
-        self.recipients
-            .iter()
-            .filter(|r| r.accepted())
-            .map(|r| r.address.as_str())
+        crate::proto::session::accepted_addresses(&self.recipients)
     }
 
     /// The recipients that did not, with the server's reply when there was one.

@@ -201,6 +201,14 @@ impl RecipientReply {
     }
 }
 
+/// The addresses among `recipients` that the server accepted, in order.
+pub(crate) fn accepted_addresses(recipients: &[RecipientReply]) -> impl Iterator<Item = &str> {
+    recipients
+        .iter()
+        .filter(|r| r.accepted())
+        .map(|r| r.address.as_str())
+}
+
 /// The end of one transaction.
 #[derive(Clone, Debug)]
 pub struct TransactionOutcome {

@@ -202,10 +202,7 @@ impl Delivery {
 
     /// The recipients the server accepted.
     pub fn accepted(&self) -> impl Iterator<Item = &str> {
-        self.recipients
-            .iter()
-            .filter(|r| r.accepted())
-            .map(|r| r.address.as_str())
+        crate::proto::session::accepted_addresses(&self.recipients)
     }
 
     /// The recipients the server refused, with its reply.
