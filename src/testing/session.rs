@@ -153,6 +153,18 @@ fn multiline(code: u16, lines: &[String]) -> String {
         .join("\r\n")
 }
 
+/// Why MAIL or RCPT refuses `address`: a non-ASCII address in a transaction
+/// without SMTPUTF8, or one of the configured refusals (case-insensitive).
+fn address_refusal(address: &str, smtputf8: bool, refusals: &[(String, String)]) -> Option<String> {
+    if !address.is_ascii() && !smtputf8 {
+        return Some("553 5.6.7 Must declare SMTPUTF8 to send unicode address".to_owned());
+    }
+    refusals
+        .iter()
+        .find(|(refused, _)| refused.eq_ignore_ascii_case(address))
+        .map(|(_, reply)| reply.clone())
+}
+
 /// Parses `<keyword>:<path> params` (keyword case-insensitive, optional
 /// space after the colon). The path is returned without brackets, quoted
 /// local parts untouched.
@@ -613,16 +625,7 @@ impl Session {
                 return;
             }
         };
-        if !address.is_ascii() && !smtputf8 {
-            self.reply("553 5.6.7 Must declare SMTPUTF8 to send unicode address");
-            return;
-        }
-        let rejected = config
-            .reject_senders
-            .iter()
-            .find(|(rejected, _)| rejected.eq_ignore_ascii_case(&address))
-            .map(|(_, reply)| reply.clone());
-        if let Some(reply) = rejected {
+        if let Some(reply) = address_refusal(&address, smtputf8, &config.reject_senders) {
             self.reply(&reply);
             return;
         }
@@ -665,16 +668,7 @@ impl Session {
                 return;
             }
         }
-        if !address.is_ascii() && !tx.smtputf8 {
-            self.reply("553 5.6.7 Must declare SMTPUTF8 to send unicode address");
-            return;
-        }
-        let rejected = config
-            .reject_recipients
-            .iter()
-            .find(|(rejected, _)| rejected.eq_ignore_ascii_case(&address))
-            .map(|(_, reply)| reply.clone());
-        if let Some(reply) = rejected {
+        if let Some(reply) = address_refusal(&address, tx.smtputf8, &config.reject_recipients) {
             self.reply(&reply);
             return;
         }
