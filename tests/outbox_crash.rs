@@ -131,29 +131,38 @@ async fn sigkill_loses_nothing_and_duplicates_stay_bounded() {
     };
 
     // 1. Enqueue with the relay down; SIGKILL after half were acknowledged.
+    // The reader goes on to EOF after the kill: the child keeps enqueuing
+    // (and acknowledging) until the signal lands, and every ack it printed
+    // is a promise the outbox must keep, read or not when the kill was sent.
     let mut child = spawn("enqueue", dead, &dir);
     let stdout = child.stdout.take().expect("stdout");
-    let acked: HashSet<usize> = tokio::task::spawn_blocking(move || {
+    let (half_tx, half_rx) = std::sync::mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
         let mut acked = HashSet::new();
+        let mut half_tx = Some(half_tx);
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if let Some(i) = line.strip_prefix("ack ").and_then(|n| n.parse().ok()) {
                 acked.insert(i);
-                if acked.len() == TOTAL / 2 {
-                    break;
+                if acked.len() >= TOTAL / 2 {
+                    if let Some(tx) = half_tx.take() {
+                        let _ = tx.send(());
+                    }
                 }
             }
         }
         acked
-    })
-    .await
-    .expect("reader");
+    });
+    // Either half were acknowledged, or the child ended early (the reader
+    // dropped the sender at EOF); the assertion below tells which.
+    let _ = tokio::task::block_in_place(|| half_rx.recv());
     child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
-    assert_eq!(
-        acked.len(),
-        TOTAL / 2,
-        "the child acknowledged half before it was killed"
+    tokio::task::block_in_place(|| child.wait()).expect("reaped");
+    let acked: HashSet<usize> = tokio::task::block_in_place(|| reader.join()).expect("reader");
+    assert!(
+        acked.len() >= TOTAL / 2,
+        "the child acknowledged at least half before it was killed ({})",
+        acked.len()
     );
 
     // 2. Deliver with the relay up; SIGKILL in the middle of delivery.
@@ -163,7 +172,7 @@ async fn sigkill_loses_nothing_and_duplicates_stay_bounded() {
         .await
         .expect("delivering");
     child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
+    tokio::task::block_in_place(|| child.wait()).expect("reaped");
     let delivered_before_restart = srv.messages().len();
 
     // 3. Restart: this process delivers the rest.
