@@ -179,7 +179,7 @@ async fn run(settings: &SmtpSettings, test: Option<(&str, Option<&str>)>) -> Rep
             return r;
         }
     };
-    let mut conn = match connector.connect_traced(true).await {
+    let mut conn = match connector.connect_traced(true, None).await {
         Ok(c) => c,
         Err((e, trace)) => {
             let mut r = Report::from_trace(settings, trace);

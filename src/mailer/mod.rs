@@ -97,6 +97,7 @@ pub struct Receipt {
     recipients: Vec<RecipientReply>,
     reply: Reply,
     attempts: u32,
+    possibly_duplicated: bool,
 }
 
 impl Receipt {
@@ -129,6 +130,16 @@ impl Receipt {
     pub fn attempts(&self) -> u32 {
         self.attempts
     }
+
+    /// Whether a recipient may have received this message more than once:
+    /// an earlier attempt failed after the whole body was sent (the final
+    /// reply timed out, or the connection was lost before it), so the
+    /// server may have accepted that copy too. Only possible with
+    /// [`RetryPolicy::retry_after_body_sent`] on (at-least-once, the
+    /// default); see [`Stats::possibly_duplicated`].
+    pub fn possibly_duplicated(&self) -> bool {
+        self.possibly_duplicated
+    }
 }
 
 /// A snapshot of the mailer's counters.
@@ -149,6 +160,10 @@ pub struct Stats {
     pub failed: u64,
     /// Retries scheduled.
     pub retried: u64,
+    /// Messages delivered after an earlier attempt had failed once the whole
+    /// body was sent: each may have reached its recipients twice (see
+    /// [`Receipt::possibly_duplicated`]).
+    pub possibly_duplicated: u64,
     /// Connections open now.
     pub connections_open: usize,
     /// Connections opened since the start.

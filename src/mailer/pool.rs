@@ -92,6 +92,9 @@ pub(crate) struct Job {
     settled: Vec<RecipientReply>,
     last_reply: Option<crate::Reply>,
     attempts: u32,
+    /// An earlier attempt failed after the whole body was sent: the server
+    /// may have the message already.
+    body_sent_before: bool,
     handed_over: Instant,
     respond: oneshot::Sender<Result<Receipt, Error>>,
     /// The queue slot, given back when a worker takes the job.
@@ -111,6 +114,7 @@ impl Job {
             settled: Vec::new(),
             last_reply: None,
             attempts: 0,
+            body_sent_before: false,
             handed_over: Instant::now(),
             respond,
             slot: None,
@@ -152,6 +156,7 @@ struct Counters {
     failed: AtomicU64,
     retried: AtomicU64,
     offered: AtomicU64,
+    possibly_duplicated: AtomicU64,
     open: AtomicUsize,
     opened: AtomicU64,
 }
@@ -520,6 +525,7 @@ impl<M: Manager> Pool<M> {
             }
             Err(e) => {
                 if policy.is_retryable(&e) && self.may_retry(&job) {
+                    job.body_sent_before |= e.body_was_sent();
                     self.defer(job);
                 } else if job.settled.iter().any(RecipientReply::accepted) {
                     // Some recipients got it on an earlier attempt: report
@@ -535,6 +541,10 @@ impl<M: Manager> Pool<M> {
                         .collect();
                     job.settled.extend(rest);
                     self.complete(job, Ok(()));
+                } else if job.body_sent_before && !e.body_was_sent() {
+                    // The server may have the message from an earlier
+                    // attempt: say so, whatever this last attempt's failure.
+                    self.complete(job, Err(e.after_body()));
                 } else {
                     self.complete(job, Err(e));
                 }
@@ -581,6 +591,7 @@ impl<M: Manager> Pool<M> {
             mut settled,
             last_reply,
             attempts,
+            body_sent_before,
             respond,
             ..
         } = job;
@@ -588,10 +599,14 @@ impl<M: Manager> Pool<M> {
             (Ok(()), Some(reply)) => {
                 settled.sort_by_key(|r| order.iter().position(|a| *a == r.address).unwrap_or(usize::MAX));
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                if body_sent_before {
+                    self.counters.possibly_duplicated.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(Receipt {
                     recipients: settled,
                     reply,
                     attempts,
+                    possibly_duplicated: body_sent_before,
                 })
             }
             (Ok(()), None) => {
@@ -704,6 +719,7 @@ impl<M: Manager> Pool<M> {
             delivered: self.counters.delivered.load(Ordering::Relaxed),
             failed: self.counters.failed.load(Ordering::Relaxed),
             retried: self.counters.retried.load(Ordering::Relaxed),
+            possibly_duplicated: self.counters.possibly_duplicated.load(Ordering::Relaxed),
             connections_open: self.counters.open.load(Ordering::Relaxed),
             connections_opened: self.counters.opened.load(Ordering::Relaxed),
             deliveries_per_connection: st.deliveries_histogram.iter().map(|(k, v)| (*k, *v)).collect(),

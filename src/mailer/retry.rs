@@ -12,12 +12,22 @@ use crate::Error;
 /// `initial_backoff × multiplier^(n-1)` (capped at `max_backoff`) with ±50 %
 /// random jitter, on a new connection.
 ///
-/// **At-least-once**: when the connection is lost after the whole message was
-/// sent but before the server's final reply, the server may already have
-/// accepted it. With `retry_after_body_sent` (the default) the message is
-/// sent again, so a recipient may get it twice; turn it off for at-most-once
-/// delivery of such messages (the error then says
-/// [`body_was_sent`](Error::body_was_sent)).
+/// **At-least-once or at-most-once**: when the final reply times out, or the
+/// connection is lost after the whole message was sent but before that
+/// reply, the server may already have accepted the message.
+///
+/// - With `retry_after_body_sent` on (the default, at-least-once) the
+///   message is sent again: nothing is lost, but a recipient may get it
+///   twice. A message delivered that way says so:
+///   [`Receipt::possibly_duplicated`](crate::Receipt::possibly_duplicated)
+///   is true, and [`Stats::possibly_duplicated`](crate::Stats::possibly_duplicated)
+///   counts it.
+/// - With it off (at-most-once) such a message is not sent again: the
+///   error says [`body_was_sent`](Error::body_was_sent), and the message
+///   may or may not have arrived.
+///
+/// A failure after the body when a retry then fails too also ends with
+/// [`body_was_sent`](Error::body_was_sent): the earlier copy may be there.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in all, the first one included (1 = never retry). Default 5.
@@ -31,8 +41,9 @@ pub struct RetryPolicy {
     /// No retry starts later than this after the message was handed over
     /// (`None`: no deadline). Default 10 minutes.
     pub deadline: Option<Duration>,
-    /// Retry when the connection was lost after the body was sent (see the
-    /// type docs). Default true.
+    /// Retry when the final reply timed out or the connection was lost after
+    /// the body was sent: at-least-once (true, the default) or at-most-once
+    /// (false) for such messages. See the type docs.
     pub retry_after_body_sent: bool,
 }
 

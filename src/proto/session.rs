@@ -357,6 +357,8 @@ pub struct Session {
     failure: Option<Error>,
     /// Every reply with the stage it answered, when recording is on.
     replies: Option<Vec<(Stage, Reply)>>,
+    /// Complete replies read (see [`Session::replies_received`]).
+    received: u64,
 }
 
 impl Session {
@@ -384,6 +386,7 @@ impl Session {
             next_id: 0,
             failure: None,
             replies: None,
+            received: 0,
         })
     }
 
@@ -495,6 +498,13 @@ impl Session {
         self.failure.as_ref()
     }
 
+    /// How many complete replies the session has read. The shell restarts
+    /// a phase's timer when this changes: a reply that arrives in pieces,
+    /// however slowly, never buys more time.
+    pub fn replies_received(&self) -> u64 {
+        self.received
+    }
+
     /// Transactions accepted by [`send`](Session::send) and not yet ended.
     pub fn in_flight(&self) -> usize {
         self.txs.len()
@@ -530,6 +540,7 @@ impl Session {
                     return Err(self.fail(err));
                 }
             };
+            self.received += 1;
             if let Err(e) = self.on_reply(reply) {
                 return Err(self.fail(e));
             }

@@ -308,6 +308,8 @@ pub(crate) enum Action {
     Drop,
     Stall,
     Append(Vec<u8>),
+    Trickle(String, Duration),
+    StopReading,
 }
 
 /// A fault to inject: a trigger, an optional occurrence filter, and what to
@@ -396,6 +398,23 @@ impl Fault {
     /// keep it open until the client closes it or the server stops.
     pub fn stall(mut self) -> Fault {
         self.action = Action::Stall;
+        self
+    }
+
+    /// Instead of replying, send `line` (a continuation line such as
+    /// `"220-still here"`) every `interval`, never the last line of the
+    /// reply, until the client closes the connection: a server that keeps a
+    /// client waiting with a reply that never ends.
+    pub fn trickle(mut self, line: &str, interval: Duration) -> Fault {
+        self.action = Action::Trickle(line.trim_end_matches(['\r', '\n']).to_owned(), interval);
+        self
+    }
+
+    /// Handle normally up to the reply, then never read from the client
+    /// again, keeping the connection open: after DATA's `354`, a client
+    /// writing a large body blocks once the socket buffers are full.
+    pub fn stop_reading(mut self) -> Fault {
+        self.action = Action::StopReading;
         self
     }
 

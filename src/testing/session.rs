@@ -58,6 +58,7 @@ pub(super) async fn run(shared: Arc<Shared>, id: usize, stream: TcpStream) {
         auth_user: None,
         tx: None,
         append: None,
+        deaf: false,
         linger: false,
     };
     // IO errors end the session like a close does.
@@ -132,6 +133,8 @@ struct Session {
     tx: Option<Transaction>,
     /// Bytes an `append` fault adds after the next reply.
     append: Option<Vec<u8>>,
+    /// A `stop_reading` fault fired: after the next reply, read nothing more.
+    deaf: bool,
     /// Closing after a protocol error: drain the input first.
     linger: bool,
 }
@@ -255,7 +258,32 @@ impl Session {
                 self.conn.stall().await?;
                 Fired::Stop
             }
+            Action::Trickle(line, every) => {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    self.conn.queue(line.as_bytes());
+                    self.conn.queue(b"\r\n");
+                    if self.conn.flush().await.is_err() {
+                        break Fired::Stop;
+                    }
+                }
+            }
+            Action::StopReading => {
+                self.deaf = true;
+                Fired::Normal
+            }
         })
+    }
+
+    /// After a `stop_reading` fault: sends what is queued, then keeps the
+    /// connection open without reading until the server stops.
+    async fn deaf_if_asked(&mut self) -> io::Result<()> {
+        if self.deaf {
+            self.conn.flush().await?;
+            std::future::pending::<()>().await;
+        }
+        Ok(())
     }
 
     /// The greeting, then commands until the session ends.
@@ -288,6 +316,7 @@ impl Session {
             if let Flow::Close = self.command(&line, batch).await? {
                 return Ok(());
             }
+            self.deaf_if_asked().await?;
         }
     }
 
@@ -703,6 +732,7 @@ impl Session {
             return Ok(Flow::Continue);
         }
         self.reply("354 End data with <CR><LF>.<CR><LF>");
+        self.deaf_if_asked().await?;
         match self.read_body().await? {
             Body::Complete { data, bare, over } => self.end_of_message(data, false, bare, over).await,
             Body::Eof => Ok(Flow::Close),

@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -41,7 +42,8 @@ use crate::proto::auth::{self, Credential, Mechanism, SaslClient};
 use crate::proto::ehlo::Capabilities;
 use crate::proto::reply::Reply;
 use crate::proto::session::{
-    Envelope, Event, Phase, RecipientReply, Session, SessionConfig, StartTlsPolicy, Transaction, TxId,
+    Envelope, Event, Phase, RecipientReply, Session, SessionConfig, StartTlsPolicy, Transaction,
+    TransactionOutcome, TxId,
 };
 use crate::settings::{Auth, SmtpSettings, TlsMode};
 
@@ -249,17 +251,38 @@ impl Connector {
 
     /// Opens a connection: connect, greeting, EHLO, TLS, AUTH.
     pub async fn connect(&self) -> Result<Connection, Error> {
-        self.connect_traced(false).await.map_err(|(e, _)| e)
+        self.connect_traced(false, None).await.map_err(|(e, _)| e)
+    }
+
+    /// [`connect`](Connector::connect) that also ends, with a timeout error
+    /// naming the stage it was in, at `deadline` (a message's send timeout).
+    pub(crate) async fn connect_until(&self, deadline: Option<Instant>) -> Result<Connection, Error> {
+        self.connect_traced(false, deadline).await.map_err(|(e, _)| e)
     }
 
     /// [`connect`](Connector::connect), recording stage timings and replies
     /// when `on`; on failure the trace so far comes with the error.
-    pub(crate) async fn connect_traced(&self, on: bool) -> Result<Connection, (Error, Trace)> {
+    pub(crate) async fn connect_traced(
+        &self,
+        on: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Connection, (Error, Trace)> {
         let mut trace = Trace::new(on);
         let s = &self.settings;
-        let tcp = match connect::tcp(&s.host, s.port, s.timeouts.connect, &mut trace).await {
+        let limit = match deadline {
+            Some(d) => s
+                .timeouts
+                .connect
+                .min(d.saturating_duration_since(Instant::now())),
+            None => s.timeouts.connect,
+        };
+        let tcp = match connect::tcp(&s.host, s.port, limit, &mut trace).await {
             Ok(tcp) => tcp,
             Err(e) => {
+                let e = match deadline {
+                    Some(d) if e.is_timeout() && Instant::now() >= d => send_timeout_error(e.stage()),
+                    _ => e,
+                };
                 trace.end(Some(&e));
                 return Err((e, trace));
             }
@@ -275,6 +298,7 @@ impl Connector {
         if on {
             conn.session.record_replies();
         }
+        conn.cap = deadline;
         match conn.start().await {
             Ok(()) => Ok(conn),
             Err(e) => {
@@ -330,6 +354,9 @@ impl Connector {
             },
             deliveries: 0,
             trace,
+            clock: None,
+            cap: None,
+            finished: Vec::new(),
         })
     }
 }
@@ -343,6 +370,26 @@ pub struct Connection {
     info: ConnectionInfo,
     deliveries: usize,
     trace: Trace,
+    /// The deadline of the reply being read: set when the first byte of it
+    /// is awaited, kept until a complete reply arrives or the phase changes.
+    clock: Option<(ReplyClock, Instant)>,
+    /// An outer deadline (a message's send timeout) that no phase may pass.
+    cap: Option<Instant>,
+    /// Outcomes of transactions read while waiting for another one.
+    finished: Vec<TransactionOutcome>,
+}
+
+/// What a phase deadline belongs to: the phase, and which reply within it.
+/// The AUTH exchange is one deadline, however many challenges it takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ReplyClock {
+    phase: Phase,
+    reply: u64,
+}
+
+/// The error when a message's send timeout ends an attempt.
+fn send_timeout_error(stage: Option<Stage>) -> Error {
+    Error::new(Kind::Timeout, stage, "the message's send timeout ran out")
 }
 
 impl std::fmt::Debug for Connection {
@@ -416,24 +463,50 @@ impl Connection {
         self.info.auth_mechanism = self.session.authenticated();
     }
 
-    /// Writes all pending output within the data timeout.
+    /// Sets (or clears) an outer deadline that every phase of this
+    /// connection ends by, whatever its own timeout: a message's send
+    /// timeout. Reaching it fails the connection with a timeout error that
+    /// names the stage.
+    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.cap = deadline;
+    }
+
+    /// `phase_deadline`, or the outer deadline when that comes first; true
+    /// when the outer one decides.
+    fn capped(&self, phase_deadline: Instant) -> (Instant, bool) {
+        match self.cap {
+            Some(cap) if cap < phase_deadline => (cap, true),
+            _ => (phase_deadline, false),
+        }
+    }
+
+    /// Writes all pending output: everything queued (a whole message body
+    /// included) within one data timeout, however slowly the server reads.
     async fn flush(&mut self) -> Result<(), Error> {
         if !self.session.wants_write() {
             return Ok(());
         }
         let limit = self.settings().timeouts.data;
+        let (deadline, by_cap) = self.capped(Instant::now() + limit);
         let out = self.session.output();
         let n = out.len();
-        match tokio::time::timeout(limit, self.stream.write_all(out)).await {
+        match tokio::time::timeout_at(deadline, self.stream.write_all(out)).await {
             Ok(Ok(())) => {
                 self.session.consume_output(n);
                 Ok(())
             }
             Ok(Err(e)) => Err(self.session.io_failed(e)),
+            Err(_) if by_cap => Err(self.session.abort(send_timeout_error(None))),
             Err(_) => {
+                // Still writing: a body not yet sent in full belongs to the
+                // DATA stage, whatever reply the session waits for next.
+                let stage = match self.session.current_stage() {
+                    Some(Stage::EndOfData) => Some(Stage::Data),
+                    other => other,
+                };
                 let e = Error::new(
                     Kind::Timeout,
-                    None,
+                    stage,
                     format!("sending to the server took longer than {limit:?}"),
                 );
                 Err(self.session.abort(e))
@@ -441,17 +514,42 @@ impl Connection {
         }
     }
 
-    /// Reads once, within the timeout of the current phase.
-    async fn read_once(&mut self) -> Result<(), Error> {
+    /// The deadline of the reply the session waits for: one per reply (one
+    /// for the whole AUTH exchange), started when it is first awaited.
+    /// Bytes that arrive without completing a reply do not move it.
+    fn reply_deadline(&mut self) -> Result<Instant, Error> {
         let t = self.settings().timeouts;
-        let limit = match self.session.phase() {
+        let phase = self.session.phase();
+        let limit = match phase {
             Phase::Greeting => t.greeting,
             Phase::FinalReply => t.final_reply,
             Phase::TlsHandshake => t.tls_handshake,
             Phase::Idle => return Err(Error::protocol(None, "read while the session waits for nothing")),
             _ => t.command,
         };
-        match tokio::time::timeout(limit, self.stream.read(&mut self.buf)).await {
+        let key = ReplyClock {
+            phase,
+            reply: match phase {
+                Phase::Auth => 0,
+                _ => self.session.replies_received(),
+            },
+        };
+        match self.clock {
+            Some((k, at)) if k == key => Ok(at),
+            _ => {
+                let at = Instant::now() + limit;
+                self.clock = Some((key, at));
+                Ok(at)
+            }
+        }
+    }
+
+    /// Reads once, before the deadline of the reply being read.
+    async fn read_once(&mut self) -> Result<(), Error> {
+        let reply_deadline = self.reply_deadline()?;
+        let (deadline, by_cap) = self.capped(reply_deadline);
+        match tokio::time::timeout_at(deadline, self.stream.read(&mut self.buf)).await {
+            Err(_) if by_cap => Err(self.session.abort(send_timeout_error(None))),
             Err(_) => {
                 let mut e = self.session.timed_out();
                 let settings = self.settings();
@@ -516,7 +614,8 @@ impl Connection {
         };
         self.trace.enter(Some(Stage::Tls));
         let handshake = TlsConnector::from(config).connect(name, tcp);
-        match tokio::time::timeout(limit, handshake).await {
+        let (deadline, by_cap) = self.capped(Instant::now() + limit);
+        match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(tls)) => {
                 let (_, conn) = tls.get_ref();
                 self.info.tls = Some(TlsInfo {
@@ -546,6 +645,7 @@ impl Connection {
             Ok(Err(e)) => Err(self
                 .session
                 .abort(tls::handshake_error(e, &host, port, !via_starttls))),
+            Err(_) if by_cap => Err(self.session.abort(send_timeout_error(Some(Stage::Tls)))),
             Err(_) => {
                 let mut e = Error::new(Kind::Timeout, Some(Stage::Tls), "the TLS handshake timed out");
                 if !via_starttls {
@@ -565,7 +665,8 @@ impl Connection {
             Auth::Provider(p) => {
                 let p = p.clone();
                 let limit = self.settings().timeouts.command;
-                match tokio::time::timeout(limit, p.credential()).await {
+                let (deadline, _) = self.capped(Instant::now() + limit);
+                match tokio::time::timeout_at(deadline, p.credential()).await {
                     Ok(r) => r?,
                     Err(_) => {
                         return Err(Error::new(
@@ -664,26 +765,40 @@ impl Connection {
         Ok(id)
     }
 
-    /// Waits for the outcome of transaction `id`.
+    /// Waits for the outcome of transaction `id`. Outcomes of other
+    /// transactions read meanwhile are kept for their own call.
+    ///
+    /// A transaction the server answered before the connection failed keeps
+    /// its answer: `250 queued` followed by `421` in the same write (a
+    /// server shutting down under load) is a delivered message, and only the
+    /// transactions still unanswered fail with the 421.
     pub(crate) async fn outcome(&mut self, id: TxId) -> Result<Delivery, Error> {
+        fn delivery(t: TransactionOutcome) -> Result<Delivery, Error> {
+            t.result.map(|reply| Delivery {
+                recipients: t.recipients,
+                reply,
+            })
+        }
         loop {
+            if let Some(pos) = self.finished.iter().position(|t| t.id == id) {
+                return delivery(self.finished.swap_remove(pos));
+            }
             match self.next_event().await {
-                Ok(Event::Transaction(t)) if t.id == id => {
-                    return t.result.map(|reply| Delivery {
-                        recipients: t.recipients,
-                        reply,
-                    })
-                }
+                Ok(Event::Transaction(t)) if t.id == id => return delivery(t),
+                Ok(Event::Transaction(t)) => self.finished.push(t),
                 Ok(_) => continue,
                 Err(fatal) => {
-                    // The session ended every transaction with the error, and
-                    // marked those whose body had been sent.
+                    // Replies read in the same bytes as the fatal one were
+                    // processed first: their outcomes are queued, as are the
+                    // errors of every transaction still unanswered (marked
+                    // when their body had been sent).
                     while let Some(event) = self.session.poll_event() {
                         if let Event::Transaction(t) = event {
-                            if t.id == id {
-                                return Err(t.result.err().unwrap_or(fatal));
-                            }
+                            self.finished.push(t);
                         }
+                    }
+                    if let Some(pos) = self.finished.iter().position(|t| t.id == id) {
+                        return delivery(self.finished.swap_remove(pos));
                     }
                     return Err(fatal);
                 }
@@ -729,7 +844,10 @@ impl Connection {
             })
             .await;
         }
-        self.stream.shutdown().await;
+        // TLS close_notify (and the TCP FIN) within the command timeout: a
+        // server that stops reading must not hold the connection open.
+        let limit = self.settings().timeouts.command;
+        let _ = tokio::time::timeout(limit, self.stream.shutdown()).await;
         result
     }
 }

@@ -325,3 +325,54 @@ async fn bad_envelope_is_refused_when_handed_over() {
     let never = RetryPolicy::never();
     assert_eq!(never.max_attempts, 1);
 }
+
+#[tokio::test]
+async fn a_retry_after_the_body_was_sent_is_reported_as_possibly_duplicated() {
+    use relaymail::testing::Fault;
+    // The first final reply never comes: the server has the message, the
+    // client times out and (at-least-once) sends it again.
+    let srv = server(ServerConfig::new().fault(Fault::on_end_of_data().nth(1).stall())).await;
+    let mut timeouts = relaymail::Timeouts::all(Duration::from_secs(5));
+    timeouts.final_reply = Duration::from_millis(300);
+    let mailer = Mailer::builder(settings(&srv).timeouts(timeouts).build().expect("settings"))
+        .retry(crate::quick_retries())
+        .build()
+        .expect("mailer");
+    let receipt = mailer
+        .send(message("ops@example.net", "twice"))
+        .await
+        .expect("delivered");
+    assert_eq!(receipt.attempts(), 2);
+    assert!(receipt.possibly_duplicated(), "the first copy may have arrived");
+    // A message sent once is not flagged.
+    let once = mailer
+        .send(message("ops@example.net", "once"))
+        .await
+        .expect("delivered");
+    assert!(!once.possibly_duplicated());
+    let stats = mailer.shutdown(WAIT).await;
+    assert_eq!(stats.possibly_duplicated, 1);
+    assert_eq!(stats.delivered, 2);
+}
+
+#[tokio::test]
+async fn at_most_once_reports_that_the_body_was_sent() {
+    use relaymail::testing::Fault;
+    let srv = server(ServerConfig::new().fault(Fault::on_end_of_data().nth(1).stall())).await;
+    let mut timeouts = relaymail::Timeouts::all(Duration::from_secs(5));
+    timeouts.final_reply = Duration::from_millis(300);
+    let mailer = Mailer::builder(settings(&srv).timeouts(timeouts).build().expect("settings"))
+        .retry(RetryPolicy {
+            retry_after_body_sent: false,
+            ..crate::quick_retries()
+        })
+        .build()
+        .expect("mailer");
+    let e = mailer
+        .send(message("ops@example.net", "at most once"))
+        .await
+        .expect_err("not sent again");
+    assert!(e.is_timeout() && e.body_was_sent(), "{e}");
+    assert_eq!(srv.connections_total(), 1, "no second attempt");
+    mailer.shutdown(WAIT).await;
+}

@@ -222,3 +222,49 @@ async fn transactions_are_pipelined_across_messages() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_250_and_a_421_in_one_write_deliver_once_and_retry_only_the_unanswered() {
+    use relaymail::testing::Fault;
+    for pipelining in [true, false] {
+        // The second message's 250 comes with a 421 in the same write; the
+        // third, pipelined behind it on the same connection, is unanswered.
+        let srv = server(
+            ServerConfig::new().pipelining(pipelining).fault(
+                Fault::on_end_of_data()
+                    .nth(2)
+                    .append(b"421 4.3.2 Shutting down\r\n"),
+            ),
+        )
+        .await;
+        let mailer = Mailer::builder(settings(&srv).build().expect("settings"))
+            .max_connections(1)
+            .retry(crate::quick_retries())
+            .build()
+            .expect("mailer");
+        let mut pending = Vec::new();
+        for i in 0..3 {
+            pending.push(
+                mailer
+                    .submit(message("ops@example.net", &format!("p{i}")))
+                    .await
+                    .expect("queued"),
+            );
+        }
+        let mut attempts = Vec::new();
+        for p in pending {
+            let receipt = p.await.expect("delivered");
+            assert!(!receipt.possibly_duplicated(), "pipelining {pipelining}");
+            attempts.push(receipt.attempts());
+        }
+        assert_eq!(
+            attempts,
+            [1, 1, 2],
+            "pipelining {pipelining}: only the unanswered one is retried"
+        );
+        let mut subjects: Vec<String> = srv.messages().iter().map(|m| crate::subject(&m.data)).collect();
+        subjects.sort();
+        assert_eq!(subjects, ["p0", "p1", "p2"], "pipelining {pipelining}: each once");
+        mailer.shutdown(WAIT).await;
+    }
+}
