@@ -46,6 +46,10 @@ pub enum Stage {
     Noop,
     /// QUIT.
     Quit,
+    /// Waiting in the mailer's queue (or out a retry back-off) for a
+    /// connection: the message was not on the wire when its send timeout
+    /// ran out.
+    Queue,
 }
 
 impl Stage {
@@ -66,6 +70,7 @@ impl Stage {
             Stage::Rset => "rset",
             Stage::Noop => "noop",
             Stage::Quit => "quit",
+            Stage::Queue => "queue",
         }
     }
 }

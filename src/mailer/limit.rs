@@ -37,7 +37,8 @@ impl Limiter {
     pub(crate) fn new(limit: RateLimit) -> Limiter {
         Limiter {
             limit,
-            starts: Mutex::new(VecDeque::with_capacity(limit.messages.max(1) as usize)),
+            // Grows as admissions come; a large limit allocates nothing up front.
+            starts: Mutex::new(VecDeque::with_capacity((limit.messages as usize).clamp(1, 1024))),
         }
     }
 

@@ -88,6 +88,13 @@ use crate::settings::SmtpSettings;
 use crate::transport::{Connection, Connector, Delivery};
 use pool::{Job, Pool, PoolConfig};
 
+/// The longest duration a mailer setting takes: longer ones are refused by
+/// [`MailerBuilder::build`] (they would overflow the clock, or mean "never").
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The most messages a [`RateLimit`] window may allow.
+const MAX_RATE_MESSAGES: u32 = 1_000_000;
+
 /// The header that keeps the original recipients of a redirected message.
 pub const ORIGINAL_RECIPIENTS_HEADER: &str = "X-Relaymail-Original-Recipients";
 
@@ -269,16 +276,60 @@ impl Redirect {
 }
 
 /// A message in the mailer's hands; await it for the outcome.
+///
+/// With a [send timeout](MailerBuilder::send_timeout), the outcome comes by
+/// that deadline: a timeout error whose [stage](Error::stage) says where the
+/// message was ([`Stage::Queue`](crate::Stage::Queue) when it never reached
+/// a connection, which also means it will not be sent).
 #[derive(Debug)]
-pub struct Pending(oneshot::Receiver<Result<Receipt, Error>>);
+pub struct Pending {
+    rx: oneshot::Receiver<Result<Receipt, Error>>,
+    expiry: Option<PendingExpiry>,
+}
+
+#[derive(Debug)]
+struct PendingExpiry {
+    shared: Arc<pool::Expiry>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+impl Pending {
+    fn new(
+        rx: oneshot::Receiver<Result<Receipt, Error>>,
+        expiry: Option<(Arc<pool::Expiry>, Duration)>,
+    ) -> Pending {
+        Pending {
+            rx,
+            expiry: expiry.map(|(shared, timeout)| PendingExpiry {
+                timer: Box::pin(tokio::time::sleep_until(shared.at)),
+                shared,
+                timeout,
+            }),
+        }
+    }
+}
 
 impl Future for Pending {
     type Output = Result<Receipt, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or_else(|_| Err(pool::shutdown_error())))
+        if let Poll::Ready(r) = Pin::new(&mut self.rx).poll(cx) {
+            return Poll::Ready(r.unwrap_or_else(|_| Err(pool::shutdown_error())));
+        }
+        if let Some(expiry) = self.expiry.as_mut() {
+            if expiry.timer.as_mut().poll(cx).is_ready() {
+                if expiry.shared.give_up() {
+                    // Not on a connection: it never will be.
+                    let timeout = expiry.timeout;
+                    return Poll::Ready(Err(pool::queue_timeout(timeout)));
+                }
+                // On a connection whose deadline is this one: the worker
+                // answers with the stage it reached.
+                self.expiry = None;
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -322,8 +373,11 @@ struct SmtpManager {
 impl pool::Manager for SmtpManager {
     type Conn = Connection;
 
-    fn connect(&self) -> impl Future<Output = Result<Connection, Error>> + Send {
-        self.connector.connect()
+    fn connect(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> impl Future<Output = Result<Connection, Error>> + Send {
+        self.connector.connect_until(deadline)
     }
 }
 
@@ -350,6 +404,10 @@ impl pool::Conn for Connection {
 
     fn info(&self) -> Option<&crate::transport::ConnectionInfo> {
         Some(Connection::info(self))
+    }
+
+    fn set_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
+        Connection::set_deadline(self, deadline);
     }
 }
 
@@ -510,25 +568,25 @@ impl Mailer {
     /// Hands a message over, waiting only for room in the queue; await the
     /// returned [`Pending`] for the outcome.
     pub async fn submit(&self, message: Message) -> Result<Pending, Error> {
-        let (job, rx) = self.job(message)?;
+        let (job, pending) = self.job(message)?;
         self.inner.pool.push(job).await?;
-        Ok(Pending(rx))
+        Ok(pending)
     }
 
     /// Hands a message over if the queue has room now; otherwise gives it
     /// back.
     pub fn try_send(&self, message: Message) -> Result<Pending, TrySendError> {
-        let (job, rx) = match self.job(message.clone()) {
+        let (job, pending) = match self.job(message.clone()) {
             Ok(j) => j,
             Err(error) => return Err(TrySendError { error, message }),
         };
         match self.inner.pool.try_push(job) {
-            Ok(()) => Ok(Pending(rx)),
+            Ok(()) => Ok(pending),
             Err(error) => Err(TrySendError { error, message }),
         }
     }
 
-    fn job(&self, message: Message) -> Result<(Job, oneshot::Receiver<Result<Receipt, Error>>), Error> {
+    fn job(&self, message: Message) -> Result<(Job, Pending), Error> {
         if self.inner.pool.is_closed() {
             return Err(pool::shutdown_error());
         }
@@ -544,7 +602,13 @@ impl Mailer {
             redirect.apply(&mut envelope, &mut content)?;
         }
         let (tx, rx) = oneshot::channel();
-        Ok((Job::new(envelope, content, tx), rx))
+        let expiry = self
+            .inner
+            .pool
+            .send_timeout()
+            .map(|t| (pool::Expiry::new(tokio::time::Instant::now() + t), t));
+        let job = Job::new(envelope, content, expiry.as_ref().map(|(e, _)| e.clone()), tx);
+        Ok((job, Pending::new(rx, expiry)))
     }
 
     /// Switches to new settings without a restart: new transactions use them;
@@ -630,6 +694,7 @@ impl MailerBuilder {
                 max_batch: 32,
                 retry: RetryPolicy::default(),
                 rate_limit: None,
+                send_timeout: None,
             },
             redirect: Redirect::default(),
             addresses: AddressPolicy::Strict,
@@ -705,7 +770,25 @@ impl MailerBuilder {
         self
     }
 
-    /// A pool-wide rate limit (default none).
+    /// The longest a message may take from [`Mailer::send`] (or
+    /// [`submit`](Mailer::submit)) to its outcome, queue wait, rate limit,
+    /// back-offs and every attempt included (default `None`: only the
+    /// settings' per-phase timeouts and the retry policy bound it).
+    ///
+    /// When it runs out, the caller gets a timeout error whose
+    /// [stage](Error::stage) names where the message was: `queue` when it
+    /// never reached a connection (it will not be sent), otherwise the stage
+    /// of the attempt it ended (the connection is dropped; if
+    /// [`Error::body_was_sent`], the server may have the message). Other
+    /// messages pipelined on that connection are retried like after any
+    /// lost connection. At most 1 day.
+    pub fn send_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.send_timeout = timeout;
+        self
+    }
+
+    /// A pool-wide rate limit (default none). At most 1,000,000 messages per
+    /// window, and a window of at most 1 day.
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.config.rate_limit = Some(limit);
         self
@@ -733,7 +816,27 @@ impl MailerBuilder {
                 c.rate_limit.is_some_and(|r| r.messages == 0 || r.per.is_zero()),
                 "a rate limit needs at least 1 message per non-zero interval",
             ),
+            (
+                c.rate_limit.is_some_and(|r| r.messages > MAX_RATE_MESSAGES),
+                "rate_limit.messages must be at most 1000000",
+            ),
+            (
+                c.rate_limit.is_some_and(|r| r.per > MAX_DURATION),
+                "rate_limit.per must be at most 1 day",
+            ),
             (c.idle_timeout.is_zero(), "idle_timeout must be more than zero"),
+            (
+                c.send_timeout.is_some_and(|t| t.is_zero() || t > MAX_DURATION),
+                "send_timeout must be more than zero and at most 1 day",
+            ),
+            (
+                [c.retry.initial_backoff, c.retry.max_backoff, c.idle_timeout, c.probe_after_idle]
+                    .iter()
+                    .chain(c.retry.deadline.iter())
+                    .chain(c.max_age.iter())
+                    .any(|d| *d > MAX_DURATION),
+                "retry back-offs, the retry deadline, idle_timeout, probe_after_idle and max_connection_age must be at most 1 day",
+            ),
         ];
         if let Some((_, why)) = problems.iter().find(|(bad, _)| *bad) {
             return Err(Error::new(Kind::Config, None, *why));

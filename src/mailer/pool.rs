@@ -42,8 +42,10 @@ use super::trace;
 pub(crate) trait Manager: Send + Sync + 'static {
     /// The connection type.
     type Conn: Conn;
-    /// Opens one connection, ready for transactions.
-    fn connect(&self) -> impl Future<Output = Result<Self::Conn, Error>> + Send;
+    /// Opens one connection, ready for transactions, giving up at
+    /// `deadline` (a message's send timeout) with a timeout error that names
+    /// the stage.
+    fn connect(&self, deadline: Option<Instant>) -> impl Future<Output = Result<Self::Conn, Error>> + Send;
 }
 
 /// What the dispatcher needs from a connection.
@@ -60,6 +62,67 @@ pub(crate) trait Conn: Send + 'static {
     fn is_usable(&self) -> bool;
     /// What the connection found out about the server (for tracing).
     fn info(&self) -> Option<&ConnectionInfo>;
+    /// An outer deadline for everything the connection does next (`None`:
+    /// only the settings' timeouts).
+    fn set_deadline(&mut self, deadline: Option<Instant>);
+}
+
+/// Where a job is: waiting (queue or back-off), on a connection, or given
+/// up by its sender at its send timeout.
+const WAITING: u8 = 0;
+const ON_THE_WIRE: u8 = 1;
+const GIVEN_UP: u8 = 2;
+
+/// A job's send timeout, shared by the job and the sender's [`Pending`].
+///
+/// [`Pending`]: crate::Pending
+#[derive(Debug)]
+pub(crate) struct Expiry {
+    pub(crate) at: Instant,
+    state: std::sync::atomic::AtomicU8,
+}
+
+impl Expiry {
+    pub(crate) fn new(at: Instant) -> Arc<Expiry> {
+        Arc::new(Expiry {
+            at,
+            state: std::sync::atomic::AtomicU8::new(WAITING),
+        })
+    }
+
+    /// The sender's timer fired: the job is given up if it is not on a
+    /// connection now (true). Otherwise the connection's own deadline ends
+    /// the attempt at the same instant and the worker answers.
+    pub(crate) fn give_up(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// A worker takes the job for an attempt (false: given up).
+    fn take(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, ON_THE_WIRE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The attempt ended and the job waits again.
+    fn release(&self) {
+        let _ = self
+            .state
+            .compare_exchange(ON_THE_WIRE, WAITING, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// The error for a message whose send timeout ran out before it reached a
+/// connection.
+pub(crate) fn queue_timeout(timeout: Duration) -> Error {
+    Error::new(
+        Kind::Timeout,
+        Some(crate::error::Stage::Queue),
+        format!("the message waited for a connection longer than its send timeout ({timeout:?})"),
+    )
+    .transient(true)
 }
 
 /// Limits and policies of the dispatcher.
@@ -74,6 +137,7 @@ pub(crate) struct PoolConfig {
     pub(crate) max_batch: usize,
     pub(crate) retry: RetryPolicy,
     pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) send_timeout: Option<Duration>,
 }
 
 /// One version of the settings: connections opened from it stay with it.
@@ -96,6 +160,8 @@ pub(crate) struct Job {
     /// may have the message already.
     body_sent_before: bool,
     handed_over: Instant,
+    /// The send timeout, when there is one.
+    expiry: Option<Arc<Expiry>>,
     respond: oneshot::Sender<Result<Receipt, Error>>,
     /// The queue slot, given back when a worker takes the job.
     slot: Option<OwnedSemaphorePermit>,
@@ -105,9 +171,11 @@ impl Job {
     pub(crate) fn new(
         envelope: Envelope,
         content: Arc<[u8]>,
+        expiry: Option<Arc<Expiry>>,
         respond: oneshot::Sender<Result<Receipt, Error>>,
     ) -> Job {
         Job {
+            expiry,
             order: envelope.recipients.iter().map(|r| r.address.clone()).collect(),
             envelope,
             content,
@@ -377,6 +445,13 @@ impl<M: Manager> Pool<M> {
         let span = trace::connection(id, generation.id);
         let mut conn: Option<Open<M::Conn>> = None;
         loop {
+            batch = self.take_for_attempt(batch);
+            // The earliest send timeout in the batch bounds every step of
+            // this attempt: probe, connect, transactions.
+            let cap = earliest_expiry(&batch);
+            if let Some(open) = conn.as_mut() {
+                open.conn.set_deadline(cap);
+            }
             // A connection for this batch: reuse (probing it after a long
             // idle), or open one.
             if let Some(open) = conn.as_mut() {
@@ -386,8 +461,8 @@ impl<M: Manager> Pool<M> {
                     self.closed_connection(dead.deliveries, &span, "idle probe failed");
                 }
             }
-            if conn.is_none() {
-                match generation.manager.connect().await {
+            if conn.is_none() && !batch.is_empty() {
+                match generation.manager.connect(cap).await {
                     Ok(c) => {
                         trace::connected(&span, c.info());
                         self.counters.open.fetch_add(1, Ordering::Relaxed);
@@ -409,18 +484,33 @@ impl<M: Manager> Pool<M> {
                     }
                 }
             }
-            let open = conn.as_mut().expect("connection");
+            let Some(open) = conn.as_mut() else {
+                // Every job of the batch was given up before a connection
+                // was needed.
+                match self
+                    .next_batch(id, generation.id, self.config.max_deliveries)
+                    .await
+                {
+                    Some(next) => {
+                        batch = next;
+                        continue;
+                    }
+                    None => break,
+                }
+            };
             let mut submitted = Vec::with_capacity(batch.len());
             for mut job in batch {
                 if let Some(limiter) = &self.limiter {
                     let mut stop = self.stop.subscribe();
-                    let stopped = tokio::select! {
-                        _ = limiter.admit() => false,
-                        _ = stop.wait_for(|s| *s) => true,
+                    let expired = sleep_until_expiry(job.expiry.as_deref(), self.config.send_timeout);
+                    let waited = tokio::select! {
+                        _ = limiter.admit() => None,
+                        _ = stop.wait_for(|s| *s) => Some(shutdown_error()),
+                        timeout = expired => Some(timeout),
                     };
-                    if stopped {
+                    if let Some(e) = waited {
                         self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        self.complete(job, Err(shutdown_error()));
+                        self.complete(job, Err(e));
                         continue;
                     }
                 }
@@ -443,11 +533,17 @@ impl<M: Manager> Pool<M> {
                     }
                 }
             }
-            for (tx, job, traced) in submitted {
+            let mut submitted = VecDeque::from(submitted);
+            while let Some((tx, job, traced)) = submitted.pop_front() {
                 let result = open.conn.outcome(tx).await;
                 trace::transaction_done(traced, &result);
                 self.settle(job, result);
+                // The next outcome is bounded by the send timeouts still
+                // running, not by those of jobs already answered.
+                open.conn
+                    .set_deadline(earliest_expiry(submitted.iter().map(|(_, job, _)| job)));
             }
+            open.conn.set_deadline(None);
             open.last_used = Instant::now();
             let retire = if !open.conn.is_usable() {
                 Some("broken")
@@ -497,9 +593,38 @@ impl<M: Manager> Pool<M> {
         *self.lock().deliveries_histogram.entry(deliveries).or_default() += 1;
     }
 
+    /// Keeps the jobs of a batch that may start an attempt: those whose
+    /// sender gave up at their send timeout are dropped, and those whose
+    /// send timeout ran out while they waited are answered with it.
+    fn take_for_attempt(self: &Arc<Self>, batch: Vec<Job>) -> Vec<Job> {
+        let now = Instant::now();
+        let mut kept = Vec::with_capacity(batch.len());
+        for job in batch {
+            match job.expiry.clone() {
+                None => kept.push(job),
+                Some(expiry) if !expiry.take() => {
+                    // The sender already has its timeout error.
+                    self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    self.changed.notify_waiters();
+                }
+                Some(expiry) if expiry.at <= now => {
+                    self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    let timeout = self.config.send_timeout.unwrap_or_default();
+                    self.complete(job, Err(queue_timeout(timeout)));
+                }
+                Some(_) => kept.push(job),
+            }
+        }
+        kept
+    }
+
     /// Decides what happens to a job after an attempt.
     fn settle(self: &Arc<Self>, mut job: Job, result: Result<Delivery, Error>) {
         self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(expiry) = &job.expiry {
+            expiry.release();
+        }
         let policy = &self.config.retry;
         match result {
             Ok(delivery) => {
@@ -556,6 +681,10 @@ impl<M: Manager> Pool<M> {
         let policy = &self.config.retry;
         job.attempts < policy.max_attempts
             && !*self.stop.borrow()
+            && job
+                .expiry
+                .as_ref()
+                .is_none_or(|e| Instant::now() + policy.backoff(job.attempts) < e.at)
             && policy
                 .deadline
                 .is_none_or(|d| job.handed_over.elapsed() + policy.backoff(job.attempts) <= d)
@@ -704,6 +833,11 @@ impl<M: Manager> Pool<M> {
         }
     }
 
+    /// The mailer's send timeout.
+    pub(crate) fn send_timeout(&self) -> Option<Duration> {
+        self.config.send_timeout
+    }
+
     /// Whether `shutdown` was called.
     pub(crate) fn is_closed(&self) -> bool {
         self.lock().closed
@@ -724,6 +858,25 @@ impl<M: Manager> Pool<M> {
             connections_opened: self.counters.opened.load(Ordering::Relaxed),
             deliveries_per_connection: st.deliveries_histogram.iter().map(|(k, v)| (*k, *v)).collect(),
         }
+    }
+}
+
+/// The earliest send timeout among `jobs`.
+fn earliest_expiry<'a>(jobs: impl IntoIterator<Item = &'a Job>) -> Option<Instant> {
+    jobs.into_iter()
+        .filter_map(|j| j.expiry.as_ref().map(|e| e.at))
+        .min()
+}
+
+/// Resolves with the queue-timeout error when `expiry` comes; never
+/// without one.
+async fn sleep_until_expiry(expiry: Option<&Expiry>, timeout: Option<Duration>) -> Error {
+    match expiry {
+        Some(e) => {
+            tokio::time::sleep_until(e.at).await;
+            queue_timeout(timeout.unwrap_or_default())
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -53,7 +53,7 @@ struct ScriptedConn {
 impl Manager for Scripted {
     type Conn = ScriptedConn;
 
-    async fn connect(&self) -> Result<ScriptedConn, Error> {
+    async fn connect(&self, _deadline: Option<tokio::time::Instant>) -> Result<ScriptedConn, Error> {
         let s = &self.0;
         let number = s.connects.fetch_add(1, Ordering::SeqCst) + 1;
         tokio::task::yield_now().await;
@@ -158,6 +158,8 @@ impl Conn for ScriptedConn {
     fn info(&self) -> Option<&crate::transport::ConnectionInfo> {
         None
     }
+
+    fn set_deadline(&mut self, _deadline: Option<tokio::time::Instant>) {}
 }
 
 fn config() -> PoolConfig {
@@ -176,6 +178,7 @@ fn config() -> PoolConfig {
             ..RetryPolicy::default()
         },
         rate_limit: None,
+        send_timeout: None,
     }
 }
 
@@ -187,7 +190,7 @@ fn job(to: &[&str]) -> (Job, oneshot::Receiver<Result<Receipt, Error>>) {
         ..Envelope::default()
     };
     (
-        Job::new(envelope, Arc::from(&b"Subject: x\r\n\r\nx\r\n"[..]), tx),
+        Job::new(envelope, Arc::from(&b"Subject: x\r\n\r\nx\r\n"[..]), None, tx),
         rx,
     )
 }

@@ -376,3 +376,73 @@ async fn at_most_once_reports_that_the_body_was_sent() {
     assert_eq!(srv.connections_total(), 1, "no second attempt");
     mailer.shutdown(WAIT).await;
 }
+
+#[tokio::test]
+async fn send_timeout_ends_a_stuck_attempt_and_names_its_stage() {
+    // The relay never answers MAIL; its per-phase timeouts are long.
+    let srv = server(ServerConfig::new().fault(Fault::on_command("MAIL").stall())).await;
+    let mailer = Mailer::builder(
+        settings(&srv)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("settings"),
+    )
+    .send_timeout(Some(Duration::from_millis(300)))
+    .retry(quick_retries())
+    .build()
+    .expect("mailer");
+    let e = tokio::time::timeout(WAIT, mailer.send(message("ops@example.net", "stuck")))
+        .await
+        .expect("the send timeout ended it, not the 30 s phase timeout")
+        .expect_err("times out");
+    assert!(e.is_timeout(), "{e}");
+    assert_eq!(e.stage(), Some(relaymail::Stage::Mail), "{e}");
+    assert!(!e.body_was_sent());
+    assert!(srv.messages().is_empty());
+    mailer.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn send_timeout_in_the_queue_says_queue_and_the_message_is_never_sent() {
+    // One message a day: the second waits for the rate limit until its send
+    // timeout, and is then dropped, never sent.
+    let srv = server(ServerConfig::new()).await;
+    let mailer = Mailer::builder(settings(&srv).build().expect("settings"))
+        .rate_limit(RateLimit::new(1, Duration::from_secs(24 * 60 * 60)))
+        .send_timeout(Some(Duration::from_millis(300)))
+        .build()
+        .expect("mailer");
+    mailer
+        .send(message("ops@example.net", "first"))
+        .await
+        .expect("delivered");
+    let e = tokio::time::timeout(WAIT, mailer.send(message("ops@example.net", "second")))
+        .await
+        .expect("the send timeout ended it")
+        .expect_err("times out");
+    assert!(e.is_timeout(), "{e}");
+    assert_eq!(e.stage(), Some(relaymail::Stage::Queue), "{e}");
+    let stats = mailer.shutdown(WAIT).await;
+    assert_eq!(srv.messages().len(), 1, "the timed-out message was not sent");
+    assert_eq!((stats.delivered, stats.failed), (1, 1));
+}
+
+#[tokio::test]
+async fn huge_limits_are_refused_when_the_mailer_is_built() {
+    let srv = server(ServerConfig::new()).await;
+    let build = |b: relaymail::MailerBuilder| b.build().map(|_| ()).expect_err("refused");
+    let base = || Mailer::builder(settings(&srv).build().expect("settings"));
+    let e = build(base().rate_limit(RateLimit::new(u32::MAX, Duration::from_secs(1))));
+    assert!(e.to_string().contains("rate_limit.messages"), "{e}");
+    let e = build(base().rate_limit(RateLimit::new(10, Duration::MAX)));
+    assert!(e.to_string().contains("rate_limit.per"), "{e}");
+    let e = build(base().send_timeout(Some(Duration::MAX)));
+    assert!(e.to_string().contains("send_timeout"), "{e}");
+    let e = build(base().retry(RetryPolicy {
+        max_backoff: Duration::MAX,
+        ..RetryPolicy::default()
+    }));
+    assert!(e.to_string().contains("back-offs"), "{e}");
+    let e = build(base().idle_timeout(Duration::MAX));
+    assert!(e.to_string().contains("idle_timeout"), "{e}");
+}
