@@ -326,18 +326,23 @@ async fn bad_envelope_is_refused_when_handed_over() {
     assert_eq!(never.max_attempts, 1);
 }
 
-#[tokio::test]
-async fn a_retry_after_the_body_was_sent_is_reported_as_possibly_duplicated() {
-    use relaymail::testing::Fault;
-    // The first final reply never comes: the server has the message, the
-    // client times out and (at-least-once) sends it again.
+/// A server whose first final reply never comes (it has the message; the
+/// client times out after 300 ms), and a mailer with `retry` for it.
+async fn first_final_reply_lost(retry: RetryPolicy) -> (relaymail::testing::TestServer, Mailer) {
     let srv = server(ServerConfig::new().fault(Fault::on_end_of_data().nth(1).stall())).await;
     let mut timeouts = relaymail::Timeouts::all(Duration::from_secs(5));
     timeouts.final_reply = Duration::from_millis(300);
     let mailer = Mailer::builder(settings(&srv).timeouts(timeouts).build().expect("settings"))
-        .retry(crate::quick_retries())
+        .retry(retry)
         .build()
         .expect("mailer");
+    (srv, mailer)
+}
+
+#[tokio::test]
+async fn a_retry_after_the_body_was_sent_is_reported_as_possibly_duplicated() {
+    // At-least-once: sent again after the lost final reply.
+    let (_srv, mailer) = first_final_reply_lost(quick_retries()).await;
     let receipt = mailer
         .send(message("ops@example.net", "twice"))
         .await
@@ -357,17 +362,11 @@ async fn a_retry_after_the_body_was_sent_is_reported_as_possibly_duplicated() {
 
 #[tokio::test]
 async fn at_most_once_reports_that_the_body_was_sent() {
-    use relaymail::testing::Fault;
-    let srv = server(ServerConfig::new().fault(Fault::on_end_of_data().nth(1).stall())).await;
-    let mut timeouts = relaymail::Timeouts::all(Duration::from_secs(5));
-    timeouts.final_reply = Duration::from_millis(300);
-    let mailer = Mailer::builder(settings(&srv).timeouts(timeouts).build().expect("settings"))
-        .retry(RetryPolicy {
-            retry_after_body_sent: false,
-            ..crate::quick_retries()
-        })
-        .build()
-        .expect("mailer");
+    let (srv, mailer) = first_final_reply_lost(RetryPolicy {
+        retry_after_body_sent: false,
+        ..quick_retries()
+    })
+    .await;
     let e = mailer
         .send(message("ops@example.net", "at most once"))
         .await
