@@ -36,6 +36,9 @@ struct Script {
     delivered: Mutex<Vec<(usize, String)>>,
     /// Addresses refused with 450 once, then accepted.
     greylisted: Mutex<Vec<String>>,
+    /// When set, every outcome waits for `gate` to be notified.
+    held: std::sync::atomic::AtomicBool,
+    gate: tokio::sync::Notify,
 }
 
 #[derive(Clone)]
@@ -94,6 +97,9 @@ impl Conn for ScriptedConn {
 
     async fn outcome(&mut self, id: TxId) -> Result<Delivery, Error> {
         tokio::task::yield_now().await;
+        if self.script.held.load(Ordering::SeqCst) {
+            self.script.gate.notified().await;
+        }
         let (queued_id, envelope) = self.queued.pop_front().expect("submitted");
         assert_eq!(queued_id, id, "outcomes are read in order");
         if self.broken {
@@ -501,4 +507,56 @@ mod outbox_records {
         assert!(s.inspect(Area::Drafts, &id).is_err());
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_given_up_at_its_send_timeout_in_the_queue_is_never_sent() {
+    let script = Arc::new(Script::default());
+    script.held.store(true, Ordering::SeqCst);
+    let mut c = config();
+    c.max_connections = 1;
+    c.send_timeout = Some(Duration::from_secs(1));
+    let pool = Pool::new(c, Scripted(script.clone()));
+    // The first message holds the only connection.
+    let (first, first_rx) = job(&["first@example.net"]);
+    pool.push(first).await.expect("queued");
+    tokio::task::yield_now().await;
+    // The second waits in the queue with a 1 s send timeout.
+    let expiry = super::pool::Expiry::new(tokio::time::Instant::now() + Duration::from_secs(1));
+    let (tx, rx) = oneshot::channel();
+    let envelope = Envelope {
+        from: "app@example.com".into(),
+        recipients: vec![Recipient::new("second@example.net")],
+        ..Envelope::default()
+    };
+    let second = Job::new(envelope, Arc::from(&b"x"[..]), Some(expiry.clone()), tx);
+    pool.push(second).await.expect("queued");
+    let e = super::Pending::new(rx, Some((expiry, Duration::from_secs(1))))
+        .await
+        .expect_err("timed out");
+    assert!(e.is_timeout(), "{e}");
+    assert_eq!(e.stage(), Some(Stage::Queue));
+    // The connection frees up: the first is delivered, the second dropped.
+    script.held.store(false, Ordering::SeqCst);
+    script.gate.notify_one();
+    first_rx.await.expect("answered").expect("delivered");
+    pool.shutdown(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+    let delivered: Vec<String> = script
+        .delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, a)| a.clone())
+        .collect();
+    assert_eq!(
+        delivered,
+        ["first@example.net"],
+        "the given-up message was not sent"
+    );
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.delivered, stats.failed, stats.in_flight, stats.queued),
+        (1, 1, 0, 0)
+    );
 }
