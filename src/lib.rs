@@ -109,7 +109,7 @@
 //! - `#![forbid(unsafe_code)]`.
 
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod address;
 pub mod diagnose;
