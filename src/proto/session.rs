@@ -34,7 +34,7 @@ use super::auth::{self, Mechanism, SaslClient};
 use super::command::{check_helo_name, check_mailbox, Argument, BodyType, Command, MailParams, RcptParams};
 use super::data::{self, DataEncoder};
 use super::ehlo::{Capabilities, Extension};
-use super::reply::{Reply, ReplyLimits, ReplyParser};
+use super::reply::{Escaped, Reply, ReplyLimits, ReplyParser};
 use crate::error::{Error, Kind, Stage};
 
 /// When to upgrade a plain connection with STARTTLS.
@@ -1214,7 +1214,8 @@ impl Session {
                 .with_reply(reply.clone())
                 .transient(reply.is_transient());
                 if let Some(detail) = detail {
-                    e = e.with_hint(format!("the server said: {detail}"));
+                    // Server text: escaped here too, so `Error::hint` is safe to print.
+                    e = e.with_hint(format!("the server said: {}", Escaped(&detail)));
                 } else if reply.code().value() == 535 {
                     e = e.with_hint("check the user name and password");
                 }
