@@ -28,7 +28,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use secrecy::zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::auth::{self, Mechanism, SaslClient};
 use super::command::{check_helo_name, check_mailbox, Argument, BodyType, Command, MailParams, RcptParams};
@@ -408,14 +408,18 @@ impl Session {
         !self.out.is_empty()
     }
 
-    /// Marks `n` bytes of [`output`](Session::output) as written. Bytes that
-    /// carried AUTH data are overwritten with zeros before they are dropped.
+    /// Marks `n` bytes of [`output`](Session::output) as written. While the
+    /// output holds AUTH data, the bytes it no longer uses are overwritten
+    /// with zeros: no copy of an AUTH line stays behind in the buffer.
     pub fn consume_output(&mut self, n: usize) {
         let n = n.min(self.out.len());
-        let wipe = n.min(self.sensitive);
-        self.out[..wipe].zeroize();
-        self.sensitive -= wipe;
-        self.out.drain(..n);
+        if self.sensitive == 0 {
+            self.out.drain(..n);
+            return;
+        }
+        self.sensitive = self.sensitive.saturating_sub(n);
+        let kept = drain_front_wiping(&mut self.out, n);
+        self.out.truncate(kept);
     }
 
     /// The next event, if any.
@@ -664,12 +668,24 @@ impl Session {
     }
 
     fn write(&mut self, cmd: Command<'_>) -> Result<(), Error> {
-        cmd.encode(&mut self.out)
-            .map_err(|e| Error::config(format!("cannot send {}: {e}", cmd.verb())).with_source(e))
+        if self.sensitive == 0 {
+            return cmd.encode(&mut self.out).map_err(|e| cmd_encode_error(&cmd, e));
+        }
+        // `out` holds AUTH data: encode apart and grow `out` without leaving
+        // a copy in a freed allocation.
+        let mut line = Vec::new();
+        cmd.encode(&mut line).map_err(|e| cmd_encode_error(&cmd, e))?;
+        append_wiping(&mut self.out, &line);
+        Ok(())
     }
 
-    fn write_sensitive(&mut self, cmd: Command<'_>) -> Result<(), Error> {
-        self.write(cmd)?;
+    /// Writes a command that carries AUTH data. The line is encoded into a
+    /// zeroizing buffer sized beforehand (`payload` is the length of its
+    /// argument), so neither it nor `out` reallocates while holding it.
+    fn write_sensitive(&mut self, cmd: Command<'_>, payload: usize) -> Result<(), Error> {
+        let mut line = Zeroizing::new(Vec::with_capacity(payload + SENSITIVE_LINE_OVERHEAD));
+        cmd.encode(&mut line).map_err(|e| cmd_encode_error(&cmd, e))?;
+        append_wiping(&mut self.out, &line);
         self.sensitive = self.out.len();
         Ok(())
     }
@@ -717,10 +733,14 @@ impl Session {
         let initial = client
             .initial_response()
             .map(|raw| auth::encode_initial_response(&raw));
-        self.write_sensitive(Command::Auth {
-            mechanism: mech.name(),
-            initial: initial.as_deref().map(|v| v.as_slice()),
-        })?;
+        let initial = initial.as_deref().map(|v| v.as_slice());
+        self.write_sensitive(
+            Command::Auth {
+                mechanism: mech.name(),
+                initial,
+            },
+            initial.map_or(0, <[u8]>::len),
+        )?;
         self.sasl = Some(client);
         self.state = State::Auth;
         Ok(())
@@ -1169,7 +1189,7 @@ impl Session {
                 match step {
                     Ok(raw) => {
                         let b64 = auth::encode_continuation(&raw);
-                        self.write_sensitive(Command::AuthResponse(&b64))
+                        self.write_sensitive(Command::AuthResponse(&b64), b64.len())
                     }
                     Err(e) => {
                         self.sasl_cancelled = Some(
@@ -1386,6 +1406,41 @@ fn mailbox(addr: &str, argument: Argument) -> Result<bool, Error> {
         .map_err(cmd_error)
 }
 
+/// Room in a sensitive line beyond its argument: `AUTH `, the mechanism
+/// name (at most 20 characters, RFC 4422), a space and CRLF.
+const SENSITIVE_LINE_OVERHEAD: usize = 32;
+
+fn cmd_encode_error(cmd: &Command<'_>, e: super::command::CommandError) -> Error {
+    Error::config(format!("cannot send {}: {e}", cmd.verb())).with_source(e)
+}
+
+/// Removes the first `n` bytes of `buf` the wiping way: moves the rest to
+/// the front, overwrites every byte after it (the consumed bytes and the
+/// stale copies the move left) with zeros, and returns the new length. The
+/// caller truncates to it; the bytes past it are all zero then.
+fn drain_front_wiping(buf: &mut [u8], n: usize) -> usize {
+    let n = n.min(buf.len());
+    buf.copy_within(n.., 0);
+    let kept = buf.len() - n;
+    buf[kept..].zeroize();
+    kept
+}
+
+/// Appends `bytes` to `buf`. When `buf` must grow, its contents move to a
+/// new allocation and the old one is wiped (the whole capacity, by
+/// `zeroize`) before it is freed, where `Vec`'s own growth would free it
+/// as is.
+fn append_wiping(buf: &mut Vec<u8>, bytes: &[u8]) {
+    if buf.capacity() - buf.len() < bytes.len() {
+        let needed = buf.len() + bytes.len();
+        let mut grown = Vec::with_capacity(needed.max(2 * buf.capacity()));
+        grown.extend_from_slice(buf);
+        buf.zeroize();
+        *buf = grown;
+    }
+    buf.extend_from_slice(bytes);
+}
+
 fn cmd_error(e: super::command::CommandError) -> Error {
     Error::config(e.to_string()).with_source(e)
 }
@@ -1396,4 +1451,80 @@ fn starttls_injection() -> Error {
         Some(Stage::StartTls),
         "the server sent data after its STARTTLS reply, before the TLS handshake (RFC 3207 §6); possible command injection",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::auth::Credential;
+
+    const AUTH_LINE: &[u8] = b"AUTH PLAIN AHVzZXIAczNjcjN0\r\n";
+
+    #[test]
+    fn drain_front_wiping_leaves_only_zeros_behind() {
+        let mut buf = [AUTH_LINE, b"*\r\n"].concat();
+        let old_len = buf.len();
+        // A partial write: part of the AUTH line is still to be sent.
+        let kept = drain_front_wiping(&mut buf, 7);
+        assert_eq!(buf.len(), old_len, "the helper leaves truncating to the caller");
+        assert_eq!(&buf[..kept], &[&AUTH_LINE[7..], b"*\r\n"].concat()[..]);
+        assert!(buf[kept..].iter().all(|&b| b == 0), "{buf:?}");
+        // Then the rest: nothing of the line is left anywhere.
+        buf.truncate(kept);
+        let kept = drain_front_wiping(&mut buf, kept);
+        assert_eq!(kept, 0);
+        assert!(buf.iter().all(|&b| b == 0), "{buf:?}");
+        // More than the length is the whole buffer.
+        let mut buf = AUTH_LINE.to_vec();
+        assert_eq!(drain_front_wiping(&mut buf, 1000), 0);
+        assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn append_wiping_keeps_contents_when_it_grows() {
+        let mut buf = Vec::with_capacity(4);
+        append_wiping(&mut buf, b"AUTH");
+        assert_eq!(buf.capacity(), 4, "no growth while it fits");
+        append_wiping(&mut buf, b" PLAIN x\r\n");
+        assert_eq!(buf, b"AUTH PLAIN x\r\n");
+        assert!(buf.capacity() >= 14);
+        append_wiping(&mut buf, b"");
+        assert_eq!(buf, b"AUTH PLAIN x\r\n");
+    }
+
+    fn ready_for_plain_auth() -> Session {
+        let mut config = SessionConfig::new("client.example.com");
+        config.implicit_tls = true;
+        let mut s = Session::new(config).expect("config");
+        s.receive(b"220 mx ESMTP\r\n").expect("greeting");
+        s.consume_output(s.output().len());
+        s.receive(b"250-mx\r\n250 AUTH PLAIN\r\n").expect("ehlo");
+        assert!(matches!(s.poll_event(), Some(Event::Ready)));
+        s
+    }
+
+    #[test]
+    fn consume_output_of_an_auth_line_in_pieces() {
+        let mut s = ready_for_plain_auth();
+        let credential = Credential::Password {
+            username: "user".into(),
+            password: "s3cr3t".to_owned().into(),
+        };
+        let client = SaslClient::new(Mechanism::Plain, &credential, "").expect("client");
+        s.authenticate(client).expect("auth");
+        assert_eq!(s.output(), AUTH_LINE);
+        assert_eq!(s.sensitive, AUTH_LINE.len());
+        s.consume_output(5);
+        assert_eq!(s.output(), &AUTH_LINE[5..]);
+        assert_eq!(s.sensitive, AUTH_LINE.len() - 5);
+        s.consume_output(usize::MAX);
+        assert!(!s.wants_write());
+        assert_eq!(s.sensitive, 0);
+        // Plain output drains as before once the secret is gone.
+        s.receive(b"235 2.7.0 ok\r\n").expect("235");
+        s.noop().expect("noop");
+        assert_eq!(s.output(), b"NOOP\r\n");
+        s.consume_output(2);
+        assert_eq!(s.output(), b"OP\r\n");
+    }
 }
