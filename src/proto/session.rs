@@ -9,7 +9,10 @@
 //!    (or call [`Session::receive_eof`] when the peer closed);
 //! 3. take [`Event`]s from [`Session::poll_event`] and act on them: run a TLS
 //!    handshake on [`Event::StartTls`], authenticate or send mail on
-//!    [`Event::Ready`], report each [`Event::Transaction`];
+//!    [`Event::Ready`], report each [`Event::Transaction`], and, with
+//!    [`SessionConfig::offload_key_derivation`], run the SCRAM key derivation
+//!    of [`Event::DeriveKey`] off the async threads and hand its result to
+//!    [`Session::key_derived`];
 //! 4. apply the timeout of [`Session::phase`] to each wait.
 //!
 //! ```text
@@ -30,7 +33,7 @@ use std::sync::Arc;
 
 use zeroize::{Zeroize, Zeroizing};
 
-use super::auth::{self, Mechanism, SaslClient};
+use super::auth::{self, DerivedKey, KeyDerivation, Mechanism, SaslClient, SaslError, Step};
 use super::command::{check_helo_name, check_mailbox, Argument, BodyType, Command, MailParams, RcptParams};
 use super::data::{self, DataEncoder};
 use super::ehlo::{Capabilities, Extension};
@@ -70,6 +73,12 @@ pub struct SessionConfig {
     pub chunking: bool,
     /// Reply parser limits.
     pub reply_limits: ReplyLimits,
+    /// Hand SCRAM's key derivation (up to
+    /// [`SCRAM_MAX_ITERATIONS`](auth::SCRAM_MAX_ITERATIONS) rounds of
+    /// PBKDF2) to the shell as [`Event::DeriveKey`] instead of running it
+    /// inside [`Session::receive`]. An async shell sets it and runs the
+    /// derivation off its executor threads. Default: false.
+    pub offload_key_derivation: bool,
 }
 
 impl SessionConfig {
@@ -85,6 +94,7 @@ impl SessionConfig {
             pipelining: true,
             chunking: true,
             reply_limits: ReplyLimits::default(),
+            offload_key_derivation: false,
         }
     }
 }
@@ -233,6 +243,11 @@ pub enum Event {
     Ready,
     /// The AUTH exchange ended.
     Authenticated(Result<Mechanism, Error>),
+    /// Only with [`SessionConfig::offload_key_derivation`]: run this SCRAM
+    /// key derivation (CPU-bound, for an async shell on a blocking thread)
+    /// and pass its result to [`Session::key_derived`]. Until then the
+    /// session writes nothing and waits for no reply.
+    DeriveKey(KeyDerivation),
     /// A transaction ended.
     Transaction(TransactionOutcome),
     /// A NOOP was answered positively.
@@ -351,6 +366,8 @@ pub struct Session {
     authenticated: Option<Mechanism>,
     sasl: Option<SaslClient>,
     sasl_cancelled: Option<Error>,
+    /// An [`Event::DeriveKey`] is out; [`Session::key_derived`] is awaited.
+    deriving: bool,
     tls_note: Option<String>,
     txs: VecDeque<Tx>,
     next_id: u64,
@@ -379,6 +396,7 @@ impl Session {
             authenticated: None,
             sasl: None,
             sasl_cancelled: None,
+            deriving: false,
             tls_note: None,
             txs: VecDeque::new(),
             next_id: 0,
@@ -445,9 +463,10 @@ impl Session {
         }
     }
 
-    /// Whether the session waits for bytes from the server.
+    /// Whether the session waits for bytes from the server (not while an
+    /// [`Event::DeriveKey`] is being run: the server waits for us then).
     pub fn wants_read(&self) -> bool {
-        !matches!(self.phase(), Phase::Idle | Phase::TlsHandshake)
+        !self.deriving && !matches!(self.phase(), Phase::Idle | Phase::TlsHandshake)
     }
 
     /// The server's capabilities from the latest EHLO (`None` before EHLO
@@ -638,6 +657,7 @@ impl Session {
         self.state = State::Failed;
         self.expects.clear();
         self.sasl = None;
+        self.deriving = false;
         for tx in self.txs.drain(..) {
             let mut e = error.clone();
             if tx.body_written {
@@ -1183,25 +1203,28 @@ impl Session {
             self.events.push_back(Event::Authenticated(Err(err)));
             return Ok(());
         }
+        if self.deriving {
+            return Err(Error::protocol(
+                Some(Stage::Auth),
+                "the server replied before the client answered its AUTH challenge",
+            )
+            .with_reply(reply));
+        }
         match reply.code().value() {
             334 => {
-                let step = auth::decode_challenge(&reply.text()).and_then(|c| client.respond(&c));
+                let step = auth::decode_challenge(&reply.text()).and_then(|c| client.step(&c));
                 match step {
-                    Ok(raw) => {
-                        let b64 = auth::encode_continuation(&raw);
-                        self.write_sensitive(Command::AuthResponse(&b64), b64.len())
+                    Ok(Step::Derive(derivation)) if self.config.offload_key_derivation => {
+                        self.deriving = true;
+                        self.events.push_back(Event::DeriveKey(derivation));
+                        Ok(())
                     }
-                    Err(e) => {
-                        self.sasl_cancelled = Some(
-                            Error::new(
-                                Kind::Auth,
-                                Some(Stage::Auth),
-                                format!("{mech} authentication failed"),
-                            )
-                            .with_source(e),
-                        );
-                        self.write(Command::AuthCancel)
+                    Ok(Step::Derive(derivation)) => {
+                        let response = client.resume(derivation.run());
+                        self.answer_challenge(mech, response)
                     }
+                    Ok(Step::Respond(response)) => self.answer_challenge(mech, Ok(response)),
+                    Err(e) => self.answer_challenge(mech, Err(e)),
                 }
             }
             235 => {
@@ -1244,6 +1267,53 @@ impl Session {
             }
             _ => Err(Error::protocol(Some(Stage::Auth), "unexpected reply during AUTH").with_reply(reply)),
         }
+    }
+
+    /// Sends the response to a `334` challenge, or, when the mechanism
+    /// refused the challenge, cancels the exchange with `*` (never a partial
+    /// response).
+    fn answer_challenge(
+        &mut self,
+        mech: Mechanism,
+        response: Result<Zeroizing<Vec<u8>>, SaslError>,
+    ) -> Result<(), Error> {
+        match response {
+            Ok(raw) => {
+                let b64 = auth::encode_continuation(&raw);
+                self.write_sensitive(Command::AuthResponse(&b64), b64.len())
+            }
+            Err(e) => {
+                // A server asking for what the client must refuse broke the
+                // protocol (and will again: permanent); the rest is an
+                // authentication failure.
+                let kind = if e.is_protocol_violation() {
+                    Kind::Protocol
+                } else {
+                    Kind::Auth
+                };
+                let message = format!("{mech} authentication failed");
+                self.sasl_cancelled = Some(Error::new(kind, Some(Stage::Auth), message).with_source(e));
+                self.write(Command::AuthCancel)
+            }
+        }
+    }
+
+    /// Call with the result of the [`KeyDerivation`] of an
+    /// [`Event::DeriveKey`]: the session answers the server's challenge.
+    pub fn key_derived(&mut self, key: DerivedKey) -> Result<(), Error> {
+        self.check_alive()?;
+        let client = match self.sasl.as_mut() {
+            Some(client) if self.deriving => client,
+            _ => {
+                return Err(Error::config(
+                    "key_derived called without a pending Event::DeriveKey",
+                ))
+            }
+        };
+        self.deriving = false;
+        let mech = client.mechanism();
+        let response = client.resume(key);
+        self.answer_challenge(mech, response)
     }
 
     fn on_pipeline_reply(&mut self, reply: Reply) -> Result<(), Error> {
