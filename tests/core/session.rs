@@ -396,6 +396,54 @@ mod auth {
     }
 
     #[test]
+    fn server_control_bytes_never_reach_error_text_raw() {
+        let raw_controls = |text: &str| text.chars().any(|c| c.is_control() && c != '\n');
+        // A refusal whose text carries ESC[2J, BEL, NUL, DEL and a bare CR.
+        let mut t = secure_session(&["AUTH PLAIN"]);
+        t.s.authenticate(SaslClient::new(Mechanism::Plain, &password(), "").expect("c"))
+            .expect("starts");
+        t.take_output();
+        t.server(b"535 5.7.8 \x1b[2Jbad\x07 \x00login\x7f\rforged\r\n");
+        let ev = t.events();
+        let [Event::Authenticated(Err(e))] = ev.as_slice() else {
+            panic!("{ev:?}")
+        };
+        let shown = e.to_string();
+        assert!(!raw_controls(&shown), "{shown:?}");
+        assert!(
+            shown.contains("\\u{1b}[2Jbad\\u{7} \\u{0}login\\u{7f}\\u{d}forged"),
+            "{shown}"
+        );
+        assert!(!raw_controls(&format!("{e:?} {e:#?}")));
+        // The raw text is still there for programs.
+        let reply = e.reply().expect("reply");
+        assert_eq!(reply.text(), "\x1b[2Jbad\x07 \x00login\x7f\rforged");
+
+        // XOAUTH2: the server's JSON error goes into the hint, escaped.
+        let mut t = secure_session(&["AUTH XOAUTH2"]);
+        let token = Credential::OAuth2 {
+            username: "user".into(),
+            token: SecretString::from("tok"),
+        };
+        t.s.authenticate(SaslClient::new(Mechanism::XOAuth2, &token, "").expect("c"))
+            .expect("starts");
+        t.take_output();
+        t.server(format!("334 {}\r\n", b64("{\"status\":\"401\x1b]0;pwned\x07\"}")).as_bytes());
+        t.client_wrote(b"\r\n");
+        t.server(b"535 5.7.8 no\r\n");
+        let ev = t.events();
+        let [Event::Authenticated(Err(e))] = ev.as_slice() else {
+            panic!("{ev:?}")
+        };
+        let hint = e.hint().expect("hint");
+        assert!(
+            !raw_controls(hint) && hint.contains("401\\u{1b}]0;pwned\\u{7}"),
+            "{hint:?}"
+        );
+        assert!(!raw_controls(&e.to_string()), "{e}");
+    }
+
+    #[test]
     fn temporary_auth_failure_is_transient() {
         let mut t = secure_session(&["AUTH PLAIN"]);
         t.s.authenticate(SaslClient::new(Mechanism::Plain, &password(), "").expect("c"))
