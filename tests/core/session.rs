@@ -56,6 +56,24 @@ impl Script {
         std::iter::from_fn(|| self.s.poll_event()).collect()
     }
 
+    /// Starts AUTH with `mechanism` and drops the AUTH line written.
+    #[track_caller]
+    fn start_auth(&mut self, mechanism: Mechanism, credential: &Credential, nonce: &str) {
+        let client = SaslClient::new(mechanism, credential, nonce).expect("client");
+        self.s.authenticate(client).expect("starts");
+        self.take_output();
+    }
+
+    /// The error of the one event pending: a failed AUTH exchange.
+    #[track_caller]
+    fn auth_error(&mut self) -> Error {
+        let ev = self.events();
+        let [Event::Authenticated(Err(e))] = ev.as_slice() else {
+            panic!("{ev:?}");
+        };
+        e.clone()
+    }
+
     #[track_caller]
     fn expect_ready(&mut self) {
         let ev = self.events();
@@ -383,10 +401,7 @@ mod auth {
             .expect("starts");
         t.take_output();
         t.server(b"535 5.7.8 Error: authentication failed: authentication failure\r\n");
-        let ev = t.events();
-        let [Event::Authenticated(Err(e))] = ev.as_slice() else {
-            panic!("{ev:?}")
-        };
+        let e = &t.auth_error();
         assert!(e.is_auth() && e.is_permanent());
         assert_eq!(e.stage(), Some(Stage::Auth));
         let text = format!("{e} {e:?}");
@@ -400,14 +415,9 @@ mod auth {
         let raw_controls = |text: &str| text.chars().any(|c| c.is_control() && c != '\n');
         // A refusal whose text carries ESC[2J, BEL, NUL, DEL and a bare CR.
         let mut t = secure_session(&["AUTH PLAIN"]);
-        t.s.authenticate(SaslClient::new(Mechanism::Plain, &password(), "").expect("c"))
-            .expect("starts");
-        t.take_output();
+        t.start_auth(Mechanism::Plain, &password(), "");
         t.server(b"535 5.7.8 \x1b[2Jbad\x07 \x00login\x7f\rforged\r\n");
-        let ev = t.events();
-        let [Event::Authenticated(Err(e))] = ev.as_slice() else {
-            panic!("{ev:?}")
-        };
+        let e = &t.auth_error();
         let shown = e.to_string();
         assert!(!raw_controls(&shown), "{shown:?}");
         assert!(
@@ -425,16 +435,11 @@ mod auth {
             username: "user".into(),
             token: SecretString::from("tok"),
         };
-        t.s.authenticate(SaslClient::new(Mechanism::XOAuth2, &token, "").expect("c"))
-            .expect("starts");
-        t.take_output();
+        t.start_auth(Mechanism::XOAuth2, &token, "");
         t.server(format!("334 {}\r\n", b64("{\"status\":\"401\x1b]0;pwned\x07\"}")).as_bytes());
         t.client_wrote(b"\r\n");
         t.server(b"535 5.7.8 no\r\n");
-        let ev = t.events();
-        let [Event::Authenticated(Err(e))] = ev.as_slice() else {
-            panic!("{ev:?}")
-        };
+        let e = &t.auth_error();
         let hint = e.hint().expect("hint");
         assert!(
             !raw_controls(hint) && hint.contains("401\\u{1b}]0;pwned\\u{7}"),
@@ -450,10 +455,7 @@ mod auth {
             .expect("starts");
         t.take_output();
         t.server(b"454 4.7.0 Temporary authentication failure\r\n");
-        let ev = t.events();
-        let [Event::Authenticated(Err(e))] = ev.as_slice() else {
-            panic!("{ev:?}")
-        };
+        let e = &t.auth_error();
         assert!(e.is_transient());
     }
 
@@ -528,9 +530,7 @@ mod auth {
             username: "user".into(),
             password: SecretString::from("pencil"),
         };
-        t.s.authenticate(SaslClient::new(Mechanism::ScramSha256, &cred, "rOprNGfwEbeRWgbNEkqO").expect("c"))
-            .expect("starts");
-        t.take_output();
+        t.start_auth(Mechanism::ScramSha256, &cred, "rOprNGfwEbeRWgbNEkqO");
         t
     }
 
@@ -553,10 +553,7 @@ mod auth {
             assert!(t.events().is_empty());
             t.client_wrote(b"*\r\n");
             t.server(b"501 5.7.0 Authentication aborted\r\n");
-            let ev = t.events();
-            let [Event::Authenticated(Err(e))] = ev.as_slice() else {
-                panic!("{ev:?}");
-            };
+            let e = &t.auth_error();
             assert!(e.is_protocol() && e.is_permanent() && !e.is_auth(), "{e}");
             let source = std::error::Error::source(e).and_then(|s| s.downcast_ref::<SaslError>());
             assert_eq!(source, Some(&SaslError::IterationCount { count: 100_001 }), "{e}");
