@@ -8,11 +8,16 @@
 //! fix; the wording is for people and may change between releases.
 //!
 //! An `Error` never contains a password, token, AUTH line or message body.
+//!
+//! Its `Display` (and `Debug`) text escapes control characters, as
+//! [`Escaped`] does, wherever they come from: server replies, EHLO keywords
+//! and challenge text reach the message, the hint and the source, and the
+//! text goes to terminals and logs. [`Error::reply`] keeps the raw reply.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
-use crate::proto::reply::Reply;
+use crate::proto::reply::{EscapeWriter, Escaped, Reply};
 
 /// The step of an SMTP session in which something failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -262,7 +267,9 @@ impl Error {
         self.0.stage
     }
 
-    /// The server's reply that caused the error, when there was one.
+    /// The server's reply that caused the error, when there was one. Its
+    /// [`text`](Reply::text) and [`lines`](Reply::lines) are raw, as the
+    /// server sent them; its `Display` escapes control characters.
     pub fn reply(&self) -> Option<&Reply> {
         self.0.reply.as_ref()
     }
@@ -322,6 +329,8 @@ pub(crate) fn reply_hint(stage: Stage, reply: &Reply) -> Option<&'static str> {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Every part may carry server text: escape all of it.
+        let mut f = EscapeWriter(f);
         if let Some(stage) = self.0.stage {
             write!(f, "{stage}: ")?;
         }
@@ -356,7 +365,7 @@ impl fmt::Debug for Error {
             d.field("body_sent", &true);
         }
         if let Some(source) = &self.0.source {
-            d.field("source", &format_args!("{source}"));
+            d.field("source", &format_args!("{}", Escaped(source)));
         }
         d.finish()
     }
@@ -426,6 +435,39 @@ mod tests {
         );
         assert!(std::error::Error::source(&e).is_some());
         assert!(format!("{e:?}").contains("hint"));
+    }
+
+    #[test]
+    fn server_control_bytes_are_never_displayed_raw() {
+        let raw = b"550-5.7.1 \x1b[2Jcleared\x07 bell\x00nul\x7fdel\rcr \xc2\x9bcsi \xe2\x80\xaeevil\r\n550 5.7.1 second\x1b]0;title\x07\r\n";
+        let r = reply(raw);
+        let bad = |c: char| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c);
+        // The raw text stays available.
+        assert!(r.text().contains("\x1b[2J") && r.text().contains('\0') && r.text().contains('\r'));
+        assert!(r.lines()[0].contains('\u{7f}'));
+        let shown = r.to_string();
+        assert!(!shown.contains(bad), "{shown:?}");
+        assert_eq!(
+            shown,
+            "550 5.7.1 \\u{1b}[2Jcleared\\u{7} bell\\u{0}nul\\u{7f}del\\u{d}cr \\u{9b}csi \\u{202e}evil second\\u{1b}]0;title\\u{7}"
+        );
+        let e = Error::rejected(Stage::Rcpt, "recipient refused", r.clone())
+            .with_hint("the server said: \x1b[31mred")
+            .with_source(std::io::Error::other("source \x1b[2J\x07"));
+        // The pretty Debug form breaks its own lines; nothing else may.
+        let pretty = format!("{e:#?}").replace('\n', " ");
+        for text in [e.to_string(), format!("{e:?}"), pretty] {
+            assert!(!text.contains(bad), "{text:?}");
+            assert!(text.contains("\\u{1b}[2Jcleared"), "{text:?}");
+        }
+        assert!(e.to_string().contains("the server said: \\u{1b}[31mred"));
+        assert!(e.to_string().contains("source \\u{1b}[2J\\u{7}"));
+        let e = Error::new(Kind::Auth, Some(Stage::Auth), "the server offers X\x1bY\nZ");
+        assert_eq!(e.to_string(), "auth: the server offers X\\u{1b}Y\\u{a}Z");
+        // The accessor gives the reply as the server sent it.
+        assert_eq!(e.reply(), None);
+        let e = Error::rejected(Stage::Rcpt, "refused", r);
+        assert!(e.reply().is_some_and(|r| r.text().contains('\x07')));
     }
 
     #[test]

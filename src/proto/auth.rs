@@ -222,11 +222,13 @@ pub enum SaslError {
     /// SCRAM: the server nonce does not extend the client nonce.
     #[error("the SCRAM server nonce does not extend the client nonce")]
     NonceMismatch,
-    /// SCRAM: iteration count outside 4096..=1_000_000 (refuses both a
-    /// downgrade and CPU exhaustion).
+    /// SCRAM: iteration count outside
+    /// [`SCRAM_MIN_ITERATIONS`]`..=`[`SCRAM_MAX_ITERATIONS`] (refuses both a
+    /// downgrade and CPU exhaustion). The server misbehaved: nothing of the
+    /// client-final message is sent.
     #[error(
         "SCRAM iteration count {count} is outside the accepted range \
-         4096..=1000000"
+         4096..=100000"
     )]
     IterationCount {
         /// The count the server asked for (`u64::MAX` if it did not even
@@ -267,6 +269,22 @@ pub enum SaslError {
     InvalidNonce,
 }
 
+impl SaslError {
+    /// Whether the server broke the protocol: a challenge that is not
+    /// base64, a malformed SCRAM message, or an iteration count outside
+    /// [`SCRAM_MIN_ITERATIONS`]`..=`[`SCRAM_MAX_ITERATIONS`]. The other
+    /// errors are about the credential, or a server that could not prove it
+    /// knows the password.
+    pub fn is_protocol_violation(&self) -> bool {
+        matches!(
+            self,
+            SaslError::InvalidBase64
+                | SaslError::MalformedServerMessage { .. }
+                | SaslError::IterationCount { .. }
+        )
+    }
+}
+
 /// HMAC-SHA-256, as used by SCRAM-SHA-256.
 type HmacSha256 = Hmac<Sha256>;
 
@@ -277,11 +295,16 @@ const SCRAM_KEY_LEN: usize = 32;
 type ScramKey = Zeroizing<[u8; SCRAM_KEY_LEN]>;
 
 /// Smallest SCRAM iteration count accepted (RFC 7677 §4 minimum).
-const SCRAM_MIN_ITERATIONS: u64 = 4096;
+pub const SCRAM_MIN_ITERATIONS: u64 = 4096;
 
 /// Largest SCRAM iteration count accepted, so a hostile server cannot make
-/// the client burn CPU.
-const SCRAM_MAX_ITERATIONS: u64 = 1_000_000;
+/// the client burn CPU (RFC 5802 §9): PBKDF2 runs once per attempt, and
+/// 100,000 rounds of HMAC-SHA-256 cost tens of milliseconds. Servers use
+/// 4096 by default (the RFC 7677 minimum: Dovecot, Cyrus, PostgreSQL,
+/// ejabberd) or a few times that; 100,000 is also the cap PostgreSQL's JDBC
+/// and Node.js drivers adopted for the same attack. A server that asks for
+/// more is refused with [`SaslError::IterationCount`].
+pub const SCRAM_MAX_ITERATIONS: u64 = 100_000;
 
 /// GS2 header: no channel binding, no authorization identity.
 const GS2_HEADER: &str = "n,,";
@@ -296,11 +319,82 @@ const CHALLENGE_ENGINE: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// What [`SaslClient::step`] asks the caller to do with a challenge.
+/// `Debug` shows no response bytes (they may carry the secret).
+pub enum Step {
+    /// Send this raw response (base64-encode it first).
+    Respond(Zeroizing<Vec<u8>>),
+    /// SCRAM: run this key derivation (it is slow on purpose: run it off any
+    /// async executor thread) and pass its result to
+    /// [`SaslClient::resume`], which returns the response to send.
+    Derive(KeyDerivation),
+}
+
+impl fmt::Debug for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Respond(response) => write!(f, "Respond([redacted, {} bytes])", response.len()),
+            Step::Derive(derivation) => f.debug_tuple("Derive").field(derivation).finish(),
+        }
+    }
+}
+
+/// The expensive, pure part of a SCRAM exchange: PBKDF2-HMAC-SHA-256 of the
+/// password over the server's salt, at most [`SCRAM_MAX_ITERATIONS`]
+/// rounds. It holds the password (wiped on drop; `Debug` shows no secret).
+#[derive(Clone)]
+pub struct KeyDerivation {
+    password: Zeroizing<String>,
+    salt: Vec<u8>,
+    iterations: u32,
+}
+
+impl KeyDerivation {
+    /// The iteration count the server asked for (already checked against
+    /// [`SCRAM_MIN_ITERATIONS`] and [`SCRAM_MAX_ITERATIONS`]).
+    pub fn iterations(&self) -> u32 {
+        self.iterations
+    }
+
+    /// Computes the salted password. CPU-bound, no IO: in async code run it
+    /// with `spawn_blocking` or the like.
+    pub fn run(self) -> DerivedKey {
+        let mut salted_password = Zeroizing::new([0u8; SCRAM_KEY_LEN]);
+        pbkdf2::pbkdf2_hmac::<Sha256>(
+            self.password.as_bytes(),
+            &self.salt,
+            self.iterations,
+            &mut salted_password[..],
+        );
+        DerivedKey(salted_password)
+    }
+}
+
+impl fmt::Debug for KeyDerivation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyDerivation")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of a [`KeyDerivation`] (the SCRAM salted password), for
+/// [`SaslClient::resume`]. Wiped on drop; `Debug` shows no secret.
+#[derive(Clone)]
+pub struct DerivedKey(ScramKey);
+
+impl fmt::Debug for DerivedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DerivedKey([redacted])")
+    }
+}
+
 /// Client side of one SASL exchange, a pure state machine.
 ///
 /// Create it with [`SaslClient::new`], send [`SaslClient::initial_response`]
 /// with the `AUTH` command (when it is `Some`), answer every `334` challenge
-/// with [`SaslClient::respond`], and on `235` call [`SaslClient::finish`].
+/// with [`SaslClient::respond`] (or [`SaslClient::step`], to run SCRAM's key
+/// derivation elsewhere), and on `235` call [`SaslClient::finish`].
 pub struct SaslClient {
     mechanism: Mechanism,
     state: State,
@@ -347,6 +441,12 @@ enum ScramStep {
     Start { password: Zeroizing<String> },
     /// Client-first sent, waiting for server-first.
     ClientFirstSent { password: Zeroizing<String> },
+    /// Server-first accepted; waiting for the caller's [`DerivedKey`].
+    Deriving {
+        /// `c=biws,r=<combined nonce>`.
+        without_proof: String,
+        auth_message: String,
+    },
     /// Client-final sent, waiting for server-final.
     ClientFinalSent {
         server_key: ScramKey,
@@ -362,7 +462,7 @@ impl fmt::Debug for SaslClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SaslClient")
             .field("mechanism", &self.mechanism)
-            .field("step", &self.step())
+            .field("step", &self.progress())
             .finish_non_exhaustive()
     }
 }
@@ -472,13 +572,33 @@ impl SaslClient {
     ///   [`SaslError::ServerError`]. After any SCRAM error the exchange is
     ///   dead and every further challenge is unexpected.
     ///
+    /// SCRAM's key derivation runs inline, on the calling thread: use
+    /// [`step`](Self::step) to run it elsewhere.
+    ///
     /// # Errors
     ///
     /// See [`SaslError`]; never panics, whatever the challenge.
     pub fn respond(&mut self, challenge: &[u8]) -> Result<Zeroizing<Vec<u8>>, SaslError> {
+        match self.step(challenge)? {
+            Step::Respond(response) => Ok(response),
+            Step::Derive(derivation) => self.resume(derivation.run()),
+        }
+    }
+
+    /// Like [`respond`](Self::respond), except that SCRAM's server-first
+    /// message gives [`Step::Derive`]: the caller runs the key derivation
+    /// (off its async threads) and hands the result to
+    /// [`resume`](Self::resume). The server-first message is fully checked
+    /// (nonce, salt, iteration count within [`SCRAM_MAX_ITERATIONS`]) before
+    /// that, so a refused message costs no derivation.
+    ///
+    /// # Errors
+    ///
+    /// As [`respond`](Self::respond).
+    pub fn step(&mut self, challenge: &[u8]) -> Result<Step, SaslError> {
         let mechanism = self.mechanism;
         let unexpected = SaslError::UnexpectedChallenge { mechanism };
-        match &mut self.state {
+        let response = match &mut self.state {
             State::Plain { message } => message.take().ok_or(unexpected),
             State::Login { username, password } => {
                 username.take().or_else(|| password.take()).ok_or(unexpected)
@@ -492,7 +612,7 @@ impl SaslClient {
                 server_error,
             } => {
                 if let Some(message) = message.take() {
-                    return Ok(message);
+                    return Ok(Step::Respond(message));
                 }
                 if server_error.is_some() {
                     return Err(unexpected);
@@ -500,7 +620,24 @@ impl SaslClient {
                 *server_error = Some(String::from_utf8_lossy(challenge).into_owned());
                 Ok(Zeroizing::new(Vec::new()))
             }
-            State::Scram(scram) => scram.respond(challenge),
+            State::Scram(scram) => return scram.step(challenge),
+        };
+        response.map(Step::Respond)
+    }
+
+    /// SCRAM: the client-final message (with the proof), from the result of
+    /// the [`KeyDerivation`] that [`step`](Self::step) returned.
+    ///
+    /// # Errors
+    ///
+    /// [`SaslError::UnexpectedChallenge`] when no derivation is pending
+    /// (another mechanism, or a second call).
+    pub fn resume(&mut self, key: DerivedKey) -> Result<Zeroizing<Vec<u8>>, SaslError> {
+        match &mut self.state {
+            State::Scram(scram) => scram.resume(&key),
+            _ => Err(SaslError::UnexpectedChallenge {
+                mechanism: self.mechanism,
+            }),
         }
     }
 
@@ -536,7 +673,7 @@ impl SaslClient {
     }
 
     /// A short, non-secret description of where the exchange is.
-    fn step(&self) -> &'static str {
+    fn progress(&self) -> &'static str {
         match &self.state {
             State::Plain { message: Some(_) } => "initial",
             State::Plain { message: None } => "sent",
@@ -559,6 +696,7 @@ impl SaslClient {
             State::Scram(scram) => match scram.step {
                 ScramStep::Start { .. } => "initial",
                 ScramStep::ClientFirstSent { .. } => "client-first sent",
+                ScramStep::Deriving { .. } => "deriving the key",
                 ScramStep::ClientFinalSent { .. } => "client-final sent",
                 ScramStep::Verified => "verified",
                 ScramStep::Failed => "failed",
@@ -769,7 +907,7 @@ impl Scram {
         }
     }
 
-    fn respond(&mut self, challenge: &[u8]) -> Result<Zeroizing<Vec<u8>>, SaslError> {
+    fn step(&mut self, challenge: &[u8]) -> Result<Step, SaslError> {
         let unexpected = SaslError::UnexpectedChallenge {
             mechanism: Mechanism::ScramSha256,
         };
@@ -782,23 +920,32 @@ impl Scram {
                     return Err(unexpected);
                 }
                 self.step = ScramStep::Start { password };
-                self.client_first().ok_or(unexpected)
+                self.client_first().map(Step::Respond).ok_or(unexpected)
             }
             ScramStep::ClientFirstSent { password } => {
-                let (response, server_key, auth_message) = self.client_final(&password, challenge)?;
-                self.step = ScramStep::ClientFinalSent {
-                    server_key,
+                let server_first = std::str::from_utf8(challenge)
+                    .map_err(|_| scram_malformed("server-first message is not UTF-8"))?;
+                let parsed = parse_server_first(server_first, &self.client_nonce)?;
+                let without_proof = format!("c={CHANNEL_BINDING},r={}", parsed.nonce);
+                let auth_message = format!("{},{},{}", self.client_first_bare, server_first, without_proof);
+                self.step = ScramStep::Deriving {
+                    without_proof,
                     auth_message,
                 };
-                Ok(response)
+                Ok(Step::Derive(KeyDerivation {
+                    password,
+                    salt: parsed.salt,
+                    iterations: parsed.iterations,
+                }))
             }
+            ScramStep::Deriving { .. } => Err(unexpected),
             ScramStep::ClientFinalSent {
                 server_key,
                 auth_message,
             } => {
                 verify_server_final(&server_key[..], &auth_message, challenge)?;
                 self.step = ScramStep::Verified;
-                Ok(Zeroizing::new(Vec::new()))
+                Ok(Step::Respond(Zeroizing::new(Vec::new())))
             }
             ScramStep::Verified => {
                 // The server has proven itself; a stray challenge is refused
@@ -810,54 +957,64 @@ impl Scram {
         }
     }
 
-    /// Answers server-first: returns client-final, the server key and the
-    /// auth message (for verifying server-final).
-    fn client_final(
-        &self,
-        password: &str,
-        server_first: &[u8],
-    ) -> Result<(Zeroizing<Vec<u8>>, ScramKey, String), SaslError> {
-        let server_first = std::str::from_utf8(server_first)
-            .map_err(|_| scram_malformed("server-first message is not UTF-8"))?;
-        let parsed = parse_server_first(server_first, &self.client_nonce)?;
-
-        let without_proof = format!("c={CHANNEL_BINDING},r={}", parsed.nonce);
-        let auth_message = format!("{},{},{}", self.client_first_bare, server_first, without_proof);
-
-        let mut salted_password = Zeroizing::new([0u8; SCRAM_KEY_LEN]);
-        pbkdf2::pbkdf2_hmac::<Sha256>(
-            password.as_bytes(),
-            &parsed.salt,
-            parsed.iterations,
-            &mut salted_password[..],
-        );
-        let client_key = hmac_sha256(&salted_password[..], b"Client Key")?;
-        let mut stored_key = Zeroizing::new([0u8; SCRAM_KEY_LEN]);
-        Digest::finalize_into(
-            <Sha256 as Digest>::new_with_prefix(&client_key[..]),
-            GenericArray::from_mut_slice(&mut stored_key[..]),
-        );
-        let client_signature = hmac_sha256(&stored_key[..], auth_message.as_bytes())?;
-        let mut proof = Zeroizing::new([0u8; SCRAM_KEY_LEN]);
-        for ((p, k), s) in proof
-            .iter_mut()
-            .zip(client_key.iter())
-            .zip(client_signature.iter())
-        {
-            *p = k ^ s;
+    /// Answers server-first once its key is derived: client-final.
+    fn resume(&mut self, key: &DerivedKey) -> Result<Zeroizing<Vec<u8>>, SaslError> {
+        match std::mem::replace(&mut self.step, ScramStep::Failed) {
+            ScramStep::Deriving {
+                without_proof,
+                auth_message,
+            } => {
+                let (response, server_key) = client_final(&key.0, &without_proof, &auth_message)?;
+                self.step = ScramStep::ClientFinalSent {
+                    server_key,
+                    auth_message,
+                };
+                Ok(response)
+            }
+            // Nothing pending: a misuse, which leaves the exchange as it was.
+            other => {
+                self.step = other;
+                Err(SaslError::UnexpectedChallenge {
+                    mechanism: Mechanism::ScramSha256,
+                })
+            }
         }
-        let server_key = hmac_sha256(&salted_password[..], b"Server Key")?;
-
-        // Exact capacities, so no reallocation leaves copies of the proof.
-        let mut proof_b64 = Zeroizing::new(String::with_capacity(2 * SCRAM_KEY_LEN));
-        STANDARD.encode_string(&proof[..], &mut proof_b64);
-        let mut response = Zeroizing::new(Vec::with_capacity(without_proof.len() + 3 + proof_b64.len()));
-        response.extend_from_slice(without_proof.as_bytes());
-        response.extend_from_slice(b",p=");
-        response.extend_from_slice(proof_b64.as_bytes());
-
-        Ok((response, server_key, auth_message))
     }
+}
+
+/// Client-final (`without_proof` and the proof) and the server key, from the
+/// salted password.
+fn client_final(
+    salted_password: &ScramKey,
+    without_proof: &str,
+    auth_message: &str,
+) -> Result<(Zeroizing<Vec<u8>>, ScramKey), SaslError> {
+    let client_key = hmac_sha256(&salted_password[..], b"Client Key")?;
+    let mut stored_key = Zeroizing::new([0u8; SCRAM_KEY_LEN]);
+    Digest::finalize_into(
+        <Sha256 as Digest>::new_with_prefix(&client_key[..]),
+        GenericArray::from_mut_slice(&mut stored_key[..]),
+    );
+    let client_signature = hmac_sha256(&stored_key[..], auth_message.as_bytes())?;
+    let mut proof = Zeroizing::new([0u8; SCRAM_KEY_LEN]);
+    for ((p, k), s) in proof
+        .iter_mut()
+        .zip(client_key.iter())
+        .zip(client_signature.iter())
+    {
+        *p = k ^ s;
+    }
+    let server_key = hmac_sha256(&salted_password[..], b"Server Key")?;
+
+    // Exact capacities, so no reallocation leaves copies of the proof.
+    let mut proof_b64 = Zeroizing::new(String::with_capacity(2 * SCRAM_KEY_LEN));
+    STANDARD.encode_string(&proof[..], &mut proof_b64);
+    let mut response = Zeroizing::new(Vec::with_capacity(without_proof.len() + 3 + proof_b64.len()));
+    response.extend_from_slice(without_proof.as_bytes());
+    response.extend_from_slice(b",p=");
+    response.extend_from_slice(proof_b64.as_bytes());
+
+    Ok((response, server_key))
 }
 
 /// Checks server-final: `v=<signature>` must verify (constant time);
@@ -1139,6 +1296,8 @@ mod tests {
             ("1", 1),
             ("0", 0),
             ("4095", 4095),
+            ("100001", 100_001),
+            ("1000000", 1_000_000),
             ("1000001", 1_000_001),
             ("100000000", 100_000_000),
             ("99999999999999999999999999", u64::MAX),
@@ -1150,8 +1309,69 @@ mod tests {
                 "i={text}"
             );
         }
+        for count in [SCRAM_MIN_ITERATIONS, SCRAM_MAX_ITERATIONS] {
+            let mut client = rfc7677_started();
+            let step = client.step(server_first_with_count(&count.to_string()).as_bytes());
+            let Ok(Step::Derive(derivation)) = step else {
+                panic!("i={count}: {step:?}");
+            };
+            assert_eq!(u64::from(derivation.iterations()), count);
+        }
+    }
+
+    #[test]
+    fn scram_step_and_resume_give_what_respond_gives() {
+        let server_first = server_first_with_count("4096");
+        let mut inline = rfc7677_started();
+        let want = inline.respond(server_first.as_bytes()).unwrap();
+
         let mut client = rfc7677_started();
-        assert!(client.respond(server_first_with_count("4096").as_bytes()).is_ok());
+        // Nothing to resume yet.
+        assert_eq!(
+            client.resume(key_for_tests()),
+            Err(SaslError::UnexpectedChallenge {
+                mechanism: Mechanism::ScramSha256
+            })
+        );
+        let Ok(Step::Derive(derivation)) = client.step(server_first.as_bytes()) else {
+            panic!("no derivation");
+        };
+        assert_eq!(
+            format!("{derivation:?}"),
+            "KeyDerivation { iterations: 4096, .. }"
+        );
+        let key = derivation.run();
+        assert_eq!(format!("{key:?}"), "DerivedKey([redacted])");
+        assert!(format!("{client:?}").contains("deriving the key"));
+        // A challenge while the key is derived is refused.
+        assert!(client.step(b"v=x").is_err());
+        let mut client = rfc7677_started();
+        let Ok(Step::Derive(derivation)) = client.step(server_first.as_bytes()) else {
+            panic!("no derivation");
+        };
+        assert_eq!(client.resume(derivation.run()).unwrap(), want);
+        // Once only.
+        assert!(client.resume(key).is_err());
+        // Other mechanisms never ask for a derivation.
+        let mut plain = SaslClient::new(Mechanism::Plain, &password("u", "p"), "").unwrap();
+        let step = plain.step(b"").unwrap();
+        assert_eq!(format!("{step:?}"), "Respond([redacted, 4 bytes])");
+        assert!(matches!(step, Step::Respond(r) if &r[..] == b"\0u\0p"));
+        assert!(plain.resume(key_for_tests()).is_err());
+    }
+
+    fn key_for_tests() -> DerivedKey {
+        DerivedKey(Zeroizing::new([7; SCRAM_KEY_LEN]))
+    }
+
+    #[test]
+    fn protocol_violations_are_the_servers_format_errors() {
+        assert!(SaslError::IterationCount { count: 100_001 }.is_protocol_violation());
+        assert!(SaslError::InvalidBase64.is_protocol_violation());
+        assert!(scram_malformed("salt is empty").is_protocol_violation());
+        assert!(!SaslError::ServerSignatureMismatch.is_protocol_violation());
+        assert!(!SaslError::NonceMismatch.is_protocol_violation());
+        assert!(!SaslError::InvalidNonce.is_protocol_violation());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Server capabilities announced in the EHLO reply (RFC 5321 §4.1.1.1).
 
+use std::collections::HashSet;
+
 use super::reply::Reply;
 
 /// An SMTP service extension relaymail understands.
@@ -100,6 +102,10 @@ impl Capabilities {
         for line in lines {
             caps.add_line(line);
         }
+        // Once, after every line: linear, where checking each new name
+        // against those kept was quadratic (a hostile server may announce
+        // tens of thousands of names within the reply limits).
+        dedup_keep_first(&mut caps.auth);
         caps
     }
 
@@ -136,12 +142,9 @@ impl Capabilities {
                     .filter(|&n| n > 0);
             }
             Extension::Auth => {
-                for mech in params {
-                    let mech = mech.to_ascii_uppercase();
-                    if !self.auth.contains(&mech) {
-                        self.auth.push(mech);
-                    }
-                }
+                // Upper-cased here, de-duplicated by `from_ehlo`.
+                self.auth
+                    .extend(params.iter().map(|mech| mech.to_ascii_uppercase()));
             }
             _ => {}
         }
@@ -185,6 +188,16 @@ impl Capabilities {
     pub fn extensions(&self) -> impl Iterator<Item = Extension> + '_ {
         Extension::ALL.into_iter().filter(|e| self.supports(*e))
     }
+}
+
+/// Removes repeated strings, keeping the first of each in place: one hash
+/// set look-up per string.
+fn dedup_keep_first(items: &mut Vec<String>) {
+    let mut seen = HashSet::with_capacity(items.len());
+    let keep: Vec<bool> = items.iter().map(|item| seen.insert(item.as_str())).collect();
+    let mut keep = keep.into_iter();
+    // `retain` visits the elements in order, once each.
+    items.retain(|_| keep.next().unwrap_or(true));
 }
 
 #[cfg(test)]
@@ -266,6 +279,44 @@ mod tests {
         assert_eq!(caps(b"250-x\r\n250 SIZE 0\r\n").size_limit(), None);
         assert_eq!(caps(b"250-x\r\n250 SIZE lots\r\n").size_limit(), None);
         assert!(caps(b"250-x\r\n250 SIZE lots\r\n").supports(Extension::Size));
+    }
+
+    #[test]
+    fn many_auth_mechanisms_dedup_in_order_of_first_appearance() {
+        // 20,000 distinct names over two AUTH lines (the old and the RFC 4954
+        // form), each name announced again later in lower case, plus repeats
+        // of the first names at the end: the first appearance wins and the
+        // case is folded to upper.
+        let mut input = b"250-mx.example.com\r\n250-AUTH".to_vec();
+        for i in 0..10_000 {
+            input.extend_from_slice(format!(" Mech-{i}").as_bytes());
+        }
+        input.extend_from_slice(b"\r\n250-AUTH=mech-9999");
+        for i in 10_000..20_000 {
+            input.extend_from_slice(format!(" mech-{i} MECH-{}", i - 10_000).as_bytes());
+        }
+        input.extend_from_slice(b"\r\n250 AUTH MECH-0 mech-19999 Mech-5\r\n");
+        let mut p = ReplyParser::with_limits(crate::proto::reply::ReplyLimits {
+            max_line: 1 << 20,
+            max_reply: 1 << 20,
+        });
+        p.push(&input);
+        let c = Capabilities::from_ehlo(&p.next_reply().expect("ok").expect("reply"));
+        let want: Vec<String> = (0..20_000).map(|i| format!("MECH-{i}")).collect();
+        assert_eq!(c.auth_mechanisms(), want.as_slice());
+    }
+
+    #[test]
+    fn dedup_keep_first_keeps_order_and_is_case_sensitive() {
+        let mut v: Vec<String> = ["B", "A", "B", "C", "a", "A", "B"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        dedup_keep_first(&mut v);
+        assert_eq!(v, ["B", "A", "C", "a"]);
+        let mut empty: Vec<String> = Vec::new();
+        dedup_keep_first(&mut empty);
+        assert!(empty.is_empty());
     }
 
     #[test]

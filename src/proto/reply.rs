@@ -5,8 +5,13 @@
 //! until it returns `Ok(None)` ("need more bytes"). Any split of the input gives
 //! the same replies. Line length and total reply size are capped, so a hostile
 //! server cannot make the client buffer without bound.
+//!
+//! Reply text is server-controlled. The `Display` of a [`Reply`] (and of every
+//! [`Error`](crate::Error) that shows one) escapes control characters with
+//! [`Escaped`], so a hostile server cannot drive a terminal or forge log
+//! lines; [`Reply::lines`] and [`Reply::text`] give the raw text.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 /// A three-digit SMTP reply code, such as 250 or 550.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -209,6 +214,8 @@ impl Reply {
     }
 }
 
+/// Shows code, enhanced code and [`text`](Reply::text), with control
+/// characters escaped as [`Escaped`] does.
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.code)?;
@@ -217,9 +224,51 @@ impl fmt::Display for Reply {
         }
         let text = self.text();
         if !text.is_empty() {
-            write!(f, " {text}")?;
+            write!(f, " {}", Escaped(&text))?;
         }
         Ok(())
+    }
+}
+
+/// Displays a value with the characters that could drive a terminal or forge
+/// a log line escaped: every Unicode control character (C0 such as ESC, BEL,
+/// NUL, CR and LF, DEL, and C1) and the bidirectional overrides and isolates
+/// (U+202A..=U+202E, U+2066..=U+2069). Each is shown as Rust's `\u{..}`
+/// escape with lower-case hex: ESC as `\u{1b}`, CR as `\u{d}`. Other text,
+/// backslashes included, is shown as is.
+///
+/// Use it wherever server text is printed or logged.
+///
+/// ```
+/// use relaymail::proto::reply::Escaped;
+/// assert_eq!(Escaped("a\x1b[2Jb\r\n").to_string(), "a\\u{1b}[2Jb\\u{d}\\u{a}");
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Escaped<T>(pub T);
+
+impl<T: fmt::Display> fmt::Display for Escaped<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(EscapeWriter(f), "{}", self.0)
+    }
+}
+
+/// Whether [`Escaped`] shows `c` as an escape.
+fn is_escaped(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A [`fmt::Write`] that passes text on with [`is_escaped`] characters
+/// replaced by their `\u{..}` escapes.
+pub(crate) struct EscapeWriter<W>(pub(crate) W);
+
+impl<W: fmt::Write> fmt::Write for EscapeWriter<W> {
+    fn write_str(&mut self, mut s: &str) -> fmt::Result {
+        while let Some((at, c)) = s.char_indices().find(|&(_, c)| is_escaped(c)) {
+            self.0.write_str(&s[..at])?;
+            write!(self.0, "\\u{{{:x}}}", u32::from(c))?;
+            s = &s[at + c.len_utf8()..];
+        }
+        self.0.write_str(s)
     }
 }
 

@@ -9,7 +9,10 @@
 //!    (or call [`Session::receive_eof`] when the peer closed);
 //! 3. take [`Event`]s from [`Session::poll_event`] and act on them: run a TLS
 //!    handshake on [`Event::StartTls`], authenticate or send mail on
-//!    [`Event::Ready`], report each [`Event::Transaction`];
+//!    [`Event::Ready`], report each [`Event::Transaction`], and, with
+//!    [`SessionConfig::offload_key_derivation`], run the SCRAM key derivation
+//!    of [`Event::DeriveKey`] off the async threads and hand its result to
+//!    [`Session::key_derived`];
 //! 4. apply the timeout of [`Session::phase`] to each wait.
 //!
 //! ```text
@@ -28,13 +31,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use secrecy::zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
-use super::auth::{self, Mechanism, SaslClient};
+use super::auth::{self, DerivedKey, KeyDerivation, Mechanism, SaslClient, SaslError, Step};
 use super::command::{check_helo_name, check_mailbox, Argument, BodyType, Command, MailParams, RcptParams};
 use super::data::{self, DataEncoder};
 use super::ehlo::{Capabilities, Extension};
-use super::reply::{Reply, ReplyLimits, ReplyParser};
+use super::reply::{Escaped, Reply, ReplyLimits, ReplyParser};
 use crate::error::{Error, Kind, Stage};
 
 /// When to upgrade a plain connection with STARTTLS.
@@ -70,6 +73,12 @@ pub struct SessionConfig {
     pub chunking: bool,
     /// Reply parser limits.
     pub reply_limits: ReplyLimits,
+    /// Hand SCRAM's key derivation (up to
+    /// [`SCRAM_MAX_ITERATIONS`](auth::SCRAM_MAX_ITERATIONS) rounds of
+    /// PBKDF2) to the shell as [`Event::DeriveKey`] instead of running it
+    /// inside [`Session::receive`]. An async shell sets it and runs the
+    /// derivation off its executor threads. Default: false.
+    pub offload_key_derivation: bool,
 }
 
 impl SessionConfig {
@@ -85,6 +94,7 @@ impl SessionConfig {
             pipelining: true,
             chunking: true,
             reply_limits: ReplyLimits::default(),
+            offload_key_derivation: false,
         }
     }
 }
@@ -233,6 +243,11 @@ pub enum Event {
     Ready,
     /// The AUTH exchange ended.
     Authenticated(Result<Mechanism, Error>),
+    /// Only with [`SessionConfig::offload_key_derivation`]: run this SCRAM
+    /// key derivation (CPU-bound, for an async shell on a blocking thread)
+    /// and pass its result to [`Session::key_derived`]. Until then the
+    /// session writes nothing and waits for no reply.
+    DeriveKey(KeyDerivation),
     /// A transaction ended.
     Transaction(TransactionOutcome),
     /// A NOOP was answered positively.
@@ -351,6 +366,8 @@ pub struct Session {
     authenticated: Option<Mechanism>,
     sasl: Option<SaslClient>,
     sasl_cancelled: Option<Error>,
+    /// An [`Event::DeriveKey`] is out; [`Session::key_derived`] is awaited.
+    deriving: bool,
     tls_note: Option<String>,
     txs: VecDeque<Tx>,
     next_id: u64,
@@ -381,6 +398,7 @@ impl Session {
             authenticated: None,
             sasl: None,
             sasl_cancelled: None,
+            deriving: false,
             tls_note: None,
             txs: VecDeque::new(),
             next_id: 0,
@@ -411,14 +429,18 @@ impl Session {
         !self.out.is_empty()
     }
 
-    /// Marks `n` bytes of [`output`](Session::output) as written. Bytes that
-    /// carried AUTH data are overwritten with zeros before they are dropped.
+    /// Marks `n` bytes of [`output`](Session::output) as written. While the
+    /// output holds AUTH data, the bytes it no longer uses are overwritten
+    /// with zeros: no copy of an AUTH line stays behind in the buffer.
     pub fn consume_output(&mut self, n: usize) {
         let n = n.min(self.out.len());
-        let wipe = n.min(self.sensitive);
-        self.out[..wipe].zeroize();
-        self.sensitive -= wipe;
-        self.out.drain(..n);
+        if self.sensitive == 0 {
+            self.out.drain(..n);
+            return;
+        }
+        self.sensitive = self.sensitive.saturating_sub(n);
+        let kept = drain_front_wiping(&mut self.out, n);
+        self.out.truncate(kept);
     }
 
     /// The next event, if any.
@@ -444,9 +466,10 @@ impl Session {
         }
     }
 
-    /// Whether the session waits for bytes from the server.
+    /// Whether the session waits for bytes from the server (not while an
+    /// [`Event::DeriveKey`] is being run: the server waits for us then).
     pub fn wants_read(&self) -> bool {
-        !matches!(self.phase(), Phase::Idle | Phase::TlsHandshake)
+        !self.deriving && !matches!(self.phase(), Phase::Idle | Phase::TlsHandshake)
     }
 
     /// The server's capabilities from the latest EHLO (`None` before EHLO
@@ -645,6 +668,7 @@ impl Session {
         self.state = State::Failed;
         self.expects.clear();
         self.sasl = None;
+        self.deriving = false;
         for tx in self.txs.drain(..) {
             let mut e = error.clone();
             if tx.body_written {
@@ -675,12 +699,24 @@ impl Session {
     }
 
     fn write(&mut self, cmd: Command<'_>) -> Result<(), Error> {
-        cmd.encode(&mut self.out)
-            .map_err(|e| Error::config(format!("cannot send {}: {e}", cmd.verb())).with_source(e))
+        if self.sensitive == 0 {
+            return cmd.encode(&mut self.out).map_err(|e| cmd_encode_error(&cmd, e));
+        }
+        // `out` holds AUTH data: encode apart and grow `out` without leaving
+        // a copy in a freed allocation.
+        let mut line = Vec::new();
+        cmd.encode(&mut line).map_err(|e| cmd_encode_error(&cmd, e))?;
+        append_wiping(&mut self.out, &line);
+        Ok(())
     }
 
-    fn write_sensitive(&mut self, cmd: Command<'_>) -> Result<(), Error> {
-        self.write(cmd)?;
+    /// Writes a command that carries AUTH data. The line is encoded into a
+    /// zeroizing buffer sized beforehand (`payload` is the length of its
+    /// argument), so neither it nor `out` reallocates while holding it.
+    fn write_sensitive(&mut self, cmd: Command<'_>, payload: usize) -> Result<(), Error> {
+        let mut line = Zeroizing::new(Vec::with_capacity(payload + SENSITIVE_LINE_OVERHEAD));
+        cmd.encode(&mut line).map_err(|e| cmd_encode_error(&cmd, e))?;
+        append_wiping(&mut self.out, &line);
         self.sensitive = self.out.len();
         Ok(())
     }
@@ -728,10 +764,14 @@ impl Session {
         let initial = client
             .initial_response()
             .map(|raw| auth::encode_initial_response(&raw));
-        self.write_sensitive(Command::Auth {
-            mechanism: mech.name(),
-            initial: initial.as_deref().map(|v| v.as_slice()),
-        })?;
+        let initial = initial.as_deref().map(|v| v.as_slice());
+        self.write_sensitive(
+            Command::Auth {
+                mechanism: mech.name(),
+                initial,
+            },
+            initial.map_or(0, <[u8]>::len),
+        )?;
         self.sasl = Some(client);
         self.state = State::Auth;
         Ok(())
@@ -1174,25 +1214,28 @@ impl Session {
             self.events.push_back(Event::Authenticated(Err(err)));
             return Ok(());
         }
+        if self.deriving {
+            return Err(Error::protocol(
+                Some(Stage::Auth),
+                "the server replied before the client answered its AUTH challenge",
+            )
+            .with_reply(reply));
+        }
         match reply.code().value() {
             334 => {
-                let step = auth::decode_challenge(&reply.text()).and_then(|c| client.respond(&c));
+                let step = auth::decode_challenge(&reply.text()).and_then(|c| client.step(&c));
                 match step {
-                    Ok(raw) => {
-                        let b64 = auth::encode_continuation(&raw);
-                        self.write_sensitive(Command::AuthResponse(&b64))
+                    Ok(Step::Derive(derivation)) if self.config.offload_key_derivation => {
+                        self.deriving = true;
+                        self.events.push_back(Event::DeriveKey(derivation));
+                        Ok(())
                     }
-                    Err(e) => {
-                        self.sasl_cancelled = Some(
-                            Error::new(
-                                Kind::Auth,
-                                Some(Stage::Auth),
-                                format!("{mech} authentication failed"),
-                            )
-                            .with_source(e),
-                        );
-                        self.write(Command::AuthCancel)
+                    Ok(Step::Derive(derivation)) => {
+                        let response = client.resume(derivation.run());
+                        self.answer_challenge(mech, response)
                     }
+                    Ok(Step::Respond(response)) => self.answer_challenge(mech, Ok(response)),
+                    Err(e) => self.answer_challenge(mech, Err(e)),
                 }
             }
             235 => {
@@ -1225,7 +1268,8 @@ impl Session {
                 .with_reply(reply.clone())
                 .transient(reply.is_transient());
                 if let Some(detail) = detail {
-                    e = e.with_hint(format!("the server said: {detail}"));
+                    // Server text: escaped here too, so `Error::hint` is safe to print.
+                    e = e.with_hint(format!("the server said: {}", Escaped(&detail)));
                 } else if reply.code().value() == 535 {
                     e = e.with_hint("check the user name and password");
                 }
@@ -1234,6 +1278,53 @@ impl Session {
             }
             _ => Err(Error::protocol(Some(Stage::Auth), "unexpected reply during AUTH").with_reply(reply)),
         }
+    }
+
+    /// Sends the response to a `334` challenge, or, when the mechanism
+    /// refused the challenge, cancels the exchange with `*` (never a partial
+    /// response).
+    fn answer_challenge(
+        &mut self,
+        mech: Mechanism,
+        response: Result<Zeroizing<Vec<u8>>, SaslError>,
+    ) -> Result<(), Error> {
+        match response {
+            Ok(raw) => {
+                let b64 = auth::encode_continuation(&raw);
+                self.write_sensitive(Command::AuthResponse(&b64), b64.len())
+            }
+            Err(e) => {
+                // A server asking for what the client must refuse broke the
+                // protocol (and will again: permanent); the rest is an
+                // authentication failure.
+                let kind = if e.is_protocol_violation() {
+                    Kind::Protocol
+                } else {
+                    Kind::Auth
+                };
+                let message = format!("{mech} authentication failed");
+                self.sasl_cancelled = Some(Error::new(kind, Some(Stage::Auth), message).with_source(e));
+                self.write(Command::AuthCancel)
+            }
+        }
+    }
+
+    /// Call with the result of the [`KeyDerivation`] of an
+    /// [`Event::DeriveKey`]: the session answers the server's challenge.
+    pub fn key_derived(&mut self, key: DerivedKey) -> Result<(), Error> {
+        self.check_alive()?;
+        let client = match self.sasl.as_mut() {
+            Some(client) if self.deriving => client,
+            _ => {
+                return Err(Error::config(
+                    "key_derived called without a pending Event::DeriveKey",
+                ))
+            }
+        };
+        self.deriving = false;
+        let mech = client.mechanism();
+        let response = client.resume(key);
+        self.answer_challenge(mech, response)
     }
 
     fn on_pipeline_reply(&mut self, reply: Reply) -> Result<(), Error> {
@@ -1396,6 +1487,41 @@ fn mailbox(addr: &str, argument: Argument) -> Result<bool, Error> {
         .map_err(cmd_error)
 }
 
+/// Room in a sensitive line beyond its argument: `AUTH `, the mechanism
+/// name (at most 20 characters, RFC 4422), a space and CRLF.
+const SENSITIVE_LINE_OVERHEAD: usize = 32;
+
+fn cmd_encode_error(cmd: &Command<'_>, e: super::command::CommandError) -> Error {
+    Error::config(format!("cannot send {}: {e}", cmd.verb())).with_source(e)
+}
+
+/// Removes the first `n` bytes of `buf` the wiping way: moves the rest to
+/// the front, overwrites every byte after it (the consumed bytes and the
+/// stale copies the move left) with zeros, and returns the new length. The
+/// caller truncates to it; the bytes past it are all zero then.
+fn drain_front_wiping(buf: &mut [u8], n: usize) -> usize {
+    let n = n.min(buf.len());
+    buf.copy_within(n.., 0);
+    let kept = buf.len() - n;
+    buf[kept..].zeroize();
+    kept
+}
+
+/// Appends `bytes` to `buf`. When `buf` must grow, its contents move to a
+/// new allocation and the old one is wiped (the whole capacity, by
+/// `zeroize`) before it is freed, where `Vec`'s own growth would free it
+/// as is.
+fn append_wiping(buf: &mut Vec<u8>, bytes: &[u8]) {
+    if buf.capacity() - buf.len() < bytes.len() {
+        let needed = buf.len() + bytes.len();
+        let mut grown = Vec::with_capacity(needed.max(2 * buf.capacity()));
+        grown.extend_from_slice(buf);
+        buf.zeroize();
+        *buf = grown;
+    }
+    buf.extend_from_slice(bytes);
+}
+
 fn cmd_error(e: super::command::CommandError) -> Error {
     Error::config(e.to_string()).with_source(e)
 }
@@ -1406,4 +1532,80 @@ fn starttls_injection() -> Error {
         Some(Stage::StartTls),
         "the server sent data after its STARTTLS reply, before the TLS handshake (RFC 3207 §6); possible command injection",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::auth::Credential;
+
+    const AUTH_LINE: &[u8] = b"AUTH PLAIN AHVzZXIAczNjcjN0\r\n";
+
+    #[test]
+    fn drain_front_wiping_leaves_only_zeros_behind() {
+        let mut buf = [AUTH_LINE, b"*\r\n"].concat();
+        let old_len = buf.len();
+        // A partial write: part of the AUTH line is still to be sent.
+        let kept = drain_front_wiping(&mut buf, 7);
+        assert_eq!(buf.len(), old_len, "the helper leaves truncating to the caller");
+        assert_eq!(&buf[..kept], &[&AUTH_LINE[7..], b"*\r\n"].concat()[..]);
+        assert!(buf[kept..].iter().all(|&b| b == 0), "{buf:?}");
+        // Then the rest: nothing of the line is left anywhere.
+        buf.truncate(kept);
+        let kept = drain_front_wiping(&mut buf, kept);
+        assert_eq!(kept, 0);
+        assert!(buf.iter().all(|&b| b == 0), "{buf:?}");
+        // More than the length is the whole buffer.
+        let mut buf = AUTH_LINE.to_vec();
+        assert_eq!(drain_front_wiping(&mut buf, 1000), 0);
+        assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn append_wiping_keeps_contents_when_it_grows() {
+        let mut buf = Vec::with_capacity(4);
+        append_wiping(&mut buf, b"AUTH");
+        assert_eq!(buf.capacity(), 4, "no growth while it fits");
+        append_wiping(&mut buf, b" PLAIN x\r\n");
+        assert_eq!(buf, b"AUTH PLAIN x\r\n");
+        assert!(buf.capacity() >= 14);
+        append_wiping(&mut buf, b"");
+        assert_eq!(buf, b"AUTH PLAIN x\r\n");
+    }
+
+    fn ready_for_plain_auth() -> Session {
+        let mut config = SessionConfig::new("client.example.com");
+        config.implicit_tls = true;
+        let mut s = Session::new(config).expect("config");
+        s.receive(b"220 mx ESMTP\r\n").expect("greeting");
+        s.consume_output(s.output().len());
+        s.receive(b"250-mx\r\n250 AUTH PLAIN\r\n").expect("ehlo");
+        assert!(matches!(s.poll_event(), Some(Event::Ready)));
+        s
+    }
+
+    #[test]
+    fn consume_output_of_an_auth_line_in_pieces() {
+        let mut s = ready_for_plain_auth();
+        let credential = Credential::Password {
+            username: "user".into(),
+            password: "s3cr3t".to_owned().into(),
+        };
+        let client = SaslClient::new(Mechanism::Plain, &credential, "").expect("client");
+        s.authenticate(client).expect("auth");
+        assert_eq!(s.output(), AUTH_LINE);
+        assert_eq!(s.sensitive, AUTH_LINE.len());
+        s.consume_output(5);
+        assert_eq!(s.output(), &AUTH_LINE[5..]);
+        assert_eq!(s.sensitive, AUTH_LINE.len() - 5);
+        s.consume_output(usize::MAX);
+        assert!(!s.wants_write());
+        assert_eq!(s.sensitive, 0);
+        // Plain output drains as before once the secret is gone.
+        s.receive(b"235 2.7.0 ok\r\n").expect("235");
+        s.noop().expect("noop");
+        assert_eq!(s.output(), b"NOOP\r\n");
+        s.consume_output(2);
+        assert_eq!(s.output(), b"OP\r\n");
+    }
 }

@@ -334,6 +334,7 @@ impl Connector {
         config.allow_plaintext_auth = s.allow_plaintext_auth;
         config.pipelining = s.pipelining;
         config.chunking = s.chunking;
+        config.offload_key_derivation = true;
         let session = match Session::new(config) {
             Ok(s) => s,
             Err(e) => return Err((e, trace)),
@@ -699,6 +700,14 @@ impl Connection {
                     return Ok(());
                 }
                 Event::Authenticated(Err(e)) => return Err(e),
+                // SCRAM's PBKDF2 (capped, CPU-bound) runs off the async threads.
+                Event::DeriveKey(job) => match tokio::task::spawn_blocking(move || job.run()).await {
+                    Ok(key) => self.session.key_derived(key)?,
+                    Err(join) => {
+                        let e = Error::new(Kind::Auth, Some(Stage::Auth), "the SCRAM key derivation failed");
+                        return Err(self.session.abort(e.with_source(join)));
+                    }
+                },
                 _ => continue,
             }
         }

@@ -56,6 +56,24 @@ impl Script {
         std::iter::from_fn(|| self.s.poll_event()).collect()
     }
 
+    /// Starts AUTH with `mechanism` and drops the AUTH line written.
+    #[track_caller]
+    fn start_auth(&mut self, mechanism: Mechanism, credential: &Credential, nonce: &str) {
+        let client = SaslClient::new(mechanism, credential, nonce).expect("client");
+        self.s.authenticate(client).expect("starts");
+        self.take_output();
+    }
+
+    /// The error of the one event pending: a failed AUTH exchange.
+    #[track_caller]
+    fn auth_error(&mut self) -> Error {
+        let ev = self.events();
+        let [Event::Authenticated(Err(e))] = ev.as_slice() else {
+            panic!("{ev:?}");
+        };
+        e.clone()
+    }
+
     #[track_caller]
     fn expect_ready(&mut self) {
         let ev = self.events();
@@ -383,10 +401,7 @@ mod auth {
             .expect("starts");
         t.take_output();
         t.server(b"535 5.7.8 Error: authentication failed: authentication failure\r\n");
-        let ev = t.events();
-        let [Event::Authenticated(Err(e))] = ev.as_slice() else {
-            panic!("{ev:?}")
-        };
+        let e = &t.auth_error();
         assert!(e.is_auth() && e.is_permanent());
         assert_eq!(e.stage(), Some(Stage::Auth));
         let text = format!("{e} {e:?}");
@@ -396,16 +411,51 @@ mod auth {
     }
 
     #[test]
+    fn server_control_bytes_never_reach_error_text_raw() {
+        let raw_controls = |text: &str| text.chars().any(|c| c.is_control() && c != '\n');
+        // A refusal whose text carries ESC[2J, BEL, NUL, DEL and a bare CR.
+        let mut t = secure_session(&["AUTH PLAIN"]);
+        t.start_auth(Mechanism::Plain, &password(), "");
+        t.server(b"535 5.7.8 \x1b[2Jbad\x07 \x00login\x7f\rforged\r\n");
+        let e = &t.auth_error();
+        let shown = e.to_string();
+        assert!(!raw_controls(&shown), "{shown:?}");
+        assert!(
+            shown.contains("\\u{1b}[2Jbad\\u{7} \\u{0}login\\u{7f}\\u{d}forged"),
+            "{shown}"
+        );
+        assert!(!raw_controls(&format!("{e:?} {e:#?}")));
+        // The raw text is still there for programs.
+        let reply = e.reply().expect("reply");
+        assert_eq!(reply.text(), "\x1b[2Jbad\x07 \x00login\x7f\rforged");
+
+        // XOAUTH2: the server's JSON error goes into the hint, escaped.
+        let mut t = secure_session(&["AUTH XOAUTH2"]);
+        let token = Credential::OAuth2 {
+            username: "user".into(),
+            token: SecretString::from("tok"),
+        };
+        t.start_auth(Mechanism::XOAuth2, &token, "");
+        t.server(format!("334 {}\r\n", b64("{\"status\":\"401\x1b]0;pwned\x07\"}")).as_bytes());
+        t.client_wrote(b"\r\n");
+        t.server(b"535 5.7.8 no\r\n");
+        let e = &t.auth_error();
+        let hint = e.hint().expect("hint");
+        assert!(
+            !raw_controls(hint) && hint.contains("401\\u{1b}]0;pwned\\u{7}"),
+            "{hint:?}"
+        );
+        assert!(!raw_controls(&e.to_string()), "{e}");
+    }
+
+    #[test]
     fn temporary_auth_failure_is_transient() {
         let mut t = secure_session(&["AUTH PLAIN"]);
         t.s.authenticate(SaslClient::new(Mechanism::Plain, &password(), "").expect("c"))
             .expect("starts");
         t.take_output();
         t.server(b"454 4.7.0 Temporary authentication failure\r\n");
-        let ev = t.events();
-        let [Event::Authenticated(Err(e))] = ev.as_slice() else {
-            panic!("{ev:?}")
-        };
+        let e = &t.auth_error();
         assert!(e.is_transient());
     }
 
@@ -445,6 +495,12 @@ mod auth {
         let server_first =
             "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
         t.server(format!("334 {}\r\n", b64(server_first)).as_bytes());
+        rfc7677_client_final_to_success(&mut t);
+    }
+
+    /// The RFC 7677 exchange from the client-final on: the proof, the
+    /// server's signature, success.
+    fn rfc7677_client_final_to_success(t: &mut Script) {
         let client_final = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
         t.client_wrote(format!("{}\r\n", b64(client_final)).as_bytes());
         t.server(
@@ -462,16 +518,103 @@ mod auth {
         ));
     }
 
-    #[test]
-    fn scram_success_without_server_proof_is_fatal() {
-        let mut t = secure_session(&["AUTH SCRAM-SHA-256"]);
+    /// A session past AUTH SCRAM-SHA-256 and its client-first, with the
+    /// key derivation handed to the test when `offload`.
+    fn scram_started(offload: bool) -> Script {
+        let mut c = SessionConfig::new("client.example.com");
+        c.implicit_tls = true;
+        c.offload_key_derivation = offload;
+        let mut t = Script::new(c);
+        t.handshake(&["AUTH SCRAM-SHA-256"]);
         let cred = Credential::Password {
             username: "user".into(),
             password: SecretString::from("pencil"),
         };
-        t.s.authenticate(SaslClient::new(Mechanism::ScramSha256, &cred, "rOprNGfwEbeRWgbNEkqO").expect("c"))
-            .expect("starts");
-        t.take_output();
+        t.start_auth(Mechanism::ScramSha256, &cred, "rOprNGfwEbeRWgbNEkqO");
+        t
+    }
+
+    fn server_first(iterations: u32) -> String {
+        let first = format!(
+            "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i={iterations}"
+        );
+        format!("334 {}\r\n", b64(&first))
+    }
+
+    #[test]
+    fn scram_iteration_count_over_the_cap_is_refused_with_nothing_but_a_cancel() {
+        use relaymail::proto::auth::{SaslError, SCRAM_MAX_ITERATIONS};
+        assert_eq!(SCRAM_MAX_ITERATIONS, 100_000);
+        for offload in [false, true] {
+            let mut t = scram_started(offload);
+            t.server(server_first(100_001).as_bytes());
+            // No key derivation asked for, no client-final (not even part of
+            // one): only the cancel.
+            assert!(t.events().is_empty());
+            t.client_wrote(b"*\r\n");
+            t.server(b"501 5.7.0 Authentication aborted\r\n");
+            let e = &t.auth_error();
+            assert!(e.is_protocol() && e.is_permanent() && !e.is_auth(), "{e}");
+            let source = std::error::Error::source(e).and_then(|s| s.downcast_ref::<SaslError>());
+            assert_eq!(source, Some(&SaslError::IterationCount { count: 100_001 }), "{e}");
+            assert!(e.to_string().contains("100001"), "{e}");
+            assert!(t.s.is_ready() && !t.s.is_closed());
+        }
+    }
+
+    #[test]
+    fn scram_key_derivation_is_handed_to_the_shell_at_the_cap() {
+        // The inline session's answer is the reference.
+        let mut inline = scram_started(false);
+        inline.server(server_first(100_000).as_bytes());
+        assert!(inline.events().is_empty());
+        let want = inline.take_output();
+        assert!(want.ends_with(b"\r\n") && want.len() > 100, "{want:?}");
+
+        let mut t = scram_started(true);
+        t.server(server_first(100_000).as_bytes());
+        let mut ev = t.events();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        let Event::DeriveKey(derivation) = ev.remove(0) else {
+            panic!("{ev:?}");
+        };
+        assert_eq!(derivation.iterations(), 100_000);
+        assert!(!format!("{derivation:?}").contains("pencil"));
+        // Nothing is written and nothing read until the key is there.
+        assert!(!t.s.wants_write() && !t.s.wants_read());
+        assert_eq!(t.s.phase(), Phase::Auth);
+        t.s.key_derived(derivation.run()).expect("resumes");
+        t.client_wrote(&want);
+        assert!(t.s.wants_read());
+    }
+
+    #[test]
+    fn scram_offloaded_rfc7677_exchange_verifies() {
+        let mut t = scram_started(true);
+        t.server(server_first(4096).as_bytes());
+        let Some(Event::DeriveKey(derivation)) = t.s.poll_event() else {
+            panic!("no DeriveKey");
+        };
+        assert!(t.s.key_derived(derivation.clone().run()).is_ok());
+        rfc7677_client_final_to_success(&mut t);
+        // The key is asked for once: a second result is refused.
+        let e = t.s.key_derived(derivation.run()).expect_err("not pending");
+        assert!(e.is_config(), "{e}");
+    }
+
+    #[test]
+    fn a_reply_while_the_key_is_derived_is_fatal() {
+        let mut t = scram_started(true);
+        t.server(server_first(4096).as_bytes());
+        assert!(matches!(t.events().as_slice(), [Event::DeriveKey(_)]));
+        let e = t.server_err(b"235 2.7.0 trust me\r\n");
+        assert!(e.is_protocol(), "{e}");
+        assert!(t.s.is_closed() && !t.s.wants_write());
+    }
+
+    #[test]
+    fn scram_success_without_server_proof_is_fatal() {
+        let mut t = scram_started(false);
         let e = t.server_err(b"235 2.7.0 trust me\r\n");
         assert!(e.is_auth());
         assert!(t.s.is_closed());
@@ -479,14 +622,7 @@ mod auth {
 
     #[test]
     fn client_side_sasl_error_cancels_with_star() {
-        let mut t = secure_session(&["AUTH SCRAM-SHA-256"]);
-        let cred = Credential::Password {
-            username: "user".into(),
-            password: SecretString::from("pencil"),
-        };
-        t.s.authenticate(SaslClient::new(Mechanism::ScramSha256, &cred, "rOprNGfwEbeRWgbNEkqO").expect("c"))
-            .expect("starts");
-        t.take_output();
+        let mut t = scram_started(false);
         // A nonce that does not extend ours: a man in the middle or a broken server.
         t.server(format!("334 {}\r\n", b64("r=other,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")).as_bytes());
         t.client_wrote(b"*\r\n");
