@@ -117,8 +117,15 @@ impl fmt::Display for TlsMode {
     }
 }
 
+/// The longest timeout [`SmtpSettingsBuilder::build`] accepts for any phase:
+/// 24 hours (86,400 s). Longer values are refused with a `timeouts` field
+/// error: no SMTP wait needs more, and a deadline far in the future (such as
+/// `Duration::MAX`) cannot be represented as an instant.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+
 /// Per-phase timeouts. Each bounds one wait; a wait that exceeds it fails
-/// the connection with [`Error::is_timeout`].
+/// the connection with [`Error::is_timeout`]. Each must be more than zero
+/// and at most [`MAX_TIMEOUT`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// Resolving the host and opening the TCP connection (all addresses). Default 10 s.
@@ -160,6 +167,18 @@ impl Timeouts {
             data: d,
             final_reply: d,
         }
+    }
+
+    /// Every phase's timeout.
+    fn phases(&self) -> [Duration; 6] {
+        [
+            self.connect,
+            self.greeting,
+            self.tls_handshake,
+            self.command,
+            self.data,
+            self.final_reply,
+        ]
     }
 }
 
@@ -644,13 +663,14 @@ impl SmtpSettingsBuilder {
         self
     }
 
-    /// The same timeout for every phase.
+    /// The same timeout for every phase (more than zero, at most
+    /// [`MAX_TIMEOUT`]).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeouts = Timeouts::all(timeout);
         self
     }
 
-    /// Per-phase timeouts.
+    /// Per-phase timeouts (each more than zero, at most [`MAX_TIMEOUT`]).
     pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
         self
@@ -750,20 +770,21 @@ impl SmtpSettingsBuilder {
                 ));
             }
         }
-        let t = &self.timeouts;
-        if [
-            t.connect,
-            t.greeting,
-            t.tls_handshake,
-            t.command,
-            t.data,
-            t.final_reply,
-        ]
-        .contains(&Duration::ZERO)
-        {
+        let phases = self.timeouts.phases();
+        if phases.contains(&Duration::ZERO) {
             errors.push(FieldError::new(
                 "timeouts",
                 "a timeout of zero would fail every connection",
+            ));
+        }
+        if let Some(longest) = phases.into_iter().filter(|d| *d > MAX_TIMEOUT).max() {
+            errors.push(FieldError::new(
+                "timeouts",
+                format!(
+                    "a timeout of {} s is longer than the maximum of {} s (24 hours)",
+                    longest.as_secs(),
+                    MAX_TIMEOUT.as_secs()
+                ),
             ));
         }
         let mut tls_options = self.tls_options;
@@ -964,6 +985,24 @@ mod tests {
             Some("app.example.com")
         );
         assert!(base().helo_name("[192.0.2.1]").build().is_ok());
+    }
+
+    #[test]
+    fn huge_timeouts_are_field_errors_not_panics() {
+        for huge in [Duration::MAX, MAX_TIMEOUT + Duration::from_nanos(1)] {
+            let e = base().timeout(huge).build().expect_err("too long");
+            let message = e.field("timeouts").expect("timeouts error").message();
+            assert!(message.contains("maximum of 86400 s"), "{message}");
+            let one_phase = Timeouts {
+                final_reply: huge,
+                ..Timeouts::default()
+            };
+            let e = base().timeouts(one_phase).build().expect_err("too long");
+            assert_eq!(e.len(), 1, "{e}");
+            assert!(e.field("timeouts").is_some(), "{e}");
+        }
+        let s = base().timeout(MAX_TIMEOUT).build().expect("the maximum itself is fine");
+        assert_eq!(s.timeouts().connect, MAX_TIMEOUT);
     }
 
     #[test]
