@@ -47,6 +47,8 @@ mod url;
 
 #[cfg(feature = "serde")]
 pub use data::{SettingsData, TimeoutsData};
+#[cfg(all(test, feature = "serde"))]
+pub(crate) use sealed::seal_version_1;
 #[cfg(feature = "serde")]
 pub use sealed::{SealedSecret, SealedSettings, SecretKey};
 pub use update::{PasswordChange, SettingsUpdate};
@@ -1001,7 +1003,10 @@ mod tests {
             assert_eq!(e.len(), 1, "{e}");
             assert!(e.field("timeouts").is_some(), "{e}");
         }
-        let s = base().timeout(MAX_TIMEOUT).build().expect("the maximum itself is fine");
+        let s = base()
+            .timeout(MAX_TIMEOUT)
+            .build()
+            .expect("the maximum itself is fine");
         assert_eq!(s.timeouts().connect, MAX_TIMEOUT);
     }
 

@@ -387,18 +387,45 @@ mod tests {
     fn errors_never_show_the_user_information() {
         // (URL, its user information as the person meant it)
         let cases = [
-            ("smtp://Zkqv:Xy7?Qz#Wv@Rt/Pk@mail.example.com?from=a@example.com", "Zkqv:Xy7?Qz#Wv@Rt/Pk"),
-            ("smtp://Zkqv:Xy7?Qz#Wv@Rt/Pk@mail.example.com", "Zkqv:Xy7?Qz#Wv@Rt/Pk"),
-            ("smtp://Zkqv:Xy7?Qz@mail.example.com:2525?from=a@example.com", "Zkqv:Xy7?Qz"),
-            ("smtp://Zkqv:Xy7#Qz@mail.example.com:2525?tls=none&from=a@example.com", "Zkqv:Xy7#Qz"),
-            ("smtp://Zkqv:Xy7@Qz@mail.example.com?tls=bogus&from=a@example.com", "Zkqv:Xy7@Qz"),
+            (
+                "smtp://Zkqv:Xy7?Qz#Wv@Rt/Pk@mail.example.com?from=a@example.com",
+                "Zkqv:Xy7?Qz#Wv@Rt/Pk",
+            ),
+            (
+                "smtp://Zkqv:Xy7?Qz#Wv@Rt/Pk@mail.example.com",
+                "Zkqv:Xy7?Qz#Wv@Rt/Pk",
+            ),
+            (
+                "smtp://Zkqv:Xy7?Qz@mail.example.com:2525?from=a@example.com",
+                "Zkqv:Xy7?Qz",
+            ),
+            (
+                "smtp://Zkqv:Xy7#Qz@mail.example.com:2525?tls=none&from=a@example.com",
+                "Zkqv:Xy7#Qz",
+            ),
+            (
+                "smtp://Zkqv:Xy7@Qz@mail.example.com?tls=bogus&from=a@example.com",
+                "Zkqv:Xy7@Qz",
+            ),
             ("smtps://Zk@qv:Xy7?Qz@mail.example.com", "Zk@qv:Xy7?Qz"),
-            ("smtp://Zkqv:Xy7?tls=Qz#Wv@mail.example.com&from=a@example.com", "Zkqv:Xy7?tls=Qz#Wv"),
-            ("smtp://Zkqv:Xy7?Qz#Wv&helo=Rt/Pk@mail.example.com?timeout=-1", "Zkqv:Xy7?Qz#Wv&helo=Rt/Pk"),
-            ("smtp://Zkqv:123?Qz#Wv&helo=Rt/Pk@mail.example.com", "Zkqv:123?Qz#Wv&helo=Rt/Pk"),
+            (
+                "smtp://Zkqv:Xy7?tls=Qz#Wv@mail.example.com&from=a@example.com",
+                "Zkqv:Xy7?tls=Qz#Wv",
+            ),
+            (
+                "smtp://Zkqv:Xy7?Qz#Wv&helo=Rt/Pk@mail.example.com?timeout=-1",
+                "Zkqv:Xy7?Qz#Wv&helo=Rt/Pk",
+            ),
+            (
+                "smtp://Zkqv:123?Qz#Wv&helo=Rt/Pk@mail.example.com",
+                "Zkqv:123?Qz#Wv&helo=Rt/Pk",
+            ),
             ("smtp://Zkqv:Xy7?Qz#Wv@Rt/Pk", "Zkqv:Xy7?Qz#Wv@Rt/Pk"),
             ("smtp://Zkqv:Xy7?Qz#Wv@Rt/Pk@", "Zkqv:Xy7?Qz#Wv@Rt/Pk"),
-            ("smtp://Zkqv:Xy7 Qz?Wv@ex ample?from=a@example.com", "Zkqv:Xy7 Qz?Wv"),
+            (
+                "smtp://Zkqv:Xy7 Qz?Wv@ex ample?from=a@example.com",
+                "Zkqv:Xy7 Qz?Wv",
+            ),
         ];
         for (url, userinfo) in cases {
             let mut shown = Vec::new();
@@ -414,10 +441,9 @@ mod tests {
             }
         }
         // The same password percent-encoded is read as it was meant.
-        let s = SmtpSettings::from_url(
-            "smtp://Zkqv:Xy7%3FQz%23Wv%40Rt%2FPk@mail.example.com?from=a@example.com",
-        )
-        .expect("encoded");
+        let s =
+            SmtpSettings::from_url("smtp://Zkqv:Xy7%3FQz%23Wv%40Rt%2FPk@mail.example.com?from=a@example.com")
+                .expect("encoded");
         match s.auth() {
             Auth::Credential(Credential::Password { password, .. }) => {
                 assert_eq!(password.expose_secret(), "Xy7?Qz#Wv@Rt/Pk")
