@@ -546,6 +546,28 @@ mod tests {
     }
 
     #[test]
+    fn a_profile_update_does_not_move_a_kept_password_to_another_server() {
+        let mut p = Profiles::new();
+        p.add("primary", settings("a.example.com"), true).expect("add");
+        let mut update = SettingsUpdate::new();
+        update.host = Some("attacker.example.net".into());
+        update.tls = Some(crate::TlsMode::None);
+        update.allow_plaintext_auth = Some(true);
+        let e = p
+            .update("primary", update)
+            .expect_err("password kept for a new server");
+        assert!(
+            e.to_string().contains("password: enter the password again"),
+            "{e}"
+        );
+        let kept = p.get("primary").expect("primary").settings();
+        assert_eq!(kept.host(), "a.example.com", "nothing changed");
+        let mut update = SettingsUpdate::new();
+        update.sender_name = Some(Some("Example App".into()));
+        p.update("primary", update).expect("same server");
+    }
+
+    #[test]
     fn wrong_key_and_rotation() {
         let path = temp("rotate");
         let mut store = ProfileStore::new(&path, SecretKey::generate().expect("key"));

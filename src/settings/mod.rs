@@ -277,6 +277,54 @@ pub struct Sender {
     pub name: Option<String>,
 }
 
+/// Everything that decides where and how a credential is sent: a
+/// credential carried over from stored settings (by
+/// [`SmtpSettings::to_builder`] or [`SmtpSettings::apply`] with
+/// [`PasswordChange::Keep`]) is only kept while all of it stays the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CredentialDestination {
+    host: String,
+    port: u16,
+    tls: TlsMode,
+    allow_plaintext_auth: bool,
+    webpki_roots: bool,
+    dangerous_accept_invalid_certs: bool,
+    dangerous_accept_invalid_hostnames: bool,
+    extra_roots: Vec<CertificateDer<'static>>,
+    username: String,
+}
+
+impl CredentialDestination {
+    /// `None` without a fixed credential (nothing stored to protect).
+    fn new(
+        host: &str,
+        port: u16,
+        tls: TlsMode,
+        tls_options: &TlsOptions,
+        allow_plaintext_auth: bool,
+        auth: &Auth,
+    ) -> Option<CredentialDestination> {
+        let Auth::Credential(credential) = auth else {
+            return None;
+        };
+        Some(CredentialDestination {
+            host: host.to_ascii_lowercase(),
+            port,
+            tls,
+            allow_plaintext_auth,
+            webpki_roots: tls_options.webpki_roots,
+            dangerous_accept_invalid_certs: tls_options.dangerous_accept_invalid_certs,
+            dangerous_accept_invalid_hostnames: tls_options.dangerous_accept_invalid_hostnames,
+            extra_roots: tls_options.extra_roots.clone(),
+            username: credential.username().to_owned(),
+        })
+    }
+}
+
+/// The `password` field error when a kept password would go to changed
+/// server settings.
+pub(crate) const ENTER_PASSWORD_AGAIN: &str = "enter the password again: the server settings changed";
+
 /// Validated settings for one relay. Cheap to clone.
 #[derive(Clone)]
 pub struct SmtpSettings {
@@ -388,9 +436,29 @@ impl SmtpSettings {
         self.require_all_recipients
     }
 
+    fn credential_destination(&self) -> Option<CredentialDestination> {
+        CredentialDestination::new(
+            &self.host,
+            self.port,
+            self.tls,
+            &self.tls_options,
+            self.allow_plaintext_auth,
+            &self.auth,
+        )
+    }
+
     /// A builder holding these settings (to change some and build again).
+    ///
+    /// The password (or token) is carried over only as long as the server
+    /// stays the same: when the host, port, TLS mode, plain-text AUTH, a
+    /// `dangerous_*` flag, the trusted roots or the user name change,
+    /// [`build`](SmtpSettingsBuilder::build) reports a `password` field
+    /// error ("enter the password again: the server settings changed")
+    /// unless the credentials are given again. A stored password is never
+    /// handed to a server it was not entered for.
     pub fn to_builder(&self) -> SmtpSettingsBuilder {
         SmtpSettingsBuilder {
+            kept_credential: self.credential_destination(),
             host: Some(self.host.clone()),
             port: Some(u32::from(self.port)),
             tls: self.tls,
@@ -426,7 +494,7 @@ impl FieldError {
     }
 
     /// The field: `host`, `port`, `sender`, `sender_name`, `username`,
-    /// `helo_name`, `extra_roots`, `timeouts`, `auth_mechanisms`.
+    /// `password`, `helo_name`, `extra_roots`, `timeouts`, `auth_mechanisms`.
     pub fn field(&self) -> &'static str {
         self.field
     }
@@ -516,6 +584,9 @@ pub struct SmtpSettingsBuilder {
     pipelining: bool,
     chunking: bool,
     require_all_recipients: bool,
+    /// Where the credential carried over by `to_builder` was to be sent;
+    /// `None` once credentials are given anew.
+    kept_credential: Option<CredentialDestination>,
 }
 
 impl Default for SmtpSettingsBuilder {
@@ -539,6 +610,7 @@ impl Default for SmtpSettingsBuilder {
             pipelining: true,
             chunking: true,
             require_all_recipients: false,
+            kept_credential: None,
         }
     }
 }
@@ -606,6 +678,7 @@ impl SmtpSettingsBuilder {
 
     /// User name and password for AUTH.
     pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.kept_credential = None;
         self.auth = Auth::Credential(Credential::Password {
             username: username.into(),
             password: SecretString::from(password.into()),
@@ -615,6 +688,7 @@ impl SmtpSettingsBuilder {
 
     /// User name and an OAuth2 access token for XOAUTH2.
     pub fn oauth2_token(mut self, username: impl Into<String>, token: impl Into<String>) -> Self {
+        self.kept_credential = None;
         self.auth = Auth::Credential(Credential::OAuth2 {
             username: username.into(),
             token: SecretString::from(token.into()),
@@ -624,18 +698,21 @@ impl SmtpSettingsBuilder {
 
     /// A credential, e.g. with a password already in a [`SecretString`].
     pub fn credential(mut self, credential: Credential) -> Self {
+        self.kept_credential = None;
         self.auth = Auth::Credential(credential);
         self
     }
 
     /// Credentials fetched from a provider for every new connection.
     pub fn credential_provider(mut self, provider: Arc<dyn CredentialProvider>) -> Self {
+        self.kept_credential = None;
         self.auth = Auth::Provider(provider);
         self
     }
 
     /// No authentication (the default).
     pub fn no_auth(mut self) -> Self {
+        self.kept_credential = None;
         self.auth = Auth::None;
         self
     }
@@ -802,11 +879,25 @@ impl SmtpSettingsBuilder {
                 "without the Mozilla roots, at least one root certificate is needed",
             ));
         }
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        if let Some(kept) = &self.kept_credential {
+            let now = CredentialDestination::new(
+                &host,
+                port,
+                self.tls,
+                &tls_options,
+                self.allow_plaintext_auth,
+                &self.auth,
+            );
+            if now.as_ref() != Some(kept) {
+                errors.push(FieldError::new("password", ENTER_PASSWORD_AGAIN));
+            }
+        }
         if !errors.is_empty() {
             return Err(SettingsErrors(errors));
         }
         Ok(SmtpSettings {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            host,
             port,
             tls: self.tls,
             tls_options,
