@@ -110,8 +110,8 @@ impl SmtpSettingsBuilder {
             // port or query should be: say so without showing any of it.
             return Err(SettingsErrors(vec![FieldError::new(
                 "url",
-                "the user name or password holds an unencoded '?', '#', '/' or '@': \
-                 percent-encode them (%3F, %23, %2F, %40)",
+                "the host and port cannot be told apart from the user name and password: \
+                 percent-encode any '?', '#', '/' or '@' in them (%3F, %23, %2F, %40)",
             )]));
         }
         if authority.contains('/') || authority.contains('#') {
@@ -440,6 +440,14 @@ mod tests {
                 }
             }
         }
+        // The person learns what to do.
+        let e = SmtpSettings::from_url("smtp://Zkqv:Xy7?Qz@mail.example.com:2525?from=a@example.com")
+            .expect_err("unencoded '?'");
+        assert!(
+            e.field("url")
+                .is_some_and(|f| f.message().contains("percent-encode")),
+            "{e}"
+        );
         // The same password percent-encoded is read as it was meant.
         let s =
             SmtpSettings::from_url("smtp://Zkqv:Xy7%3FQz%23Wv%40Rt%2FPk@mail.example.com?from=a@example.com")
