@@ -464,6 +464,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Timeouts that are not round numbers of seconds, through TOML too.
+        let odd = settings()
+            .to_builder()
+            .timeouts(super::super::Timeouts {
+                connect: std::time::Duration::new(12, 345_678_901),
+                final_reply: std::time::Duration::new(0, 1),
+                ..super::super::Timeouts::default()
+            })
+            .build()
+            .expect("settings");
+        let sealed_odd = odd.seal(&key, "primary").expect("sealed");
+        let toml_text = toml::to_string(&sealed_odd).expect("toml");
+        let back: SealedSettings = toml::from_str(&toml_text).expect("parse");
+        let s = back.unseal(&key, "primary").expect("unsealed from TOML");
+        assert_eq!(s.timeouts(), odd.timeouts());
+        let back: SealedSettings =
+            serde_json::from_str(&serde_json::to_string(&sealed_odd).expect("json")).expect("parse");
+        back.unseal(&key, "primary").expect("unsealed from JSON");
         // Two seals of the same password differ (random nonce).
         let again = settings().seal(&key, "primary").expect("sealed");
         assert_ne!(again.password, sealed.password);

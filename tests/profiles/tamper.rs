@@ -77,7 +77,20 @@ async fn every_stored_setting_is_bound_to_the_sealed_password() {
         ("sender", "/settings/sender", json!("ceo@example.com")),
         ("sender_name", "/settings/sender_name", json!("IT Support")),
         ("helo_name", "/settings/helo_name", json!("other.example.com")),
-        ("timeouts", "/settings/timeouts/connect", json!(11.0)),
+        ("timeouts.connect", "/settings/timeouts/connect", json!(11.0)),
+        ("timeouts.greeting", "/settings/timeouts/greeting", json!(31.0)),
+        (
+            "timeouts.tls_handshake",
+            "/settings/timeouts/tls_handshake",
+            json!(31.0),
+        ),
+        ("timeouts.command", "/settings/timeouts/command", json!(31.0)),
+        ("timeouts.data", "/settings/timeouts/data", json!(61.0)),
+        (
+            "timeouts.final_reply",
+            "/settings/timeouts/final_reply",
+            json!(121.5),
+        ),
         ("pipelining", "/settings/pipelining", json!(false)),
         ("chunking", "/settings/chunking", json!(false)),
         (
