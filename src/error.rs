@@ -115,6 +115,9 @@ pub(crate) enum Kind {
     TooLarge,
     /// A stored object changed since it was loaded (optimistic concurrency).
     Conflict,
+    /// Sealed settings were changed outside relaymail: they no longer match
+    /// their seal.
+    Tampered,
 }
 
 #[derive(Clone)]
@@ -178,6 +181,13 @@ impl Error {
 
     pub(crate) fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
         self.0.source = Some(Arc::new(source));
+        self
+    }
+
+    /// The same error, its message prefixed with what it concerns (e.g.
+    /// `profile "primary"`).
+    pub(crate) fn about(mut self, what: impl fmt::Display) -> Error {
+        self.0.message = format!("{what}: {}", self.0.message);
         self
     }
 
@@ -290,6 +300,14 @@ impl Error {
     /// load again, reapply the change, save again.
     pub fn is_conflict(&self) -> bool {
         self.0.kind == Kind::Conflict
+    }
+
+    /// Sealed settings were changed outside relaymail (a setting, the
+    /// profile name or the sealed bytes no longer match the seal): their
+    /// password was not opened. Restore them from a backup, or enter the
+    /// settings and the password again.
+    pub fn is_tampered(&self) -> bool {
+        self.0.kind == Kind::Tampered
     }
 
     /// The mailer's queue was full and the call does not wait.

@@ -262,7 +262,7 @@ impl ProfileStore {
             let settings = p
                 .settings
                 .unseal(key, &p.name)
-                .map_err(|e| Error::config(format!("profile {:?}: {e}", p.name)))?;
+                .map_err(|e| e.about(format_args!("profile {:?}", p.name)))?;
             list.push(Profile {
                 name: p.name,
                 enabled: p.enabled,
@@ -509,6 +509,62 @@ mod tests {
         bob.add("bob", settings("c.example.com"), true).expect("add");
         store.save(&mut bob).expect("saved");
         assert_eq!(store.load().expect("load").len(), 3);
+    }
+
+    #[test]
+    fn a_store_sealed_by_an_earlier_release_opens_and_is_resealed_on_save() {
+        let path = temp("version1");
+        let key = SecretKey::generate().expect("key");
+        let old = settings("a.example.com");
+        let file = serde_json::json!({
+            "format": 1,
+            "version": 3,
+            "profiles": [{
+                "name": "primary",
+                "enabled": true,
+                "settings": crate::settings::seal_version_1(&old, &key, "primary"),
+            }],
+        });
+        std::fs::write(&path, file.to_string()).expect("write");
+        let store = ProfileStore::new(&path, key);
+        let mut p = store.load().expect("an old store opens");
+        assert_eq!(
+            format!("{:?}", p.active().expect("active").settings()),
+            format!("{old:?}")
+        );
+        store.save(&mut p).expect("saved");
+        let text = std::fs::read_to_string(&path).expect("file");
+        let saved: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let sealed = &saved["profiles"][0]["settings"]["password"];
+        assert_eq!(sealed["version"], 2, "re-sealed in the current format: {text}");
+        assert!(sealed["key_check"].is_string(), "{text}");
+        let again = store.load().expect("the migrated store opens");
+        assert_eq!(
+            format!("{:?}", again.active().expect("active").settings()),
+            format!("{old:?}")
+        );
+    }
+
+    #[test]
+    fn a_profile_update_does_not_move_a_kept_password_to_another_server() {
+        let mut p = Profiles::new();
+        p.add("primary", settings("a.example.com"), true).expect("add");
+        let mut update = SettingsUpdate::new();
+        update.host = Some("attacker.example.net".into());
+        update.tls = Some(crate::TlsMode::None);
+        update.allow_plaintext_auth = Some(true);
+        let e = p
+            .update("primary", update)
+            .expect_err("password kept for a new server");
+        assert!(
+            e.to_string().contains("password: enter the password again"),
+            "{e}"
+        );
+        let kept = p.get("primary").expect("primary").settings();
+        assert_eq!(kept.host(), "a.example.com", "nothing changed");
+        let mut update = SettingsUpdate::new();
+        update.sender_name = Some(Some("Example App".into()));
+        p.update("primary", update).expect("same server");
     }
 
     #[test]

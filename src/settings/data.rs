@@ -150,12 +150,13 @@ impl SettingsData {
             TlsMode::default()
         });
         let secs = |field: &'static str, v: f64, errors: &mut Vec<super::FieldError>| {
-            if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+            let max = super::MAX_TIMEOUT.as_secs_f64();
+            if v.is_finite() && v > 0.0 && v <= max {
                 std::time::Duration::from_secs_f64(v)
             } else {
                 errors.push(super::FieldError::new(
                     field,
-                    format!("{v} is not a number of seconds in (0, 86400]"),
+                    format!("{v} is not a number of seconds in (0, {max}]"),
                 ));
                 std::time::Duration::from_secs(1)
             }

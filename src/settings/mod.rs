@@ -47,6 +47,8 @@ mod url;
 
 #[cfg(feature = "serde")]
 pub use data::{SettingsData, TimeoutsData};
+#[cfg(all(test, feature = "serde"))]
+pub(crate) use sealed::seal_version_1;
 #[cfg(feature = "serde")]
 pub use sealed::{SealedSecret, SealedSettings, SecretKey};
 pub use update::{PasswordChange, SettingsUpdate};
@@ -117,8 +119,15 @@ impl fmt::Display for TlsMode {
     }
 }
 
+/// The longest timeout [`SmtpSettingsBuilder::build`] accepts for any phase:
+/// 24 hours (86,400 s). Longer values are refused with a `timeouts` field
+/// error: no SMTP wait needs more, and a deadline far in the future (such as
+/// `Duration::MAX`) cannot be represented as an instant.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+
 /// Per-phase timeouts. Each bounds one wait; a wait that exceeds it fails
-/// the connection with [`Error::is_timeout`].
+/// the connection with [`Error::is_timeout`]. Each must be more than zero
+/// and at most [`MAX_TIMEOUT`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// Resolving the host and opening the TCP connection (all addresses). Default 10 s.
@@ -160,6 +169,18 @@ impl Timeouts {
             data: d,
             final_reply: d,
         }
+    }
+
+    /// Every phase's timeout.
+    fn phases(&self) -> [Duration; 6] {
+        [
+            self.connect,
+            self.greeting,
+            self.tls_handshake,
+            self.command,
+            self.data,
+            self.final_reply,
+        ]
     }
 }
 
@@ -255,6 +276,54 @@ pub struct Sender {
     /// The display name, e.g. `Example App`.
     pub name: Option<String>,
 }
+
+/// Everything that decides where and how a credential is sent: a
+/// credential carried over from stored settings (by
+/// [`SmtpSettings::to_builder`] or [`SmtpSettings::apply`] with
+/// [`PasswordChange::Keep`]) is only kept while all of it stays the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CredentialDestination {
+    host: String,
+    port: u16,
+    tls: TlsMode,
+    allow_plaintext_auth: bool,
+    webpki_roots: bool,
+    dangerous_accept_invalid_certs: bool,
+    dangerous_accept_invalid_hostnames: bool,
+    extra_roots: Vec<CertificateDer<'static>>,
+    username: String,
+}
+
+impl CredentialDestination {
+    /// `None` without a fixed credential (nothing stored to protect).
+    fn new(
+        host: &str,
+        port: u16,
+        tls: TlsMode,
+        tls_options: &TlsOptions,
+        allow_plaintext_auth: bool,
+        auth: &Auth,
+    ) -> Option<CredentialDestination> {
+        let Auth::Credential(credential) = auth else {
+            return None;
+        };
+        Some(CredentialDestination {
+            host: host.to_ascii_lowercase(),
+            port,
+            tls,
+            allow_plaintext_auth,
+            webpki_roots: tls_options.webpki_roots,
+            dangerous_accept_invalid_certs: tls_options.dangerous_accept_invalid_certs,
+            dangerous_accept_invalid_hostnames: tls_options.dangerous_accept_invalid_hostnames,
+            extra_roots: tls_options.extra_roots.clone(),
+            username: credential.username().to_owned(),
+        })
+    }
+}
+
+/// The `password` field error when a kept password would go to changed
+/// server settings.
+pub(crate) const ENTER_PASSWORD_AGAIN: &str = "enter the password again: the server settings changed";
 
 /// Validated settings for one relay. Cheap to clone.
 #[derive(Clone)]
@@ -367,9 +436,29 @@ impl SmtpSettings {
         self.require_all_recipients
     }
 
+    fn credential_destination(&self) -> Option<CredentialDestination> {
+        CredentialDestination::new(
+            &self.host,
+            self.port,
+            self.tls,
+            &self.tls_options,
+            self.allow_plaintext_auth,
+            &self.auth,
+        )
+    }
+
     /// A builder holding these settings (to change some and build again).
+    ///
+    /// The password (or token) is carried over only as long as the server
+    /// stays the same: when the host, port, TLS mode, plain-text AUTH, a
+    /// `dangerous_*` flag, the trusted roots or the user name change,
+    /// [`build`](SmtpSettingsBuilder::build) reports a `password` field
+    /// error ("enter the password again: the server settings changed")
+    /// unless the credentials are given again. A stored password is never
+    /// handed to a server it was not entered for.
     pub fn to_builder(&self) -> SmtpSettingsBuilder {
         SmtpSettingsBuilder {
+            kept_credential: self.credential_destination(),
             host: Some(self.host.clone()),
             port: Some(u32::from(self.port)),
             tls: self.tls,
@@ -405,7 +494,7 @@ impl FieldError {
     }
 
     /// The field: `host`, `port`, `sender`, `sender_name`, `username`,
-    /// `helo_name`, `extra_roots`, `timeouts`, `auth_mechanisms`.
+    /// `password`, `helo_name`, `extra_roots`, `timeouts`, `auth_mechanisms`.
     pub fn field(&self) -> &'static str {
         self.field
     }
@@ -495,6 +584,9 @@ pub struct SmtpSettingsBuilder {
     pipelining: bool,
     chunking: bool,
     require_all_recipients: bool,
+    /// Where the credential carried over by `to_builder` was to be sent;
+    /// `None` once credentials are given anew.
+    kept_credential: Option<CredentialDestination>,
 }
 
 impl Default for SmtpSettingsBuilder {
@@ -518,6 +610,7 @@ impl Default for SmtpSettingsBuilder {
             pipelining: true,
             chunking: true,
             require_all_recipients: false,
+            kept_credential: None,
         }
     }
 }
@@ -585,6 +678,7 @@ impl SmtpSettingsBuilder {
 
     /// User name and password for AUTH.
     pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.kept_credential = None;
         self.auth = Auth::Credential(Credential::Password {
             username: username.into(),
             password: SecretString::from(password.into()),
@@ -594,6 +688,7 @@ impl SmtpSettingsBuilder {
 
     /// User name and an OAuth2 access token for XOAUTH2.
     pub fn oauth2_token(mut self, username: impl Into<String>, token: impl Into<String>) -> Self {
+        self.kept_credential = None;
         self.auth = Auth::Credential(Credential::OAuth2 {
             username: username.into(),
             token: SecretString::from(token.into()),
@@ -603,18 +698,21 @@ impl SmtpSettingsBuilder {
 
     /// A credential, e.g. with a password already in a [`SecretString`].
     pub fn credential(mut self, credential: Credential) -> Self {
+        self.kept_credential = None;
         self.auth = Auth::Credential(credential);
         self
     }
 
     /// Credentials fetched from a provider for every new connection.
     pub fn credential_provider(mut self, provider: Arc<dyn CredentialProvider>) -> Self {
+        self.kept_credential = None;
         self.auth = Auth::Provider(provider);
         self
     }
 
     /// No authentication (the default).
     pub fn no_auth(mut self) -> Self {
+        self.kept_credential = None;
         self.auth = Auth::None;
         self
     }
@@ -644,13 +742,14 @@ impl SmtpSettingsBuilder {
         self
     }
 
-    /// The same timeout for every phase.
+    /// The same timeout for every phase (more than zero, at most
+    /// [`MAX_TIMEOUT`]).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeouts = Timeouts::all(timeout);
         self
     }
 
-    /// Per-phase timeouts.
+    /// Per-phase timeouts (each more than zero, at most [`MAX_TIMEOUT`]).
     pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
         self
@@ -750,20 +849,21 @@ impl SmtpSettingsBuilder {
                 ));
             }
         }
-        let t = &self.timeouts;
-        if [
-            t.connect,
-            t.greeting,
-            t.tls_handshake,
-            t.command,
-            t.data,
-            t.final_reply,
-        ]
-        .contains(&Duration::ZERO)
-        {
+        let phases = self.timeouts.phases();
+        if phases.contains(&Duration::ZERO) {
             errors.push(FieldError::new(
                 "timeouts",
                 "a timeout of zero would fail every connection",
+            ));
+        }
+        if let Some(longest) = phases.into_iter().filter(|d| *d > MAX_TIMEOUT).max() {
+            errors.push(FieldError::new(
+                "timeouts",
+                format!(
+                    "a timeout of {} s is longer than the maximum of {} s (24 hours)",
+                    longest.as_secs(),
+                    MAX_TIMEOUT.as_secs()
+                ),
             ));
         }
         let mut tls_options = self.tls_options;
@@ -779,11 +879,25 @@ impl SmtpSettingsBuilder {
                 "without the Mozilla roots, at least one root certificate is needed",
             ));
         }
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        if let Some(kept) = &self.kept_credential {
+            let now = CredentialDestination::new(
+                &host,
+                port,
+                self.tls,
+                &tls_options,
+                self.allow_plaintext_auth,
+                &self.auth,
+            );
+            if now.as_ref() != Some(kept) {
+                errors.push(FieldError::new("password", ENTER_PASSWORD_AGAIN));
+            }
+        }
         if !errors.is_empty() {
             return Err(SettingsErrors(errors));
         }
         Ok(SmtpSettings {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            host,
             port,
             tls: self.tls,
             tls_options,
@@ -964,6 +1078,27 @@ mod tests {
             Some("app.example.com")
         );
         assert!(base().helo_name("[192.0.2.1]").build().is_ok());
+    }
+
+    #[test]
+    fn huge_timeouts_are_field_errors_not_panics() {
+        for huge in [Duration::MAX, MAX_TIMEOUT + Duration::from_nanos(1)] {
+            let e = base().timeout(huge).build().expect_err("too long");
+            let message = e.field("timeouts").expect("timeouts error").message();
+            assert!(message.contains("maximum of 86400 s"), "{message}");
+            let one_phase = Timeouts {
+                final_reply: huge,
+                ..Timeouts::default()
+            };
+            let e = base().timeouts(one_phase).build().expect_err("too long");
+            assert_eq!(e.len(), 1, "{e}");
+            assert!(e.field("timeouts").is_some(), "{e}");
+        }
+        let s = base()
+            .timeout(MAX_TIMEOUT)
+            .build()
+            .expect("the maximum itself is fine");
+        assert_eq!(s.timeouts().connect, MAX_TIMEOUT);
     }
 
     #[test]

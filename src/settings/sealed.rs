@@ -1,25 +1,41 @@
 //! Sealed settings (feature `serde`): the password encrypted with
 //! ChaCha20-Poly1305 (ring) under a 32-byte [`SecretKey`], with a random
-//! nonce, bound to the profile name as associated data — a sealed password
-//! cannot be moved to another profile, and a wrong key or a changed byte is
-//! an error, never garbage.
+//! nonce. The associated data binds the seal to the profile name **and every
+//! stored setting** (host, port, TLS mode and options, trusted roots,
+//! plain-text AUTH, user name, mechanisms … — see [`SealedSecret::version`]):
+//! someone who can edit the stored record but has no key cannot point the
+//! password at another server; the record then fails to open with
+//! [`Error::is_tampered`]. A wrong key or a changed byte is an error, never
+//! garbage.
+//!
+//! Records sealed by earlier releases (version 1: bound to the profile name
+//! only) still open, and are sealed anew in the current format whenever they
+//! are sealed again (a [`ProfileStore`](crate::profiles::ProfileStore) does
+//! so on its next save). Until then such a record is only as safe as that
+//! older format.
 
 use std::path::Path;
 
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
-use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
-use super::data::SettingsData;
+use super::data::{SettingsData, TimeoutsData};
 use super::{Auth, SmtpSettings};
 use crate::error::{Error, Kind};
 use crate::proto::auth::Credential;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const ALGORITHM: &str = "chacha20-poly1305";
+/// Seal version 1 (earlier releases): associated data = the profile name.
+const VERSION_PROFILE_ONLY: u32 = 1;
+/// Seal version 2: associated data = the profile name and the canonical
+/// encoding of every stored setting ([`bound_aad`]).
+const VERSION_WHOLE_RECORD: u32 = 2;
 
 /// The key that seals passwords: 32 random bytes. Its `Debug` shows nothing.
 pub struct SecretKey(Zeroizing<[u8; 32]>);
@@ -65,7 +81,6 @@ impl SecretKey {
         );
         SecretKey::from_base64(&text)
     }
-
     /// A key from a file holding base64.
     pub fn from_file(path: impl AsRef<Path>) -> Result<SecretKey, Error> {
         let path = path.as_ref();
@@ -89,7 +104,25 @@ impl SecretKey {
         // 32 bytes is the key length of ChaCha20-Poly1305: this cannot fail.
         LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, self.0.as_ref()).expect("32-byte key"))
     }
+
+    fn check_key(&self) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, self.0.as_ref())
+    }
+
+    /// A value that shows which key sealed a record without revealing it
+    /// (HMAC-SHA-256 of a fixed label): it tells "wrong key" apart from
+    /// "changed record", which the AEAD alone cannot.
+    fn key_check(&self) -> String {
+        B64.encode(hmac::sign(&self.check_key(), KEY_CHECK_LABEL))
+    }
+
+    fn is_key_check(&self, check: &str) -> bool {
+        B64.decode(check)
+            .is_ok_and(|tag| hmac::verify(&self.check_key(), KEY_CHECK_LABEL, &tag).is_ok())
+    }
 }
+
+const KEY_CHECK_LABEL: &[u8] = b"relaymail sealed settings key check v2";
 
 /// An encrypted password.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,10 +130,24 @@ impl SecretKey {
 pub struct SealedSecret {
     /// Always `chacha20-poly1305`.
     pub algorithm: String,
+    /// What the seal is bound to: `2` (written by this release) the profile
+    /// name and every stored setting; `1` (earlier releases; the default when
+    /// absent) the profile name only. A version-2 record whose version is
+    /// changed does not open.
+    #[serde(default = "profile_only_version")]
+    pub version: u32,
     /// The 12-byte nonce, base64.
     pub nonce: String,
     /// Ciphertext and tag, base64.
     pub ciphertext: String,
+    /// Version 2: a value derived from the key (not the key), so that a
+    /// wrong key and a changed record give different errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_check: Option<String>,
+}
+
+fn profile_only_version() -> u32 {
+    VERSION_PROFILE_ONLY
 }
 
 /// Settings whose password is sealed: safe to store as JSON or TOML.
@@ -114,52 +161,179 @@ pub struct SealedSettings {
     pub password: Option<SealedSecret>,
 }
 
-fn aad(profile: &str) -> Vec<u8> {
+/// Version 1 associated data (still read, never written).
+fn profile_only_aad(profile: &str) -> Vec<u8> {
     format!("relaymail sealed password v1\0{profile}").into_bytes()
 }
 
+/// A canonical, unambiguous encoding: each item is its name, a zero byte,
+/// the value's length (8 bytes, big-endian) and the value. The same
+/// settings always give the same bytes, whatever the field order or
+/// spacing of the stored text.
+struct Canonical(Vec<u8>);
+
+impl Canonical {
+    fn bytes(&mut self, name: &str, value: &[u8]) {
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.push(0);
+        self.0.extend_from_slice(&(value.len() as u64).to_be_bytes());
+        self.0.extend_from_slice(value);
+    }
+
+    fn text(&mut self, name: &str, value: &str) {
+        self.bytes(name, value.as_bytes());
+    }
+
+    fn flag(&mut self, name: &str, value: bool) {
+        self.bytes(name, &[u8::from(value)]);
+    }
+
+    fn optional(&mut self, name: &str, value: Option<&str>) {
+        self.flag(name, value.is_some());
+        if let Some(value) = value {
+            self.text(name, value);
+        }
+    }
+
+    fn list(&mut self, name: &str, values: Option<&[String]>) {
+        self.flag(name, values.is_some());
+        if let Some(values) = values {
+            self.bytes(name, &(values.len() as u64).to_be_bytes());
+            for v in values {
+                self.text(name, v);
+            }
+        }
+    }
+
+    /// Seconds, to the nanosecond (the precision settings keep), so that a
+    /// float read back from text one unit in the last place off still
+    /// matches; anything else (negative, not finite, huge) by its bits.
+    fn seconds(&mut self, name: &str, secs: f64) {
+        let nanos = secs * 1e9;
+        if secs.is_finite() && secs >= 0.0 && nanos < u64::MAX as f64 {
+            self.bytes(name, &(nanos.round() as u64).to_be_bytes());
+        } else {
+            self.bytes(&format!("{name} bits"), &secs.to_bits().to_be_bytes());
+        }
+    }
+}
+
+/// Version 2 associated data: the profile name and every field of the
+/// stored settings. The destructuring names every field on purpose: a field
+/// added to [`SettingsData`] or [`TimeoutsData`] does not compile until it is
+/// bound here too.
+fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
+    let SettingsData {
+        host,
+        port,
+        tls,
+        sender,
+        sender_name,
+        username,
+        oauth2,
+        auth_mechanisms,
+        allow_plaintext_auth,
+        helo_name,
+        timeouts,
+        extra_roots_pem,
+        webpki_roots,
+        dangerous_accept_invalid_certs,
+        dangerous_accept_invalid_hostnames,
+        pipelining,
+        chunking,
+        require_all_recipients,
+    } = settings;
+    let TimeoutsData {
+        connect,
+        greeting,
+        tls_handshake,
+        command,
+        data,
+        final_reply,
+    } = timeouts;
+    let mut c = Canonical(b"relaymail sealed settings v2\0".to_vec());
+    c.text("profile", profile);
+    c.text("host", host);
+    c.bytes("port", &port.to_be_bytes());
+    c.text("tls", tls);
+    c.text("sender", sender);
+    c.optional("sender_name", sender_name.as_deref());
+    c.optional("username", username.as_deref());
+    c.flag("oauth2", *oauth2);
+    c.list("auth_mechanisms", auth_mechanisms.as_deref());
+    c.flag("allow_plaintext_auth", *allow_plaintext_auth);
+    c.optional("helo_name", helo_name.as_deref());
+    c.seconds("timeouts.connect", *connect);
+    c.seconds("timeouts.greeting", *greeting);
+    c.seconds("timeouts.tls_handshake", *tls_handshake);
+    c.seconds("timeouts.command", *command);
+    c.seconds("timeouts.data", *data);
+    c.seconds("timeouts.final_reply", *final_reply);
+    c.list("extra_roots_pem", Some(extra_roots_pem));
+    c.flag("webpki_roots", *webpki_roots);
+    c.flag("dangerous_accept_invalid_certs", *dangerous_accept_invalid_certs);
+    c.flag(
+        "dangerous_accept_invalid_hostnames",
+        *dangerous_accept_invalid_hostnames,
+    );
+    c.flag("pipelining", *pipelining);
+    c.flag("chunking", *chunking);
+    c.flag("require_all_recipients", *require_all_recipients);
+    c.0
+}
+
+/// A buffer holding `plain` with room for the tag already reserved: sealing
+/// in place then never reallocates, which would leave a copy of the
+/// plaintext in freed memory. Zeroed when dropped.
+fn sealing_buffer(plain: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(plain.len() + CHACHA20_POLY1305.tag_len()));
+    buf.extend_from_slice(plain);
+    buf
+}
+
 impl SmtpSettings {
-    /// Seals the settings for storage under `profile` (the associated data:
-    /// unsealing under another name fails). Settings whose credentials come
-    /// from a [`CredentialProvider`](super::CredentialProvider) cannot be
-    /// sealed.
+    /// Seals the settings for storage under `profile`. The seal is bound to
+    /// the profile name and every stored setting: unsealing under another
+    /// name, or after any setting was changed in the stored record, fails.
+    /// Settings whose credentials come from a
+    /// [`CredentialProvider`](super::CredentialProvider) cannot be sealed.
     pub fn seal(&self, key: &SecretKey, profile: &str) -> Result<SealedSettings, Error> {
         let secret = match &self.auth {
             Auth::None => None,
-            Auth::Credential(Credential::Password { password, .. }) => Some(password.expose_secret().to_owned()),
-            Auth::Credential(Credential::OAuth2 { token, .. }) => Some(token.expose_secret().to_owned()),
+            Auth::Credential(Credential::Password { password, .. }) => Some(password.expose_secret()),
+            Auth::Credential(Credential::OAuth2 { token, .. }) => Some(token.expose_secret()),
             Auth::Provider(_) => {
                 return Err(key_error(
                     "settings with a credential provider cannot be stored: store the provider's own configuration",
                 ))
             }
         };
-        let password = match secret.map(Zeroizing::new) {
+        let settings = self.to_data();
+        let password = match secret {
             None => None,
             Some(plain) => {
                 let mut nonce = [0u8; NONCE_LEN];
                 SystemRandom::new()
                     .fill(&mut nonce)
                     .map_err(|_| key_error("the system random generator failed"))?;
-                let mut buf = Zeroizing::new(plain.as_bytes().to_vec());
+                let mut buf = sealing_buffer(plain.as_bytes());
                 key.aead()
                     .seal_in_place_append_tag(
                         Nonce::assume_unique_for_key(nonce),
-                        Aad::from(aad(profile)),
+                        Aad::from(bound_aad(profile, &settings)),
                         &mut *buf,
                     )
                     .map_err(|_| key_error("sealing the password failed"))?;
                 Some(SealedSecret {
                     algorithm: ALGORITHM.to_owned(),
+                    version: VERSION_WHOLE_RECORD,
                     nonce: B64.encode(nonce),
                     ciphertext: B64.encode(&*buf),
+                    key_check: Some(key.key_check()),
                 })
             }
         };
-        Ok(SealedSettings {
-            settings: self.to_data(),
-            password,
-        })
+        Ok(SealedSettings { settings, password })
     }
 }
 
@@ -167,44 +341,99 @@ fn unseal_error() -> Error {
     key_error("the sealed password cannot be opened: wrong key, another profile's data, or altered data")
 }
 
+fn tampered() -> Error {
+    Error::new(
+        Kind::Tampered,
+        None,
+        "the stored settings were changed outside relaymail",
+    )
+    .with_hint("restore the settings from a backup, or enter the server settings and the password again")
+}
+
 impl SealedSettings {
     /// Opens the password with `key` for `profile` and validates the
-    /// settings.
+    /// settings. A record changed since it was sealed (a setting, the
+    /// profile name, the seal version or the sealed bytes) is an error for
+    /// which [`Error::is_tampered`] holds, and no password is returned.
     pub fn unseal(&self, key: &SecretKey, profile: &str) -> Result<SmtpSettings, Error> {
         let secret = match &self.password {
             None => None,
-            Some(sealed) => {
-                if sealed.algorithm != ALGORITHM {
-                    return Err(key_error(format!(
-                        "unknown sealing algorithm {:?}",
-                        sealed.algorithm
-                    )));
-                }
-                let nonce: [u8; NONCE_LEN] = B64
-                    .decode(&sealed.nonce)
-                    .ok()
-                    .and_then(|n| n.try_into().ok())
-                    .ok_or_else(unseal_error)?;
-                let mut buf = Zeroizing::new(B64.decode(&sealed.ciphertext).map_err(|_| unseal_error())?);
-                let plain = key
-                    .aead()
-                    .open_in_place(
-                        Nonce::assume_unique_for_key(nonce),
-                        Aad::from(aad(profile)),
-                        &mut buf,
-                    )
-                    .map_err(|_| unseal_error())?;
-                let text = std::str::from_utf8(plain).map_err(|_| unseal_error())?;
-                Some(SecretString::from(text.to_owned()))
-            }
+            Some(sealed) => Some(self.open(sealed, key, profile)?),
         };
         self.settings.clone().into_settings(secret).map_err(Error::from)
     }
 
-    /// Re-seals with a new key (key rotation).
+    fn open(&self, sealed: &SealedSecret, key: &SecretKey, profile: &str) -> Result<SecretString, Error> {
+        if sealed.algorithm != ALGORITHM {
+            return Err(key_error(format!(
+                "unknown sealing algorithm {:?}",
+                sealed.algorithm
+            )));
+        }
+        // The version decides the associated data; a version-2 record read
+        // under the version-1 rule does not open (its tag covers the v2 data).
+        let aad = match (sealed.version, &sealed.key_check) {
+            (VERSION_PROFILE_ONLY, None) => profile_only_aad(profile),
+            (VERSION_WHOLE_RECORD, Some(check)) if !key.is_key_check(check) => return Err(unseal_error()),
+            (VERSION_WHOLE_RECORD, Some(_)) => bound_aad(profile, &self.settings),
+            // Only a record edited by hand has one without the other.
+            (VERSION_PROFILE_ONLY | VERSION_WHOLE_RECORD, _) => return Err(tampered()),
+            (other, _) => {
+                return Err(key_error(format!(
+                    "unknown seal version {other}: written by a newer relaymail?"
+                )))
+            }
+        };
+        let failed = || match sealed.version {
+            VERSION_WHOLE_RECORD => tampered(),
+            _ => unseal_error(),
+        };
+        let nonce: [u8; NONCE_LEN] = B64
+            .decode(&sealed.nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(failed)?;
+        let mut buf = Zeroizing::new(B64.decode(&sealed.ciphertext).map_err(|_| failed())?);
+        let plain = key
+            .aead()
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+            .map_err(|_| failed())?;
+        let text = std::str::from_utf8(plain).map_err(|_| failed())?;
+        Ok(SecretString::from(text.to_owned()))
+    }
+
+    /// Re-seals with a new key (key rotation), in the current format.
     pub fn reseal(&self, old: &SecretKey, new: &SecretKey, profile: &str) -> Result<SealedSettings, Error> {
         self.unseal(old, profile)?.seal(new, profile)
     }
+}
+
+/// Sealed settings as earlier releases wrote them (seal version 1: the
+/// associated data is the profile name only; the record has no `version` or
+/// `key_check`), as JSON, to test that such records still open.
+#[cfg(test)]
+pub(crate) fn seal_version_1(settings: &SmtpSettings, key: &SecretKey, profile: &str) -> serde_json::Value {
+    let password = match settings.auth() {
+        Auth::Credential(Credential::Password { password, .. }) => password.expose_secret().to_owned(),
+        other => panic!("a password is needed: {other:?}"),
+    };
+    let nonce = [9u8; NONCE_LEN];
+    let mut buf = password.into_bytes();
+    key.aead()
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(format!("relaymail sealed password v1\0{profile}").into_bytes()),
+            &mut buf,
+        )
+        .expect("sealed");
+    serde_json::json!({
+        "settings": settings.to_data(),
+        "password": {
+            "algorithm": "chacha20-poly1305",
+            "nonce": B64.encode(nonce),
+            "ciphertext": B64.encode(buf),
+        },
+    })
 }
 
 #[cfg(test)]
@@ -235,6 +464,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Timeouts that are not round numbers of seconds, through TOML too.
+        let odd = settings()
+            .to_builder()
+            .timeouts(super::super::Timeouts {
+                connect: std::time::Duration::new(12, 345_678_901),
+                final_reply: std::time::Duration::new(0, 1),
+                ..super::super::Timeouts::default()
+            })
+            .build()
+            .expect("settings");
+        let sealed_odd = odd.seal(&key, "primary").expect("sealed");
+        let toml_text = toml::to_string(&sealed_odd).expect("toml");
+        let back: SealedSettings = toml::from_str(&toml_text).expect("parse");
+        let s = back.unseal(&key, "primary").expect("unsealed from TOML");
+        assert_eq!(s.timeouts(), odd.timeouts());
+        let back: SealedSettings =
+            serde_json::from_str(&serde_json::to_string(&sealed_odd).expect("json")).expect("parse");
+        back.unseal(&key, "primary").expect("unsealed from JSON");
         // Two seals of the same password differ (random nonce).
         let again = settings().seal(&key, "primary").expect("sealed");
         assert_ne!(again.password, sealed.password);
@@ -249,10 +496,13 @@ mod tests {
             .unseal(&other, "primary")
             .expect_err("wrong key")
             .is_config());
-        assert!(
-            sealed.unseal(&key, "backup").is_err(),
-            "bound to the profile name"
-        );
+        let e = sealed.unseal(&other, "primary").expect_err("wrong key");
+        assert!(e.to_string().contains("cannot be opened"), "{e}");
+        assert!(!e.is_tampered(), "a wrong key is not a changed record");
+        let e = sealed
+            .unseal(&key, "backup")
+            .expect_err("bound to the profile name");
+        assert!(e.is_tampered(), "{e}");
         let mut tampered = sealed.clone();
         let mut ct = B64
             .decode(&tampered.password.as_ref().expect("pw").ciphertext)
@@ -260,8 +510,122 @@ mod tests {
         ct[0] ^= 1;
         tampered.password.as_mut().expect("pw").ciphertext = B64.encode(ct);
         let e = tampered.unseal(&key, "primary").expect_err("tampered");
-        assert!(e.to_string().contains("cannot be opened"), "{e}");
-        assert!(!e.to_string().contains("Sealed-Pa55word"));
+        assert!(e.is_tampered(), "{e}");
+        assert!(!format!("{e}{e:?}").contains("Sealed-Pa55word"));
+    }
+
+    #[test]
+    fn changed_settings_do_not_open() {
+        let key = SecretKey::generate().expect("key");
+        let sealed = settings().seal(&key, "primary").expect("sealed");
+        let mut moved = sealed.clone();
+        moved.settings.host = "attacker.example.net".into();
+        moved.settings.tls = "none".into();
+        moved.settings.allow_plaintext_auth = true;
+        let e = moved.unseal(&key, "primary").expect_err("changed host");
+        assert!(e.is_tampered(), "{e}");
+        assert_eq!(
+            e.to_string().split("; hint").next(),
+            Some("the stored settings were changed outside relaymail")
+        );
+        assert!(!format!("{e}{e:?}").contains("Sealed-Pa55word"));
+    }
+
+    #[test]
+    fn the_version_tag_decides_and_a_downgrade_does_not_open() {
+        let key = SecretKey::generate().expect("key");
+        let sealed = settings().seal(&key, "primary").expect("sealed");
+        let secret = sealed.password.as_ref().expect("pw");
+        assert_eq!(secret.version, VERSION_WHOLE_RECORD);
+        assert!(secret.key_check.is_some());
+        // Read under the version-1 rule (profile name only): the tag covers
+        // the version-2 data, so it does not open — also with the host changed.
+        let mut downgraded = sealed.clone();
+        let pw = downgraded.password.as_mut().expect("pw");
+        pw.version = VERSION_PROFILE_ONLY;
+        pw.key_check = None;
+        assert!(downgraded.unseal(&key, "primary").is_err());
+        downgraded.settings.host = "attacker.example.net".into();
+        let e = downgraded.unseal(&key, "primary").expect_err("downgrade");
+        assert!(!format!("{e}{e:?}").contains("Sealed-Pa55word"));
+        // Half a downgrade is a changed record too.
+        let mut half = sealed.clone();
+        half.password.as_mut().expect("pw").version = VERSION_PROFILE_ONLY;
+        assert!(half.unseal(&key, "primary").expect_err("half").is_tampered());
+        let mut future = sealed.clone();
+        future.password.as_mut().expect("pw").version = 3;
+        let e = future.unseal(&key, "primary").expect_err("unknown version");
+        assert!(e.to_string().contains("unknown seal version 3"), "{e}");
+    }
+
+    #[test]
+    fn version_1_records_still_open_and_are_resealed_as_version_2() {
+        let key = SecretKey::generate().expect("key");
+        let json = seal_version_1(&settings(), &key, "primary").to_string();
+        let back: SealedSettings = serde_json::from_str(&json).expect("parse");
+        assert_eq!(
+            back.password.as_ref().map(|p| p.version),
+            Some(VERSION_PROFILE_ONLY)
+        );
+        let opened = back.unseal(&key, "primary").expect("a version-1 record opens");
+        assert_eq!(format!("{opened:?}"), format!("{:?}", settings()));
+        let again = opened.seal(&key, "primary").expect("sealed");
+        assert_eq!(
+            again.password.as_ref().map(|p| p.version),
+            Some(VERSION_WHOLE_RECORD)
+        );
+        // A version-1 record is bound to its profile name.
+        assert!(back.unseal(&key, "backup").is_err());
+    }
+
+    #[test]
+    fn same_settings_same_associated_data_whatever_the_text() {
+        let data = settings().to_data();
+        let json = serde_json::to_value(&data).expect("json");
+        // Fields in reverse order, pretty-printed, through TOML too.
+        let reversed: serde_json::Map<String, serde_json::Value> = json
+            .as_object()
+            .expect("object")
+            .iter()
+            .rev()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let text = serde_json::to_string_pretty(&reversed).expect("text");
+        let reread: SettingsData = serde_json::from_str(&text).expect("parse");
+        assert_eq!(bound_aad("p", &reread), bound_aad("p", &data));
+        let toml_text = toml::to_string(&data).expect("toml");
+        let reread: SettingsData = toml::from_str(&toml_text).expect("parse");
+        assert_eq!(bound_aad("p", &reread), bound_aad("p", &data));
+        let mut other = data.clone();
+        other.sender_name = Some(String::new());
+        assert_ne!(
+            bound_aad("p", &other),
+            bound_aad("p", &data),
+            "absent is not empty"
+        );
+    }
+
+    #[test]
+    fn sealing_never_reallocates_the_plaintext_buffer() {
+        for plain in ["", "x", "Sealed-Pa55word", &"long password ".repeat(40)] {
+            let mut buf = sealing_buffer(plain.as_bytes());
+            let (ptr, capacity) = (buf.as_ptr(), buf.capacity());
+            assert!(capacity >= plain.len() + CHACHA20_POLY1305.tag_len());
+            let key = SecretKey::generate().expect("key");
+            key.aead()
+                .seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key([7; NONCE_LEN]),
+                    Aad::from(b"aad"),
+                    &mut *buf,
+                )
+                .expect("sealed");
+            assert_eq!(buf.len(), plain.len() + CHACHA20_POLY1305.tag_len());
+            assert_eq!(
+                (buf.as_ptr(), buf.capacity()),
+                (ptr, capacity),
+                "no copy left behind"
+            );
+        }
     }
 
     #[test]

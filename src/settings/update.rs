@@ -13,6 +13,11 @@ use crate::proto::auth::Credential;
 #[derive(Clone, Debug, Default)]
 pub enum PasswordChange {
     /// Keep it (the form's password field was left empty). The default.
+    /// Only while the server stays the same: when the host, port, TLS mode,
+    /// plain-text AUTH, a `dangerous_*` flag, the trusted roots or the user
+    /// name change, `Keep` is a `password` field error ("enter the password
+    /// again: the server settings changed") — a form that never shows the
+    /// password must not let it be sent to a server someone just typed in.
     #[default]
     Keep,
     /// Replace it with a newly typed one.
@@ -61,9 +66,11 @@ impl SmtpSettings {
     /// reported and nothing changes (`self` is untouched either way).
     ///
     /// Password rules: [`PasswordChange::Keep`] keeps the stored password
-    /// (also under a new user name); [`PasswordChange::Set`] needs a user
-    /// name (given or stored); [`PasswordChange::Clear`] removes the
-    /// credentials.
+    /// only while the server settings stay the same (host, port, TLS mode,
+    /// plain-text AUTH, `dangerous_*` flags, trusted roots, user name;
+    /// otherwise a `password` field error asks for it again);
+    /// [`PasswordChange::Set`] needs a user name (given or stored);
+    /// [`PasswordChange::Clear`] removes the credentials.
     pub fn apply(&self, update: SettingsUpdate) -> Result<SmtpSettings, SettingsErrors> {
         let mut b = self.to_builder();
         let mut errors = Vec::new();
@@ -114,8 +121,10 @@ impl SmtpSettings {
             }
             (PasswordChange::Keep, Some(user)) => match (&stored, user.trim().is_empty()) {
                 (_, true) => b = b.no_auth(),
+                // The stored password under the given name, still marked as
+                // kept: build() refuses it when the name (or the server) changed.
                 (Some((_, password)), false) => {
-                    b = b.credential(Credential::Password {
+                    b.auth = Auth::Credential(Credential::Password {
                         username: user,
                         password: password.clone(),
                     })
@@ -144,6 +153,7 @@ impl SmtpSettings {
 mod tests {
     use secrecy::ExposeSecret;
 
+    use super::super::{SmtpSettingsBuilder, ENTER_PASSWORD_AGAIN};
     use super::*;
 
     fn stored() -> SmtpSettings {
@@ -169,20 +179,40 @@ mod tests {
         let s = stored();
         let kept = s
             .apply(SettingsUpdate {
+                sender_name: Some(Some("Example App".into())),
+                helo_name: Some(Some("app.example.com".into())),
+                timeout: Some(Duration::from_secs(20)),
+                // The form sends the unchanged server fields back as they were.
+                host: Some("MAIL.example.com".into()),
+                port: Some(587),
+                tls: Some(TlsMode::StartTls),
+                username: Some("app".into()),
+                allow_plaintext_auth: Some(false),
+                ..SettingsUpdate::new()
+            })
+            .expect("valid");
+        assert_eq!(kept.sender().name.as_deref(), Some("Example App"));
+        assert_eq!(password(&kept), Some(("app".into(), "old-secret".into())));
+
+        // A new server or user name needs the password typed again.
+        let moved = s
+            .apply(SettingsUpdate {
                 host: Some("smtp.example.org".into()),
                 ..SettingsUpdate::new()
             })
-            .expect("valid");
-        assert_eq!(kept.host(), "smtp.example.org");
-        assert_eq!(password(&kept), Some(("app".into(), "old-secret".into())));
-
-        let renamed = s
+            .expect_err("the password would follow the host");
+        assert_eq!(
+            moved.field("password").map(FieldError::message),
+            Some(ENTER_PASSWORD_AGAIN)
+        );
+        let moved = s
             .apply(SettingsUpdate {
-                username: Some("app2".into()),
+                host: Some("smtp.example.org".into()),
+                password: PasswordChange::Set("typed-again".into()),
                 ..SettingsUpdate::new()
             })
-            .expect("valid");
-        assert_eq!(password(&renamed), Some(("app2".into(), "old-secret".into())));
+            .expect("typed again");
+        assert_eq!(password(&moved), Some(("app".into(), "typed-again".into())));
 
         let set = s
             .apply(SettingsUpdate {
@@ -238,8 +268,87 @@ mod tests {
     }
 
     #[test]
-    fn tls_change_moves_a_default_port() {
+    fn a_kept_password_never_follows_a_server_change() {
         let s = stored();
+        let form = |f: fn(&mut SettingsUpdate)| {
+            let mut u = SettingsUpdate::new();
+            f(&mut u);
+            s.apply(u)
+        };
+        let builder = |f: fn(SmtpSettingsBuilder) -> SmtpSettingsBuilder| f(s.to_builder()).build();
+        let cases: Vec<(&str, Result<SmtpSettings, SettingsErrors>)> = vec![
+            ("host", form(|u| u.host = Some("attacker.example.net".into()))),
+            ("host (address)", form(|u| u.host = Some("192.0.2.7".into()))),
+            ("port", form(|u| u.port = Some(2525))),
+            ("tls", form(|u| u.tls = Some(TlsMode::None))),
+            (
+                "tls (opportunistic)",
+                form(|u| u.tls = Some(TlsMode::StartTlsOpportunistic)),
+            ),
+            (
+                "allow_plaintext_auth",
+                form(|u| u.allow_plaintext_auth = Some(true)),
+            ),
+            ("username", form(|u| u.username = Some("admin".into()))),
+            ("builder: host", builder(|b| b.host("attacker.example.net"))),
+            ("builder: port", builder(|b| b.port(2525))),
+            ("builder: tls", builder(|b| b.tls(TlsMode::Implicit))),
+            (
+                "builder: allow_plaintext_auth",
+                builder(|b| b.allow_plaintext_auth(true)),
+            ),
+            (
+                "builder: dangerous_accept_invalid_certs",
+                builder(|b| b.dangerous_accept_invalid_certs(true)),
+            ),
+            (
+                "builder: dangerous_accept_invalid_hostnames",
+                builder(|b| b.dangerous_accept_invalid_hostnames(true)),
+            ),
+            // (Added roots: tests/diagnose, with a test server's CA.)
+            ("builder: webpki_roots", builder(|b| b.webpki_roots(false))),
+        ];
+        for (what, result) in cases {
+            let e = result.expect_err(what);
+            assert_eq!(
+                e.field("password").map(FieldError::message),
+                Some(ENTER_PASSWORD_AGAIN),
+                "{what}: {e}"
+            );
+            assert!(!format!("{e}{e:?}").contains("old-secret"), "{what}");
+        }
+        // Together with the form's other problems, all at once.
+        let e = s
+            .apply(SettingsUpdate {
+                host: Some("attacker.example.net".into()),
+                sender: Some("not an address".into()),
+                ..SettingsUpdate::new()
+            })
+            .expect_err("invalid");
+        assert!(
+            e.field("password").is_some() && e.field("sender").is_some(),
+            "{e}"
+        );
+        // Unchanged server settings keep the password, also for a token.
+        let token = SmtpSettings::builder()
+            .host("mail.example.com")
+            .sender("noreply@example.com")
+            .oauth2_token("app", "ya29.token")
+            .build()
+            .expect("settings");
+        assert!(token.to_builder().timeout(Duration::from_secs(9)).build().is_ok());
+        assert!(token.to_builder().port(2525).build().is_err());
+        assert!(s.to_builder().host(" mail.example.com ").build().is_ok());
+    }
+
+    #[test]
+    fn tls_change_moves_a_default_port() {
+        let s = stored()
+            .apply(SettingsUpdate {
+                password: PasswordChange::Clear,
+                ..SettingsUpdate::new()
+            })
+            .expect("no credentials");
         assert_eq!(s.port(), 587);
         let implicit = s
             .apply(SettingsUpdate {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
-use super::{Auth, FieldError, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, TlsMode};
+use super::{Auth, FieldError, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, TlsMode, MAX_TIMEOUT};
 use crate::proto::auth::Credential;
 
 fn percent_decode(field: &'static str, s: &str) -> Result<String, FieldError> {
@@ -47,6 +47,27 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// Whether text of the user name or password may have been taken for the
+/// host, port or query: an unencoded `?` (or `#`, `/`) in the password ends
+/// the authority early, so the `@` that should close the user information
+/// turns up in the query, or the user name and the start of the password
+/// look like `host:port` with a port that is not a number.
+fn misplaced_userinfo(authority: &str, query: Option<&str>) -> bool {
+    if authority.contains('@') {
+        return false;
+    }
+    let bad_port = !authority.starts_with('[')
+        && authority
+            .split_once(':')
+            .is_some_and(|(_, port)| !port.bytes().all(|b| b.is_ascii_digit()));
+    // In a well-formed URL an '@' after the '?' can only be in a sender address.
+    let stray_at = query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.contains('@') && !pair.starts_with("from="))
+    });
+    bad_port || stray_at
 }
 
 impl SmtpSettingsBuilder {
@@ -84,6 +105,15 @@ impl SmtpSettingsBuilder {
             None => (rest, None),
         };
         let authority = authority.strip_suffix('/').unwrap_or(authority);
+        if misplaced_userinfo(authority, query) {
+            // Part of the user name or password ended up where the host,
+            // port or query should be: say so without showing any of it.
+            return Err(SettingsErrors(vec![FieldError::new(
+                "url",
+                "the host and port cannot be told apart from the user name and password: \
+                 percent-encode any '?', '#', '/' or '@' in them (%3F, %23, %2F, %40)",
+            )]));
+        }
         if authority.contains('/') || authority.contains('#') {
             errors.push(FieldError::new("url", "an SMTP URL has no path or fragment"));
         }
@@ -109,11 +139,22 @@ impl SmtpSettingsBuilder {
                 None => (hostport.to_owned(), None),
             }
         };
+        // Checked here, without repeating the text: a malformed URL can put
+        // part of the password where the host or port should be.
+        if super::validate_host(&host).is_err() {
+            errors.push(FieldError::new(
+                "host",
+                "the URL holds no valid host name or IP address",
+            ));
+        }
         b = b.host(host);
         if let Some(p) = port {
-            match p.parse::<u32>() {
-                Ok(p) => b = b.port(p),
-                Err(_) => errors.push(FieldError::new("port", format!("{p:?} is not a port number"))),
+            match p.parse::<u16>() {
+                Ok(p) if p > 0 => b = b.port(u32::from(p)),
+                _ => errors.push(FieldError::new(
+                    "port",
+                    "the URL's port is not a number from 1 to 65535",
+                )),
             }
         }
         if let Some(info) = userinfo {
@@ -144,7 +185,10 @@ impl SmtpSettingsBuilder {
             };
             match key {
                 "tls" => match (scheme.as_str(), TlsMode::parse(&value)) {
-                    (_, None) => errors.push(FieldError::new("tls", format!("unknown TLS mode {value:?}"))),
+                    (_, None) => errors.push(FieldError::new(
+                        "tls",
+                        "unknown TLS mode: use none, starttls or starttls-opportunistic",
+                    )),
                     ("smtps", Some(TlsMode::Implicit)) => {}
                     ("smtps", Some(_)) => errors.push(FieldError::new(
                         "tls",
@@ -157,16 +201,22 @@ impl SmtpSettingsBuilder {
                 },
                 "helo" => b = b.helo_name(value),
                 "timeout" => match value.parse::<f64>() {
-                    Ok(secs) if secs > 0.0 && secs.is_finite() && secs <= 86_400.0 => {
+                    Ok(secs) if secs > 0.0 && secs.is_finite() && secs <= MAX_TIMEOUT.as_secs_f64() => {
                         b = b.timeout(Duration::from_secs_f64(secs))
                     }
                     _ => errors.push(FieldError::new(
                         "timeout",
-                        format!("{value:?} is not a number of seconds between 0 and 86400"),
+                        format!(
+                            "the timeout is not a number of seconds between 0 and {}",
+                            MAX_TIMEOUT.as_secs()
+                        ),
                     )),
                 },
                 "from" => b = b.sender(value),
-                other => errors.push(FieldError::new("url", format!("unknown parameter {other:?}"))),
+                _ => errors.push(FieldError::new(
+                    "url",
+                    "unknown parameter: use tls, helo, timeout or from",
+                )),
             }
         }
         b = b.tls(tls);
@@ -325,6 +375,89 @@ mod tests {
             .expect("ok");
         assert!(!s.url().to_string().contains("hunter2"));
         assert!(!format!("{:?}", s.url()).contains("hunter2"));
+    }
+
+    /// Every window of three characters of `secret`.
+    fn pieces(secret: &str) -> Vec<String> {
+        let chars: Vec<char> = secret.chars().collect();
+        chars.windows(3).map(|w| w.iter().collect()).collect()
+    }
+
+    #[test]
+    fn errors_never_show_the_user_information() {
+        // (URL, its user information as the person meant it)
+        let cases = [
+            (
+                "smtp://Zkqv:Xy7?Qz#Wv@Rt/Pk@mail.example.com?from=a@example.com",
+                "Zkqv:Xy7?Qz#Wv@Rt/Pk",
+            ),
+            (
+                "smtp://Zkqv:Xy7?Qz#Wv@Rt/Pk@mail.example.com",
+                "Zkqv:Xy7?Qz#Wv@Rt/Pk",
+            ),
+            (
+                "smtp://Zkqv:Xy7?Qz@mail.example.com:2525?from=a@example.com",
+                "Zkqv:Xy7?Qz",
+            ),
+            (
+                "smtp://Zkqv:Xy7#Qz@mail.example.com:2525?tls=none&from=a@example.com",
+                "Zkqv:Xy7#Qz",
+            ),
+            (
+                "smtp://Zkqv:Xy7@Qz@mail.example.com?tls=bogus&from=a@example.com",
+                "Zkqv:Xy7@Qz",
+            ),
+            ("smtps://Zk@qv:Xy7?Qz@mail.example.com", "Zk@qv:Xy7?Qz"),
+            (
+                "smtp://Zkqv:Xy7?tls=Qz#Wv@mail.example.com&from=a@example.com",
+                "Zkqv:Xy7?tls=Qz#Wv",
+            ),
+            (
+                "smtp://Zkqv:Xy7?Qz#Wv&helo=Rt/Pk@mail.example.com?timeout=-1",
+                "Zkqv:Xy7?Qz#Wv&helo=Rt/Pk",
+            ),
+            (
+                "smtp://Zkqv:123?Qz#Wv&helo=Rt/Pk@mail.example.com",
+                "Zkqv:123?Qz#Wv&helo=Rt/Pk",
+            ),
+            ("smtp://Zkqv:Xy7?Qz#Wv@Rt/Pk", "Zkqv:Xy7?Qz#Wv@Rt/Pk"),
+            ("smtp://Zkqv:Xy7?Qz#Wv@Rt/Pk@", "Zkqv:Xy7?Qz#Wv@Rt/Pk"),
+            (
+                "smtp://Zkqv:Xy7 Qz?Wv@ex ample?from=a@example.com",
+                "Zkqv:Xy7 Qz?Wv",
+            ),
+        ];
+        for (url, userinfo) in cases {
+            let mut shown = Vec::new();
+            if let Err(e) = SmtpSettingsBuilder::from_url(url) {
+                shown.push(format!("{e}\n{e:?}"));
+            }
+            let e = SmtpSettings::from_url(url).expect_err(url);
+            shown.push(format!("{e}\n{e:?}"));
+            for text in &shown {
+                for piece in pieces(userinfo) {
+                    assert!(!text.contains(&piece), "{url}: {piece:?} in {text}");
+                }
+            }
+        }
+        // The person learns what to do.
+        let e = SmtpSettings::from_url("smtp://Zkqv:Xy7?Qz@mail.example.com:2525?from=a@example.com")
+            .expect_err("unencoded '?'");
+        assert!(
+            e.field("url")
+                .is_some_and(|f| f.message().contains("percent-encode")),
+            "{e}"
+        );
+        // The same password percent-encoded is read as it was meant.
+        let s =
+            SmtpSettings::from_url("smtp://Zkqv:Xy7%3FQz%23Wv%40Rt%2FPk@mail.example.com?from=a@example.com")
+                .expect("encoded");
+        match s.auth() {
+            Auth::Credential(Credential::Password { password, .. }) => {
+                assert_eq!(password.expose_secret(), "Xy7?Qz#Wv@Rt/Pk")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     proptest! {

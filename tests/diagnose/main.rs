@@ -3,6 +3,8 @@
 //! timeout with the stage and the likely fix; and a working setup reports
 //! every stage.
 
+mod kept_password;
+
 use std::time::Duration;
 
 use relaymail::diagnose::{self, Report};

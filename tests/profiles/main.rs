@@ -3,6 +3,8 @@
 //! losing a message.
 #![cfg(feature = "serde")]
 
+mod tamper;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
