@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Stage};
 use crate::proto::auth::Mechanism;
-use crate::proto::reply::Reply;
+use crate::proto::reply::{Escaped, Reply};
 use crate::proto::session::{Envelope, Recipient};
 use crate::settings::SmtpSettings;
 use crate::transport::{Connector, Delivery, StageTiming, TlsInfo, Trace};
@@ -127,8 +127,9 @@ impl fmt::Display for Report {
                 if s.ok { "ok" } else { "FAILED" }
             )?;
             if let Some(r) = s.replies.last() {
+                // Server text: control bytes escaped, never sent to a terminal raw.
                 let first = r.lines().first().map(String::as_str).unwrap_or("");
-                write!(f, "  ({} {first})", r.code().value())?;
+                write!(f, "  ({} {})", r.code().value(), Escaped(first))?;
             }
             writeln!(f)?;
         }
@@ -142,7 +143,7 @@ impl fmt::Display for Report {
                 if tls.certificate_names.is_empty() {
                     "(no names)".to_owned()
                 } else {
-                    tls.certificate_names.join(", ")
+                    Escaped(tls.certificate_names.join(", ")).to_string()
                 }
             )?;
         }

@@ -279,3 +279,14 @@ async fn greeting_never_comes() {
     let r = check(diagnose::verify(&s), Stage::Greeting, "no greeting").await;
     assert!(r.error().is_some_and(|e| e.is_timeout()));
 }
+
+#[tokio::test]
+async fn server_text_in_the_report_is_escaped() {
+    // A greeting carrying terminal escapes: the report that an admin reads
+    // in a terminal or a log shows them escaped.
+    let srv = server(ServerConfig::new().greeting("220 relay \u{1b}[2J\u{7} ready")).await;
+    let report = diagnose::verify(&settings(srv.port(), TlsMode::None).build().expect("settings")).await;
+    let shown = report.to_string();
+    assert!(!shown.chars().any(|c| c == '\u{1b}' || c == '\u{7}'), "{shown:?}");
+    assert!(shown.contains("\\u{1b}"), "{shown}");
+}
