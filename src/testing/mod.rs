@@ -82,6 +82,7 @@ pub struct ServerConfig {
     pub(crate) smtputf8: bool,
     pub(crate) eightbitmime: bool,
     pub(crate) dsn: bool,
+    pub(crate) requiretls: bool,
     pub(crate) size_limit: Option<u64>,
     pub(crate) starttls: bool,
     pub(crate) implicit_tls: bool,
@@ -124,6 +125,7 @@ impl ServerConfig {
             smtputf8: false,
             eightbitmime: true,
             dsn: false,
+            requiretls: false,
             size_limit: None,
             starttls: false,
             implicit_tls: false,
@@ -180,6 +182,14 @@ impl ServerConfig {
     /// Default: off.
     pub fn dsn(mut self, on: bool) -> Self {
         self.dsn = on;
+        self
+    }
+
+    /// Offer REQUIRETLS (RFC 8689) on TLS connections and accept the
+    /// `REQUIRETLS` MAIL parameter there (over plain text it is neither
+    /// offered nor accepted). Default: off.
+    pub fn requiretls(mut self, on: bool) -> Self {
+        self.requiretls = on;
         self
     }
 
