@@ -39,6 +39,8 @@ mod codec;
 pub(crate) use codec::{decode_draft, encode_draft};
 
 const EXT: &str = "draft";
+/// The spool's directories under its root.
+const SUBDIRS: [&str; 4] = ["drafts", "failed", "corrupt", "tmp"];
 
 /// Where a draft is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -326,11 +328,20 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
 
 impl DirSpool {
     /// Opens (creating when needed) a spool in `root`.
+    ///
+    /// Drafts hold whole messages, so the spool is private to its owner: on
+    /// unix, directories are created 0700 and files 0600 whatever the
+    /// umask, and opening a spool made by an older version (0755
+    /// directories, 0644 files) takes group and other permissions away from
+    /// `root` and its four directories, which makes the older files
+    /// unreachable to other users too. A spool shared between several user
+    /// accounts is not supported.
     pub fn open(root: impl Into<PathBuf>) -> Result<DirSpool, Error> {
         let root = root.into();
-        for sub in ["drafts", "failed", "corrupt", "tmp"] {
-            let dir = root.join(sub);
-            fs::create_dir_all(&dir).map_err(|e| io(format!("cannot create {}", dir.display()), e))?;
+        for dir in std::iter::once(root.clone()).chain(SUBDIRS.map(|sub| root.join(sub))) {
+            crate::fsutil::create_private_dir(&dir)
+                .and_then(|()| crate::fsutil::make_private_dir(&dir))
+                .map_err(|e| io(format!("cannot create {}", dir.display()), e))?;
         }
         Ok(DirSpool { root })
     }

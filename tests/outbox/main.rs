@@ -449,3 +449,50 @@ fn a_draft_written_by_the_previous_version_is_read_and_delivered_as_it_was() {
     assert!(raw.starts_with(b"relaymail-draft 2\n"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[cfg(unix)]
+#[path = "../support/umask.rs"]
+mod umask;
+
+#[cfg(unix)]
+use umask::mode;
+
+#[cfg(unix)]
+#[test]
+fn spool_directories_and_drafts_are_private_to_their_owner() {
+    if !umask::in_child_with_umask_022("spool_directories_and_drafts_are_private_to_their_owner") {
+        return;
+    }
+    let dir = spool_dir("modes");
+    let spool = DirSpool::open(&dir).expect("spool");
+    let m = requiretls_dsn_message();
+    let id = spool.enqueue(&m).expect("queued");
+    for sub in ["", "drafts", "failed", "corrupt", "tmp"] {
+        assert_eq!(mode(&dir.join(sub)), 0o700, "{sub}/");
+    }
+    let draft = dir.join("drafts").join(format!("{id}.draft"));
+    assert_eq!(mode(&draft), 0o600, "a new draft");
+    // Rewritten by an attempt, moved to the failed area: still private.
+    spool.defer(&id, "421 later", SystemTime::now()).expect("defer");
+    assert_eq!(mode(&draft), 0o600, "a rewritten draft");
+    spool.fail(&id, "550 no").expect("fail");
+    assert_eq!(mode(&dir.join("failed").join(format!("{id}.draft"))), 0o600);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[cfg(unix)]
+#[test]
+fn opening_a_spool_made_world_readable_by_an_older_version_makes_it_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = spool_dir("old-modes");
+    for sub in ["drafts", "failed", "corrupt", "tmp"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("dir");
+        std::fs::set_permissions(dir.join(sub), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    DirSpool::open(&dir).expect("spool");
+    for sub in ["", "drafts", "failed", "corrupt", "tmp"] {
+        assert_eq!(mode(&dir.join(sub)), 0o700, "{sub}/");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
