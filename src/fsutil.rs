@@ -45,7 +45,7 @@ pub(crate) fn make_private_dir(dir: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(dir)?.permissions().mode();
         if mode & 0o077 != 0 {
-            fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode & !0o077))?;
         }
     }
     #[cfg(not(unix))]

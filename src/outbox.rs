@@ -330,18 +330,24 @@ impl DirSpool {
     /// Opens (creating when needed) a spool in `root`.
     ///
     /// Drafts hold whole messages, so the spool is private to its owner: on
-    /// unix, directories are created 0700 and files 0600 whatever the
-    /// umask, and opening a spool made by an older version (0755
-    /// directories, 0644 files) takes group and other permissions away from
-    /// `root` and its four directories, which makes the older files
-    /// unreachable to other users too. A spool shared between several user
+    /// unix, directories are created 0700 (`root` too, when it is created
+    /// here) and files 0600 whatever the umask. Opening a spool made by an
+    /// older version (0755 directories, 0644 files) takes group and other
+    /// permissions away from its four directories, which makes the older
+    /// files unreachable to other users too; an existing `root` is left as
+    /// it is (it may be shared). A spool shared between several user
     /// accounts is not supported.
     pub fn open(root: impl Into<PathBuf>) -> Result<DirSpool, Error> {
         let root = root.into();
-        for dir in std::iter::once(root.clone()).chain(SUBDIRS.map(|sub| root.join(sub))) {
+        for dir in SUBDIRS.map(|sub| root.join(sub)) {
             crate::fsutil::create_private_dir(&dir)
-                .and_then(|()| crate::fsutil::make_private_dir(&dir))
                 .map_err(|e| io(format!("cannot create {}", dir.display()), e))?;
+            crate::fsutil::make_private_dir(&dir).map_err(|e| {
+                io(
+                    format!("cannot make {} private to its owner (chmod 700)", dir.display()),
+                    e,
+                )
+            })?;
         }
         Ok(DirSpool { root })
     }
@@ -936,7 +942,7 @@ mod tests {
                 next_attempt in time(),
                 attempts in any::<u32>(),
                 // Any text: line breaks and controls included.
-                last_error in proptest::option::of(".{0,40}"),
+                last_error in proptest::option::of("(.|\r|\n|\u{0}){0,40}"),
                 failed in any::<bool>(),
             ) {
                 let envelope = Envelope { from, params, recipients };
