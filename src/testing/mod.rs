@@ -115,7 +115,7 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// The defaults: greeting `220 relaymail-test ESMTP`; EHLO offers
     /// PIPELINING, 8BITMIME and ENHANCEDSTATUSCODES; no SIZE, STARTTLS, AUTH,
-    /// CHUNKING, SMTPUTF8 or DSN; certificate names `localhost` and
+    /// CHUNKING, SMTPUTF8, DSN or REQUIRETLS; certificate names `localhost` and
     /// `127.0.0.1`; no faults.
     pub fn new() -> ServerConfig {
         ServerConfig {
