@@ -121,7 +121,12 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    /// An attachment.
+    /// An attachment. `content_type` is a MIME type as RFC 2045 writes it
+    /// (`application/pdf`, `text/plain; charset=utf-8`); it is checked when
+    /// the email is [composed](Composer::compose), which refuses one that
+    /// is not valid (a line break in it would add header lines) with a
+    /// [config](Error::is_config) error naming the attachment. Control
+    /// characters in `filename` become spaces.
     pub fn new(
         filename: impl Into<String>,
         content_type: impl Into<String>,
@@ -136,7 +141,10 @@ impl Attachment {
     }
 
     /// An inline part, referenced from the HTML body as `cid:{content_id}`.
-    /// Inline parts are never turned into links.
+    /// Inline parts are never turned into links. The content id is written
+    /// as `<content_id>`: [composing](Composer::compose) refuses one with
+    /// `<`, `>`, whitespace or control characters, and checks the content
+    /// type as for [`Attachment::new`].
     pub fn inline(
         content_id: impl Into<String>,
         content_type: impl Into<String>,
@@ -361,6 +369,116 @@ pub(crate) fn one_line(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// RFC 2045 `token`: printable ASCII except space and tspecials.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&b))
+}
+
+/// The length of the RFC 822 `quoted-string` (ASCII, no control byte) that
+/// `text` starts with: `"…"` with `\\` pairs; `None` when it is not one.
+fn quoted_string_len(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    if bytes.first() != Some(&b'"') {
+        return None;
+    }
+    let printable = |b: u8| b == b' ' || b.is_ascii_graphic();
+    let mut i = 1;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => return Some(i + 1),
+            b'\\' if bytes.get(i + 1).is_some_and(|&q| printable(q)) => i += 2,
+            b if b != b'\\' && printable(b) => i += 1,
+            _ => return None,
+        }
+    }
+    None // not closed
+}
+
+/// Checks a MIME type as RFC 2045 writes it: `type "/" subtype *(";"
+/// attribute "=" value)`, each a token, values tokens or quoted strings,
+/// spaces allowed around the parameters; no control byte anywhere.
+/// Returns what is wrong.
+fn check_content_type(value: &str) -> Result<(), &'static str> {
+    if value.chars().any(char::is_control) {
+        return Err("it contains a control character (a line break would start a new header line)");
+    }
+    if !value.is_ascii() {
+        return Err("it contains a non-ASCII character");
+    }
+    let (media, mut rest) = value.split_at(value.find(';').unwrap_or(value.len()));
+    match media.trim_matches(' ').split_once('/') {
+        Some((kind, sub)) if is_token(kind) && is_token(sub) => {}
+        _ => return Err("it is not `type/subtype` (e.g. `application/pdf`)"),
+    }
+    while let Some(param) = rest.strip_prefix(';') {
+        let param = param.trim_start_matches(' ');
+        let (attribute, after) = param
+            .split_once('=')
+            .ok_or("a parameter is not `attribute=value`")?;
+        if !is_token(attribute) {
+            return Err("a parameter name is not a token");
+        }
+        let len = match quoted_string_len(after) {
+            Some(len) => len,
+            None if after.starts_with('"') => {
+                return Err("a quoted parameter value is not valid or not closed")
+            }
+            None => {
+                let len = after.find([';', ' ']).unwrap_or(after.len());
+                if !is_token(&after[..len]) {
+                    return Err("a parameter value is neither a token nor a quoted string");
+                }
+                len
+            }
+        };
+        rest = after[len..].trim_start_matches(' ');
+        if !rest.is_empty() && !rest.starts_with(';') {
+            return Err("text follows a parameter value without a ';'");
+        }
+    }
+    Ok(())
+}
+
+/// Checks an inline part's content id: written as `<id>`, it may hold no
+/// bracket, whitespace or control character.
+fn check_content_id(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() {
+        Err("it is empty")
+    } else if value.chars().any(|c| c == '<' || c == '>') {
+        Err("it contains '<' or '>' (it is written between angle brackets)")
+    } else if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err("it contains whitespace or a control character")
+    } else {
+        Ok(())
+    }
+}
+
+impl Attachment {
+    /// Checks what this attachment writes into its part's headers: the
+    /// content type (RFC 2045) and an inline part's content id. The file
+    /// name needs no check: its control characters become spaces.
+    fn check(&self) -> Result<(), Error> {
+        let what = match &self.content_id {
+            Some(cid) => format!("inline part {cid:?}"),
+            None => format!("attachment {:?}", self.filename),
+        };
+        check_content_type(&self.content_type).map_err(|reason| {
+            Error::config(format!(
+                "{what}: the content type {:?} is not valid: {reason}",
+                self.content_type
+            ))
+        })?;
+        if let Some(cid) = &self.content_id {
+            check_content_id(cid)
+                .map_err(|reason| Error::config(format!("{what}: the content id is not valid: {reason}")))?;
+        }
+        Ok(())
+    }
+}
+
 fn field_error(field: &str, e: Error) -> Error {
     Error::new(Kind::Config, None, format!("{field}: {e}"))
 }
@@ -498,6 +616,10 @@ impl Composer {
             headers.push((name.clone(), one_line(value).into_owned()));
         }
 
+        // Nothing an attachment carries may add a header line.
+        for a in &email.attachments {
+            a.check()?;
+        }
         // Attachments over the limit: refused, or stored and linked.
         let mut kept = Vec::new();
         let mut links: Vec<(String, u64, String)> = Vec::new();
@@ -616,7 +738,7 @@ impl Composer {
         for a in kept {
             let data: Vec<u8> = a.data.to_vec();
             builder = match &a.content_id {
-                Some(cid) => builder.inline(a.content_type.clone(), one_line(cid).into_owned(), data),
+                Some(cid) => builder.inline(a.content_type.clone(), cid.clone(), data),
                 None => builder.attachment(a.content_type.clone(), one_line(&a.filename).into_owned(), data),
             };
         }

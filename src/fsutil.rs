@@ -1,10 +1,71 @@
-//! Durable file replacement, shared by the outbox spool and the profile
-//! store.
+//! Durable file replacement and private files, shared by the outbox spool
+//! and the profile store.
+//!
+//! Spool files hold whole messages (password-reset links …) and the profile
+//! store holds sealed settings: on unix, new files are created 0600 and new
+//! directories 0700, whatever the process umask allows, and a replaced file
+//! keeps the mode it had.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+/// Options that create a file readable and writable by its owner only
+/// (0600 on unix; the umask can only narrow it further).
+pub(crate) fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+}
+
+/// Creates `dir` and its missing parents, each private to its owner (0700
+/// on unix); an existing directory is left as it is (see
+/// [`make_private_dir`]).
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Takes group and other permissions away from an existing directory (on
+/// unix; elsewhere nothing to do).
+pub(crate) fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode & !0o077))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// The permission bits of `target` when it exists (unix only).
+fn existing_mode(target: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(target).ok().map(|m| m.permissions().mode() & 0o777)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = target;
+        None
+    }
+}
 
 /// Which step of [`write_atomic`] failed, and on which path.
 pub(crate) struct AtomicWriteError {
@@ -17,6 +78,11 @@ pub(crate) struct AtomicWriteError {
 /// and fsyncs `target`'s directory: after `Ok`, `target` holds `bytes`
 /// whatever happens next; after an error, `target` is untouched and `tmp`
 /// is removed. With `modified`, the file gets that modification time.
+///
+/// The new file is created 0600 (on unix); when `target` exists, the new
+/// file gets `target`'s permission bits instead, so replacing a file never
+/// changes who may read it (a store an administrator set to 0600 stays
+/// 0600, and nothing ever gets wider than it was).
 pub(crate) fn write_atomic(
     tmp: &Path,
     target: &Path,
@@ -28,11 +94,20 @@ pub(crate) fn write_atomic(
         move |error| AtomicWriteError { step, path, error }
     }
     let result = (|| {
-        let mut f = OpenOptions::new()
+        let mode = existing_mode(target);
+        let mut f = private_file()
             .write(true)
             .create_new(true)
             .open(tmp)
             .map_err(fail("cannot create", tmp))?;
+        #[cfg(unix)]
+        if let Some(mode) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(fail("cannot set the mode of", tmp))?;
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
         f.write_all(bytes).map_err(fail("cannot write", tmp))?;
         if let Some(t) = modified {
             f.set_modified(t).map_err(fail("cannot set the time of", tmp))?;

@@ -29,6 +29,9 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("command_encoder", command_encoder),
     ("sasl", sasl),
     ("session", session),
+    ("message_parser", message_parser),
+    ("smtp_url", smtp_url),
+    ("draft", draft),
 ];
 
 fn parse_all(p: &mut ReplyParser) -> (Vec<crate::proto::reply::Reply>, bool) {
@@ -363,4 +366,142 @@ pub fn session(input: &[u8]) {
         }
     }
     assert_eq!(submitted, ended, "every accepted transaction ends exactly once");
+}
+
+/// Raw messages (`Message::from_rfc5322`), under both address policies:
+/// never panics; an accepted message has an envelope that can be sent, at
+/// least one recipient, no `Bcc` field left in its bytes, and bytes that
+/// are the input minus whole header fields.
+pub fn message_parser(input: &[u8]) {
+    use crate::address::AddressPolicy;
+    use crate::message::Message;
+    for policy in [AddressPolicy::Strict, AddressPolicy::Lenient] {
+        let Ok(m) = Message::from_rfc5322(input, policy) else {
+            continue;
+        };
+        assert!(m.envelope().validate().is_ok(), "{:?}", m.envelope());
+        assert!(!m.envelope().recipients.is_empty());
+        assert!(m.content().len() <= input.len());
+        if m.content().len() == input.len() {
+            assert_eq!(m.content(), input, "same length, other bytes");
+        }
+        if let Some(headers) = mail_parser::MessageParser::new().parse_headers(m.content()) {
+            assert!(
+                !headers
+                    .headers()
+                    .iter()
+                    .any(|h| matches!(h.name, mail_parser::HeaderName::Bcc)),
+                "a Bcc field is left in the bytes sent"
+            );
+        }
+    }
+}
+
+/// `%XX` decoded where it is valid, everything else kept: what a URL part
+/// may turn into once the parser decodes it.
+fn lenient_percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = text
+            .get(i + 1..i + 3)
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+        match (bytes[i], hex) {
+            (b'%', Some(h)) => {
+                out.push(u8::from_str_radix(h, 16).unwrap_or_default());
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What the URL parser turns `text` into when percent-decoding it: a
+/// stand-in that decodes the same way (fine, a bad escape, or bytes that
+/// are not UTF-8) and shows nothing of `text`.
+fn same_decoding_stand_in(text: &str) -> &'static str {
+    let bytes = text.as_bytes();
+    let bad_escape = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !text
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.bytes().all(|d| d.is_ascii_hexdigit()))
+    });
+    if bad_escape {
+        "%"
+    } else if lenient_percent_decode(text).contains('\u{fffd}') && !text.contains('\u{fffd}') {
+        "%FF"
+    } else {
+        "x"
+    }
+}
+
+/// SMTP URLs (`SmtpSettings::from_url`): never panics, and neither an
+/// error's text nor accepted settings (their URL form, their `Debug`) show
+/// the password given in the URL's userinfo. Whatever the same URL with a
+/// stand-in password (one that decodes alike) shows is not a leak: fixed
+/// words ("Password"), or a host or parameter that happens to hold the
+/// password's text. Passwords shorter than 3 characters are not checked.
+pub fn smtp_url(input: &[u8]) {
+    use crate::settings::SmtpSettings;
+    let Ok(url) = std::str::from_utf8(input) else {
+        return;
+    };
+    let shown = |url: &str| match SmtpSettings::from_url(url) {
+        Ok(settings) => format!("{} {settings:?}", settings.url()),
+        Err(errors) => format!("{errors} {errors:?}"),
+    };
+    let text = shown(url);
+    // The userinfo as the parser finds it: in the authority (before any
+    // '?'), up to the last '@'; the password after its first ':'.
+    let trimmed = url.trim();
+    let Some((scheme, rest)) = trimmed.split_once("://") else {
+        return;
+    };
+    let authority = rest.split('?').next().unwrap_or_default();
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return;
+    };
+    let Some((user, password)) = userinfo.split_once(':') else {
+        return;
+    };
+    let stand_in = same_decoding_stand_in(password);
+    let baseline = shown(&format!(
+        "{scheme}://{user}:{stand_in}{}",
+        &rest[userinfo.len()..]
+    ));
+    for secret in [password.to_owned(), lenient_percent_decode(password)] {
+        if secret.chars().count() >= 3 && !baseline.contains(&secret) {
+            assert!(
+                !text.contains(&secret),
+                "the password {secret:?} is shown: {text}"
+            );
+        }
+    }
+}
+
+/// Draft files: never panics, and whatever reads as a draft reads back the
+/// same once written again (decode ∘ encode ∘ decode = decode), and writes
+/// the same bytes the second time.
+pub fn draft(input: &[u8]) {
+    use crate::outbox::{decode_draft, encode_draft, Area, DraftId};
+    let id = DraftId::parse("019abc0000000-0123456789abcdef").expect("a valid id");
+    for area in [Area::Drafts, Area::Failed] {
+        let Some((info, content)) = decode_draft(id.clone(), area, input, true) else {
+            continue;
+        };
+        let (header_only, none) =
+            decode_draft(id.clone(), area, input, false).expect("reads without content");
+        assert!(none.is_empty());
+        assert_eq!(header_only, info);
+        let written = encode_draft(&info, &content);
+        let again = decode_draft(id.clone(), area, &written, true).expect("a written draft reads");
+        assert_eq!(again, (info, content));
+        assert_eq!(encode_draft(&again.0, &again.1), written, "encoding is stable");
+    }
 }

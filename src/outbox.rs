@@ -4,8 +4,10 @@
 //!
 //! [`DirSpool::enqueue`] returns only once the message and its envelope are
 //! on disk: written to a temporary file, fsynced, renamed into `drafts/`, the
-//! directory fsynced. A draft is a small text header (envelope, attempts,
-//! next attempt, last error) followed by the message bytes. Drafts are listed
+//! directory fsynced. A draft is a small text header (the whole envelope
+//! with its parameters — REQUIRETLS, DSN RET/ENVID/NOTIFY/ORCPT —, attempts,
+//! next attempt, last error; a versioned format, older versions still read)
+//! followed by the message bytes. Drafts are listed
 //! a page at a time straight from the directory, never loaded all at once.
 //! Files that cannot be read as drafts are moved to `corrupt/` and reported;
 //! the others go on.
@@ -33,8 +35,12 @@ use crate::error::{Error, Kind};
 use crate::message::Message;
 use crate::proto::session::{Envelope, Recipient};
 
-const MAGIC: &str = "relaymail-draft 1";
+mod codec;
+pub(crate) use codec::{decode_draft, encode_draft};
+
 const EXT: &str = "draft";
+/// The spool's directories under its root.
+const SUBDIRS: [&str; 4] = ["drafts", "failed", "corrupt", "tmp"];
 
 /// Where a draft is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,13 +276,15 @@ fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
-fn from_millis(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
+/// The time `ms` milliseconds after the epoch (`None` past what the
+/// platform's clock can hold).
+fn from_millis(ms: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
 
 /// `t` rounded down to the millisecond, as the draft header stores it.
 fn whole_millis(t: SystemTime) -> SystemTime {
-    from_millis(millis(t))
+    from_millis(millis(t)).unwrap_or(t)
 }
 
 /// The next attempt time a draft file's modification time says, when it
@@ -320,11 +328,26 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
 
 impl DirSpool {
     /// Opens (creating when needed) a spool in `root`.
+    ///
+    /// Drafts hold whole messages, so the spool is private to its owner: on
+    /// unix, directories are created 0700 (`root` too, when it is created
+    /// here) and files 0600 whatever the umask. Opening a spool made by an
+    /// older version (0755 directories, 0644 files) takes group and other
+    /// permissions away from its four directories, which makes the older
+    /// files unreachable to other users too; an existing `root` is left as
+    /// it is (it may be shared). A spool shared between several user
+    /// accounts is not supported.
     pub fn open(root: impl Into<PathBuf>) -> Result<DirSpool, Error> {
         let root = root.into();
-        for sub in ["drafts", "failed", "corrupt", "tmp"] {
-            let dir = root.join(sub);
-            fs::create_dir_all(&dir).map_err(|e| io(format!("cannot create {}", dir.display()), e))?;
+        for dir in SUBDIRS.map(|sub| root.join(sub)) {
+            crate::fsutil::create_private_dir(&dir)
+                .map_err(|e| io(format!("cannot create {}", dir.display()), e))?;
+            crate::fsutil::make_private_dir(&dir).map_err(|e| {
+                io(
+                    format!("cannot make {} private to its owner (chmod 700)", dir.display()),
+                    e,
+                )
+            })?;
         }
         Ok(DirSpool { root })
     }
@@ -345,82 +368,10 @@ impl DirSpool {
         crate::fsutil::write_atomic(
             &tmp,
             &self.path(info.area, &info.id),
-            &Self::encode(info, content),
+            &encode_draft(info, content),
             due,
         )
         .map_err(|e| io(format!("{} {}", e.step, e.path.display()), e.error))
-    }
-
-    fn encode(info: &DraftInfo, content: &[u8]) -> Vec<u8> {
-        let mut out = format!(
-            "{MAGIC}\ncreated {}\nattempts {}\nnext {}\nsize {}\nfrom {}\n",
-            millis(info.created),
-            info.attempts,
-            millis(info.next_attempt),
-            content.len(),
-            info.envelope.from
-        );
-        for r in &info.envelope.recipients {
-            out.push_str(&format!("to {}\n", r.address));
-        }
-        if let Some(e) = &info.last_error {
-            out.push_str(&format!("error {}\n", one_line(e)));
-        }
-        out.push('\n');
-        let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(content);
-        bytes
-    }
-
-    /// Reads a draft file: its info and, when `with_content`, its bytes.
-    fn decode(id: DraftId, area: Area, raw: &[u8], with_content: bool) -> Option<(DraftInfo, Vec<u8>)> {
-        let header_end = raw.windows(2).position(|w| w == b"\n\n")?;
-        let header = std::str::from_utf8(&raw[..header_end]).ok()?;
-        let content = &raw[header_end + 2..];
-        let mut lines = header.lines();
-        if lines.next()? != MAGIC {
-            return None;
-        }
-        let (mut created, mut attempts, mut next, mut size) = (None, None, None, None);
-        let mut envelope = Envelope::default();
-        let mut from = None;
-        let mut last_error = None;
-        for line in lines {
-            let (key, value) = line.split_once(' ').unwrap_or((line, ""));
-            match key {
-                "created" => created = value.parse::<u64>().ok(),
-                "attempts" => attempts = value.parse::<u32>().ok(),
-                "next" => next = value.parse::<u64>().ok(),
-                "size" => size = value.parse::<u64>().ok(),
-                "from" => from = Some(value.to_owned()),
-                "to" => envelope.recipients.push(Recipient::new(value)),
-                "error" => last_error = Some(value.to_owned()),
-                _ => return None,
-            }
-        }
-        envelope.from = from?;
-        let size = size?;
-        if size != content.len() as u64 || envelope.validate().is_err() {
-            return None; // truncated or altered
-        }
-        let info = DraftInfo {
-            id,
-            area,
-            envelope,
-            size,
-            created: from_millis(created?),
-            attempts: attempts?,
-            next_attempt: from_millis(next?),
-            last_error,
-        };
-        Some((
-            info,
-            if with_content {
-                content.to_vec()
-            } else {
-                Vec::new()
-            },
-        ))
     }
 
     /// Saves a message as a draft, due now. Returns its id only once it is
@@ -450,7 +401,7 @@ impl DirSpool {
         File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut raw))
             .map_err(|e| io(format!("cannot read draft {id}"), e))?;
-        match Self::decode(id.clone(), area, &raw, with_content) {
+        match decode_draft(id.clone(), area, &raw, with_content) {
             Some(d) => Ok(d),
             None => {
                 let moved = self.quarantine(&path);
@@ -564,7 +515,7 @@ impl DirSpool {
             if file.read_to_end(&mut raw).is_err() {
                 continue;
             }
-            match Self::decode(id.clone(), Area::Drafts, &raw, true) {
+            match decode_draft(id.clone(), Area::Drafts, &raw, true) {
                 Some((info, content)) if info.next_attempt <= now => {
                     claims.push(Claim::new(info, content, file))
                 }
@@ -855,6 +806,164 @@ mod tests {
         assert_eq!(page.quarantined.len(), 2, "{:?}", page.quarantined);
         assert_eq!(fs::read_dir(dir.join("corrupt")).expect("dir").count(), 2);
         let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn damaged_headers_are_refused() {
+        let id = DraftId::parse("019abc0000000-0123456789abcdef").expect("id");
+        let good = encode_draft(
+            &DraftInfo {
+                id: id.clone(),
+                area: Area::Drafts,
+                envelope: message(1).envelope().clone(),
+                size: 4,
+                created: UNIX_EPOCH,
+                attempts: 0,
+                next_attempt: UNIX_EPOCH,
+                last_error: None,
+            },
+            b"body",
+        );
+        assert!(decode_draft(id.clone(), Area::Drafts, &good, true).is_some());
+        let text = String::from_utf8(good).expect("utf-8");
+        for bad in [
+            text.replace("from ", "from x\nfrom "),          // a field twice
+            text.replace("size 4", "size 5"),                // truncated
+            text.replace("draft 2", "draft 3"),              // a newer format
+            text.replace("attempts 0", "attempts 0\nbcc x"), // unknown field
+            text.replace("attempts 0", "attempts 0\nrequiretls yes"),
+            text.replace("example.net", "example.net notify=SOMETIMES"),
+            text.replace("example.net", "example%2.net"),
+            text.replace("example.net", "example.net%0D%0AX: y"),
+        ] {
+            assert_eq!(
+                decode_draft(id.clone(), Area::Drafts, bad.as_bytes(), true),
+                None,
+                "{bad}"
+            );
+        }
+    }
+
+    mod roundtrip {
+        use super::super::*;
+        use crate::proto::command::{BodyType, DsnReturn, MailParams, Notify, RcptParams};
+        use proptest::prelude::*;
+
+        fn local_part() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,12}(\\.[a-zA-Z0-9%+_-]{1,8}){0,2}",
+                // Quoted: spaces, '%' and escaped quotes are kept.
+                "\"[a-z %@.,]{1,10}(\\\\\"[a-z]{0,3})?\"",
+                "[a-zé日本]{1,6}",
+            ]
+        }
+
+        fn domain() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-z0-9]{1,10}(\\.[a-z0-9]([a-z0-9-]{0,5}[a-z0-9])?){0,3}\\.[a-z]{2,6}",
+                Just("[127.0.0.1]".to_owned()),
+                Just("例え.テスト".to_owned()),
+            ]
+        }
+
+        fn address() -> impl Strategy<Value = String> {
+            (local_part(), domain()).prop_map(|(l, d)| format!("{l}@{d}"))
+        }
+
+        /// Printable text (ENVID, ORCPT): no control bytes, as the
+        /// protocol requires; spaces, '%', '+', '=' and UTF-8 included.
+        fn text(max: usize) -> impl Strategy<Value = String> {
+            proptest::string::string_regex(&format!("[ -~é<>%+=]{{1,{max}}}")).expect("regex")
+        }
+
+        fn notify() -> impl Strategy<Value = Notify> {
+            prop_oneof![
+                Just(Notify::Never),
+                (any::<bool>(), any::<bool>(), any::<bool>())
+                    .prop_filter("at least one condition", |(s, f, d)| *s || *f || *d)
+                    .prop_map(|(success, failure, delay)| Notify::On {
+                        success,
+                        failure,
+                        delay
+                    }),
+            ]
+        }
+
+        fn recipient() -> impl Strategy<Value = Recipient> {
+            (
+                address(),
+                proptest::option::of(notify()),
+                proptest::option::of(text(60)),
+            )
+                .prop_map(|(address, notify, orcpt)| Recipient {
+                    address,
+                    params: RcptParams { notify, orcpt },
+                })
+        }
+
+        fn mail_params() -> impl Strategy<Value = MailParams> {
+            (
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(prop_oneof![
+                    Just(BodyType::SevenBit),
+                    Just(BodyType::EightBitMime),
+                    Just(BodyType::BinaryMime)
+                ]),
+                any::<bool>(),
+                proptest::option::of(prop_oneof![Just(DsnReturn::Full), Just(DsnReturn::Headers)]),
+                proptest::option::of(text(30)),
+                any::<bool>(),
+            )
+                .prop_map(|(size, body, smtputf8, ret, envid, requiretls)| MailParams {
+                    size,
+                    body,
+                    smtputf8,
+                    ret,
+                    envid,
+                    requiretls,
+                })
+        }
+
+        /// A time the header stores exactly: whole milliseconds.
+        fn time() -> impl Strategy<Value = SystemTime> {
+            (0u64..8_000_000_000_000).prop_map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn every_draft_info_round_trips(
+                from in prop_oneof![Just(String::new()), address()],
+                params in mail_params(),
+                recipients in proptest::collection::vec(recipient(), 1..4),
+                content in proptest::collection::vec(any::<u8>(), 0..64),
+                created in time(),
+                next_attempt in time(),
+                attempts in any::<u32>(),
+                // Any text: line breaks and controls included.
+                last_error in proptest::option::of("(.|\r|\n|\u{0}){0,40}"),
+                failed in any::<bool>(),
+            ) {
+                let envelope = Envelope { from, params, recipients };
+                prop_assert!(envelope.validate().is_ok(), "{:?}: {:?}", envelope, envelope.validate());
+                let info = DraftInfo {
+                    id: DraftId::parse("019abc0000000-0123456789abcdef").expect("id"),
+                    area: if failed { Area::Failed } else { Area::Drafts },
+                    envelope,
+                    size: content.len() as u64,
+                    created,
+                    attempts,
+                    next_attempt,
+                    last_error,
+                };
+                let raw = encode_draft(&info, &content);
+                let decoded = decode_draft(info.id.clone(), info.area, &raw, true);
+                prop_assert_eq!(decoded, Some((info.clone(), content)));
+                let (header_only, _) = decode_draft(info.id.clone(), info.area, &raw, false).expect("reads");
+                prop_assert_eq!(header_only, info);
+            }
+        }
     }
 
     #[test]

@@ -24,7 +24,6 @@
 //! # drop(mailer); Ok(()) }
 //! ```
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -302,7 +301,8 @@ impl ProfileStore {
         // One writer at a time, across processes: the check and the rename
         // happen under an exclusive lock on a lock file next to the store.
         let lock_path = self.path.with_extension("lock");
-        let lock = OpenOptions::new()
+        // Private (0600 on unix), like the store itself.
+        let lock = crate::fsutil::private_file()
             .create(true)
             .truncate(false)
             .write(true)

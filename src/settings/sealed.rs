@@ -82,16 +82,45 @@ impl SecretKey {
         SecretKey::from_base64(&text)
     }
     /// A key from a file holding base64.
+    ///
+    /// On unix the file must be private to its owner, as ssh requires of a
+    /// private key: a key file readable or writable by group or others is
+    /// refused (a [config](Error::is_config) error naming the file and its
+    /// mode, with the fix: `chmod 600 <file>`), and nothing is read from it.
     pub fn from_file(path: impl AsRef<Path>) -> Result<SecretKey, Error> {
+        use std::io::Read;
         let path = path.as_ref();
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+        let cannot_read = |e: std::io::Error| {
             Error::new(
                 Kind::Io,
                 None,
                 format!("cannot read the key file {}", path.display()),
             )
             .with_source(e)
-        })?);
+        };
+        let mut file = std::fs::File::open(path).map_err(cannot_read)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The opened file's mode: what is checked is what is read.
+            let mode = file.metadata().map_err(cannot_read)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(Error::new(
+                    Kind::Config,
+                    None,
+                    format!(
+                        "the key file {} has mode {mode:04o}: it is readable or writable by group or others, so the key is refused",
+                        path.display()
+                    ),
+                )
+                .with_hint(format!(
+                    "make it private to its owner: chmod 600 {}",
+                    path.display()
+                )));
+            }
+        }
+        let mut text = Zeroizing::new(String::new());
+        file.read_to_string(&mut text).map_err(cannot_read)?;
         SecretKey::from_base64(&text)
     }
 

@@ -82,6 +82,7 @@ pub struct ServerConfig {
     pub(crate) smtputf8: bool,
     pub(crate) eightbitmime: bool,
     pub(crate) dsn: bool,
+    pub(crate) requiretls: bool,
     pub(crate) size_limit: Option<u64>,
     pub(crate) starttls: bool,
     pub(crate) implicit_tls: bool,
@@ -114,7 +115,7 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// The defaults: greeting `220 relaymail-test ESMTP`; EHLO offers
     /// PIPELINING, 8BITMIME and ENHANCEDSTATUSCODES; no SIZE, STARTTLS, AUTH,
-    /// CHUNKING, SMTPUTF8 or DSN; certificate names `localhost` and
+    /// CHUNKING, SMTPUTF8, DSN or REQUIRETLS; certificate names `localhost` and
     /// `127.0.0.1`; no faults.
     pub fn new() -> ServerConfig {
         ServerConfig {
@@ -124,6 +125,7 @@ impl ServerConfig {
             smtputf8: false,
             eightbitmime: true,
             dsn: false,
+            requiretls: false,
             size_limit: None,
             starttls: false,
             implicit_tls: false,
@@ -180,6 +182,14 @@ impl ServerConfig {
     /// Default: off.
     pub fn dsn(mut self, on: bool) -> Self {
         self.dsn = on;
+        self
+    }
+
+    /// Offer REQUIRETLS (RFC 8689) on TLS connections and accept the
+    /// `REQUIRETLS` MAIL parameter there (over plain text it is neither
+    /// offered nor accepted). Default: off.
+    pub fn requiretls(mut self, on: bool) -> Self {
+        self.requiretls = on;
         self
     }
 

@@ -447,6 +447,9 @@ impl Session {
         if config.dsn {
             lines.push("DSN".to_owned());
         }
+        if config.requiretls && self.conn.is_tls() {
+            lines.push("REQUIRETLS".to_owned());
+        }
         lines.extend(config.ehlo_lines.iter().cloned());
         let reply = multiline(250, &lines);
         self.set_helo(name, true);
@@ -617,6 +620,7 @@ impl Session {
                     true
                 }
                 "RET" | "ENVID" => config.dsn,
+                "REQUIRETLS" => config.requiretls && self.conn.is_tls() && value.is_empty(),
                 "AUTH" => !config.auth_mechanisms.is_empty(),
                 _ => false,
             };

@@ -266,3 +266,153 @@ proptest! {
         prop_assert_eq!(parsed.subject().unwrap_or("").trim(), subject.trim());
     }
 }
+
+/// The header names of every part below the top level, in order.
+fn part_header_names(m: &Message) -> Vec<Vec<String>> {
+    let parsed = MessageParser::new().parse(m.content()).expect("parsed");
+    parsed
+        .parts
+        .iter()
+        .skip(1)
+        .map(|p| {
+            p.headers
+                .iter()
+                .map(|h| h.name.as_str().to_ascii_lowercase())
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn attachment_content_types_and_ids_that_would_add_header_lines_are_refused() {
+    let evil_types = [
+        "text/plain\r\nX-Injected: yes",
+        "text/plain; charset=utf-8\r\n\r\nforged body",
+        "text/plain\nX-Injected: yes",
+        "text/plain\rX-Injected: yes",
+        "text/plain\0",
+        "text/plain\t; charset=utf-8",
+        "text/plain; name=\"a\r\nX-Injected: yes\"",
+        "text/plain; name=\"unclosed",
+        "text/plain; name=\"a\\\"",
+        "text",
+        "/plain",
+        "text/",
+        "text/pl ain",
+        "text/plain; charset",
+        "text/plain; charset=",
+        "text/plain; char set=utf-8",
+        "text/plain; charset=utf-8 junk",
+        "text/plain;",
+        "text/plain; name=a\"b",
+        "text/plän",
+        "",
+    ];
+    for evil in evil_types {
+        let e = composer()
+            .compose(
+                Email::new()
+                    .to("ana@example.net")
+                    .attachment(relaymail::Attachment::new("report.txt", evil, b"x".to_vec())),
+            )
+            .await
+            .expect_err(evil);
+        assert!(e.is_config(), "{evil:?}: {e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("\"report.txt\"") && text.contains("content type"),
+            "{evil:?}: {text}"
+        );
+    }
+    for evil in [
+        "logo>\r\nX-Injected: yes",
+        "a>b",
+        "<logo>",
+        "lo go",
+        "logo\t",
+        "logo\r\n",
+        "",
+    ] {
+        let e = composer()
+            .compose(
+                Email::new()
+                    .to("ana@example.net")
+                    .html("<img src=\"cid:logo\">")
+                    .attachment(relaymail::Attachment::inline(evil, "image/png", b"png".to_vec())),
+            )
+            .await
+            .expect_err(evil);
+        assert!(e.is_config(), "{evil:?}: {e}");
+        assert!(e.to_string().contains("content id"), "{evil:?}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn valid_content_types_and_ids_are_written_as_given_without_extra_headers() {
+    let types = [
+        "application/pdf",
+        "text/plain; charset=utf-8",
+        "text/plain;charset=\"utf-8\" ; format=flowed",
+        "application/x-thing; name=\"a;b \\\"c\\\" d=e\"",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ];
+    for ct in types {
+        let m = compose(
+            Email::new()
+                .to("ana@example.net")
+                .html("<img src=\"cid:logo.1@example.com\">")
+                .attachment(relaymail::Attachment::new("report.bin", ct, b"x".to_vec()))
+                .attachment(relaymail::Attachment::inline(
+                    "logo.1@example.com",
+                    "image/png",
+                    b"png".to_vec(),
+                )),
+        )
+        .await;
+        let parts = part_header_names(&m);
+        let expected = |id: bool| -> Vec<String> {
+            let mut names = vec!["content-type", "content-disposition"];
+            if id {
+                names.push("content-id");
+            }
+            names.push("content-transfer-encoding");
+            names.into_iter().map(str::to_owned).collect()
+        };
+        assert_eq!(parts.last(), Some(&expected(true)), "{ct}: {parts:?}");
+        assert_eq!(
+            parts.get(parts.len() - 2),
+            Some(&expected(false)),
+            "{ct}: {parts:?}"
+        );
+        let text = String::from_utf8_lossy(m.content()).into_owned();
+        assert!(text.contains(&format!("Content-Type: {ct}\r\n")), "{ct}: {text}");
+        assert!(text.contains("Content-ID: <logo.1@example.com>\r\n"), "{text}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Whatever the content type, an attachment's part has its four usual
+    /// headers and nothing else, or the email is refused.
+    #[test]
+    fn no_content_type_adds_a_header_line(ct in "[a-z/;= \"\\\\\r\n:X-]{0,24}") {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let result = rt.block_on(
+            composer().compose(
+                Email::new()
+                    .to("ana@example.net")
+                    .attachment(relaymail::Attachment::new("r.bin", ct.clone(), b"x".to_vec())),
+            ),
+        );
+        if let Ok(m) = result {
+            let parts = part_header_names(&m);
+            prop_assert_eq!(
+                parts.last().cloned().unwrap_or_default(),
+                vec!["content-type", "content-disposition", "content-transfer-encoding"],
+                "{:?}", ct
+            );
+            prop_assert!(!ct.contains(['\r', '\n']));
+        }
+    }
+}

@@ -94,15 +94,21 @@ async fn drafts_wait_for_fixed_settings_then_go() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test]
-async fn send_falls_back_to_a_draft_on_transient_failure_only() {
-    let dir = spool_dir("fallback");
+/// A mailer whose relay is unreachable (no retry), with a fresh spool.
+fn offline_mailer(name: &str) -> (std::path::PathBuf, DirSpool, Mailer) {
+    let dir = spool_dir(name);
     let spool = DirSpool::open(&dir).expect("spool");
     let mailer = Mailer::builder(settings(dead_port()))
         .retry(RetryPolicy::never())
         .outbox(spool.clone(), policy())
         .build()
         .expect("mailer");
+    (dir, spool, mailer)
+}
+
+#[tokio::test]
+async fn send_falls_back_to_a_draft_on_transient_failure_only() {
+    let (dir, spool, mailer) = offline_mailer("fallback");
     match mailer
         .send_or_enqueue(email(&mailer, 1).await)
         .await
@@ -301,4 +307,194 @@ fn a_full_disk_refuses_to_queue() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// A REQUIRETLS + DSN message as an application builds it.
+fn requiretls_dsn_message() -> relaymail::Message {
+    use relaymail::proto::command::{DsnReturn, MailParams, Notify, RcptParams};
+    relaymail::Message::new(
+        relaymail::Envelope {
+            from: "app@example.com".into(),
+            params: MailParams {
+                requiretls: true,
+                ret: Some(DsnReturn::Headers),
+                envid: Some("reset 42+x=y".into()),
+                ..MailParams::default()
+            },
+            recipients: vec![relaymail::Recipient {
+                address: "ops@example.net".into(),
+                params: RcptParams {
+                    notify: Some(Notify::On {
+                        success: false,
+                        failure: true,
+                        delay: true,
+                    }),
+                    orcpt: Some("ops+orig@example.net".into()),
+                },
+            }],
+        },
+        b"Subject: password reset\r\n\r\nhttps://example.com/reset/secret\r\n".to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn a_queued_requiretls_dsn_draft_is_delivered_with_every_envelope_parameter() {
+    let srv = TestServer::start(ServerConfig::new().starttls(true).dsn(true).requiretls(true))
+        .await
+        .expect("server");
+    let dir = spool_dir("params");
+    let spool = DirSpool::open(&dir).expect("spool");
+    // Queued while no deliverer runs: the envelope lives only on disk.
+    let id = spool.enqueue(&requiretls_dsn_message()).expect("queued");
+    assert_eq!(
+        spool.inspect(Area::Drafts, &id).expect("inspect").envelope,
+        requiretls_dsn_message().envelope().clone(),
+        "the draft keeps the whole envelope"
+    );
+    let settings = SmtpSettings::builder()
+        .host("127.0.0.1")
+        .port(u32::from(srv.port()))
+        .tls(TlsMode::StartTls)
+        .add_root_certificates_pem(srv.ca_pem())
+        .webpki_roots(false)
+        .sender("app@example.com")
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("settings");
+    let mailer = Mailer::builder(settings)
+        .outbox(spool.clone(), policy())
+        .build()
+        .expect("mailer");
+    mailer.wake_outbox();
+    srv.wait_for_messages(1, WAIT).await.expect("delivered");
+    let got = &srv.messages()[0];
+    assert!(got.tls);
+    assert_eq!(got.mail_from, "app@example.com");
+    for param in ["REQUIRETLS", "RET=HDRS", "ENVID=reset+2042+2Bx+3Dy"] {
+        assert!(
+            got.mail_params.iter().any(|p| p == param),
+            "{param} in {:?}",
+            got.mail_params
+        );
+    }
+    assert_eq!(got.rcpt_to, ["ops@example.net"]);
+    for param in ["NOTIFY=FAILURE,DELAY", "ORCPT=rfc822;ops+2Borig@example.net"] {
+        assert!(
+            got.rcpt_params[0].iter().any(|p| p == param),
+            "{param} in {:?}",
+            got.rcpt_params
+        );
+    }
+    mailer.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn send_or_enqueue_keeps_requiretls_when_it_falls_back_to_a_draft() {
+    let (dir, spool, mailer) = offline_mailer("params-fallback");
+    let outcome = mailer
+        .send_or_enqueue(requiretls_dsn_message())
+        .await
+        .expect("deferred");
+    let SendOutcome::Deferred { draft, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    mailer.shutdown(Duration::from_secs(1)).await;
+    let kept = spool.message(Area::Drafts, &draft).expect("draft");
+    assert_eq!(kept.envelope(), requiretls_dsn_message().envelope());
+    assert!(kept.envelope().params.requiretls, "not downgraded");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_draft_written_by_the_previous_version_is_read_and_delivered_as_it_was() {
+    // Committed as the previous version wrote it (format 1: no envelope
+    // parameters, values as they were).
+    let old = include_bytes!("fixtures/v1.draft");
+    let dir = spool_dir("v1");
+    let spool = DirSpool::open(&dir).expect("spool");
+    let id = relaymail::outbox::DraftId::parse("019ab6a7f1000-0123456789abcdef").expect("id");
+    std::fs::write(dir.join("drafts").join(format!("{id}.draft")), old).expect("copied in");
+    let info = spool.inspect(Area::Drafts, &id).expect("an old draft reads");
+    assert_eq!(info.envelope.from, "app@example.com");
+    let to: Vec<&str> = info
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.as_str())
+        .collect();
+    assert_eq!(to, ["ana@example.net", "\"bo smith\"@example.org"]);
+    assert_eq!(info.attempts, 3);
+    assert_eq!(
+        info.last_error.as_deref(),
+        Some("421 4.3.2 Service not available, closing channel")
+    );
+    let body = spool.message(Area::Drafts, &id).expect("message");
+    assert!(body.content().ends_with(b"Hello Ana,\r\n.\r\nbye\r\n"));
+    // Its next attempt rewrites it in the current format, keeping everything.
+    let claims = spool.claim_due(SystemTime::now(), 10).expect("claim");
+    assert_eq!(claims.len(), 1);
+    spool
+        .defer_claim(
+            claims.into_iter().next().expect("one"),
+            "421 again",
+            SystemTime::now(),
+            None,
+        )
+        .expect("deferred");
+    let again = spool.inspect(Area::Drafts, &id).expect("rewritten");
+    assert_eq!(again.envelope, info.envelope);
+    assert_eq!((again.attempts, again.created), (4, info.created));
+    let raw = std::fs::read(dir.join("drafts").join(format!("{id}.draft"))).expect("read");
+    assert!(raw.starts_with(b"relaymail-draft 2\n"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[cfg(unix)]
+#[path = "../support/umask.rs"]
+mod umask;
+
+#[cfg(unix)]
+use umask::mode;
+
+#[cfg(unix)]
+#[test]
+fn spool_directories_and_drafts_are_private_to_their_owner() {
+    if !umask::in_child_with_umask_022("spool_directories_and_drafts_are_private_to_their_owner") {
+        return;
+    }
+    let dir = spool_dir("modes");
+    let spool = DirSpool::open(&dir).expect("spool");
+    let m = requiretls_dsn_message();
+    let id = spool.enqueue(&m).expect("queued");
+    for sub in ["", "drafts", "failed", "corrupt", "tmp"] {
+        assert_eq!(mode(&dir.join(sub)), 0o700, "{sub}/");
+    }
+    let draft = dir.join("drafts").join(format!("{id}.draft"));
+    assert_eq!(mode(&draft), 0o600, "a new draft");
+    // Rewritten by an attempt, moved to the failed area: still private.
+    spool.defer(&id, "421 later", SystemTime::now()).expect("defer");
+    assert_eq!(mode(&draft), 0o600, "a rewritten draft");
+    spool.fail(&id, "550 no").expect("fail");
+    assert_eq!(mode(&dir.join("failed").join(format!("{id}.draft"))), 0o600);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[cfg(unix)]
+#[test]
+fn opening_a_spool_made_world_readable_by_an_older_version_makes_its_directories_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = spool_dir("old-modes");
+    for sub in ["drafts", "failed", "corrupt", "tmp"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("dir");
+        std::fs::set_permissions(dir.join(sub), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    DirSpool::open(&dir).expect("spool");
+    for sub in ["drafts", "failed", "corrupt", "tmp"] {
+        assert_eq!(mode(&dir.join(sub)), 0o700, "{sub}/");
+    }
+    // The root may be shared with other things: left as it was.
+    assert_eq!(mode(&dir), 0o755);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -120,3 +120,70 @@ async fn saving_the_store_switches_new_deliveries_without_loss() {
     assert!(subjects(&a).contains(&"after reload".to_owned()));
     mailer.shutdown(WAIT).await;
 }
+
+#[cfg(unix)]
+#[path = "../support/umask.rs"]
+mod umask;
+
+#[cfg(unix)]
+use umask::mode;
+
+#[cfg(unix)]
+#[test]
+fn the_store_and_its_lock_are_private_and_saving_keeps_the_mode_set_by_the_admin() {
+    use std::os::unix::fs::PermissionsExt;
+    if !umask::in_child_with_umask_022(
+        "the_store_and_its_lock_are_private_and_saving_keeps_the_mode_set_by_the_admin",
+    ) {
+        return;
+    }
+    let path = temp_store("modes");
+    let store = ProfileStore::new(&path, SecretKey::generate().expect("key"));
+    let mut profiles = store.load().expect("load");
+    let smtp = SmtpSettings::builder()
+        .host("relay.example.com")
+        .sender("noreply@example.com")
+        .build()
+        .expect("settings");
+    profiles.add("primary", smtp, true).expect("add");
+    store.save(&mut profiles).expect("save");
+    assert_eq!(mode(&path), 0o600, "a new store");
+    assert_eq!(mode(&path.with_extension("lock")), 0o600, "its lock file");
+    // An administrator narrows (or, for a group of operators, widens) the
+    // store's mode: saving keeps it.
+    for admin in [0o400, 0o640] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(admin)).expect("chmod");
+        profiles.set_enabled("primary", admin == 0o400).expect("toggle");
+        store.save(&mut profiles).expect("save");
+        assert_eq!(mode(&path), admin, "saved over a {admin:o} store");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_key_file_readable_by_others_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = temp_store("key").with_file_name("seal.key");
+    let key = SecretKey::generate().expect("key");
+    std::fs::write(&path, secrecy::ExposeSecret::expose_secret(&key.to_base64())).expect("write");
+    for loose in [0o644, 0o640, 0o604, 0o620, 0o602] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(loose)).expect("chmod");
+        let e = SecretKey::from_file(&path).expect_err("refused");
+        let text = e.to_string();
+        assert!(e.is_config(), "{text}");
+        assert!(
+            text.contains(&path.display().to_string()),
+            "names the file: {text}"
+        );
+        assert!(text.contains(&format!("{loose:04o}")), "names the mode: {text}");
+        assert!(text.contains("chmod 600"), "says how to fix it: {text}");
+    }
+    for private in [0o600, 0o400] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(private)).expect("chmod");
+        let read = SecretKey::from_file(&path).expect("a private key file reads");
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&read.to_base64()),
+            secrecy::ExposeSecret::expose_secret(&key.to_base64())
+        );
+    }
+}
