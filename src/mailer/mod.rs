@@ -931,13 +931,27 @@ async fn deliver_drafts(
         }
         drop(m);
         let mut running = Vec::with_capacity(handed.len());
-        for (claim, submitted) in handed {
+        for (mut claim, submitted) in handed {
             let (spool, policy) = (spool.clone(), policy.clone());
+            let pool = mailer.upgrade().map(|inner| inner.pool.clone());
             running.push(tokio::spawn(async move {
                 let result = match submitted {
                     Ok(pending) => pending.await,
                     Err(e) => Err(e),
                 };
+                let body_sent = match &result {
+                    Ok(receipt) => receipt.possibly_duplicated(),
+                    Err(e) => e.body_was_sent(),
+                };
+                if body_sent {
+                    claim.mark_possibly_delivered();
+                } else if result.is_ok() && claim.info().possibly_delivered {
+                    // Delivered now after an earlier attempt (recorded in
+                    // the draft) may have delivered it already.
+                    if let Some(pool) = pool {
+                        pool.count_possible_duplicate();
+                    }
+                }
                 let verdict = outbox::verdict(&result);
                 let _ = tokio::task::spawn_blocking(move || record(spool.as_ref(), &policy, claim, verdict))
                     .await;

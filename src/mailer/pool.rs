@@ -833,6 +833,13 @@ impl<M: Manager> Pool<M> {
         }
     }
 
+    /// Counts a delivery that may have reached its recipients twice, found
+    /// by the outbox (an attempt recorded in the draft failed after the
+    /// body was sent).
+    pub(crate) fn count_possible_duplicate(&self) {
+        self.counters.possibly_duplicated.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The mailer's send timeout.
     pub(crate) fn send_timeout(&self) -> Option<Duration> {
         self.config.send_timeout

@@ -161,6 +161,9 @@ pub(crate) fn encode_draft(info: &DraftInfo, content: &[u8]) -> Vec<u8> {
     if let Some(e) = &info.last_error {
         out.push_str(&format!("error {}\n", escape(e)));
     }
+    if info.possibly_delivered {
+        out.push_str("possibly-delivered\n");
+    }
     out.push('\n');
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(content);
@@ -225,6 +228,7 @@ pub(crate) fn decode_draft(
     let (mut created, mut attempts, mut next, mut size) = (None, None, None, None);
     let (mut from, mut last_error) = (None, None);
     let mut params = MailParams::default();
+    let mut possibly_delivered = false;
     let (mut mail_size, mut body, mut ret, mut envid) = (None, None, None, None);
     let mut recipients = Vec::new();
     for line in lines {
@@ -250,6 +254,7 @@ pub(crate) fn decode_draft(
             )?,
             "smtputf8" if v2 => flag(&mut params.smtputf8, value)?,
             "requiretls" if v2 => flag(&mut params.requiretls, value)?,
+            "possibly-delivered" if v2 => flag(&mut possibly_delivered, value)?,
             "ret" if v2 => once(
                 &mut ret,
                 match value {
@@ -284,6 +289,7 @@ pub(crate) fn decode_draft(
         attempts: attempts?,
         next_attempt: from_millis(next?)?,
         last_error,
+        possibly_delivered,
     };
     let content = if with_content {
         content.to_vec()

@@ -498,3 +498,56 @@ fn opening_a_spool_made_world_readable_by_an_older_version_makes_its_directories
     assert_eq!(mode(&dir), 0o755);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_draft_whose_final_reply_was_lost_is_marked_possibly_delivered() {
+    use relaymail::testing::{Fault, ServerEvent};
+    let dir = spool_dir("possibly-delivered");
+    let spool = DirSpool::open(&dir).expect("spool");
+    // The first final reply never comes: the relay may have the message.
+    let srv = TestServer::start(ServerConfig::new().fault(Fault::on_end_of_data().nth(1).stall()))
+        .await
+        .expect("server");
+    let mut events = srv.subscribe();
+    let mut timeouts = relaymail::Timeouts::all(Duration::from_secs(5));
+    timeouts.final_reply = Duration::from_millis(300);
+    let settings = SmtpSettings::builder()
+        .host("127.0.0.1")
+        .port(u32::from(srv.port()))
+        .tls(TlsMode::None)
+        .sender("noreply@example.com")
+        .timeouts(timeouts)
+        .build()
+        .expect("settings");
+    let mailer = Mailer::builder(settings.clone())
+        .retry(RetryPolicy::never())
+        .outbox(spool.clone(), policy())
+        .build()
+        .expect("mailer");
+    let id = mailer.enqueue(email(&mailer, 0).await).await.expect("on disk");
+    // The client gives up on the final reply and closes; shutdown waits for
+    // the deliverer to record the attempt.
+    tokio::time::timeout(WAIT, async {
+        while !matches!(events.recv().await, Ok(ServerEvent::Closed { .. })) {}
+    })
+    .await
+    .expect("the attempt ended");
+    mailer.shutdown(WAIT).await;
+    let info = spool.inspect(Area::Drafts, &id).expect("still a draft");
+    assert_eq!(info.attempts, 1);
+    assert!(info.possibly_delivered, "{info:?}");
+
+    // Delivered on a later attempt: counted as a possible duplicate.
+    let mailer = Mailer::builder(settings)
+        .retry(RetryPolicy::never())
+        .outbox(spool.clone(), policy())
+        .build()
+        .expect("mailer");
+    spool.retry_now(Area::Drafts, &id).expect("due now");
+    mailer.wake_outbox();
+    srv.wait_for_messages(1, WAIT).await.expect("delivered");
+    let stats = mailer.shutdown(WAIT).await;
+    assert_eq!(stats.possibly_duplicated, 1);
+    assert!(spool.inspect(Area::Drafts, &id).is_err(), "the draft is gone");
+    let _ = std::fs::remove_dir_all(dir);
+}
