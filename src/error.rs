@@ -186,6 +186,7 @@ impl Error {
 
     /// The same error, its message prefixed with what it concerns (e.g.
     /// `profile "primary"`).
+    #[cfg(feature = "serde")]
     pub(crate) fn about(mut self, what: impl fmt::Display) -> Error {
         self.0.message = format!("{what}: {}", self.0.message);
         self
