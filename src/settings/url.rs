@@ -408,6 +408,12 @@ mod tests {
                 "Zkqv:Xy7@Qz",
             ),
             ("smtps://Zk@qv:Xy7?Qz@mail.example.com", "Zk@qv:Xy7?Qz"),
+            // An `@` and a `?` in the password: the parser reads "Zk" as the
+            // password and "Xy7Wv@mail…" as the query.
+            (
+                "smtp://Qkzv:Zk@Rw?Xy7Wv@mail.example.com?from=a@example.com",
+                "Qkzv:Zk@Rw?Xy7Wv",
+            ),
             (
                 "smtp://Zkqv:Xy7?tls=Qz#Wv@mail.example.com&from=a@example.com",
                 "Zkqv:Xy7?tls=Qz#Wv",
