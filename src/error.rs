@@ -358,7 +358,11 @@ impl fmt::Display for Error {
             write!(f, " (server replied: {reply})")?;
         }
         if let Some(source) = &self.0.source {
-            write!(f, ": {source}")?;
+            // Said once: a message built from its source already says it.
+            let source = source.to_string();
+            if !self.0.message.contains(&source) {
+                write!(f, ": {source}")?;
+            }
         }
         if let Some(hint) = &self.0.hint {
             write!(f, "; hint: {hint}")?;

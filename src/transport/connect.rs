@@ -88,11 +88,13 @@ pub(crate) async fn tcp(
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    let mut e = Error::new(
-        Kind::Io,
-        Some(Stage::Connect),
-        format!("cannot connect to {host}:{port} (tried {tried})"),
-    );
+    // The addresses tried, unless the host was that one address.
+    let message = if tried == format!("{host}:{port}") {
+        format!("cannot connect to {tried}")
+    } else {
+        format!("cannot connect to {host}:{port} (tried {tried})")
+    };
+    let mut e = Error::new(Kind::Io, Some(Stage::Connect), message);
     if let Some(io) = last_error {
         if io.kind() == std::io::ErrorKind::ConnectionRefused {
             e = e.with_hint(format!(

@@ -5,6 +5,7 @@
 
 mod auth;
 mod delivery;
+mod messages;
 mod support;
 mod timeouts;
 mod tls;
