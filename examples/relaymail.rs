@@ -88,7 +88,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--tls" => {
                 let v = value("--tls")?;
-                a.tls = Some(TlsMode::parse(&v).ok_or_else(|| {
+                a.tls = Some(v.parse::<TlsMode>().map_err(|_| {
                     format!("--tls {v:?}: use none, starttls, starttls-opportunistic or implicit")
                 })?);
             }

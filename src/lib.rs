@@ -139,11 +139,11 @@ pub use mailer::{
     Stats, TrySendError,
 };
 pub use message::Message;
-pub use proto::auth::{Credential, Mechanism};
+pub use proto::auth::{Credential, Mechanism, UnknownMechanism};
 pub use proto::reply::Reply;
 pub use proto::session::{Envelope, Recipient, RecipientReply};
 pub use settings::{
     Auth, CredentialProvider, FieldError, PasswordChange, Sender, SettingsErrors, SettingsUpdate,
-    SmtpSettings, SmtpSettingsBuilder, SmtpUrl, Timeouts, TlsMode, TlsOptions,
+    SmtpSettings, SmtpSettingsBuilder, SmtpUrl, Timeouts, TlsMode, TlsOptions, UnknownTlsMode,
 };
 pub use transport::{verify, Connection, ConnectionInfo, Connector, Delivery, TlsInfo};

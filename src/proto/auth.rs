@@ -71,8 +71,7 @@ impl Mechanism {
         }
     }
 
-    /// Case-insensitive parse of a wire name; `None` for unknown ones.
-    pub fn from_name(name: &str) -> Option<Mechanism> {
+    fn from_name(name: &str) -> Option<Mechanism> {
         Self::ALL
             .into_iter()
             .find(|mechanism| mechanism.name().eq_ignore_ascii_case(name))
@@ -97,6 +96,21 @@ impl Mechanism {
 impl fmt::Display for Mechanism {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.name())
+    }
+}
+
+/// A SASL mechanism name relaymail does not implement.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown or unsupported AUTH mechanism: use SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN or XOAUTH2")]
+#[non_exhaustive]
+pub struct UnknownMechanism;
+
+impl std::str::FromStr for Mechanism {
+    type Err = UnknownMechanism;
+
+    /// Case-insensitive parse of a wire name (`"scram-sha-256"`).
+    fn from_str(name: &str) -> Result<Mechanism, UnknownMechanism> {
+        Mechanism::from_name(name).ok_or(UnknownMechanism)
     }
 }
 
@@ -1121,20 +1135,14 @@ mod tests {
     #[test]
     fn mechanism_names_round_trip() {
         for mechanism in Mechanism::ALL {
-            assert_eq!(Mechanism::from_name(mechanism.name()), Some(mechanism));
-            assert_eq!(
-                Mechanism::from_name(&mechanism.name().to_ascii_lowercase()),
-                Some(mechanism)
-            );
+            assert_eq!(mechanism.name().parse(), Ok(mechanism));
+            assert_eq!(mechanism.name().to_ascii_lowercase().parse(), Ok(mechanism));
             assert_eq!(mechanism.to_string(), mechanism.name());
         }
-        assert_eq!(
-            Mechanism::from_name("Scram-Sha-256"),
-            Some(Mechanism::ScramSha256)
-        );
-        assert_eq!(Mechanism::from_name("GSSAPI"), None);
-        assert_eq!(Mechanism::from_name(""), None);
-        assert_eq!(Mechanism::from_name("SCRAM-SHA-256-PLUS"), None);
+        assert_eq!("Scram-Sha-256".parse(), Ok(Mechanism::ScramSha256));
+        for unknown in ["GSSAPI", "", "SCRAM-SHA-256-PLUS"] {
+            assert_eq!(unknown.parse::<Mechanism>(), Err(UnknownMechanism));
+        }
     }
 
     #[test]

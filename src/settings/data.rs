@@ -142,7 +142,7 @@ impl SettingsData {
     /// when the data names a user. Every problem is reported by field.
     pub fn into_settings(self, secret: Option<SecretString>) -> Result<SmtpSettings, SettingsErrors> {
         let mut errors = Vec::new();
-        let tls = TlsMode::parse(&self.tls).unwrap_or_else(|| {
+        let tls = self.tls.parse::<TlsMode>().ok().unwrap_or_else(|| {
             errors.push(super::FieldError::new(
                 "tls",
                 format!("unknown TLS mode {:?}", self.tls),
@@ -195,7 +195,7 @@ impl SettingsData {
         if let Some(names) = self.auth_mechanisms {
             let mut mechs = Vec::new();
             for n in names {
-                match Mechanism::from_name(&n) {
+                match n.parse::<Mechanism>().ok() {
                     Some(m) => mechs.push(m),
                     None => errors.push(super::FieldError::new(
                         "auth_mechanisms",

@@ -99,16 +99,27 @@ impl TlsMode {
             TlsMode::Implicit => "implicit",
         }
     }
+}
+
+/// A TLS mode name that [`TlsMode::from_str`](std::str::FromStr::from_str)
+/// does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown TLS mode: use none, starttls, starttls-opportunistic or implicit")]
+#[non_exhaustive]
+pub struct UnknownTlsMode;
+
+impl std::str::FromStr for TlsMode {
+    type Err = UnknownTlsMode;
 
     /// Parses [`as_str`](TlsMode::as_str) names (case-insensitive; `smtps`
-    /// and `tls` are accepted for implicit).
-    pub fn parse(name: &str) -> Option<TlsMode> {
-        Some(match name.to_ascii_lowercase().as_str() {
+    /// and `tls` are accepted for implicit, `plain` for none).
+    fn from_str(name: &str) -> Result<TlsMode, UnknownTlsMode> {
+        Ok(match name.to_ascii_lowercase().as_str() {
             "none" | "plain" => TlsMode::None,
             "starttls-opportunistic" | "opportunistic" => TlsMode::StartTlsOpportunistic,
             "starttls" | "starttls-required" => TlsMode::StartTls,
             "implicit" | "smtps" | "tls" => TlsMode::Implicit,
-            _ => return None,
+            _ => return Err(UnknownTlsMode),
         })
     }
 }
@@ -1115,10 +1126,10 @@ mod tests {
             TlsMode::StartTls,
             TlsMode::Implicit,
         ] {
-            assert_eq!(TlsMode::parse(m.as_str()), Some(m));
+            assert_eq!(m.as_str().parse(), Ok(m));
         }
-        assert_eq!(TlsMode::parse("SMTPS"), Some(TlsMode::Implicit));
-        assert_eq!(TlsMode::parse("ssl3"), None);
+        assert_eq!("SMTPS".parse(), Ok(TlsMode::Implicit));
+        assert_eq!("ssl3".parse::<TlsMode>(), Err(UnknownTlsMode));
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl SmtpSettingsBuilder {
                 }
             };
             match key {
-                "tls" => match (scheme.as_str(), TlsMode::parse(&value)) {
+                "tls" => match (scheme.as_str(), value.parse::<TlsMode>().ok()) {
                     (_, None) => errors.push(FieldError::new(
                         "tls",
                         "unknown TLS mode: use none, starttls or starttls-opportunistic",
