@@ -804,44 +804,86 @@ impl MailerBuilder {
     /// until the first message.
     pub fn build(self) -> Result<Mailer, Error> {
         let c = &self.config;
-        let problems = [
-            (c.max_connections == 0, "max_connections must be at least 1"),
+        let too_long = |d: &Duration| *d > MAX_DURATION;
+        let checks = [
+            (c.max_connections == 0, "max_connections", "must be at least 1"),
             (
                 c.max_deliveries == 0,
-                "max_deliveries_per_connection must be at least 1",
+                "max_deliveries_per_connection",
+                "must be at least 1",
             ),
-            (c.queue_capacity == 0, "queue_capacity must be at least 1"),
-            (c.retry.max_attempts == 0, "retry.max_attempts must be at least 1"),
+            (c.queue_capacity == 0, "queue_capacity", "must be at least 1"),
+            (
+                c.retry.max_attempts == 0,
+                "retry.max_attempts",
+                "must be at least 1",
+            ),
             (
                 c.rate_limit.is_some_and(|r| r.messages == 0 || r.per.is_zero()),
-                "a rate limit needs at least 1 message per non-zero interval",
+                "rate_limit",
+                "needs at least 1 message per non-zero interval",
             ),
             (
                 c.rate_limit.is_some_and(|r| r.messages > MAX_RATE_MESSAGES),
-                "rate_limit.messages must be at most 1000000",
+                "rate_limit.messages",
+                "must be at most 1000000",
             ),
             (
-                c.rate_limit.is_some_and(|r| r.per > MAX_DURATION),
-                "rate_limit.per must be at most 1 day",
+                c.rate_limit.is_some_and(|r| too_long(&r.per)),
+                "rate_limit.per",
+                "must be at most 1 day",
             ),
-            (c.idle_timeout.is_zero(), "idle_timeout must be more than zero"),
+            (c.idle_timeout.is_zero(), "idle_timeout", "must be more than zero"),
             (
-                c.send_timeout.is_some_and(|t| t.is_zero() || t > MAX_DURATION),
-                "send_timeout must be more than zero and at most 1 day",
+                c.send_timeout.is_some_and(|t| t.is_zero() || too_long(&t)),
+                "send_timeout",
+                "must be more than zero and at most 1 day",
             ),
             (
-                [c.retry.initial_backoff, c.retry.max_backoff, c.idle_timeout, c.probe_after_idle]
+                [c.retry.initial_backoff, c.retry.max_backoff]
                     .iter()
-                    .chain(c.retry.deadline.iter())
-                    .chain(c.max_age.iter())
-                    .any(|d| *d > MAX_DURATION),
-                "retry back-offs, the retry deadline, idle_timeout, probe_after_idle and max_connection_age must be at most 1 day",
+                    .any(too_long),
+                "retry",
+                "back-offs must be at most 1 day",
+            ),
+            (
+                c.retry.deadline.as_ref().is_some_and(too_long),
+                "retry.deadline",
+                "must be at most 1 day",
+            ),
+            (too_long(&c.idle_timeout), "idle_timeout", "must be at most 1 day"),
+            (
+                too_long(&c.probe_after_idle),
+                "probe_after_idle",
+                "must be at most 1 day",
+            ),
+            (
+                c.max_age.as_ref().is_some_and(too_long),
+                "max_connection_age",
+                "must be at most 1 day",
             ),
         ];
-        if let Some((_, why)) = problems.iter().find(|(bad, _)| *bad) {
-            return Err(Error::new(Kind::Config, None, *why));
+        // Every problem at once, as the settings builder reports them.
+        let mut problems: Vec<String> = checks
+            .iter()
+            .filter(|(bad, _, _)| *bad)
+            .map(|(_, field, why)| format!("{field}: {why}"))
+            .collect();
+        let redirect = self.redirect.check();
+        if let Err(e) = &redirect {
+            problems.push(format!("redirect: {e}"));
         }
-        self.redirect.check()?;
+        match (problems.len(), redirect) {
+            (0, _) => {}
+            // One problem, and it is the redirect's: keep its hint.
+            (1, Err(e)) => return Err(e),
+            _ => {
+                return Err(Error::config(format!(
+                    "invalid mailer settings: {}",
+                    problems.join("; ")
+                )))
+            }
+        }
         let connector = Connector::new(self.settings)?;
         let runtime = match &self.outbox {
             Some(_) => Some(tokio::runtime::Handle::try_current().map_err(|_| {

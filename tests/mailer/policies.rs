@@ -445,3 +445,20 @@ async fn huge_limits_are_refused_when_the_mailer_is_built() {
     let e = build(base().idle_timeout(Duration::MAX));
     assert!(e.to_string().contains("idle_timeout"), "{e}");
 }
+
+#[tokio::test]
+async fn every_bad_mailer_setting_is_reported_at_once() {
+    let srv = server(ServerConfig::new()).await;
+    let e = Mailer::builder(settings(&srv).build().expect("settings"))
+        .max_connections(0)
+        .queue_capacity(0)
+        .send_timeout(Some(Duration::ZERO))
+        .build()
+        .map(|_| ())
+        .expect_err("refused");
+    assert!(e.is_config(), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "invalid mailer settings: max_connections: must be at least 1; queue_capacity: must be at least 1; send_timeout: must be more than zero and at most 1 day"
+    );
+}
