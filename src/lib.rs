@@ -16,7 +16,7 @@
 //! - [`Connection`] ([`transport`]): one connection over tokio and rustls —
 //!   DNS, implicit TLS or STARTTLS, AUTH, delivery, NOOP, QUIT — with the
 //!   timeout of each phase enforced and errors that name the stage and the
-//!   likely fix. [`verify`] checks settings end to end.
+//!   likely fix. [`probe`] checks settings end to end (and [`diagnose::verify`] reports it stage by stage).
 //! - [`Email`] and [`Composer`] ([`email`]): notification emails built with
 //!   `mail-builder` — From defaults from the settings, envelope derived (Bcc
 //!   only in the envelope), [`AddressPolicy`] strict or lenient,
@@ -146,4 +146,4 @@ pub use settings::{
     Auth, CredentialProvider, FieldError, PasswordChange, Sender, SettingsErrors, SettingsUpdate,
     SmtpSettings, SmtpSettingsBuilder, SmtpUrl, Timeouts, TlsMode, TlsOptions, UnknownTlsMode,
 };
-pub use transport::{verify, Connection, ConnectionInfo, Connector, Delivery, TlsInfo};
+pub use transport::{probe, Connection, ConnectionInfo, Connector, Delivery, TlsInfo};

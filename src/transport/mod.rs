@@ -864,7 +864,7 @@ impl Connection {
 /// Connects with these settings — TCP, greeting, EHLO, TLS, AUTH — then
 /// QUITs, and reports what it found: capabilities, TLS version and cipher,
 /// AUTH mechanism. Cheap enough to run when settings are saved.
-pub async fn verify(settings: &SmtpSettings) -> Result<ConnectionInfo, Error> {
+pub async fn probe(settings: &SmtpSettings) -> Result<ConnectionInfo, Error> {
     let conn = Connection::open(settings).await?;
     let info = conn.info.clone();
     conn.quit().await?;

@@ -229,7 +229,7 @@ async fn verify_reports_tls_and_mechanism() {
         .credentials(&env.user, &env.password)
         .build()
         .expect("settings");
-    let info = relaymail::verify(&s).await.expect("verified");
+    let info = relaymail::probe(&s).await.expect("verified");
     assert!(info.tls.as_ref().is_some_and(|t| t.via_starttls));
     assert_eq!(info.auth_mechanism, Some(Mechanism::Plain));
     let bad = s
@@ -237,6 +237,6 @@ async fn verify_reports_tls_and_mechanism() {
         .credentials(&env.user, "nope-nope")
         .build()
         .expect("settings");
-    let e = relaymail::verify(&bad).await.expect_err("auth fails");
+    let e = relaymail::probe(&bad).await.expect_err("auth fails");
     assert_eq!(e.stage(), Some(Stage::Auth));
 }

@@ -342,7 +342,7 @@ async fn verify_reports_what_it_found() {
         .settings(env.postfix_port, TlsMode::StartTls)
         .build()
         .expect("settings");
-    let info = relaymail::verify(&s).await.expect("verified");
+    let info = relaymail::probe(&s).await.expect("verified");
     assert!(info.tls.is_some());
     assert_eq!(info.auth_mechanism, None);
     assert_eq!(info.helo_name, "client.example.com");

@@ -386,7 +386,7 @@ async fn verify_reports_what_it_found() {
         .credentials("app", "pw")
         .build()
         .expect("settings");
-    let info = relaymail::verify(&s).await.expect("verified");
+    let info = relaymail::probe(&s).await.expect("verified");
     assert!(info.tls.is_some());
     assert_eq!(info.auth_mechanism, Some(relaymail::Mechanism::Plain));
     assert!(info
