@@ -273,7 +273,10 @@ async fn run(a: &Args, settings: &SmtpSettings, message: Vec<u8>) -> Result<Stri
     conn.quit().await?;
     let refused: Vec<String> = delivery
         .refused()
-        .map(|(addr, reply)| format!("{addr}: {reply}"))
+        .map(|(addr, reply)| match reply {
+            Some(reply) => format!("{addr}: {reply}"),
+            None => format!("{addr}: no reply"),
+        })
         .collect();
     Ok(if a.json {
         format!(

@@ -98,39 +98,43 @@ const MAX_RATE_MESSAGES: u32 = 1_000_000;
 /// The header that keeps the original recipients of a redirected message.
 pub const ORIGINAL_RECIPIENTS_HEADER: &str = "X-Relaymail-Original-Recipients";
 
-/// The result of a delivered message.
+/// The result of a delivered message: the [`Delivery`] it came to (over
+/// every attempt) and how it got there.
 #[derive(Clone, Debug)]
 pub struct Receipt {
-    recipients: Vec<RecipientReply>,
-    reply: Reply,
+    delivery: Delivery,
     attempts: u32,
     possibly_duplicated: bool,
 }
 
 impl Receipt {
+    /// The outcome: every recipient with the server's last answer for it,
+    /// in the order of the envelope, and the final reply.
+    pub fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+
     /// Every recipient with the server's last answer for it, in the order of
-    /// the envelope.
+    /// the envelope ([`Delivery::recipients`]).
     pub fn recipients(&self) -> &[RecipientReply] {
-        &self.recipients
+        self.delivery.recipients()
     }
 
-    /// The recipients that accepted the message.
+    /// The recipients that accepted the message ([`Delivery::accepted`]).
     pub fn accepted(&self) -> impl Iterator<Item = &str> {
-        crate::proto::session::accepted_addresses(&self.recipients)
+        self.delivery.accepted()
     }
 
-    /// The recipients that did not, with the server's reply when there was one.
+    /// The recipients that did not, with the server's reply when there was
+    /// one ([`Delivery::refused`]).
     pub fn refused(&self) -> impl Iterator<Item = (&str, Option<&Reply>)> {
-        self.recipients
-            .iter()
-            .filter(|r| !r.accepted())
-            .map(|r| (r.address.as_str(), r.reply.as_ref()))
+        self.delivery.refused()
     }
 
     /// The server's final reply to the (last) transaction, usually naming
-    /// its queue id.
+    /// its queue id ([`Delivery::reply`]).
     pub fn reply(&self) -> &Reply {
-        &self.reply
+        self.delivery.reply()
     }
 
     /// How many attempts it took (1 = first time).

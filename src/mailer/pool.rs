@@ -732,8 +732,7 @@ impl<M: Manager> Pool<M> {
                     self.counters.possibly_duplicated.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Receipt {
-                    recipients: settled,
-                    reply,
+                    delivery: Delivery::new(settled, reply),
                     attempts,
                     possibly_duplicated: body_sent_before,
                 })

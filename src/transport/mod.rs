@@ -192,7 +192,6 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    #[cfg(test)]
     pub(crate) fn new(recipients: Vec<RecipientReply>, reply: Reply) -> Delivery {
         Delivery { recipients, reply }
     }
@@ -207,14 +206,13 @@ impl Delivery {
         crate::proto::session::accepted_addresses(&self.recipients)
     }
 
-    /// The recipients the server refused, with its reply.
-    pub fn refused(&self) -> impl Iterator<Item = (&str, &Reply)> {
-        self.recipients.iter().filter_map(|r| {
-            r.reply
-                .as_ref()
-                .filter(|rep| !rep.is_positive())
-                .map(|rep| (r.address.as_str(), rep))
-        })
+    /// The recipients that did not accept the message, with the server's
+    /// reply when there was one.
+    pub fn refused(&self) -> impl Iterator<Item = (&str, Option<&Reply>)> {
+        self.recipients
+            .iter()
+            .filter(|r| !r.accepted())
+            .map(|r| (r.address.as_str(), r.reply.as_ref()))
     }
 
     /// The server's final reply (usually names the queue id).

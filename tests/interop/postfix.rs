@@ -169,7 +169,7 @@ async fn refused_recipients_are_reported_and_the_connection_stays_usable() {
     let refused: Vec<_> = d.refused().collect();
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].0, "reject@example.net");
-    assert_eq!(refused[0].1.code().value(), 550);
+    assert_eq!(refused[0].1.expect("a reply").code().value(), 550);
 
     // Every recipient refused: a permanent error naming the RCPT stage.
     let e = conn
