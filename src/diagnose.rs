@@ -239,7 +239,6 @@ fn test_message(
         format!("{} ({})", t.version, t.cipher_suite)
     });
     let auth = info.auth_mechanism.map_or("none", |m| m.name());
-    let domain = from.rsplit_once('@').map_or("localhost", |(_, d)| d);
     let body = format!(
         "This is a test email sent to check the SMTP settings.\n\n\
          Relay: {}:{}\nTLS: {tls}\nAuthentication: {auth}\nSent at: {} seconds after 1970-01-01 UTC\n\n\
@@ -253,11 +252,11 @@ fn test_message(
         .to(to)
         .subject("SMTP settings test")
         .date(now.as_secs() as i64)
-        .message_id(format!(
-            "smtp-test.{}.{:x}@{domain}",
-            now.as_secs(),
-            crate::rand::random_u64()
-        ))
+        .message_id(
+            crate::address::Address::parse(from, crate::address::AddressPolicy::Lenient)
+                .map(|a| crate::email::message_id(&a, now))
+                .unwrap_or_else(|_| format!("{:016x}@localhost", crate::rand::random_u64())),
+        )
         .text_body(body)
         .write_to_vec()
         .unwrap_or_default()

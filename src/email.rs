@@ -357,6 +357,14 @@ pub struct Composer {
 }
 
 /// Control characters become spaces: a value stays on its header line.
+/// A new Message-ID (without angle brackets) in `from`'s domain: random,
+/// plus the time, so that two ids never collide.
+pub(crate) fn message_id(from: &Address, now: std::time::Duration) -> String {
+    let domain = from.ascii_domain().unwrap_or_else(|_| "localhost".into());
+    let domain = domain.trim_start_matches('[').trim_end_matches(']');
+    format!("{:016x}.{:x}@{domain}", crate::rand::random_u64(), now.as_nanos())
+}
+
 pub(crate) fn one_line(text: &str) -> Cow<'_, str> {
     if text.chars().any(char::is_control) {
         Cow::Owned(
@@ -699,16 +707,10 @@ impl Composer {
             ))
         };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let id_domain = from.address.ascii_domain().unwrap_or_else(|_| "localhost".into());
-        let id_domain = id_domain.trim_start_matches('[').trim_end_matches(']').to_owned();
         let mut builder = MessageBuilder::new()
             .from(header_address(&from)?)
             .date(now.as_secs() as i64)
-            .message_id(format!(
-                "{:016x}.{:x}@{id_domain}",
-                crate::rand::random_u64(),
-                now.as_nanos()
-            ));
+            .message_id(message_id(&from.address, now));
         if !to.is_empty() {
             builder = builder.to(list(&to)?);
         }

@@ -336,8 +336,9 @@ impl CredentialDestination {
 /// server settings.
 pub(crate) const ENTER_PASSWORD_AGAIN: &str = "enter the password again: the server settings changed";
 
-/// Validated settings for one relay. Cheap to clone.
-#[derive(Clone)]
+/// Validated settings for one relay. Cheap to clone. `Debug` never shows
+/// the password or token (see [`Auth`]).
+#[derive(Clone, Debug)]
 pub struct SmtpSettings {
     pub(crate) host: String,
     pub(crate) port: u16,
@@ -352,26 +353,6 @@ pub struct SmtpSettings {
     pub(crate) pipelining: bool,
     pub(crate) chunking: bool,
     pub(crate) require_all_recipients: bool,
-}
-
-impl fmt::Debug for SmtpSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SmtpSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .field("tls_options", &self.tls_options)
-            .field("sender", &self.sender)
-            .field("auth", &self.auth)
-            .field("auth_mechanisms", &self.auth_mechanisms)
-            .field("allow_plaintext_auth", &self.allow_plaintext_auth)
-            .field("helo_name", &self.helo_name)
-            .field("timeouts", &self.timeouts)
-            .field("pipelining", &self.pipelining)
-            .field("chunking", &self.chunking)
-            .field("require_all_recipients", &self.require_all_recipients)
-            .finish()
-    }
 }
 
 impl SmtpSettings {
