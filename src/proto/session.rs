@@ -410,12 +410,12 @@ impl Session {
 
     /// Starts keeping every reply with the stage it answered (for
     /// diagnostics; replies never contain our secrets).
-    pub fn record_replies(&mut self) {
+    pub(crate) fn record_replies(&mut self) {
         self.replies.get_or_insert_with(Vec::new);
     }
 
     /// The replies recorded so far (see [`Session::record_replies`]).
-    pub fn take_replies(&mut self) -> Vec<(Stage, Reply)> {
+    pub(crate) fn take_replies(&mut self) -> Vec<(Stage, Reply)> {
         self.replies.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
