@@ -412,9 +412,9 @@ async fn full_queue_hands_the_message_back() {
 mod outbox_records {
     use std::time::{Duration, SystemTime};
 
-    use super::super::record;
+    use super::super::deliver::{record, Verdict};
     use crate::message::Message;
-    use crate::outbox::{Area, DirSpool, OutboxPolicy, Verdict};
+    use crate::outbox::{Area, DirSpool, OutboxPolicy};
     use crate::proto::session::{Envelope, Recipient};
 
     fn spool(name: &str) -> (DirSpool, std::path::PathBuf) {

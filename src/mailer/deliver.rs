@@ -1,0 +1,162 @@
+//! The outbox deliverer: a background task that claims due drafts from an
+//! [`Outbox`], sends them through the mailer and records each outcome. It
+//! depends on the outbox; the outbox knows nothing of the mailer.
+
+use std::sync::Arc;
+
+use super::{Inner, Mailer, Receipt};
+use crate::error::Error;
+use crate::outbox::{Claim, Outbox, OutboxPolicy};
+use crate::proto::session::Recipient;
+
+/// What happens to a draft after an attempt ended with `result`.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// Delivered to every recipient that will ever take it: remove.
+    Done,
+    /// Try again later, for these recipients only when given.
+    Defer(String, Option<Vec<Recipient>>),
+    /// Give up: move to the failed area.
+    Fail(String),
+    /// Not attempted (the mailer is stopping): leave it as it is.
+    Release,
+}
+
+pub(crate) fn verdict(result: &Result<Receipt, Error>) -> Verdict {
+    match result {
+        Ok(receipt) => {
+            let again: Vec<Recipient> = receipt
+                .recipients()
+                .iter()
+                .filter(|r| r.reply.as_ref().is_some_and(|rep| rep.is_transient()))
+                .map(|r| Recipient::new(r.address.clone()))
+                .collect();
+            if again.is_empty() {
+                Verdict::Done
+            } else {
+                let why = receipt
+                    .refused()
+                    .find_map(|(_, r)| r.map(ToString::to_string))
+                    .unwrap_or_else(|| "some recipients deferred".into());
+                Verdict::Defer(why, Some(again))
+            }
+        }
+        Err(e) => error_verdict(e),
+    }
+}
+
+/// What happens to a draft whose attempt failed with `e`.
+pub(crate) fn error_verdict(e: &Error) -> Verdict {
+    if e.is_shutdown() {
+        Verdict::Release
+    } else if (e.is_rejected() && e.is_permanent()) || e.is_too_large() || e.is_unsupported() {
+        // Refused for good, or impossible as it is: no retry will help.
+        Verdict::Fail(e.to_string())
+    } else {
+        // Offline relay, timeouts, 4yz, and invalid settings (TLS, AUTH,
+        // configuration): the administrator may fix them; keep the draft.
+        Verdict::Defer(e.to_string(), None)
+    }
+}
+
+/// The outbox deliverer: claims due drafts, sends them through the mailer,
+/// and records each outcome in the spool.
+pub(super) async fn deliver_drafts(
+    mailer: std::sync::Weak<Inner>,
+    spool: Arc<dyn Outbox>,
+    policy: OutboxPolicy,
+    wake: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let batch = policy.batch.max(1);
+        let s = spool.clone();
+        let claims = tokio::task::spawn_blocking(move || s.claim_due(std::time::SystemTime::now(), batch))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        if claims.is_empty() {
+            let s = spool.clone();
+            let next = tokio::task::spawn_blocking(move || s.next_due())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+            let wait = next
+                .map(|t| t.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+                .unwrap_or(policy.poll_interval)
+                .min(policy.poll_interval);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = wake.notified() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let Some(inner) = mailer.upgrade() else { return };
+        let m = Mailer { inner };
+        let mut handed = Vec::with_capacity(claims.len());
+        for claim in claims {
+            let result = m.submit(claim.message()).await;
+            handed.push((claim, result));
+        }
+        drop(m);
+        let mut running = Vec::with_capacity(handed.len());
+        for (mut claim, submitted) in handed {
+            let (spool, policy) = (spool.clone(), policy.clone());
+            let pool = mailer.upgrade().map(|inner| inner.pool.clone());
+            running.push(tokio::spawn(async move {
+                let result = match submitted {
+                    Ok(pending) => pending.await,
+                    Err(e) => Err(e),
+                };
+                let body_sent = match &result {
+                    Ok(receipt) => receipt.possibly_duplicated(),
+                    Err(e) => e.body_was_sent(),
+                };
+                if body_sent {
+                    claim.mark_possibly_delivered();
+                } else if result.is_ok() && claim.info().possibly_delivered {
+                    // Delivered now after an earlier attempt (recorded in
+                    // the draft) may have delivered it already.
+                    if let Some(pool) = pool {
+                        pool.count_possible_duplicate();
+                    }
+                }
+                let verdict = verdict(&result);
+                let _ = tokio::task::spawn_blocking(move || record(spool.as_ref(), &policy, claim, verdict))
+                    .await;
+            }));
+        }
+        for task in running {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Writes the outcome of one attempt into the spool.
+pub(super) fn record(
+    spool: &dyn Outbox,
+    policy: &OutboxPolicy,
+    claim: Claim,
+    verdict: Verdict,
+) -> Result<(), Error> {
+    let now = std::time::SystemTime::now();
+    match verdict {
+        Verdict::Done => spool.complete(claim),
+        Verdict::Fail(why) => spool.fail_claim(claim, &why),
+        Verdict::Release => Ok(()),
+        Verdict::Defer(why, recipients) => {
+            if policy.too_old(claim.info().created, now) {
+                spool.fail_claim(claim, &format!("gave up after {:?}: {why}", policy.max_age))
+            } else {
+                let next = policy.next_attempt(claim.info().attempts + 1, now, crate::rand::random_unit());
+                spool.defer_claim(claim, &why, next, recipients)
+            }
+        }
+    }
+}
