@@ -116,6 +116,7 @@ pub mod diagnose;
 pub mod email;
 pub mod error;
 mod fsutil;
+mod future;
 pub mod mailer;
 pub mod message;
 pub mod outbox;
@@ -134,6 +135,7 @@ pub mod fuzzing;
 pub use address::{Address, AddressPolicy, Mailbox};
 pub use email::{Attachment, AttachmentPolicy, Composer, Email};
 pub use error::{Error, Stage};
+pub use future::BoxFuture;
 pub use mailer::{
     Mailer, MailerBuilder, Pending, RateLimit, Receipt, Redirect, ReportAddress, RetryPolicy, SendOutcome,
     Stats, TrySendError,

@@ -73,19 +73,12 @@ pub(super) async fn deliver_drafts(
             return;
         }
         let batch = policy.batch.max(1);
-        let s = spool.clone();
-        let claims = tokio::task::spawn_blocking(move || s.claim_due(std::time::SystemTime::now(), batch))
+        let claims = spool
+            .claim_due(std::time::SystemTime::now(), batch)
             .await
-            .ok()
-            .and_then(Result::ok)
             .unwrap_or_default();
         if claims.is_empty() {
-            let s = spool.clone();
-            let next = tokio::task::spawn_blocking(move || s.next_due())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
+            let next = spool.next_due().await.ok().flatten();
             let wait = next
                 .map(|t| t.duration_since(std::time::SystemTime::now()).unwrap_or_default())
                 .unwrap_or(policy.poll_interval)
@@ -128,8 +121,7 @@ pub(super) async fn deliver_drafts(
                     }
                 }
                 let verdict = verdict(&result);
-                let _ = tokio::task::spawn_blocking(move || record(spool.as_ref(), &policy, claim, verdict))
-                    .await;
+                let _ = record(spool.as_ref(), &policy, claim, verdict).await;
             }));
         }
         for task in running {
@@ -139,7 +131,7 @@ pub(super) async fn deliver_drafts(
 }
 
 /// Writes the outcome of one attempt into the spool.
-pub(super) fn record(
+pub(super) async fn record(
     spool: &dyn Outbox,
     policy: &OutboxPolicy,
     claim: Claim,
@@ -147,15 +139,17 @@ pub(super) fn record(
 ) -> Result<(), Error> {
     let now = std::time::SystemTime::now();
     match verdict {
-        Verdict::Done => spool.complete(claim),
-        Verdict::Fail(why) => spool.fail_claim(claim, &why),
+        Verdict::Done => spool.complete(claim).await,
+        Verdict::Fail(why) => spool.fail_claim(claim, &why).await,
         Verdict::Release => Ok(()),
         Verdict::Defer(why, recipients) => {
             if policy.too_old(claim.info().created, now) {
-                spool.fail_claim(claim, &format!("gave up after {:?}: {why}", policy.max_age))
+                spool
+                    .fail_claim(claim, &format!("gave up after {:?}: {why}", policy.max_age))
+                    .await
             } else {
                 let next = policy.next_attempt(claim.info().attempts + 1, now, crate::rand::random_unit());
-                spool.defer_claim(claim, &why, next, recipients)
+                spool.defer_claim(claim, &why, next, recipients).await
             }
         }
     }

@@ -527,10 +527,7 @@ impl Mailer {
             .outbox
             .as_ref()
             .ok_or_else(|| Error::config("this mailer has no outbox (MailerBuilder::outbox)"))?;
-        let spool = run.spool.clone();
-        let id = tokio::task::spawn_blocking(move || spool.enqueue(&message))
-            .await
-            .map_err(|e| Error::new(Kind::Io, None, format!("the outbox task failed: {e}")))??;
+        let id = run.spool.enqueue(&message).await?;
         run.wake.notify_one();
         Ok(id)
     }
@@ -554,8 +551,8 @@ impl Mailer {
         }
     }
 
-    /// The outbox, to list, inspect, retry or delete drafts (its calls
-    /// block: use `spawn_blocking` from async code).
+    /// The outbox, to list, inspect, retry or delete drafts (its methods
+    /// are async; see [`Outbox`]).
     pub fn outbox(&self) -> Option<Arc<dyn Outbox>> {
         self.inner.outbox.as_ref().map(|o| o.spool.clone())
     }

@@ -12,9 +12,15 @@
 //! Files that cannot be read as drafts are moved to `corrupt/` and reported;
 //! the others go on.
 //!
-//! The spool's methods do blocking file IO (and [`DirSpool::retry_now`],
-//! [`DirSpool::delete`] wait for a delivery attempt in progress on the same
-//! draft): from async code, call them through `tokio::task::spawn_blocking`.
+//! [`Outbox`] is async: its methods return futures, and [`DirSpool`]'s
+//! implementation of it does the file work on tokio's blocking threads
+//! (`spawn_blocking`), never on the async ones. `DirSpool`'s inherent
+//! methods of the same names are the blocking operations themselves (file
+//! IO; [`DirSpool::retry_now`] and [`DirSpool::delete`] also wait for a
+//! delivery attempt in progress on the same draft), for synchronous code:
+//! tools, scripts, tests. From async code, go through the trait —
+//! `Outbox::list(&spool, ..).await`, or an `Arc<dyn Outbox>` such as
+//! [`Mailer::outbox`](crate::Mailer::outbox).
 //!
 //! Layout: `drafts/`, `failed/`, `corrupt/`, `tmp/` under the spool
 //! directory; a draft's id is its file name without `.draft`, sortable by
@@ -30,6 +36,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use crate::error::Error;
+use crate::future::BoxFuture;
 use crate::message::Message;
 use crate::proto::session::{Envelope, Recipient};
 
@@ -160,59 +167,88 @@ impl Claim {
 
 /// Where drafts live. [`DirSpool`] is the embedded default; the trait is
 /// what a shared store (a database queue, when one machine is no longer
-/// enough) would implement. Methods block: the [`Mailer`](crate::Mailer)
-/// calls them through `spawn_blocking`.
+/// enough) implements.
+///
+/// Every method is async and returns a [`BoxFuture`], so that the trait is
+/// dyn-compatible (the [`Mailer`](crate::Mailer) holds an
+/// `Arc<dyn Outbox>`) and a networked backend awaits its IO instead of
+/// blocking an executor thread. An implementation whose work blocks (file
+/// IO, a lock) does it off the async threads, as [`DirSpool`] does with
+/// `tokio::task::spawn_blocking`; the futures are polled inside a tokio
+/// runtime.
+///
+/// ```
+/// use std::sync::Arc;
+/// use relaymail::outbox::{Area, DirSpool, Outbox};
+///
+/// # async fn demo() -> Result<(), relaymail::Error> {
+/// let outbox: Arc<dyn Outbox> = Arc::new(DirSpool::open("/var/spool/myapp-mail")?);
+/// let page = outbox.list(Area::Failed, None, 50).await?;
+/// for draft in &page.drafts {
+///     println!("{} {:?}", draft.id, draft.last_error);
+/// }
+/// let retried = outbox.retry_all_now(Area::Failed).await?;
+/// # let _ = retried;
+/// # Ok(()) }
+/// ```
 pub trait Outbox: Send + Sync + std::fmt::Debug + 'static {
     /// Saves a message as a draft due now; `Ok` only once it is durable.
-    fn enqueue(&self, message: &Message) -> Result<DraftId, Error>;
+    fn enqueue<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<DraftId, Error>>;
     /// Reserves up to `max` drafts due at `now`; a reserved draft is not
     /// returned to anyone else until its claim is dropped or recorded.
-    fn claim_due(&self, now: SystemTime, max: usize) -> Result<Vec<Claim>, Error>;
+    fn claim_due(&self, now: SystemTime, max: usize) -> BoxFuture<'_, Result<Vec<Claim>, Error>>;
     /// The earliest next attempt among the drafts.
-    fn next_due(&self) -> Result<Option<SystemTime>, Error>;
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<SystemTime>, Error>>;
     /// Delivered: remove the draft.
-    fn complete(&self, claim: Claim) -> Result<(), Error>;
+    fn complete(&self, claim: Claim) -> BoxFuture<'_, Result<(), Error>>;
     /// Failed for now: record the attempt, the error and the next attempt
     /// (and the recipients still owed, when given).
-    fn defer_claim(
-        &self,
+    fn defer_claim<'a>(
+        &'a self,
         claim: Claim,
-        error: &str,
+        error: &'a str,
         next_attempt: SystemTime,
         recipients: Option<Vec<Recipient>>,
-    ) -> Result<(), Error>;
+    ) -> BoxFuture<'a, Result<(), Error>>;
     /// Failed for good: move to the failed area.
-    fn fail_claim(&self, claim: Claim, reason: &str) -> Result<(), Error>;
+    fn fail_claim<'a>(&'a self, claim: Claim, reason: &'a str) -> BoxFuture<'a, Result<(), Error>>;
     /// A page of drafts, oldest first.
-    fn list(&self, area: Area, after: Option<&DraftId>, limit: usize) -> Result<Page, Error>;
+    fn list<'a>(
+        &'a self,
+        area: Area,
+        after: Option<&'a DraftId>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page, Error>>;
     /// One draft's info.
-    fn inspect(&self, area: Area, id: &DraftId) -> Result<DraftInfo, Error>;
+    fn inspect<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<DraftInfo, Error>>;
     /// Due now (from the failed area: back to the drafts).
-    fn retry_now(&self, area: Area, id: &DraftId) -> Result<(), Error>;
+    fn retry_now<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>>;
     /// Removes a draft.
-    fn delete(&self, area: Area, id: &DraftId) -> Result<(), Error>;
+    fn delete<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>>;
 
     /// Every draft of `area` due now (e.g. after the administrator fixed the
     /// settings); returns how many. Drafts delivered meanwhile are skipped.
-    fn retry_all_now(&self, area: Area) -> Result<usize, Error> {
-        let mut after = None;
-        let mut n = 0;
-        loop {
-            let page = self.list(area, after.as_ref(), 256)?;
-            for d in &page.drafts {
-                match self.retry_now(area, &d.id) {
-                    Ok(()) => n += 1,
-                    // Delivered or deleted meanwhile: nothing to retry.
-                    Err(_) if self.inspect(area, &d.id).is_err() => {}
-                    Err(e) => return Err(e),
+    fn retry_all_now(&self, area: Area) -> BoxFuture<'_, Result<usize, Error>> {
+        Box::pin(async move {
+            let mut after = None;
+            let mut n = 0;
+            loop {
+                let page = self.list(area, after.as_ref(), 256).await?;
+                for d in &page.drafts {
+                    match self.retry_now(area, &d.id).await {
+                        Ok(()) => n += 1,
+                        // Delivered or deleted meanwhile: nothing to retry.
+                        Err(_) if self.inspect(area, &d.id).await.is_err() => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                match page.next {
+                    Some(next) if area == Area::Drafts => after = Some(next),
+                    // Retried failed drafts left the failed area: start over.
+                    Some(_) => after = None,
+                    None => return Ok(n),
                 }
             }
-            match page.next {
-                Some(next) if area == Area::Drafts => after = Some(next),
-                // Retried failed drafts left the failed area: start over.
-                Some(_) => after = None,
-                None => return Ok(n),
-            }
-        }
+        })
     }
 }

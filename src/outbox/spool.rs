@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use super::codec::{decode_draft, encode_draft, from_millis, millis};
 use super::{Area, Claim, DraftId, DraftInfo, Outbox, Page};
 use crate::error::{Error, Kind};
+use crate::future::BoxFuture;
 use crate::message::Message;
 use crate::proto::session::Recipient;
 
@@ -24,46 +25,10 @@ impl Area {
     }
 }
 
-impl Outbox for DirSpool {
-    fn enqueue(&self, message: &Message) -> Result<DraftId, Error> {
-        DirSpool::enqueue(self, message)
-    }
-    fn claim_due(&self, now: SystemTime, max: usize) -> Result<Vec<Claim>, Error> {
-        DirSpool::claim_due(self, now, max)
-    }
-    fn next_due(&self) -> Result<Option<SystemTime>, Error> {
-        DirSpool::next_due(self)
-    }
-    fn complete(&self, claim: Claim) -> Result<(), Error> {
-        DirSpool::complete(self, claim)
-    }
-    fn defer_claim(
-        &self,
-        claim: Claim,
-        error: &str,
-        next_attempt: SystemTime,
-        recipients: Option<Vec<Recipient>>,
-    ) -> Result<(), Error> {
-        DirSpool::defer_claim(self, claim, error, next_attempt, recipients)
-    }
-    fn fail_claim(&self, claim: Claim, reason: &str) -> Result<(), Error> {
-        DirSpool::fail_claim(self, claim, reason)
-    }
-    fn list(&self, area: Area, after: Option<&DraftId>, limit: usize) -> Result<Page, Error> {
-        DirSpool::list(self, area, after, limit)
-    }
-    fn inspect(&self, area: Area, id: &DraftId) -> Result<DraftInfo, Error> {
-        DirSpool::inspect(self, area, id)
-    }
-    fn retry_now(&self, area: Area, id: &DraftId) -> Result<(), Error> {
-        DirSpool::retry_now(self, area, id)
-    }
-    fn delete(&self, area: Area, id: &DraftId) -> Result<(), Error> {
-        DirSpool::delete(self, area, id)
-    }
-}
-
-/// The directory spool. See the [module docs](self).
+/// The directory spool. See the [module docs](crate::outbox).
+///
+/// Its inherent methods block (file IO, waiting for a lock); its [`Outbox`]
+/// implementation runs the same code on tokio's blocking threads.
 #[derive(Clone, Debug)]
 pub struct DirSpool {
     root: PathBuf,
@@ -467,6 +432,73 @@ impl DirSpool {
     /// Moves a draft to the failed area with the reason.
     pub fn fail(&self, id: &DraftId, reason: &str) -> Result<(), Error> {
         self.fail_claim(self.claim_waiting(Area::Drafts, id)?, reason)
+    }
+}
+
+impl DirSpool {
+    /// Runs `op` on a clone of this spool on tokio's blocking threads.
+    fn off_thread<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(DirSpool) -> Result<T, Error> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, Error>> {
+        let spool = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || op(spool))
+                .await
+                .map_err(|e| Error::new(Kind::Io, None, format!("the outbox task failed: {e}")))?
+        })
+    }
+}
+
+/// The blocking inherent methods, run off the async threads.
+impl Outbox for DirSpool {
+    fn enqueue<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<DraftId, Error>> {
+        let message = message.clone();
+        self.off_thread(move |s| s.enqueue(&message))
+    }
+    fn claim_due(&self, now: SystemTime, max: usize) -> BoxFuture<'_, Result<Vec<Claim>, Error>> {
+        self.off_thread(move |s| s.claim_due(now, max))
+    }
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<SystemTime>, Error>> {
+        self.off_thread(|s| s.next_due())
+    }
+    fn complete(&self, claim: Claim) -> BoxFuture<'_, Result<(), Error>> {
+        self.off_thread(move |s| s.complete(claim))
+    }
+    fn defer_claim<'a>(
+        &'a self,
+        claim: Claim,
+        error: &'a str,
+        next_attempt: SystemTime,
+        recipients: Option<Vec<Recipient>>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        let error = error.to_owned();
+        self.off_thread(move |s| s.defer_claim(claim, &error, next_attempt, recipients))
+    }
+    fn fail_claim<'a>(&'a self, claim: Claim, reason: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        let reason = reason.to_owned();
+        self.off_thread(move |s| s.fail_claim(claim, &reason))
+    }
+    fn list<'a>(
+        &'a self,
+        area: Area,
+        after: Option<&'a DraftId>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page, Error>> {
+        let after = after.cloned();
+        self.off_thread(move |s| s.list(area, after.as_ref(), limit))
+    }
+    fn inspect<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<DraftInfo, Error>> {
+        let id = id.clone();
+        self.off_thread(move |s| s.inspect(area, &id))
+    }
+    fn retry_now<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>> {
+        let id = id.clone();
+        self.off_thread(move |s| s.retry_now(area, &id))
+    }
+    fn delete<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>> {
+        let id = id.clone();
+        self.off_thread(move |s| s.delete(area, &id))
     }
 }
 

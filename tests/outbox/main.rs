@@ -71,12 +71,12 @@ async fn drafts_wait_for_fixed_settings_then_go() {
     let srv = TestServer::start(ServerConfig::new()).await.expect("server");
     // The administrator fixes the settings and retries everything now.
     mailer.reload(settings(srv.port())).expect("reload");
-    // The spool's calls block (file IO, waiting for a delivery attempt in
-    // progress): off the async threads.
-    let s = spool.clone();
-    tokio::task::spawn_blocking(move || relaymail::outbox::Outbox::retry_all_now(&s, Area::Drafts))
+    // Through the mailer's outbox, as an application's admin page would.
+    mailer
+        .outbox()
+        .expect("an outbox")
+        .retry_all_now(Area::Drafts)
         .await
-        .expect("task")
         .expect("retried");
     mailer.wake_outbox();
     let got = srv.wait_for_messages(20, WAIT).await.expect("all delivered");
