@@ -112,6 +112,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod address;
+mod backoff;
 pub mod diagnose;
 pub mod email;
 pub mod error;

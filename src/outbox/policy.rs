@@ -2,6 +2,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::backoff;
+
 /// When drafts are tried again, and when they give up.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutboxPolicy {
@@ -36,9 +38,8 @@ impl OutboxPolicy {
     /// a failure at `now`: `initial_backoff × 2^(attempts-1)`, capped at
     /// `max_backoff`, scaled by `0.5 + unit` (jitter; `unit` in [0, 1)).
     pub fn next_attempt(&self, attempts: u32, now: SystemTime, unit: f64) -> SystemTime {
-        let exp = 2f64.powi(attempts.saturating_sub(1).min(40) as i32);
-        let base = (self.initial_backoff.as_secs_f64() * exp).min(self.max_backoff.as_secs_f64());
-        now + Duration::from_secs_f64(base * (0.5 + unit.clamp(0.0, 1.0)))
+        let base = backoff::exponential(self.initial_backoff, 2.0, attempts, self.max_backoff);
+        now + backoff::jitter(base, unit)
     }
 
     /// Whether a draft created at `created` is too old at `now`.
