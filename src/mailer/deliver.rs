@@ -2,9 +2,12 @@
 //! [`Outbox`], sends them through the mailer and records each outcome. It
 //! depends on the outbox; the outbox knows nothing of the mailer.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
 
-use super::{Inner, Mailer, Receipt};
+use tokio::sync::{watch, Notify};
+
+use super::{trace, Inner, Mailer, Receipt};
 use crate::error::Error;
 use crate::outbox::{Claim, Outbox, OutboxPolicy};
 use crate::proto::session::Recipient;
@@ -60,33 +63,44 @@ pub(crate) fn error_verdict(e: &Error) -> Verdict {
 }
 
 /// The outbox deliverer: claims due drafts, sends them through the mailer,
-/// and records each outcome in the spool.
+/// and records each outcome in the spool. An outbox operation that fails is
+/// counted ([`Stats::outbox_errors`](super::Stats::outbox_errors)) and
+/// traced; the loop goes on after `poll_interval`. It ends when stopped or
+/// when the mailer is gone.
 pub(super) async fn deliver_drafts(
-    mailer: std::sync::Weak<Inner>,
+    mailer: Weak<Inner>,
     spool: Arc<dyn Outbox>,
     policy: OutboxPolicy,
-    wake: Arc<tokio::sync::Notify>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
 ) {
     loop {
         if *stop.borrow() {
             return;
         }
         let batch = policy.batch.max(1);
-        let claims = spool
-            .claim_due(std::time::SystemTime::now(), batch)
-            .await
-            .unwrap_or_default();
+        let claims = match spool.claim_due(SystemTime::now(), batch).await {
+            Ok(claims) => claims,
+            Err(e) => {
+                failed(&mailer, "claim_due", &e);
+                // Not woken early: a broken store must not make this spin.
+                if !pause(policy.poll_interval, None, &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
         if claims.is_empty() {
-            let next = spool.next_due().await.ok().flatten();
+            let next = spool.next_due().await.unwrap_or_else(|e| {
+                failed(&mailer, "next_due", &e);
+                None
+            });
             let wait = next
-                .map(|t| t.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+                .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
                 .unwrap_or(policy.poll_interval)
                 .min(policy.poll_interval);
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = wake.notified() => {}
-                _ = stop.changed() => {}
+            if !pause(wait, Some(&wake), &mut stop).await {
+                return;
             }
             continue;
         }
@@ -100,8 +114,7 @@ pub(super) async fn deliver_drafts(
         drop(m);
         let mut running = Vec::with_capacity(handed.len());
         for (mut claim, submitted) in handed {
-            let (spool, policy) = (spool.clone(), policy.clone());
-            let pool = mailer.upgrade().map(|inner| inner.pool.clone());
+            let (spool, policy, mailer) = (spool.clone(), policy.clone(), mailer.clone());
             running.push(tokio::spawn(async move {
                 let result = match submitted {
                     Ok(pending) => pending.await,
@@ -116,17 +129,53 @@ pub(super) async fn deliver_drafts(
                 } else if result.is_ok() && claim.info().possibly_delivered {
                     // Delivered now after an earlier attempt (recorded in
                     // the draft) may have delivered it already.
-                    if let Some(pool) = pool {
-                        pool.count_possible_duplicate();
+                    if let Some(inner) = mailer.upgrade() {
+                        inner.pool.count_possible_duplicate();
                     }
                 }
                 let verdict = verdict(&result);
-                let _ = record(spool.as_ref(), &policy, claim, verdict).await;
+                match record(spool.as_ref(), &policy, claim, verdict).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed(&mailer, "record", &e);
+                        false
+                    }
+                }
             }));
         }
+        let mut all_recorded = true;
         for task in running {
-            let _ = task.await;
+            all_recorded &= task.await.unwrap_or(false);
         }
+        // A draft whose outcome was not recorded is due again at once.
+        if !all_recorded && !pause(policy.poll_interval, None, &mut stop).await {
+            return;
+        }
+    }
+}
+
+/// Counts and traces an outbox operation of the deliverer that failed.
+fn failed(mailer: &Weak<Inner>, operation: &'static str, error: &Error) {
+    if let Some(inner) = mailer.upgrade() {
+        inner.pool.count_outbox_error();
+    }
+    trace::outbox_failed(operation, error);
+}
+
+/// Waits `wait`, or less when `wake` is notified or the mailer stops;
+/// `false` when the deliverer should end (stopped, or the mailer is gone).
+async fn pause(wait: Duration, wake: Option<&Notify>, stop: &mut watch::Receiver<bool>) -> bool {
+    let woken = async {
+        match wake {
+            Some(wake) => wake.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = woken => true,
+        // Err: the mailer was dropped without `shutdown`.
+        changed = stop.changed() => changed.is_ok() && !*stop.borrow(),
     }
 }
 
@@ -137,7 +186,7 @@ pub(super) async fn record(
     claim: Claim,
     verdict: Verdict,
 ) -> Result<(), Error> {
-    let now = std::time::SystemTime::now();
+    let now = SystemTime::now();
     match verdict {
         Verdict::Done => spool.complete(claim).await,
         Verdict::Fail(why) => spool.fail_claim(claim, &why).await,

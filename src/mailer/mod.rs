@@ -173,6 +173,14 @@ pub struct Stats {
     /// body was sent: each may have reached its recipients twice (see
     /// [`Receipt::possibly_duplicated`]).
     pub possibly_duplicated: u64,
+    /// Operations of the background outbox deliverer that failed: claiming
+    /// due drafts, looking for the next due one, recording an attempt's
+    /// outcome (a broken disk, an unreachable database). Each also emits a
+    /// `tracing` event (feature `tracing`). The deliverer keeps going and
+    /// waits the policy's `poll_interval` before it claims again; a draft
+    /// whose outcome could not be recorded stays where it was and is
+    /// delivered again (at-least-once).
+    pub outbox_errors: u64,
     /// Connections open now.
     pub connections_open: usize,
     /// Connections opened since the start.
