@@ -25,7 +25,7 @@
 //! - [`Mailer`] ([`mailer`]): the pooled dispatcher applications hold — a
 //!   hard cap on connections, deliveries per connection, retries with
 //!   back-off, rate limit, back-pressure, reload, redirect, shutdown.
-//! - [`outbox`]: the durable outbox — an [`outbox::Outbox`] trait and a
+//! - [`outbox`]: the durable outbox — an async [`outbox::Outbox`] trait and a
 //!   directory spool; with [`MailerBuilder::outbox`] mail waits on disk while
 //!   the relay is down or the settings are wrong, and survives a restart.
 //! - [`diagnose`]: "test connection" and "send test email" reports, stage by

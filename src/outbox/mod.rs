@@ -1,6 +1,8 @@
 //! The durable outbox (seed 003: mail is saved as a draft when the relay is
-//! offline or the settings are invalid): a directory spool that needs no
-//! external service.
+//! offline or the settings are invalid): the async [`Outbox`] trait, and
+//! [`DirSpool`], a directory spool that needs no external service, with
+//! its [`OutboxPolicy`]. The [`Mailer`](crate::Mailer)'s background
+//! deliverer uses the trait; nothing here depends on the mailer.
 //!
 //! [`DirSpool::enqueue`] returns only once the message and its envelope are
 //! on disk: written to a temporary file, fsynced, renamed into `drafts/`, the

@@ -17,6 +17,7 @@ const EXT: &str = "draft";
 const SUBDIRS: [&str; 4] = ["drafts", "failed", "corrupt", "tmp"];
 
 impl Area {
+    /// The area's directory under the spool's root.
     fn dir(self) -> &'static str {
         match self {
             Area::Drafts => "drafts",
