@@ -14,7 +14,7 @@ use crate::proto::session::Recipient;
 
 /// What happens to a draft after an attempt ended with `result`.
 #[derive(Debug)]
-pub(crate) enum Verdict {
+pub(super) enum Verdict {
     /// Delivered to every recipient that will ever take it: remove.
     Done,
     /// Try again later, for these recipients only when given.
@@ -25,7 +25,9 @@ pub(crate) enum Verdict {
     Release,
 }
 
-pub(crate) fn verdict(result: &Result<Receipt, Error>) -> Verdict {
+/// What happens to a draft whose attempt ended with `result`: recipients
+/// that answered 4yz are owed another attempt.
+pub(super) fn verdict(result: &Result<Receipt, Error>) -> Verdict {
     match result {
         Ok(receipt) => {
             let again: Vec<Recipient> = receipt
@@ -49,7 +51,7 @@ pub(crate) fn verdict(result: &Result<Receipt, Error>) -> Verdict {
 }
 
 /// What happens to a draft whose attempt failed with `e`.
-pub(crate) fn error_verdict(e: &Error) -> Verdict {
+pub(super) fn error_verdict(e: &Error) -> Verdict {
     if e.is_shutdown() {
         Verdict::Release
     } else if (e.is_rejected() && e.is_permanent()) || e.is_too_large() || e.is_unsupported() {
