@@ -25,7 +25,7 @@
 //! - [`Mailer`] ([`mailer`]): the pooled dispatcher applications hold — a
 //!   hard cap on connections, deliveries per connection, retries with
 //!   back-off, rate limit, back-pressure, reload, redirect, shutdown.
-//! - [`outbox`]: the durable outbox — an [`outbox::Outbox`] trait and a
+//! - [`outbox`]: the durable outbox — an async [`outbox::Outbox`] trait and a
 //!   directory spool; with [`MailerBuilder::outbox`] mail waits on disk while
 //!   the relay is down or the settings are wrong, and survives a restart.
 //! - [`diagnose`]: "test connection" and "send test email" reports, stage by
@@ -112,10 +112,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod address;
+mod backoff;
 pub mod diagnose;
 pub mod email;
 pub mod error;
 mod fsutil;
+mod future;
 pub mod mailer;
 pub mod message;
 pub mod outbox;
@@ -134,6 +136,7 @@ pub mod fuzzing;
 pub use address::{Address, AddressPolicy, Mailbox};
 pub use email::{Attachment, AttachmentPolicy, Composer, Email};
 pub use error::{Error, Stage};
+pub use future::BoxFuture;
 pub use mailer::{
     Mailer, MailerBuilder, Pending, RateLimit, Receipt, Redirect, ReportAddress, RetryPolicy, SendOutcome,
     Stats, TrySendError,

@@ -37,6 +37,27 @@ fn message(to: &str, subject: &str) -> Message {
 struct Recorder {
     lines: Arc<Mutex<Vec<String>>>,
     next: Arc<AtomicU64>,
+    /// Notified at each event.
+    event_seen: Arc<tokio::sync::Notify>,
+}
+
+impl Recorder {
+    /// Waits until an event line contains every one of `parts`.
+    async fn event_with(&self, parts: &[&str]) -> String {
+        loop {
+            let found = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.starts_with("event ") && parts.iter().all(|p| l.contains(p)))
+                .cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            self.event_seen.notified().await;
+        }
+    }
 }
 
 struct Fields(String);
@@ -76,6 +97,7 @@ impl Subscriber for Recorder {
         let mut f = Fields(format!("event {}", event.metadata().level()));
         event.record(&mut f);
         self.lines.lock().unwrap().push(f.0);
+        self.event_seen.notify_one();
     }
 
     fn enter(&self, _: &Id) {}
@@ -151,4 +173,40 @@ async fn spans_carry_codes_and_timing_but_no_secret() {
     let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0app\0{PASSWORD}"));
     assert!(!text.contains(PASSWORD) && !text.contains(&plain), "{text}");
     assert!(!text.contains("AUTH"), "no command is recorded: {text}");
+
+    outbox_errors_are_events(&recorder).await;
+}
+
+/// The outbox deliverer's failed operations are warnings with the
+/// operation and the error, and no address.
+async fn outbox_errors_are_events(recorder: &Recorder) {
+    let dir = std::env::temp_dir().join(format!("relaymail-tracing-outbox-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spool = relaymail::outbox::DirSpool::open(&dir).expect("spool");
+    spool
+        .enqueue(&message("queued@example.net", "draft"))
+        .expect("queued");
+    // The drafts directory goes away under the deliverer.
+    std::fs::remove_dir_all(dir.join("drafts")).expect("removed");
+    let s = SmtpSettings::builder()
+        .host("127.0.0.1")
+        .tls(TlsMode::None)
+        .sender("alerts@example.com")
+        .build()
+        .expect("settings");
+    let mailer = Mailer::builder(s)
+        .outbox(spool, relaymail::outbox::OutboxPolicy::default())
+        .build()
+        .expect("mailer");
+    let line = tokio::time::timeout(
+        WAIT,
+        recorder.event_with(&["WARN", "outbox operation failed", "operation=claim_due"]),
+    )
+    .await
+    .expect("traced");
+    assert!(line.contains("cannot list"), "{line}");
+    assert!(!line.contains("queued@example.net"), "{line}");
+    assert!(mailer.stats().outbox_errors >= 1);
+    mailer.shutdown(WAIT).await;
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -59,6 +59,7 @@
 //!   queued until its deadline, fails the rest with
 //!   [`Error::is_shutdown`], and QUITs every connection.
 
+mod deliver;
 mod limit;
 mod pool;
 mod retry;
@@ -81,11 +82,12 @@ use crate::address::AddressPolicy;
 use crate::email::{AttachmentPolicy, Composer, Email};
 use crate::error::{Error, Kind};
 use crate::message::Message;
-use crate::outbox::{self, DraftId, Outbox, OutboxPolicy, Verdict};
+use crate::outbox::{DraftId, Outbox, OutboxPolicy};
 use crate::proto::reply::Reply;
 use crate::proto::session::{Envelope, Recipient, RecipientReply, TxId};
 use crate::settings::SmtpSettings;
 use crate::transport::{Connection, Connector, Delivery};
+use deliver::Verdict;
 use pool::{Job, Pool, PoolConfig};
 
 /// The longest duration a mailer setting takes: longer ones are refused by
@@ -175,6 +177,14 @@ pub struct Stats {
     /// body was sent: each may have reached its recipients twice (see
     /// [`Receipt::possibly_duplicated`]).
     pub possibly_duplicated: u64,
+    /// Operations of the background outbox deliverer that failed: claiming
+    /// due drafts, looking for the next due one, recording an attempt's
+    /// outcome (a broken disk, an unreachable database). Each also emits a
+    /// `tracing` event (feature `tracing`). The deliverer keeps going and
+    /// waits the policy's `poll_interval` before it claims again; a draft
+    /// whose outcome could not be recorded stays where it was and is
+    /// delivered again (at-least-once).
+    pub outbox_errors: u64,
     /// Connections open now.
     pub connections_open: usize,
     /// Connections opened since the start.
@@ -529,10 +539,7 @@ impl Mailer {
             .outbox
             .as_ref()
             .ok_or_else(|| Error::config("this mailer has no outbox (MailerBuilder::outbox)"))?;
-        let spool = run.spool.clone();
-        let id = tokio::task::spawn_blocking(move || spool.enqueue(&message))
-            .await
-            .map_err(|e| Error::new(Kind::Io, None, format!("the outbox task failed: {e}")))??;
+        let id = run.spool.enqueue(&message).await?;
         run.wake.notify_one();
         Ok(id)
     }
@@ -546,7 +553,7 @@ impl Mailer {
         }
         match self.send(message.clone()).await {
             Ok(receipt) => Ok(SendOutcome::Delivered(receipt)),
-            Err(error) => match outbox::error_verdict(&error) {
+            Err(error) => match deliver::error_verdict(&error) {
                 Verdict::Defer(..) => {
                     let draft = self.enqueue(message).await?;
                     Ok(SendOutcome::Deferred { draft, error })
@@ -556,8 +563,8 @@ impl Mailer {
         }
     }
 
-    /// The outbox, to list, inspect, retry or delete drafts (its calls
-    /// block: use `spawn_blocking` from async code).
+    /// The outbox, to list, inspect, retry or delete drafts (its methods
+    /// are async; see [`Outbox`]).
     pub fn outbox(&self) -> Option<Arc<dyn Outbox>> {
         self.inner.outbox.as_ref().map(|o| o.spool.clone())
     }
@@ -917,7 +924,7 @@ impl MailerBuilder {
             }),
         };
         if let (Some(run), Some(policy), Some(rt)) = (&mailer.inner.outbox, policy, runtime) {
-            let task = rt.spawn(deliver_drafts(
+            let task = rt.spawn(deliver::deliver_drafts(
                 Arc::downgrade(&mailer.inner),
                 run.spool.clone(),
                 policy,
@@ -927,107 +934,5 @@ impl MailerBuilder {
             *run.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         }
         Ok(mailer)
-    }
-}
-
-/// The outbox deliverer: claims due drafts, sends them through the mailer,
-/// and records each outcome in the spool.
-async fn deliver_drafts(
-    mailer: std::sync::Weak<Inner>,
-    spool: Arc<dyn Outbox>,
-    policy: OutboxPolicy,
-    wake: Arc<tokio::sync::Notify>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let batch = policy.batch.max(1);
-        let s = spool.clone();
-        let claims = tokio::task::spawn_blocking(move || s.claim_due(std::time::SystemTime::now(), batch))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        if claims.is_empty() {
-            let s = spool.clone();
-            let next = tokio::task::spawn_blocking(move || s.next_due())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
-            let wait = next
-                .map(|t| t.duration_since(std::time::SystemTime::now()).unwrap_or_default())
-                .unwrap_or(policy.poll_interval)
-                .min(policy.poll_interval);
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = wake.notified() => {}
-                _ = stop.changed() => {}
-            }
-            continue;
-        }
-        let Some(inner) = mailer.upgrade() else { return };
-        let m = Mailer { inner };
-        let mut handed = Vec::with_capacity(claims.len());
-        for claim in claims {
-            let result = m.submit(claim.message()).await;
-            handed.push((claim, result));
-        }
-        drop(m);
-        let mut running = Vec::with_capacity(handed.len());
-        for (mut claim, submitted) in handed {
-            let (spool, policy) = (spool.clone(), policy.clone());
-            let pool = mailer.upgrade().map(|inner| inner.pool.clone());
-            running.push(tokio::spawn(async move {
-                let result = match submitted {
-                    Ok(pending) => pending.await,
-                    Err(e) => Err(e),
-                };
-                let body_sent = match &result {
-                    Ok(receipt) => receipt.possibly_duplicated(),
-                    Err(e) => e.body_was_sent(),
-                };
-                if body_sent {
-                    claim.mark_possibly_delivered();
-                } else if result.is_ok() && claim.info().possibly_delivered {
-                    // Delivered now after an earlier attempt (recorded in
-                    // the draft) may have delivered it already.
-                    if let Some(pool) = pool {
-                        pool.count_possible_duplicate();
-                    }
-                }
-                let verdict = outbox::verdict(&result);
-                let _ = tokio::task::spawn_blocking(move || record(spool.as_ref(), &policy, claim, verdict))
-                    .await;
-            }));
-        }
-        for task in running {
-            let _ = task.await;
-        }
-    }
-}
-
-/// Writes the outcome of one attempt into the spool.
-fn record(
-    spool: &dyn Outbox,
-    policy: &OutboxPolicy,
-    claim: outbox::Claim,
-    verdict: Verdict,
-) -> Result<(), Error> {
-    let now = std::time::SystemTime::now();
-    match verdict {
-        Verdict::Done => spool.complete(claim),
-        Verdict::Fail(why) => spool.fail_claim(claim, &why),
-        Verdict::Release => Ok(()),
-        Verdict::Defer(why, recipients) => {
-            if policy.too_old(claim.info().created, now) {
-                spool.fail_claim(claim, &format!("gave up after {:?}: {why}", policy.max_age))
-            } else {
-                let next = policy.next_attempt(claim.info().attempts + 1, now, crate::rand::random_unit());
-                spool.defer_claim(claim, &why, next, recipients)
-            }
-        }
     }
 }

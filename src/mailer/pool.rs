@@ -225,6 +225,7 @@ struct Counters {
     retried: AtomicU64,
     offered: AtomicU64,
     possibly_duplicated: AtomicU64,
+    outbox_errors: AtomicU64,
     open: AtomicUsize,
     opened: AtomicU64,
 }
@@ -839,6 +840,11 @@ impl<M: Manager> Pool<M> {
         self.counters.possibly_duplicated.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an outbox operation of the deliverer that failed.
+    pub(crate) fn count_outbox_error(&self) {
+        self.counters.outbox_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The mailer's send timeout.
     pub(crate) fn send_timeout(&self) -> Option<Duration> {
         self.config.send_timeout
@@ -860,6 +866,7 @@ impl<M: Manager> Pool<M> {
             failed: self.counters.failed.load(Ordering::Relaxed),
             retried: self.counters.retried.load(Ordering::Relaxed),
             possibly_duplicated: self.counters.possibly_duplicated.load(Ordering::Relaxed),
+            outbox_errors: self.counters.outbox_errors.load(Ordering::Relaxed),
             connections_open: self.counters.open.load(Ordering::Relaxed),
             connections_opened: self.counters.opened.load(Ordering::Relaxed),
             deliveries_per_connection: st.deliveries_histogram.iter().map(|(k, v)| (*k, *v)).collect(),

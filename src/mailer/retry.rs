@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::backoff;
 use crate::Error;
 
 /// How transient failures are retried.
@@ -77,28 +78,14 @@ impl RetryPolicy {
     /// The wait before attempt `attempt + 1`, after `attempt` attempts (≥ 1),
     /// without jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .multiplier
-            .max(1.0)
-            .powi(attempt.saturating_sub(1).min(64) as i32);
-        let secs = self.initial_backoff.as_secs_f64() * exp;
-        if !secs.is_finite() || secs >= self.max_backoff.as_secs_f64() {
-            self.max_backoff
-        } else {
-            Duration::from_secs_f64(secs)
-        }
+        backoff::exponential(self.initial_backoff, self.multiplier, attempt, self.max_backoff)
     }
 
     /// [`backoff`](RetryPolicy::backoff) with ±50 % jitter, so that messages
     /// that failed together do not all come back together.
     pub fn backoff_with_jitter(&self, attempt: u32) -> Duration {
-        jitter(self.backoff(attempt), crate::rand::random_unit())
+        backoff::jitter(self.backoff(attempt), crate::rand::random_unit())
     }
-}
-
-/// `base` scaled by a factor in [0.5, 1.5) chosen by `unit` in [0, 1).
-pub(crate) fn jitter(base: Duration, unit: f64) -> Duration {
-    base.mul_f64(0.5 + unit.clamp(0.0, 1.0))
 }
 
 #[cfg(test)]
@@ -124,9 +111,6 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_half_either_side() {
-        let base = Duration::from_secs(10);
-        assert_eq!(jitter(base, 0.0), Duration::from_secs(5));
-        assert!(jitter(base, 0.999_999) < Duration::from_secs(15));
         let p = RetryPolicy::default();
         let samples: Vec<_> = (0..200).map(|_| p.backoff_with_jitter(3)).collect();
         assert!(samples

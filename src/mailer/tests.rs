@@ -412,9 +412,9 @@ async fn full_queue_hands_the_message_back() {
 mod outbox_records {
     use std::time::{Duration, SystemTime};
 
-    use super::super::record;
+    use super::super::deliver::{record, Verdict};
     use crate::message::Message;
-    use crate::outbox::{Area, DirSpool, OutboxPolicy, Verdict};
+    use crate::outbox::{Area, DirSpool, OutboxPolicy};
     use crate::proto::session::{Envelope, Recipient};
 
     fn spool(name: &str) -> (DirSpool, std::path::PathBuf) {
@@ -441,8 +441,8 @@ mod outbox_records {
             .expect("one")
     }
 
-    #[test]
-    fn transient_failure_defers_with_attempts_error_and_next_time() {
+    #[tokio::test]
+    async fn transient_failure_defers_with_attempts_error_and_next_time() {
         let (s, dir) = spool("defer");
         let id = s.enqueue(&message()).expect("queued");
         let policy = OutboxPolicy::default();
@@ -453,6 +453,7 @@ mod outbox_records {
             claim(&s),
             Verdict::Defer("connect: refused".into(), None),
         )
+        .await
         .expect("recorded");
         let info = s.inspect(Area::Drafts, &id).expect("still a draft");
         assert_eq!(info.attempts, 1);
@@ -465,14 +466,14 @@ mod outbox_records {
         // Only the recipients still owed stay in the envelope.
         s.retry_now(Area::Drafts, &id).expect("retry");
         let partial = Verdict::Defer("451".into(), Some(vec![Recipient::new("b@example.net")]));
-        record(&s, &policy, claim(&s), partial).expect("recorded");
+        record(&s, &policy, claim(&s), partial).await.expect("recorded");
         let info = s.inspect(Area::Drafts, &id).expect("draft");
         assert_eq!(info.envelope.recipients, vec![Recipient::new("b@example.net")]);
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    #[test]
-    fn permanent_failure_and_old_drafts_go_to_the_failed_area() {
+    #[tokio::test]
+    async fn permanent_failure_and_old_drafts_go_to_the_failed_area() {
         let (s, dir) = spool("fail");
         let id = s.enqueue(&message()).expect("queued");
         record(
@@ -481,6 +482,7 @@ mod outbox_records {
             claim(&s),
             Verdict::Fail("550 5.1.1 no such user".into()),
         )
+        .await
         .expect("recorded");
         assert!(s.inspect(Area::Drafts, &id).is_err());
         let failed = s.inspect(Area::Failed, &id).expect("failed");
@@ -492,7 +494,9 @@ mod outbox_records {
             ..OutboxPolicy::default()
         };
         std::thread::yield_now();
-        record(&s, &old, claim(&s), Verdict::Defer("timeout".into(), None)).expect("recorded");
+        record(&s, &old, claim(&s), Verdict::Defer("timeout".into(), None))
+            .await
+            .expect("recorded");
         let failed = s.inspect(Area::Failed, &id).expect("too old: failed");
         assert!(
             failed
@@ -503,7 +507,9 @@ mod outbox_records {
         );
         // Delivered: gone.
         let id = s.enqueue(&message()).expect("queued");
-        record(&s, &old, claim(&s), Verdict::Done).expect("recorded");
+        record(&s, &old, claim(&s), Verdict::Done)
+            .await
+            .expect("recorded");
         assert!(s.inspect(Area::Drafts, &id).is_err());
         let _ = std::fs::remove_dir_all(dir);
     }

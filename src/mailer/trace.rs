@@ -1,5 +1,6 @@
 //! Spans for the `tracing` feature: one per connection, one per transaction
-//! attempt, with the stage and reply code of failures and the timing.
+//! attempt, with the stage and reply code of failures and the timing; an
+//! event for each outbox operation of the deliverer that failed.
 //!
 //! Only what is listed here is ever recorded: addresses are not, commands are
 //! not, AUTH exchanges and secrets are not. Without the feature every
@@ -78,6 +79,10 @@ mod imp {
         }
     }
 
+    pub(crate) fn outbox_failed(operation: &'static str, error: &Error) {
+        tracing::warn!(operation, error = %error, "outbox operation failed");
+    }
+
     pub(crate) fn transaction_done(tx: TxSpan, result: &Result<Delivery, Error>) {
         let elapsed_ms = tx.started.elapsed().as_secs_f64() * 1000.0;
         tx.span.record("elapsed_ms", elapsed_ms);
@@ -127,6 +132,8 @@ mod imp {
     pub(crate) fn transaction(_span: &ConnSpan, _attempt: u32, _recipients: usize, _bytes: usize) -> TxSpan {
         TxSpan
     }
+
+    pub(crate) fn outbox_failed(_operation: &'static str, _error: &Error) {}
 
     pub(crate) fn transaction_done(_tx: TxSpan, _result: &Result<Delivery, Error>) {}
 }

@@ -30,9 +30,22 @@
 //! `error`), values written as they are. It is still read; a draft is
 //! rewritten in version 2 by its next attempt.
 
-use super::{from_millis, millis, Area, DraftId, DraftInfo};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{Area, DraftId, DraftInfo};
 use crate::proto::command::{BodyType, DsnReturn, MailParams, Notify, RcptParams};
 use crate::proto::session::{Envelope, Recipient};
+
+/// `t` as milliseconds since the epoch, as the header stores times.
+pub(super) fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// The time `ms` milliseconds after the epoch (`None` past what the
+/// platform's clock can hold).
+pub(super) fn from_millis(ms: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+}
 
 const MAGIC_V1: &str = "relaymail-draft 1";
 const MAGIC_V2: &str = "relaymail-draft 2";
@@ -298,3 +311,6 @@ pub(crate) fn decode_draft(
     };
     Some((info, content))
 }
+
+#[cfg(test)]
+mod tests;

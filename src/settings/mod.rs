@@ -28,9 +28,7 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,8 +193,7 @@ impl Timeouts {
     }
 }
 
-/// A boxed future, for [`CredentialProvider`].
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::future::BoxFuture;
 
 /// Supplies credentials when a connection is opened — for example a fresh
 /// OAuth2 access token for XOAUTH2, or credentials from a secret store

@@ -1,12 +1,17 @@
 //! The outbox end to end: drafts saved while the relay is unreachable are
 //! delivered once the settings are fixed; send falls back to a draft;
-//! two spools on one directory never claim the same draft.
+//! two spools on one directory never claim the same draft; the deliverer
+//! counts the errors of its outbox and recovers from them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use relaymail::outbox::{Area, DirSpool, OutboxPolicy};
+use relaymail::outbox::{Area, Claim, DirSpool, DraftId, DraftInfo, Outbox, OutboxPolicy, Page};
 use relaymail::testing::{ServerConfig, TestServer};
-use relaymail::{Email, Mailer, RetryPolicy, SendOutcome, SmtpSettings, TlsMode};
+use relaymail::{
+    BoxFuture, Email, Error, Mailer, Message, Recipient, RetryPolicy, SendOutcome, SmtpSettings, TlsMode,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -71,12 +76,12 @@ async fn drafts_wait_for_fixed_settings_then_go() {
     let srv = TestServer::start(ServerConfig::new()).await.expect("server");
     // The administrator fixes the settings and retries everything now.
     mailer.reload(settings(srv.port())).expect("reload");
-    // The spool's calls block (file IO, waiting for a delivery attempt in
-    // progress): off the async threads.
-    let s = spool.clone();
-    tokio::task::spawn_blocking(move || relaymail::outbox::Outbox::retry_all_now(&s, Area::Drafts))
+    // Through the mailer's outbox, as an application's admin page would.
+    mailer
+        .outbox()
+        .expect("an outbox")
+        .retry_all_now(Area::Drafts)
         .await
-        .expect("task")
         .expect("retried");
     mailer.wake_outbox();
     let got = srv.wait_for_messages(20, WAIT).await.expect("all delivered");
@@ -549,5 +554,173 @@ async fn a_draft_whose_final_reply_was_lost_is_marked_possibly_delivered() {
     let stats = mailer.shutdown(WAIT).await;
     assert_eq!(stats.possibly_duplicated, 1);
     assert!(spool.inspect(Area::Drafts, &id).is_err(), "the draft is gone");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An outbox over a spool whose claims fail while `broken` is set (a disk
+/// or database fault under the deliverer, with the real error of a spool
+/// whose directory is gone); each failed claim is reported on `failures`
+/// with its time. `dropped` hears when the deliverer lets it go.
+#[derive(Debug)]
+struct Faulty {
+    spool: DirSpool,
+    gone: DirSpool,
+    broken: Arc<AtomicBool>,
+    failures: tokio::sync::mpsc::UnboundedSender<tokio::time::Instant>,
+    dropped: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Faulty {
+    fn new(name: &str) -> (Faulty, std::path::PathBuf, FaultyHandles) {
+        let dir = spool_dir(name);
+        let gone_dir = spool_dir(&format!("{name}-gone"));
+        let gone = DirSpool::open(&gone_dir).expect("spool");
+        std::fs::remove_dir_all(&gone_dir).expect("removed");
+        let broken = Arc::new(AtomicBool::new(false));
+        let (failures, failed) = tokio::sync::mpsc::unbounded_channel();
+        let (dropped, released) = tokio::sync::oneshot::channel();
+        let faulty = Faulty {
+            spool: DirSpool::open(&dir).expect("spool"),
+            gone,
+            broken: broken.clone(),
+            failures,
+            dropped: Some(dropped),
+        };
+        (
+            faulty,
+            dir,
+            FaultyHandles {
+                broken,
+                failed,
+                released,
+            },
+        )
+    }
+}
+
+struct FaultyHandles {
+    broken: Arc<AtomicBool>,
+    failed: tokio::sync::mpsc::UnboundedReceiver<tokio::time::Instant>,
+    released: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Drop for Faulty {
+    fn drop(&mut self) {
+        if let Some(tx) = self.dropped.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Outbox for Faulty {
+    fn enqueue<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<DraftId, Error>> {
+        Outbox::enqueue(&self.spool, message)
+    }
+    fn claim_due(&self, now: SystemTime, max: usize) -> BoxFuture<'_, Result<Vec<Claim>, Error>> {
+        if !self.broken.load(Ordering::SeqCst) {
+            return Outbox::claim_due(&self.spool, now, max);
+        }
+        Box::pin(async move {
+            let result = Outbox::claim_due(&self.gone, now, max).await;
+            let _ = self.failures.send(tokio::time::Instant::now());
+            result
+        })
+    }
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<SystemTime>, Error>> {
+        Outbox::next_due(&self.spool)
+    }
+    fn complete(&self, claim: Claim) -> BoxFuture<'_, Result<(), Error>> {
+        Outbox::complete(&self.spool, claim)
+    }
+    fn defer_claim<'a>(
+        &'a self,
+        claim: Claim,
+        error: &'a str,
+        next_attempt: SystemTime,
+        recipients: Option<Vec<Recipient>>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Outbox::defer_claim(&self.spool, claim, error, next_attempt, recipients)
+    }
+    fn fail_claim<'a>(&'a self, claim: Claim, reason: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Outbox::fail_claim(&self.spool, claim, reason)
+    }
+    fn list<'a>(
+        &'a self,
+        area: Area,
+        after: Option<&'a DraftId>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page, Error>> {
+        Outbox::list(&self.spool, area, after, limit)
+    }
+    fn inspect<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<DraftInfo, Error>> {
+        Outbox::inspect(&self.spool, area, id)
+    }
+    fn retry_now<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>> {
+        Outbox::retry_now(&self.spool, area, id)
+    }
+    fn delete<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>> {
+        Outbox::delete(&self.spool, area, id)
+    }
+}
+
+#[tokio::test]
+async fn deliverer_errors_are_counted_and_the_deliverer_recovers_when_the_fault_goes() {
+    let srv = TestServer::start(ServerConfig::new()).await.expect("server");
+    let (faulty, dir, mut h) = Faulty::new("faulty");
+    h.broken.store(true, Ordering::SeqCst);
+    let policy = OutboxPolicy {
+        poll_interval: Duration::from_millis(30),
+        ..policy()
+    };
+    let mailer = Mailer::builder(settings(srv.port()))
+        .outbox(faulty, policy.clone())
+        .build()
+        .expect("mailer");
+    let id = mailer.enqueue(email(&mailer, 1).await).await.expect("on disk");
+    // Three failed claims in a row: the deliverer goes on after each, and
+    // waits the poll interval in between instead of spinning.
+    let mut at = Vec::new();
+    for _ in 0..3 {
+        let t = tokio::time::timeout(WAIT, h.failed.recv())
+            .await
+            .expect("claimed again")
+            .expect("open");
+        at.push(t);
+    }
+    assert!(
+        at.windows(2).all(|w| w[1] - w[0] >= policy.poll_interval),
+        "{at:?}"
+    );
+    let errors = mailer.stats().outbox_errors;
+    assert!(errors >= 2, "counted: {errors}");
+    assert_eq!(srv.messages().len(), 0, "nothing claimed, nothing sent");
+
+    // The fault goes away: the draft is delivered and leaves the outbox.
+    h.broken.store(false, Ordering::SeqCst);
+    srv.wait_for_messages(1, WAIT).await.expect("delivered");
+    let stats = mailer.shutdown(WAIT).await;
+    assert_eq!(stats.delivered, 1);
+    assert!(stats.outbox_errors >= 3, "{stats:?}");
+    let outbox = DirSpool::open(&dir).expect("spool");
+    assert!(
+        outbox.inspect(Area::Drafts, &id).is_err(),
+        "recorded as delivered"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_mailer_dropped_without_shutdown_lets_its_deliverer_end() {
+    let (faulty, dir, h) = Faulty::new("dropped");
+    let mailer = Mailer::builder(settings(dead_port()))
+        .outbox(faulty, policy())
+        .build()
+        .expect("mailer");
+    drop(mailer);
+    // The deliverer held the outbox: it ends, and the outbox is dropped.
+    tokio::time::timeout(WAIT, h.released)
+        .await
+        .expect("the deliverer ended")
+        .expect("dropped");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,0 +1,174 @@
+//! The draft format's tests: damaged headers are refused, every draft
+//! info reads back as it was written.
+
+use std::time::UNIX_EPOCH;
+
+use super::*;
+
+#[test]
+fn damaged_headers_are_refused() {
+    let id = DraftId::parse("019abc0000000-0123456789abcdef").expect("id");
+    let good = encode_draft(
+        &DraftInfo {
+            id: id.clone(),
+            area: Area::Drafts,
+            envelope: Envelope {
+                from: "app@example.com".into(),
+                recipients: vec![Recipient::new("user1@example.net")],
+                ..Envelope::default()
+            },
+            size: 4,
+            created: UNIX_EPOCH,
+            attempts: 0,
+            next_attempt: UNIX_EPOCH,
+            last_error: None,
+            possibly_delivered: false,
+        },
+        b"body",
+    );
+    assert!(decode_draft(id.clone(), Area::Drafts, &good, true).is_some());
+    let text = String::from_utf8(good).expect("utf-8");
+    for bad in [
+        text.replace("from ", "from x\nfrom "),          // a field twice
+        text.replace("size 4", "size 5"),                // truncated
+        text.replace("draft 2", "draft 3"),              // a newer format
+        text.replace("attempts 0", "attempts 0\nbcc x"), // unknown field
+        text.replace("attempts 0", "attempts 0\nrequiretls yes"),
+        text.replace("example.net", "example.net notify=SOMETIMES"),
+        text.replace("example.net", "example%2.net"),
+        text.replace("example.net", "example.net%0D%0AX: y"),
+    ] {
+        assert_eq!(
+            decode_draft(id.clone(), Area::Drafts, bad.as_bytes(), true),
+            None,
+            "{bad}"
+        );
+    }
+}
+
+mod roundtrip {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::super::*;
+    use crate::proto::command::{BodyType, DsnReturn, MailParams, Notify, RcptParams};
+    use proptest::prelude::*;
+
+    fn local_part() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,12}(\\.[a-zA-Z0-9%+_-]{1,8}){0,2}",
+            // Quoted: spaces, '%' and escaped quotes are kept.
+            "\"[a-z %@.,]{1,10}(\\\\\"[a-z]{0,3})?\"",
+            "[a-zé日本]{1,6}",
+        ]
+    }
+
+    fn domain() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9]{1,10}(\\.[a-z0-9]([a-z0-9-]{0,5}[a-z0-9])?){0,3}\\.[a-z]{2,6}",
+            Just("[127.0.0.1]".to_owned()),
+            Just("例え.テスト".to_owned()),
+        ]
+    }
+
+    fn address() -> impl Strategy<Value = String> {
+        (local_part(), domain()).prop_map(|(l, d)| format!("{l}@{d}"))
+    }
+
+    /// Printable text (ENVID, ORCPT): no control bytes, as the
+    /// protocol requires; spaces, '%', '+', '=' and UTF-8 included.
+    fn text(max: usize) -> impl Strategy<Value = String> {
+        proptest::string::string_regex(&format!("[ -~é<>%+=]{{1,{max}}}")).expect("regex")
+    }
+
+    fn notify() -> impl Strategy<Value = Notify> {
+        prop_oneof![
+            Just(Notify::Never),
+            (any::<bool>(), any::<bool>(), any::<bool>())
+                .prop_filter("at least one condition", |(s, f, d)| *s || *f || *d)
+                .prop_map(|(success, failure, delay)| Notify::On {
+                    success,
+                    failure,
+                    delay
+                }),
+        ]
+    }
+
+    fn recipient() -> impl Strategy<Value = Recipient> {
+        (
+            address(),
+            proptest::option::of(notify()),
+            proptest::option::of(text(60)),
+        )
+            .prop_map(|(address, notify, orcpt)| Recipient {
+                address,
+                params: RcptParams { notify, orcpt },
+            })
+    }
+
+    fn mail_params() -> impl Strategy<Value = MailParams> {
+        (
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(prop_oneof![
+                Just(BodyType::SevenBit),
+                Just(BodyType::EightBitMime),
+                Just(BodyType::BinaryMime)
+            ]),
+            any::<bool>(),
+            proptest::option::of(prop_oneof![Just(DsnReturn::Full), Just(DsnReturn::Headers)]),
+            // xtext triples non-ASCII bytes on the wire: 12 characters stay under 100 bytes.
+            proptest::option::of(text(12)),
+            any::<bool>(),
+        )
+            .prop_map(|(size, body, smtputf8, ret, envid, requiretls)| MailParams {
+                size,
+                body,
+                smtputf8,
+                ret,
+                envid,
+                requiretls,
+            })
+    }
+
+    /// A time the header stores exactly: whole milliseconds.
+    fn time() -> impl Strategy<Value = SystemTime> {
+        (0u64..8_000_000_000_000).prop_map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn every_draft_info_round_trips(
+            from in prop_oneof![Just(String::new()), address()],
+            params in mail_params(),
+            recipients in proptest::collection::vec(recipient(), 1..4),
+            content in proptest::collection::vec(any::<u8>(), 0..64),
+            created in time(),
+            next_attempt in time(),
+            attempts in any::<u32>(),
+            // Any text: line breaks and controls included.
+            last_error in proptest::option::of("(.|\r|\n|\u{0}){0,40}"),
+            failed in any::<bool>(),
+            possibly_delivered in any::<bool>(),
+        ) {
+            let envelope = Envelope { from, params, recipients };
+            prop_assert!(envelope.validate().is_ok(), "{:?}: {:?}", envelope, envelope.validate());
+            let info = DraftInfo {
+                id: DraftId::parse("019abc0000000-0123456789abcdef").expect("id"),
+                area: if failed { Area::Failed } else { Area::Drafts },
+                envelope,
+                size: content.len() as u64,
+                created,
+                attempts,
+                next_attempt,
+                last_error,
+                possibly_delivered,
+            };
+            let raw = encode_draft(&info, &content);
+            let decoded = decode_draft(info.id.clone(), info.area, &raw, true);
+            prop_assert_eq!(decoded, Some((info.clone(), content)));
+            let (header_only, _) = decode_draft(info.id.clone(), info.area, &raw, false).expect("reads");
+            prop_assert_eq!(header_only, info);
+        }
+    }
+}
