@@ -80,7 +80,7 @@ pub use retry::RetryPolicy;
 
 use crate::address::AddressPolicy;
 use crate::email::{AttachmentPolicy, Composer, Email};
-use crate::error::{Error, Kind};
+use crate::error::Error;
 use crate::message::Message;
 use crate::outbox::{DraftId, Outbox, OutboxPolicy};
 use crate::proto::reply::Reply;
