@@ -499,21 +499,38 @@ impl<M: Manager> Pool<M> {
                     None => break,
                 }
             };
-            let mut submitted = Vec::with_capacity(batch.len());
-            for mut job in batch {
+            // The whole batch passes the rate limit before anything of it is
+            // written: a transaction buffered while a later one waits could
+            // otherwise go out after its own send timeout.
+            let mut admitted = Vec::with_capacity(batch.len());
+            for job in batch {
                 if let Some(limiter) = &self.limiter {
                     let mut stop = self.stop.subscribe();
                     let expired = sleep_until_expiry(job.expiry.as_deref(), self.config.send_timeout);
                     let waited = tokio::select! {
-                        _ = limiter.admit() => None,
-                        _ = stop.wait_for(|s| *s) => Some(shutdown_error()),
+                        biased;
                         timeout = expired => Some(timeout),
+                        _ = stop.wait_for(|s| *s) => Some(shutdown_error()),
+                        _ = limiter.admit() => None,
                     };
                     if let Some(e) = waited {
                         self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
                         self.complete(job, Err(e));
                         continue;
                     }
+                }
+                admitted.push(job);
+            }
+            let now = Instant::now();
+            let mut submitted = Vec::with_capacity(admitted.len());
+            for mut job in admitted {
+                if job.expiry.as_ref().is_some_and(|e| e.at <= now) {
+                    // Its send timeout ran out while others waited: it was
+                    // never written, and never will be.
+                    self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    let timeout = self.config.send_timeout.unwrap_or_default();
+                    self.complete(job, Err(queue_timeout(timeout)));
+                    continue;
                 }
                 job.attempts += 1;
                 let traced = trace::transaction(
@@ -534,6 +551,8 @@ impl<M: Manager> Pool<M> {
                     }
                 }
             }
+            open.conn
+                .set_deadline(earliest_expiry(submitted.iter().map(|(_, job, _)| job)));
             let mut submitted = VecDeque::from(submitted);
             while let Some((tx, job, traced)) = submitted.pop_front() {
                 let result = open.conn.outcome(tx).await;

@@ -485,6 +485,11 @@ impl Connection {
         if !self.session.wants_write() {
             return Ok(());
         }
+        if self.cap.is_some_and(|cap| cap <= Instant::now()) {
+            // Nothing is written once the outer deadline has passed (a
+            // timer that already expired would still let one write through).
+            return Err(self.session.abort(send_timeout_error(None)));
+        }
         let limit = self.settings().timeouts.data;
         let (deadline, by_cap) = self.capped(Instant::now() + limit);
         let out = self.session.output();

@@ -462,3 +462,46 @@ async fn every_bad_mailer_setting_is_reported_at_once() {
         "invalid mailer settings: max_connections: must be at least 1; queue_capacity: must be at least 1; send_timeout: must be more than zero and at most 1 day"
     );
 }
+
+#[tokio::test]
+async fn a_message_whose_send_timeout_ran_out_while_its_batch_waited_is_never_written() {
+    // Two messages a day. The first goes alone; the next two are batched
+    // onto the same connection: the second passes the rate limit, the third
+    // waits for it until both send timeouts have run out. Neither may then
+    // be written (with CHUNKING the second's whole body would already be
+    // buffered behind the third's wait).
+    let srv = server(ServerConfig::new().chunking(true)).await;
+    let mailer = Mailer::builder(settings(&srv).build().expect("settings"))
+        .max_connections(1)
+        .rate_limit(RateLimit::new(2, Duration::from_secs(24 * 60 * 60)))
+        .send_timeout(Some(Duration::from_millis(300)))
+        .build()
+        .expect("mailer");
+    let first = mailer
+        .submit(message("ops@example.net", "first"))
+        .await
+        .expect("queued");
+    let second = mailer
+        .submit(message("ops@example.net", "second"))
+        .await
+        .expect("queued");
+    let third = mailer
+        .submit(message("ops@example.net", "third"))
+        .await
+        .expect("queued");
+    first.await.expect("delivered");
+    for (name, pending) in [("second", second), ("third", third)] {
+        let e = tokio::time::timeout(WAIT, pending)
+            .await
+            .expect("answered by the send timeout")
+            .expect_err("timed out");
+        assert!(e.is_timeout(), "{name}: {e}");
+        assert_eq!(e.stage(), Some(relaymail::Stage::Queue), "{name}: {e}");
+    }
+    mailer.shutdown(WAIT).await;
+    srv.wait_for_closed_sessions(srv.connections_total(), WAIT)
+        .await
+        .expect("closed");
+    let got: Vec<String> = srv.messages().iter().map(|m| subject(&m.data)).collect();
+    assert_eq!(got, ["first"], "nothing was written after its send timeout");
+}
