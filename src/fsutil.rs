@@ -38,12 +38,21 @@ pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Takes group and other permissions away from an existing directory (on
-/// unix; elsewhere nothing to do).
+/// unix; elsewhere nothing to do). A symbolic link, or anything but a
+/// directory, is refused: nothing is changed through a link planted in
+/// place of the directory.
 pub(crate) fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    let meta = fs::symlink_metadata(dir)?;
+    if !meta.file_type().is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a directory (a symbolic link is not followed)",
+        ));
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir)?.permissions().mode();
+        let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             fs::set_permissions(dir, fs::Permissions::from_mode(mode & !0o077))?;
         }

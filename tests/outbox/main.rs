@@ -724,3 +724,21 @@ async fn a_mailer_dropped_without_shutdown_lets_its_deliverer_end() {
         .expect("dropped");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_symbolic_link_in_place_of_a_spool_directory_is_refused_and_its_target_untouched() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = spool_dir("symlinked");
+    let (root, elsewhere) = (base.join("spool"), base.join("elsewhere"));
+    std::fs::create_dir_all(&root).expect("root");
+    std::fs::create_dir_all(&elsewhere).expect("elsewhere");
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::write(elsewhere.join("important.txt"), b"not a draft").expect("file");
+    std::os::unix::fs::symlink(&elsewhere, root.join("drafts")).expect("symlink");
+    let e = DirSpool::open(&root).map(|_| ()).expect_err("refused");
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert_eq!(mode(&elsewhere), 0o755, "the link's target keeps its mode");
+    assert!(elsewhere.join("important.txt").exists());
+    let _ = std::fs::remove_dir_all(base);
+}
