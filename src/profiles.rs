@@ -222,6 +222,7 @@ pub struct ProfileStore {
     path: PathBuf,
     key: SecretKey,
     followers: Mutex<Vec<WeakMailer>>,
+    legacy_seals: bool,
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -235,13 +236,28 @@ impl ProfileStore {
             path: path.into(),
             key,
             followers: Mutex::new(Vec::new()),
+            legacy_seals: true,
         }
     }
 
-    fn read(&self, key: &SecretKey) -> Result<Profiles, Error> {
+    /// Refuses passwords sealed by releases before 0.1 (version-1 seals,
+    /// bound to the profile name only) instead of opening and re-sealing
+    /// them. A version-1 record opens whatever settings stand beside it, so
+    /// someone who can write the store and kept an old copy of it (a backup)
+    /// could pair the old sealed password with a server of theirs. Once
+    /// every store has been loaded by this version (which re-seals it), turn
+    /// this on, or rotate the key ([`rotate_key`](Self::rotate_key)): old
+    /// copies then no longer open at all.
+    pub fn refuse_legacy_seals(mut self) -> ProfileStore {
+        self.legacy_seals = false;
+        self
+    }
+
+    /// The profiles, and whether any password had a version-1 seal.
+    fn read(&self, key: &SecretKey) -> Result<(Profiles, bool), Error> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Profiles::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Profiles::new(), false)),
             Err(e) => return Err(io_error("cannot read the profile store", &self.path, e)),
         };
         let stored: StoredFile = serde_json::from_str(&text).map_err(|e| {
@@ -257,7 +273,22 @@ impl ProfileStore {
             )));
         }
         let mut list = Vec::with_capacity(stored.profiles.len());
+        let mut legacy = false;
         for p in stored.profiles {
+            if p.settings.is_legacy_seal() {
+                if !self.legacy_seals {
+                    return Err(Error::new(
+                        Kind::Tampered,
+                        None,
+                        format!(
+                            "profile {:?}: its password was sealed by an older relaymail (bound to the profile name only), and this store refuses such seals",
+                            p.name
+                        ),
+                    )
+                    .with_hint("enter the password again in the settings page, or load the store once without refuse_legacy_seals to re-seal it"));
+                }
+                legacy = true;
+            }
             let settings = p
                 .settings
                 .unseal(key, &p.name)
@@ -268,15 +299,28 @@ impl ProfileStore {
                 settings,
             });
         }
-        Ok(Profiles {
-            version: stored.version,
-            list,
-        })
+        Ok((
+            Profiles {
+                version: stored.version,
+                list,
+            },
+            legacy,
+        ))
     }
 
     /// Loads the profiles (none when the file does not exist yet).
+    ///
+    /// A store whose passwords were sealed by an earlier release (version-1
+    /// seals) is re-sealed in the current format at once, so that the old
+    /// seals do not stay on disk until the next save; if that write fails
+    /// (a read-only file, a concurrent save), the profiles are still
+    /// returned and the next save re-seals them.
     pub fn load(&self) -> Result<Profiles, Error> {
-        self.read(&self.key)
+        let (mut profiles, legacy) = self.read(&self.key)?;
+        if legacy {
+            let _ = self.write(&mut profiles, &self.key);
+        }
+        Ok(profiles)
     }
 
     /// Saves `profiles` if the file is still at the version they were loaded
@@ -511,28 +555,34 @@ mod tests {
         assert_eq!(store.load().expect("load").len(), 3);
     }
 
-    #[test]
-    fn a_store_sealed_by_an_earlier_release_opens_and_is_resealed_on_save() {
-        let path = temp("version1");
-        let key = SecretKey::generate().expect("key");
-        let old = settings("a.example.com");
+    /// A store file as an earlier release wrote it: one version-1 seal.
+    fn version_1_store(path: &Path, key: &SecretKey, old: &SmtpSettings) -> serde_json::Value {
         let file = serde_json::json!({
             "format": 1,
             "version": 3,
             "profiles": [{
                 "name": "primary",
                 "enabled": true,
-                "settings": crate::settings::seal_version_1(&old, &key, "primary"),
+                "settings": crate::settings::seal_version_1(old, key, "primary"),
             }],
         });
-        std::fs::write(&path, file.to_string()).expect("write");
+        std::fs::write(path, file.to_string()).expect("write");
+        file
+    }
+
+    #[test]
+    fn a_store_sealed_by_an_earlier_release_opens_and_is_resealed_on_load() {
+        let path = temp("version1");
+        let key = SecretKey::generate().expect("key");
+        let old = settings("a.example.com");
+        version_1_store(&path, &key, &old);
         let store = ProfileStore::new(&path, key);
-        let mut p = store.load().expect("an old store opens");
+        let p = store.load().expect("an old store opens");
         assert_eq!(
             format!("{:?}", p.active().expect("active").settings()),
             format!("{old:?}")
         );
-        store.save(&mut p).expect("saved");
+        // Re-sealed by the load itself, not only at the next save.
         let text = std::fs::read_to_string(&path).expect("file");
         let saved: serde_json::Value = serde_json::from_str(&text).expect("json");
         let sealed = &saved["profiles"][0]["settings"]["password"];
@@ -543,6 +593,32 @@ mod tests {
             format!("{:?}", again.active().expect("active").settings()),
             format!("{old:?}")
         );
+    }
+
+    #[test]
+    fn a_store_that_refuses_legacy_seals_does_not_open_an_old_password_replayed_into_it() {
+        let path = temp("replayed");
+        let key = SecretKey::generate().expect("key");
+        let old = settings("a.example.com");
+        // A copy of the store from before the upgrade (a backup).
+        let backup = version_1_store(&path, &key, &old);
+        let key_text = key.to_base64();
+        ProfileStore::new(&path, key).load().expect("migrated");
+        let key = SecretKey::from_base64(secrecy::ExposeSecret::expose_secret(&key_text)).expect("key");
+        // Someone who can write the file puts the old sealed password back,
+        // beside settings of their own.
+        let mut file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("file")).expect("json");
+        file["profiles"][0]["settings"]["password"] = backup["profiles"][0]["settings"]["password"].clone();
+        file["profiles"][0]["settings"]["settings"]["host"] = "attacker.example.net".into();
+        file["profiles"][0]["settings"]["settings"]["tls"] = "none".into();
+        std::fs::write(&path, file.to_string()).expect("write");
+        let e = ProfileStore::new(&path, key)
+            .refuse_legacy_seals()
+            .load()
+            .expect_err("refused");
+        assert!(e.is_tampered(), "{e}");
+        assert!(!e.to_string().contains("pw-for"), "{e}");
     }
 
     #[test]

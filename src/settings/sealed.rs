@@ -380,6 +380,14 @@ fn tampered() -> Error {
 }
 
 impl SealedSettings {
+    /// Whether the password is sealed in the version-1 format of earlier
+    /// releases (bound to the profile name only, not to the settings).
+    pub fn is_legacy_seal(&self) -> bool {
+        self.password
+            .as_ref()
+            .is_some_and(|p| p.version == VERSION_PROFILE_ONLY)
+    }
+
     /// Opens the password with `key` for `profile` and validates the
     /// settings. A record changed since it was sealed (a setting, the
     /// profile name, the seal version or the sealed bytes) is an error for
