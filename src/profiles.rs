@@ -214,6 +214,27 @@ struct StoredFile {
     format: u32,
     version: u64,
     profiles: Vec<StoredProfile>,
+    /// HMAC-SHA-256 (under a subkey of the store's key) of everything
+    /// above: names, order, `enabled`, every setting, the sealed passwords.
+    /// Absent in stores written by earlier releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+impl StoredFile {
+    /// The bytes the store's tag covers, in a form no two stores share.
+    fn authenticated_bytes(&self) -> Vec<u8> {
+        let mut out = b"relaymail profile store\0".to_vec();
+        out.extend_from_slice(&self.format.to_be_bytes());
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&(self.profiles.len() as u64).to_be_bytes());
+        for p in &self.profiles {
+            crate::settings::push_field(&mut out, p.name.as_bytes());
+            out.push(u8::from(p.enabled));
+            p.settings.authenticated_bytes(&p.name, &mut out);
+        }
+        out
+    }
 }
 
 /// A JSON file of profiles with sealed passwords. See the [module docs](self).
@@ -272,8 +293,31 @@ impl ProfileStore {
                 stored.format
             )));
         }
-        let mut list = Vec::with_capacity(stored.profiles.len());
+        // The whole file is authenticated: profiles without a password, their
+        // order and `enabled` included, not only each sealed password.
         let mut legacy = false;
+        match &stored.mac {
+            Some(mac) if key.verify_store_mac(&stored.authenticated_bytes(), mac) => {}
+            Some(_) if stored.profiles.iter().any(|p| p.settings.sealed_with_other_key(key)) => {
+                return Err(Error::new(
+                    Kind::Config,
+                    None,
+                    "the profile store cannot be opened with this key",
+                )
+                .with_hint("use the key the store was saved with (or rotate it with rotate_key)"));
+            }
+            Some(_) => return Err(crate::settings::tampered().about("the profile store")),
+            None if !self.legacy_seals => {
+                return Err(Error::new(
+                    Kind::Tampered,
+                    None,
+                    "the profile store is not authenticated (written by an older relaymail), and this store refuses such files",
+                )
+                .with_hint("load it once without refuse_legacy_seals to re-seal it, or enter the settings again"))
+            }
+            None => legacy = true,
+        }
+        let mut list = Vec::with_capacity(stored.profiles.len());
         for p in stored.profiles {
             if p.settings.is_legacy_seal() {
                 if !self.legacy_seals {
@@ -374,9 +418,10 @@ impl ProfileStore {
             .with_hint("load the profiles again, reapply the change and save"));
         }
         let next = on_disk + 1;
-        let stored = StoredFile {
+        let mut stored = StoredFile {
             format: 1,
             version: next,
+            mac: None,
             profiles: profiles
                 .list
                 .iter()
@@ -389,6 +434,7 @@ impl ProfileStore {
                 })
                 .collect::<Result<_, Error>>()?,
         };
+        stored.mac = Some(key.store_mac(&stored.authenticated_bytes()));
         let json =
             serde_json::to_vec_pretty(&stored).map_err(|e| Error::config(format!("cannot encode: {e}")))?;
         let tmp = dir.join(format!(
@@ -619,6 +665,76 @@ mod tests {
             .expect_err("refused");
         assert!(e.is_tampered(), "{e}");
         assert!(!e.to_string().contains("pw-for"), "{e}");
+    }
+
+    #[test]
+    fn the_whole_store_is_authenticated_not_only_the_sealed_passwords() {
+        let path = temp("authenticated");
+        let store = ProfileStore::new(&path, SecretKey::generate().expect("key"));
+        let mut p = store.load().expect("load");
+        p.add("primary", settings("a.example.com"), true).expect("add");
+        p.add("backup", settings("b.example.com"), false).expect("add");
+        store.save(&mut p).expect("saved");
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("file")).expect("json");
+        // Edits that need no key: a profile without a password put first
+        // (all mail to another relay in clear text), another one enabled,
+        // the order changed.
+        let mut unsealed = saved.clone();
+        let mut evil = unsealed["profiles"][0].clone();
+        evil["name"] = "evil".into();
+        evil["settings"]["settings"]["host"] = "attacker.example.net".into();
+        evil["settings"]["settings"]["tls"] = "none".into();
+        evil["settings"]["settings"]
+            .as_object_mut()
+            .expect("object")
+            .remove("username");
+        evil["settings"]
+            .as_object_mut()
+            .expect("object")
+            .remove("password");
+        unsealed["profiles"]
+            .as_array_mut()
+            .expect("array")
+            .insert(0, evil);
+        let mut enabled = saved.clone();
+        enabled["profiles"][1]["enabled"] = true.into();
+        let mut reordered = saved.clone();
+        reordered["profiles"].as_array_mut().expect("array").swap(0, 1);
+        let mut stripped = saved.clone();
+        stripped.as_object_mut().expect("object").remove("mac");
+        for (what, file) in [
+            ("unsealed profile", unsealed),
+            ("enabled", enabled),
+            ("order", reordered),
+        ] {
+            std::fs::write(&path, file.to_string()).expect("write");
+            let e = store.load().expect_err(what);
+            assert!(e.is_tampered(), "{what}: {e}");
+        }
+        // Without its tag, the file reads as an older release's: accepted
+        // (and re-tagged) unless legacy files are refused.
+        std::fs::write(&path, stripped.to_string()).expect("write");
+        let key_text = store.key.to_base64();
+        let key = || SecretKey::from_base64(secrecy::ExposeSecret::expose_secret(&key_text)).expect("key");
+        let e = ProfileStore::new(&path, key())
+            .refuse_legacy_seals()
+            .load()
+            .expect_err("refused");
+        assert!(e.is_tampered(), "{e}");
+        store.load().expect("an untagged store opens by default");
+        let retagged: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("file")).expect("json");
+        assert!(retagged["mac"].is_string(), "tagged again on load");
+        ProfileStore::new(&path, key())
+            .refuse_legacy_seals()
+            .load()
+            .expect("opens");
+        // Another key: said as such, not as tampering.
+        let e = ProfileStore::new(&path, SecretKey::generate().expect("key"))
+            .load()
+            .expect_err("wrong key");
+        assert!(!e.is_tampered(), "{e}");
     }
 
     #[test]

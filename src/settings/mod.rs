@@ -48,6 +48,8 @@ pub use data::{SettingsData, TimeoutsData};
 #[cfg(all(test, feature = "serde"))]
 pub(crate) use sealed::seal_version_1;
 #[cfg(feature = "serde")]
+pub(crate) use sealed::{push_field, tampered};
+#[cfg(feature = "serde")]
 pub use sealed::{SealedSecret, SealedSettings, SecretKey};
 pub use update::{PasswordChange, SettingsUpdate};
 pub use url::SmtpUrl;

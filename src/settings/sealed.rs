@@ -152,6 +152,35 @@ impl SecretKey {
 }
 
 const KEY_CHECK_LABEL: &[u8] = b"relaymail sealed settings key check v2";
+const STORE_MAC_LABEL: &[u8] = b"relaymail profile store authentication v1";
+
+impl SecretKey {
+    /// The key that authenticates a whole profile store: a subkey derived
+    /// from this one (HMAC-SHA-256 of a fixed label), never the sealing key
+    /// itself.
+    fn store_key(&self) -> hmac::Key {
+        let sub = hmac::sign(&self.check_key(), STORE_MAC_LABEL);
+        hmac::Key::new(hmac::HMAC_SHA256, sub.as_ref())
+    }
+
+    /// The authentication tag of a profile store's canonical bytes, base64.
+    pub(crate) fn store_mac(&self, data: &[u8]) -> String {
+        B64.encode(hmac::sign(&self.store_key(), data))
+    }
+
+    /// Whether `mac` is the tag of `data` under this key.
+    pub(crate) fn verify_store_mac(&self, data: &[u8], mac: &str) -> bool {
+        B64.decode(mac)
+            .is_ok_and(|tag| hmac::verify(&self.store_key(), data, &tag).is_ok())
+    }
+}
+
+/// Appends `bytes` with its length in front (so that no two sequences of
+/// fields encode alike).
+pub(crate) fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
 
 /// An encrypted password.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -370,7 +399,7 @@ fn unseal_error() -> Error {
     key_error("the sealed password cannot be opened: wrong key, another profile's data, or altered data")
 }
 
-fn tampered() -> Error {
+pub(crate) fn tampered() -> Error {
     Error::new(
         Kind::Tampered,
         None,
@@ -380,6 +409,39 @@ fn tampered() -> Error {
 }
 
 impl SealedSettings {
+    /// This record's canonical bytes for a store's authentication tag: the
+    /// profile name and every setting (as the seal binds them), and the
+    /// sealed password as stored, or its absence.
+    pub(crate) fn authenticated_bytes(&self, profile: &str, out: &mut Vec<u8>) {
+        push_field(out, &bound_aad(profile, &self.settings));
+        match &self.password {
+            None => out.push(0),
+            Some(p) => {
+                out.push(1);
+                push_field(out, p.algorithm.as_bytes());
+                out.extend_from_slice(&p.version.to_be_bytes());
+                push_field(out, p.nonce.as_bytes());
+                push_field(out, p.ciphertext.as_bytes());
+                match &p.key_check {
+                    None => out.push(0),
+                    Some(check) => {
+                        out.push(1);
+                        push_field(out, check.as_bytes());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the password was sealed under another key than `key` (its
+    /// key check says so).
+    pub(crate) fn sealed_with_other_key(&self, key: &SecretKey) -> bool {
+        self.password
+            .as_ref()
+            .and_then(|p| p.key_check.as_deref())
+            .is_some_and(|check| !key.is_key_check(check))
+    }
+
     /// Whether the password is sealed in the version-1 format of earlier
     /// releases (bound to the profile name only, not to the settings).
     pub fn is_legacy_seal(&self) -> bool {

@@ -133,6 +133,15 @@ async fn every_stored_setting_is_bound_to_the_sealed_password() {
             object.insert(field.to_owned(), value);
         }
         assert_ne!(file, original, "{what}: the change is real");
+        // The store's tag catches the edit first.
+        std::fs::write(&path, serde_json::to_vec_pretty(&file).expect("json")).expect("write");
+        let e = reopen().expect_err(what);
+        let shown = format!("{e}\n{e:?}");
+        assert!(!shown.contains(PASSWORD), "{what}: {shown}");
+        assert!(e.is_tampered(), "{what}: {e}");
+        // Without the tag (as an older release wrote stores), the seal itself
+        // still refuses the edited record.
+        file.as_object_mut().expect("object").remove("mac");
         std::fs::write(&path, serde_json::to_vec_pretty(&file).expect("json")).expect("write");
         let e = reopen().expect_err(what);
         let shown = format!("{e}\n{e:?}");
