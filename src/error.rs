@@ -355,7 +355,10 @@ impl fmt::Display for Error {
         }
         f.write_str(&self.0.message)?;
         if let Some(reply) = &self.0.reply {
-            write!(f, " (server replied: {reply})")?;
+            // Escaped once, here, with the rest.
+            f.write_str(" (server replied: ")?;
+            reply.write_unescaped(&mut f)?;
+            f.write_str(")")?;
         }
         if let Some(source) = &self.0.source {
             // Said once: a message built from its source already says it.

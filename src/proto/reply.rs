@@ -216,17 +216,25 @@ impl Reply {
 
 /// Shows code, enhanced code and [`text`](Reply::text), with control
 /// characters escaped as [`Escaped`] does.
-impl fmt::Display for Reply {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Reply {
+    /// The reply as [`Display`](fmt::Display) shows it, but its text as the
+    /// server sent it: for a writer that escapes everything itself.
+    pub(crate) fn write_unescaped(&self, f: &mut dyn fmt::Write) -> fmt::Result {
         write!(f, "{}", self.code)?;
         if let Some(e) = self.enhanced {
             write!(f, " {e}")?;
         }
         let text = self.text();
         if !text.is_empty() {
-            write!(f, " {}", Escaped(&text))?;
+            write!(f, " {text}")?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_unescaped(&mut EscapeWriter(f))
     }
 }
 
@@ -234,14 +242,18 @@ impl fmt::Display for Reply {
 /// a log line escaped: every Unicode control character (C0 such as ESC, BEL,
 /// NUL, CR and LF, DEL, and C1) and the bidirectional overrides and isolates
 /// (U+202A..=U+202E, U+2066..=U+2069). Each is shown as Rust's `\u{..}`
-/// escape with lower-case hex: ESC as `\u{1b}`, CR as `\u{d}`. Other text,
-/// backslashes included, is shown as is.
+/// escape with lower-case hex: ESC as `\u{1b}`, CR as `\u{d}`; so are the
+/// invisible direction marks and separators (U+200E, U+200F, U+061C,
+/// U+2028, U+2029, U+FEFF). A backslash is shown doubled, so that server
+/// text cannot pass for an escape. Other text is shown as is.
 ///
 /// Use it wherever server text is printed or logged.
 ///
 /// ```
 /// use relaymail::proto::reply::Escaped;
 /// assert_eq!(Escaped("a\x1b[2Jb\r\n").to_string(), "a\\u{1b}[2Jb\\u{d}\\u{a}");
+/// // Text that looks like an escape, and a line separator.
+/// assert_eq!(Escaped("a\\u{1b}\u{2028}").to_string(), "a\\\\u{1b}\\u{2028}");
 /// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Escaped<T>(pub T);
@@ -254,7 +266,19 @@ impl<T: fmt::Display> fmt::Display for Escaped<T> {
 
 /// Whether [`Escaped`] shows `c` as an escape.
 fn is_escaped(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(
+            c,
+            '\\'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{061c}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{feff}'
+        )
 }
 
 /// A [`fmt::Write`] that passes text on with [`is_escaped`] characters
@@ -265,7 +289,11 @@ impl<W: fmt::Write> fmt::Write for EscapeWriter<W> {
     fn write_str(&mut self, mut s: &str) -> fmt::Result {
         while let Some((at, c)) = s.char_indices().find(|&(_, c)| is_escaped(c)) {
             self.0.write_str(&s[..at])?;
-            write!(self.0, "\\u{{{:x}}}", u32::from(c))?;
+            if c == '\\' {
+                self.0.write_str("\\\\")?;
+            } else {
+                write!(self.0, "\\u{{{:x}}}", u32::from(c))?;
+            }
             s = &s[at + c.len_utf8()..];
         }
         self.0.write_str(s)
