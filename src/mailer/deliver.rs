@@ -10,7 +10,7 @@ use tokio::sync::{watch, Notify};
 use super::{trace, Inner, Mailer, Receipt};
 use crate::error::Error;
 use crate::outbox::{Claim, Outbox, OutboxPolicy};
-use crate::proto::session::Recipient;
+use crate::proto::session::{deferred_recipients, Envelope, Recipient};
 
 /// What happens to a draft after an attempt ended with `result`.
 #[derive(Debug)]
@@ -25,17 +25,13 @@ pub(super) enum Verdict {
     Release,
 }
 
-/// What happens to a draft whose attempt ended with `result`: recipients
-/// that answered 4yz are owed another attempt.
-pub(super) fn verdict(result: &Result<Receipt, Error>) -> Verdict {
+/// What happens to a draft for `envelope` whose attempt ended with
+/// `result`: recipients that answered 4yz are owed another attempt, with
+/// their DSN parameters.
+pub(super) fn verdict(result: &Result<Receipt, Error>, envelope: &Envelope) -> Verdict {
     match result {
         Ok(receipt) => {
-            let again: Vec<Recipient> = receipt
-                .recipients()
-                .iter()
-                .filter(|r| r.reply.as_ref().is_some_and(|rep| rep.is_transient()))
-                .map(|r| Recipient::new(r.address.clone()))
-                .collect();
+            let again = deferred_recipients(&envelope.recipients, receipt.recipients());
             if again.is_empty() {
                 Verdict::Done
             } else {
@@ -135,7 +131,7 @@ pub(super) async fn deliver_drafts(
                         inner.pool.count_possible_duplicate();
                     }
                 }
-                let verdict = verdict(&result);
+                let verdict = verdict(&result, &claim.info().envelope);
                 match record(spool.as_ref(), &policy, claim, verdict).await {
                     Ok(()) => true,
                     Err(e) => {

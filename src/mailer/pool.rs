@@ -33,7 +33,7 @@ use super::limit::{Limiter, RateLimit};
 use super::retry::RetryPolicy;
 use super::{Receipt, Stats};
 use crate::error::{Error, Kind};
-use crate::proto::session::{Envelope, Recipient, RecipientReply, TxId};
+use crate::proto::session::{deferred_recipients, Envelope, RecipientReply, TxId};
 use crate::transport::{ConnectionInfo, Delivery};
 
 use super::trace;
@@ -648,18 +648,19 @@ impl<M: Manager> Pool<M> {
         let policy = &self.config.retry;
         match result {
             Ok(delivery) => {
-                let mut again: Vec<Recipient> = Vec::new();
                 let reply = delivery.reply().clone();
-                for r in delivery.recipients() {
-                    let transient = r.reply.as_ref().is_some_and(|rep| rep.is_transient());
-                    if !r.accepted() && transient && self.may_retry(&job) {
-                        if let Some(rcpt) = job.envelope.recipients.iter().find(|x| x.address == r.address) {
-                            again.push(rcpt.clone());
-                            continue;
-                        }
-                    }
-                    job.settled.push(r.clone());
-                }
+                let again = if self.may_retry(&job) {
+                    deferred_recipients(&job.envelope.recipients, delivery.recipients())
+                } else {
+                    Vec::new()
+                };
+                job.settled.extend(
+                    delivery
+                        .recipients()
+                        .iter()
+                        .filter(|r| !again.iter().any(|a| a.address == r.address))
+                        .cloned(),
+                );
                 job.last_reply = Some(reply);
                 if again.is_empty() {
                     self.complete(job, Ok(()));

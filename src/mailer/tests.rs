@@ -566,3 +566,43 @@ async fn a_message_given_up_at_its_send_timeout_in_the_queue_is_never_sent() {
         (1, 1, 0, 0)
     );
 }
+
+#[test]
+fn a_deferred_recipient_keeps_its_dsn_parameters_in_the_draft() {
+    use super::deliver::{verdict, Verdict};
+    use crate::proto::command::Notify;
+    use crate::transport::Delivery;
+    let mut a = Recipient::new("a@example.net");
+    a.params.notify = Some(Notify::On {
+        success: false,
+        failure: true,
+        delay: true,
+    });
+    a.params.orcpt = Some("rfc822;a@example.net".into());
+    let envelope = Envelope {
+        from: "app@example.com".into(),
+        recipients: vec![a.clone(), Recipient::new("b@example.net")],
+        ..Envelope::default()
+    };
+    let receipt = Receipt {
+        delivery: Delivery::new(
+            vec![
+                RecipientReply {
+                    address: "a@example.net".into(),
+                    reply: Some(reply(450, "4.2.1 mailbox busy")),
+                },
+                RecipientReply {
+                    address: "b@example.net".into(),
+                    reply: Some(reply(250, "2.1.5 ok")),
+                },
+            ],
+            reply(250, "2.0.0 queued"),
+        ),
+        attempts: 1,
+        possibly_duplicated: false,
+    };
+    match verdict(&Ok(receipt), &envelope) {
+        Verdict::Defer(_, Some(again)) => assert_eq!(again, [a], "NOTIFY and ORCPT kept"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -209,6 +209,27 @@ impl RecipientReply {
     pub fn accepted(&self) -> bool {
         self.reply.as_ref().is_some_and(Reply::is_positive)
     }
+
+    /// Whether the server refused this recipient for now (4yz): another
+    /// attempt may succeed.
+    pub fn is_deferred(&self) -> bool {
+        self.reply.as_ref().is_some_and(Reply::is_transient)
+    }
+}
+
+/// The recipients (with their parameters) whose reply in `replies` defers
+/// them (4yz), in envelope order: the ones owed another attempt.
+pub(crate) fn deferred_recipients(recipients: &[Recipient], replies: &[RecipientReply]) -> Vec<Recipient> {
+    let deferred: std::collections::HashSet<&str> = replies
+        .iter()
+        .filter(|r| r.is_deferred())
+        .map(|r| r.address.as_str())
+        .collect();
+    recipients
+        .iter()
+        .filter(|r| deferred.contains(r.address.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// The addresses among `recipients` that the server accepted, in order.
