@@ -159,7 +159,7 @@ fn settings(a: &Args) -> Result<SmtpSettings, String> {
                 .clone()
                 .unwrap_or_else(|| "postmaster@localhost.localdomain".into()),
         )
-        .allow_plaintext_auth(a.allow_plaintext_auth);
+        .dangerous(|d| d.allow_plaintext_auth(a.allow_plaintext_auth));
     if let Some(port) = a.port {
         b = b.port(port);
     }

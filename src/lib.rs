@@ -146,7 +146,8 @@ pub use proto::auth::{Credential, Mechanism, UnknownMechanism};
 pub use proto::reply::Reply;
 pub use proto::session::{Envelope, Recipient, RecipientReply};
 pub use settings::{
-    Auth, CredentialProvider, FieldError, PasswordChange, Sender, SettingsErrors, SettingsUpdate,
-    SmtpSettings, SmtpSettingsBuilder, SmtpUrl, Timeouts, TlsMode, TlsOptions, UnknownTlsMode,
+    Auth, CredentialProvider, DangerousSettings, FieldError, PasswordChange, Sender, SettingsErrors,
+    SettingsUpdate, SmtpSettings, SmtpSettingsBuilder, SmtpUrl, Timeouts, TlsMode, TlsOptions,
+    UnknownTlsMode,
 };
 pub use transport::{probe, Connection, ConnectionInfo, Connector, Delivery, TlsInfo};

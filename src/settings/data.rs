@@ -175,11 +175,13 @@ impl SettingsData {
             .port(u32::from(self.port))
             .tls(tls)
             .sender(self.sender)
-            .allow_plaintext_auth(self.allow_plaintext_auth)
+            .dangerous(|d| {
+                d.allow_plaintext_auth(self.allow_plaintext_auth)
+                    .accept_invalid_certs(self.dangerous_accept_invalid_certs)
+                    .accept_invalid_hostnames(self.dangerous_accept_invalid_hostnames)
+            })
             .timeouts(timeouts)
             .webpki_roots(self.webpki_roots)
-            .dangerous_accept_invalid_certs(self.dangerous_accept_invalid_certs)
-            .dangerous_accept_invalid_hostnames(self.dangerous_accept_invalid_hostnames)
             .pipelining(self.pipelining)
             .chunking(self.chunking)
             .require_all_recipients(self.require_all_recipients);

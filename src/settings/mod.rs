@@ -557,6 +557,43 @@ impl From<SettingsErrors> for Error {
     }
 }
 
+/// The insecure switches of [`SmtpSettingsBuilder::dangerous`]. All off by
+/// default.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DangerousSettings {
+    accept_invalid_certs: bool,
+    accept_invalid_hostnames: bool,
+    allow_plaintext_auth: bool,
+}
+
+impl DangerousSettings {
+    /// Accepts any certificate, expired, self-signed or for another host.
+    /// The connection is encrypted but anyone on the path can impersonate
+    /// the relay and read the mail and the password. For a lab relay only;
+    /// trusting its CA ([`SmtpSettingsBuilder::add_root_certificates_pem`])
+    /// is the safe way.
+    pub fn accept_invalid_certs(mut self, on: bool) -> Self {
+        self.accept_invalid_certs = on;
+        self
+    }
+
+    /// Accepts a trusted certificate issued for another host name. Any
+    /// holder of a certificate from a trusted CA can impersonate the relay.
+    pub fn accept_invalid_hostnames(mut self, on: bool) -> Self {
+        self.accept_invalid_hostnames = on;
+        self
+    }
+
+    /// Sends credentials on a connection without TLS. Off: without TLS,
+    /// AUTH is refused with an error saying why. Only for a relay on a
+    /// trusted network (or loopback): anyone on the path reads the password.
+    pub fn allow_plaintext_auth(mut self, on: bool) -> Self {
+        self.allow_plaintext_auth = on;
+        self
+    }
+}
+
 /// Builder for [`SmtpSettings`]; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct SmtpSettingsBuilder {
@@ -639,19 +676,31 @@ impl SmtpSettingsBuilder {
         self
     }
 
-    /// **Dangerous**: accepts any certificate, expired, self-signed or for
-    /// another host. The connection is encrypted but anyone on the path can
-    /// impersonate the relay and read the mail and the password.
-    pub fn dangerous_accept_invalid_certs(mut self, on: bool) -> Self {
-        self.tls_options.dangerous_accept_invalid_certs = on;
-        self
-    }
-
-    /// **Dangerous**: accepts a trusted certificate issued for another host
-    /// name. Any holder of a certificate from a trusted CA can impersonate the
-    /// relay.
-    pub fn dangerous_accept_invalid_hostnames(mut self, on: bool) -> Self {
-        self.tls_options.dangerous_accept_invalid_hostnames = on;
+    /// The switches that weaken security, all in one place (as rustls
+    /// does): each one can expose the mail or the password, and code that
+    /// uses one says so where it is written.
+    ///
+    /// ```
+    /// # use relaymail::{SmtpSettings, TlsMode};
+    /// // A relay on the same machine, without TLS, that wants a login.
+    /// let settings = SmtpSettings::builder()
+    ///     .host("127.0.0.1")
+    ///     .tls(TlsMode::None)
+    ///     .sender("app@example.com")
+    ///     .credentials("app", "secret")
+    ///     .dangerous(|d| d.allow_plaintext_auth(true))
+    ///     .build()?;
+    /// # Ok::<(), relaymail::SettingsErrors>(())
+    /// ```
+    pub fn dangerous(mut self, f: impl FnOnce(DangerousSettings) -> DangerousSettings) -> Self {
+        let d = f(DangerousSettings {
+            accept_invalid_certs: self.tls_options.dangerous_accept_invalid_certs,
+            accept_invalid_hostnames: self.tls_options.dangerous_accept_invalid_hostnames,
+            allow_plaintext_auth: self.allow_plaintext_auth,
+        });
+        self.tls_options.dangerous_accept_invalid_certs = d.accept_invalid_certs;
+        self.tls_options.dangerous_accept_invalid_hostnames = d.accept_invalid_hostnames;
+        self.allow_plaintext_auth = d.allow_plaintext_auth;
         self
     }
 
@@ -713,14 +762,6 @@ impl SmtpSettingsBuilder {
     /// for tokens.
     pub fn auth_mechanisms(mut self, mechanisms: &[Mechanism]) -> Self {
         self.auth_mechanisms = Some(mechanisms.to_vec());
-        self
-    }
-
-    /// Allows sending credentials on a connection without TLS. Default
-    /// false: without TLS, AUTH is refused with an error saying why. Only for
-    /// a relay on a trusted network (or loopback).
-    pub fn allow_plaintext_auth(mut self, on: bool) -> Self {
-        self.allow_plaintext_auth = on;
         self
     }
 

@@ -143,7 +143,7 @@ impl SmtpSettings {
             b = b.timeout(t);
         }
         if let Some(on) = update.allow_plaintext_auth {
-            b = b.allow_plaintext_auth(on);
+            b = b.dangerous(|d| d.allow_plaintext_auth(on));
         }
         b.build_reporting(errors)
     }
@@ -295,15 +295,15 @@ mod tests {
             ("builder: tls", builder(|b| b.tls(TlsMode::Implicit))),
             (
                 "builder: allow_plaintext_auth",
-                builder(|b| b.allow_plaintext_auth(true)),
+                builder(|b| b.dangerous(|d| d.allow_plaintext_auth(true))),
             ),
             (
                 "builder: dangerous_accept_invalid_certs",
-                builder(|b| b.dangerous_accept_invalid_certs(true)),
+                builder(|b| b.dangerous(|d| d.accept_invalid_certs(true))),
             ),
             (
                 "builder: dangerous_accept_invalid_hostnames",
-                builder(|b| b.dangerous_accept_invalid_hostnames(true)),
+                builder(|b| b.dangerous(|d| d.accept_invalid_hostnames(true))),
             ),
             // (Added roots: tests/diagnose, with a test server's CA.)
             ("builder: webpki_roots", builder(|b| b.webpki_roots(false))),

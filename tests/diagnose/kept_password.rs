@@ -17,7 +17,7 @@ fn attack(listener: &TestServer) -> SmtpSettingsBuilder {
         .host("127.0.0.1")
         .port(u32::from(listener.port()))
         .tls(TlsMode::None)
-        .allow_plaintext_auth(true)
+        .dangerous(|d| d.allow_plaintext_auth(true))
         .sender("app@example.com")
         .credentials("app", PASSWORD)
         .timeout(TIMEOUT)
@@ -66,7 +66,7 @@ async fn a_kept_password_is_not_sent_to_a_changed_server() {
         }),
         (
             "allow_plaintext_auth",
-            attack(&listener).allow_plaintext_auth(false),
+            attack(&listener).dangerous(|d| d.allow_plaintext_auth(false)),
             |s, _| {
                 form(s, |u| {
                     u.allow_plaintext_auth = Some(true);
@@ -84,10 +84,12 @@ async fn a_kept_password_is_not_sent_to_a_changed_server() {
             },
         ),
         ("dangerous_accept_invalid_certs", attack(&listener), |s, _| {
-            s.to_builder().dangerous_accept_invalid_certs(true).build()
+            s.to_builder().dangerous(|d| d.accept_invalid_certs(true)).build()
         }),
         ("dangerous_accept_invalid_hostnames", attack(&listener), |s, _| {
-            s.to_builder().dangerous_accept_invalid_hostnames(true).build()
+            s.to_builder()
+                .dangerous(|d| d.accept_invalid_hostnames(true))
+                .build()
         }),
         ("extra roots", attack(&listener), |s, l| {
             s.to_builder().add_root_certificates_pem(l.ca_pem()).build()

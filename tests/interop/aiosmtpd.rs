@@ -161,7 +161,7 @@ async fn credentials_are_never_sent_in_clear_text() {
     let s = env
         .settings(env.aiosmtpd_plain_port, TlsMode::None)
         .credentials(&env.user, &env.password)
-        .allow_plaintext_auth(true)
+        .dangerous(|d| d.allow_plaintext_auth(true))
         .build()
         .expect("settings");
     let mut conn = Connection::open(&s).await.expect("connects");

@@ -147,7 +147,7 @@ async fn credentials_never_sent_in_clear_text() {
     // Explicitly allowed (trusted network).
     let s = settings(&srv, TlsMode::None)
         .credentials("app", PASSWORD)
-        .allow_plaintext_auth(true)
+        .dangerous(|d| d.allow_plaintext_auth(true))
         .build()
         .expect("settings");
     Connection::open(&s).await.expect("allowed explicitly");

@@ -55,7 +55,10 @@ async fn the_commonest_errors_read_as_pinned() {
             ServerConfig::new()
                 .auth_mechanisms(&["PLAIN"])
                 .user("app", "right"),
-            |b| b.credentials("app", "wrong").allow_plaintext_auth(true),
+            |b| {
+                b.credentials("app", "wrong")
+                    .dangerous(|d| d.allow_plaintext_auth(true))
+            },
         )
         .await,
     );
@@ -105,7 +108,8 @@ async fn the_commonest_errors_read_as_pinned() {
     // 9. AUTH configured, not offered.
     seen.push(
         open_error(ServerConfig::new().auth_mechanisms(&[]), |b| {
-            b.credentials("app", "right").allow_plaintext_auth(true)
+            b.credentials("app", "right")
+                .dangerous(|d| d.allow_plaintext_auth(true))
         })
         .await,
     );

@@ -184,7 +184,9 @@ async fn open_fails_at(config: ServerConfig, tls: TlsMode, t: Timeouts, stage: S
     let srv = server(config).await;
     let mut b = settings(&srv, tls).timeouts(t);
     if stage == Stage::Auth {
-        b = b.credentials("app", "secret").allow_plaintext_auth(true);
+        b = b
+            .credentials("app", "secret")
+            .dangerous(|d| d.allow_plaintext_auth(true));
     }
     let s = b.build().expect("settings");
     let e = bounded(stage.as_str(), Connection::open(&s))

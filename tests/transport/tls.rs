@@ -155,7 +155,7 @@ async fn untrusted_certificate() {
     );
     // The named opt-out accepts it.
     let s = settings(&srv, TlsMode::Implicit)
-        .dangerous_accept_invalid_certs(true)
+        .dangerous(|d| d.accept_invalid_certs(true))
         .build()
         .expect("settings");
     Connection::open(&s).await.expect("accepted when told to");
@@ -178,7 +178,7 @@ async fn certificate_for_another_name() {
         "names the certificate's names: {e}"
     );
     let s = settings(&srv, TlsMode::StartTls)
-        .dangerous_accept_invalid_hostnames(true)
+        .dangerous(|d| d.accept_invalid_hostnames(true))
         .build()
         .expect("settings");
     Connection::open(&s).await.expect("accepted when told to");
