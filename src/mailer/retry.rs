@@ -83,7 +83,7 @@ impl RetryPolicy {
 
     /// [`backoff`](RetryPolicy::backoff) with ±50 % jitter, so that messages
     /// that failed together do not all come back together.
-    pub fn backoff_with_jitter(&self, attempt: u32) -> Duration {
+    pub(crate) fn backoff_with_jitter(&self, attempt: u32) -> Duration {
         backoff::jitter(self.backoff(attempt), crate::rand::random_unit())
     }
 }

@@ -37,7 +37,7 @@ impl OutboxPolicy {
     /// When a draft that has failed `attempts` times (≥ 1) is due again, for
     /// a failure at `now`: `initial_backoff × 2^(attempts-1)`, capped at
     /// `max_backoff`, scaled by `0.5 + unit` (jitter; `unit` in [0, 1)).
-    pub fn next_attempt(&self, attempts: u32, now: SystemTime, unit: f64) -> SystemTime {
+    pub(crate) fn next_attempt(&self, attempts: u32, now: SystemTime, unit: f64) -> SystemTime {
         let base = backoff::exponential(self.initial_backoff, 2.0, attempts, self.max_backoff);
         now + backoff::jitter(base, unit)
     }
