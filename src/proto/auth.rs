@@ -127,6 +127,7 @@ pub const TOKEN_PREFERENCE: &[Mechanism] = &[Mechanism::XOAuth2];
 
 /// What the client authenticates with.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum Credential {
     /// User name and password.
     Password {

@@ -54,6 +54,7 @@ pub enum StartTlsPolicy {
 
 /// How one session behaves. Build with [`SessionConfig::new`] and adjust fields.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SessionConfig {
     /// The EHLO/HELO name (a domain or an address literal).
     pub helo_name: String,

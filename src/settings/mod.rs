@@ -67,6 +67,7 @@ use crate::proto::command::{check_helo_name, check_mailbox, Argument};
 /// | [`StartTls`](TlsMode::StartTls) | 587 | STARTTLS required: fails closed if the server does not offer it or the upgrade fails; certificates verified |
 /// | [`Implicit`](TlsMode::Implicit) | 465 | TLS from the first byte (SMTPS); certificates verified |
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum TlsMode {
     /// No TLS at all.
     None,
@@ -140,6 +141,7 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 /// the connection with [`Error::is_timeout`]. Each must be more than zero
 /// and at most [`MAX_TIMEOUT`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Timeouts {
     /// Resolving the host and opening the TCP connection (all addresses). Default 10 s.
     pub connect: Duration,

@@ -87,6 +87,7 @@ impl Stream {
 
 /// Time spent waiting in one stage of a connection (diagnostics).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StageTiming {
     /// The stage.
     pub stage: Stage,
@@ -154,6 +155,7 @@ impl Trace {
 
 /// The TLS parameters negotiated on a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsInfo {
     /// `TLSv1.3` or `TLSv1.2`.
     pub version: String,
@@ -167,6 +169,7 @@ pub struct TlsInfo {
 
 /// What a connection found out about the server.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ConnectionInfo {
     /// The server's address.
     pub peer: SocketAddr,
