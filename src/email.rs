@@ -50,9 +50,7 @@
 //! field names and may not replace the headers relaymail writes.
 
 use std::borrow::Cow;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -63,6 +61,7 @@ use mail_builder::MessageBuilder;
 
 use crate::address::{Address, AddressPolicy, Mailbox};
 use crate::error::{Error, Kind};
+use crate::future::BoxFuture;
 use crate::message::Message;
 use crate::proto::session::{Envelope, Recipient};
 use crate::settings::{Sender, SmtpSettings};
@@ -184,10 +183,7 @@ impl Attachment {
 /// [`AttachmentPolicy::links_above`]).
 pub trait AttachmentStore: Send + Sync {
     /// Stores the attachment; returns the URL recipients will follow.
-    fn store<'a>(
-        &'a self,
-        attachment: &'a Attachment,
-    ) -> Pin<Box<dyn Future<Output = Result<String, Error>> + Send + 'a>>;
+    fn store<'a>(&'a self, attachment: &'a Attachment) -> BoxFuture<'a, Result<String, Error>>;
 }
 
 /// What happens to an attachment larger than the limit.
@@ -798,10 +794,7 @@ fn safe_name(name: &str) -> String {
 }
 
 impl AttachmentStore for FsAttachmentStore {
-    fn store<'a>(
-        &'a self,
-        attachment: &'a Attachment,
-    ) -> Pin<Box<dyn Future<Output = Result<String, Error>> + Send + 'a>> {
+    fn store<'a>(&'a self, attachment: &'a Attachment) -> BoxFuture<'a, Result<String, Error>> {
         Box::pin(async move {
             let name = format!(
                 "{:016x}{:016x}-{}",
