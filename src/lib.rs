@@ -151,3 +151,9 @@ pub use settings::{
     UnknownTlsMode,
 };
 pub use transport::{probe, Connection, ConnectionInfo, Connector, Delivery, TlsInfo};
+
+/// The README's Rust examples, compiled as doctests (with every feature
+/// they use) so that they cannot drift from the API.
+#[cfg(all(doctest, feature = "serde"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;
