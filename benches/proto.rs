@@ -62,10 +62,8 @@ fn main() {
             ehlo.extend_from_slice(format!(" M{i}").as_bytes());
         }
         ehlo.extend_from_slice(b" m1 m2 m3\r\n");
-        let mut parser = ReplyParser::with_limits(relaymail::proto::reply::ReplyLimits {
-            max_line: 1 << 20,
-            max_reply: 1 << 20,
-        });
+        let mut parser =
+            ReplyParser::with_limits(relaymail::proto::reply::ReplyLimits::new(1 << 20, 1 << 20));
         parser.push(&ehlo);
         let reply = parser.next_reply().expect("parses").expect("reply");
         // One reply at a time (not `rate`'s batches of 100): a quadratic

@@ -27,6 +27,7 @@ use crate::transport::{Connector, Delivery, StageTiming, TlsInfo, Trace};
 
 /// One stage of a diagnostic connection.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct StageReport {
     /// The stage.
     pub stage: Stage,

@@ -188,6 +188,7 @@ pub trait AttachmentStore: Send + Sync {
 
 /// What happens to an attachment larger than the limit.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum OverLimit {
     /// The email is refused with an error naming the file and the sizes.
     Refuse,
@@ -207,6 +208,7 @@ impl std::fmt::Debug for OverLimit {
 /// The attachment size limit (seed 002's "maximum attachment size" and
 /// "attachments as links").
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct AttachmentPolicy {
     /// Attachments larger than this many bytes follow `over_limit`; `None`:
     /// no limit (the server's SIZE still applies).

@@ -174,12 +174,17 @@ impl Error {
         self
     }
 
-    pub(crate) fn with_hint(mut self, hint: impl Into<String>) -> Error {
+    /// The same error with a hint for whoever must fix it (shown after the
+    /// message as `; hint: …`, and by [`hint`](Error::hint)).
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Error {
         self.0.hint = Some(hint.into());
         self
     }
 
-    pub(crate) fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+    /// The same error with its underlying cause: returned by
+    /// [`source`](std::error::Error::source), and its text shown after the
+    /// message unless the message already contains it.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
         self.0.source = Some(Arc::new(source));
         self
     }
@@ -343,6 +348,51 @@ pub(crate) fn reply_hint(stage: Stage, reply: &Reply) -> Option<&'static str> {
             "the server refused the sender address: use one it accepts (often the authenticated user's own address)",
         ),
         _ => None,
+    }
+}
+
+/// Constructors for code that plugs into relaymail: an
+/// [`Outbox`](crate::outbox::Outbox), an
+/// [`AttachmentStore`](crate::email::AttachmentStore) or a
+/// [`CredentialProvider`](crate::settings::CredentialProvider) of your own
+/// reports its failures with these, so that the Mailer, its deliverer and
+/// your callers can tell them apart like relaymail's own.
+///
+/// ```
+/// use relaymail::Error;
+///
+/// let io = std::io::Error::other("connection refused");
+/// let e = Error::unavailable("the outbox database is unreachable")
+///     .with_source(io)
+///     .with_hint("check that PostgreSQL is running");
+/// assert!(e.is_io() && e.is_transient());
+/// assert_eq!(
+///     e.to_string(),
+///     "the outbox database is unreachable: connection refused; hint: check that PostgreSQL is running"
+/// );
+/// assert!(Error::invalid("draft 17 is corrupt").is_config());
+/// assert!(Error::conflict("draft 17 was claimed by another deliverer").is_conflict());
+/// ```
+impl Error {
+    /// Storage or a service is unavailable (a disk, a database, a network
+    /// peer): transient, since trying again later may succeed.
+    /// [`is_io`](Error::is_io) is true.
+    pub fn unavailable(message: impl Into<String>) -> Error {
+        Error::new(Kind::Io, None, message)
+    }
+
+    /// The input or the stored data is wrong (an unknown or corrupt record,
+    /// a bad value): permanent, since trying again will not help.
+    /// [`is_config`](Error::is_config) is true.
+    pub fn invalid(message: impl Into<String>) -> Error {
+        Error::new(Kind::Config, None, message)
+    }
+
+    /// Something changed since it was read (another process updated or
+    /// took it): permanent as such; read it again and decide.
+    /// [`is_conflict`](Error::is_conflict) is true.
+    pub fn conflict(message: impl Into<String>) -> Error {
+        Error::new(Kind::Conflict, None, message)
     }
 }
 

@@ -35,13 +35,11 @@ fn settings(port: u16) -> SmtpSettings {
 }
 
 fn policy() -> OutboxPolicy {
-    OutboxPolicy {
-        initial_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(200),
-        poll_interval: Duration::from_millis(100),
-        batch: BATCH,
-        ..OutboxPolicy::default()
-    }
+    OutboxPolicy::default()
+        .with_initial_backoff(Duration::from_millis(50))
+        .with_max_backoff(Duration::from_millis(200))
+        .with_poll_interval(Duration::from_millis(100))
+        .with_batch(BATCH)
 }
 
 fn mailer(dir: &Path, port: u16) -> Mailer {

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 /// The window slides: in any interval of length `per` at most `messages`
 /// transactions start, including the very first interval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RateLimit {
     /// Messages allowed per window (at least 1).
     pub messages: u32,

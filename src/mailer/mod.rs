@@ -450,6 +450,7 @@ struct OutboxRun {
 
 /// The result of [`Mailer::send_or_enqueue`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum SendOutcome {
     /// Delivered now.
     Delivered(Receipt),

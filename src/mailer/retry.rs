@@ -30,6 +30,7 @@ use crate::Error;
 /// A failure after the body when a retry then fails too also ends with
 /// [`body_was_sent`](Error::body_was_sent): the earlier copy may be there.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Attempts in all, the first one included (1 = never retry). Default 5.
     pub max_attempts: u32,
@@ -62,6 +63,42 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Sets [`max_attempts`](Self::max_attempts).
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> RetryPolicy {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// Sets [`initial_backoff`](Self::initial_backoff).
+    pub fn with_initial_backoff(mut self, initial_backoff: Duration) -> RetryPolicy {
+        self.initial_backoff = initial_backoff;
+        self
+    }
+
+    /// Sets [`max_backoff`](Self::max_backoff).
+    pub fn with_max_backoff(mut self, max_backoff: Duration) -> RetryPolicy {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// Sets [`multiplier`](Self::multiplier).
+    pub fn with_multiplier(mut self, multiplier: f64) -> RetryPolicy {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// Sets [`deadline`](Self::deadline).
+    pub fn with_deadline(mut self, deadline: Option<Duration>) -> RetryPolicy {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Sets [`retry_after_body_sent`](Self::retry_after_body_sent).
+    pub fn with_retry_after_body_sent(mut self, retry: bool) -> RetryPolicy {
+        self.retry_after_body_sent = retry;
+        self
+    }
+
     /// Never retry.
     pub fn never() -> RetryPolicy {
         RetryPolicy {

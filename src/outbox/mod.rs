@@ -52,6 +52,7 @@ pub use spool::DirSpool;
 
 /// Where a draft is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Area {
     /// Waiting for (another) attempt.
     Drafts,
@@ -89,6 +90,7 @@ impl std::fmt::Display for DraftId {
 /// What a draft holds, without its bytes. Never a secret: drafts hold
 /// messages and envelopes, not settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DraftInfo {
     /// Its id.
     pub id: DraftId,
@@ -114,6 +116,7 @@ pub struct DraftInfo {
 
 /// A page of a listing.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Page {
     /// The drafts, oldest first.
     pub drafts: Vec<DraftInfo>,

@@ -6,6 +6,7 @@ use crate::backoff;
 
 /// When drafts are tried again, and when they give up.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct OutboxPolicy {
     /// The wait after the first failed attempt. Default 30 s.
     pub initial_backoff: Duration,
@@ -34,6 +35,36 @@ impl Default for OutboxPolicy {
 }
 
 impl OutboxPolicy {
+    /// Sets [`initial_backoff`](Self::initial_backoff).
+    pub fn with_initial_backoff(mut self, initial_backoff: Duration) -> OutboxPolicy {
+        self.initial_backoff = initial_backoff;
+        self
+    }
+
+    /// Sets [`max_backoff`](Self::max_backoff).
+    pub fn with_max_backoff(mut self, max_backoff: Duration) -> OutboxPolicy {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// Sets [`max_age`](Self::max_age).
+    pub fn with_max_age(mut self, max_age: Duration) -> OutboxPolicy {
+        self.max_age = max_age;
+        self
+    }
+
+    /// Sets [`poll_interval`](Self::poll_interval).
+    pub fn with_poll_interval(mut self, poll_interval: Duration) -> OutboxPolicy {
+        self.poll_interval = poll_interval;
+        self
+    }
+
+    /// Sets [`batch`](Self::batch).
+    pub fn with_batch(mut self, batch: usize) -> OutboxPolicy {
+        self.batch = batch;
+        self
+    }
+
     /// When a draft that has failed `attempts` times (≥ 1) is due again, for
     /// a failure at `now`: `initial_backoff × 2^(attempts-1)`, capped at
     /// `max_backoff`, scaled by `0.5 + unit` (jitter; `unit` in [0, 1)).

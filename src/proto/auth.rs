@@ -336,6 +336,7 @@ const CHALLENGE_ENGINE: GeneralPurpose = GeneralPurpose::new(
 
 /// What [`SaslClient::step`] asks the caller to do with a challenge.
 /// `Debug` shows no response bytes (they may carry the secret).
+#[non_exhaustive]
 pub enum Step {
     /// Send this raw response (base64-encode it first).
     Respond(Zeroizing<Vec<u8>>),

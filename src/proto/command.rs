@@ -10,7 +10,7 @@
 //! ```
 //! use relaymail::proto::command::{Command, MailParams, BodyType};
 //! let mut out = Vec::new();
-//! let params = MailParams { size: Some(1234), body: Some(BodyType::EightBitMime), ..MailParams::default() };
+//! let params = MailParams::default().with_size(1234).with_body(BodyType::EightBitMime);
 //! Command::Mail { from: "alerts@example.com", params: &params }.encode(&mut out).unwrap();
 //! assert_eq!(out, b"MAIL FROM:<alerts@example.com> SIZE=1234 BODY=8BITMIME\r\n");
 //!
@@ -122,6 +122,7 @@ impl CommandError {
 
 /// The BODY= parameter of MAIL FROM (RFC 6152, RFC 3030).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BodyType {
     /// `BODY=7BIT`.
     SevenBit,
@@ -133,6 +134,10 @@ pub enum BodyType {
 
 /// The DSN RET= parameter (RFC 3461): what a failure notice carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "RFC 3461 defines exactly RET=FULL and RET=HDRS"
+)]
 pub enum DsnReturn {
     /// `RET=FULL`: the whole message.
     Full,
@@ -142,6 +147,10 @@ pub enum DsnReturn {
 
 /// The DSN NOTIFY= parameter (RFC 3461).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "RFC 3461: NOTIFY is NEVER or a set of SUCCESS, FAILURE and DELAY"
+)]
 pub enum Notify {
     /// `NOTIFY=NEVER`.
     Never,
@@ -158,6 +167,7 @@ pub enum Notify {
 
 /// Parameters of MAIL FROM.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MailParams {
     /// `SIZE=` (RFC 1870): the message size in bytes.
     pub size: Option<u64>,
@@ -175,6 +185,7 @@ pub struct MailParams {
 
 /// Parameters of RCPT TO.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RcptParams {
     /// `NOTIFY=` (DSN).
     pub notify: Option<Notify>,
@@ -183,8 +194,61 @@ pub struct RcptParams {
     pub orcpt: Option<String>,
 }
 
+impl MailParams {
+    /// Sets `SIZE=`.
+    pub fn with_size(mut self, size: u64) -> MailParams {
+        self.size = Some(size);
+        self
+    }
+
+    /// Sets `BODY=`.
+    pub fn with_body(mut self, body: BodyType) -> MailParams {
+        self.body = Some(body);
+        self
+    }
+
+    /// Sets `SMTPUTF8`.
+    pub fn with_smtputf8(mut self, smtputf8: bool) -> MailParams {
+        self.smtputf8 = smtputf8;
+        self
+    }
+
+    /// Sets the DSN `RET=`.
+    pub fn with_ret(mut self, ret: DsnReturn) -> MailParams {
+        self.ret = Some(ret);
+        self
+    }
+
+    /// Sets the DSN `ENVID=` (raw; xtext-encoded on the wire).
+    pub fn with_envid(mut self, envid: impl Into<String>) -> MailParams {
+        self.envid = Some(envid.into());
+        self
+    }
+
+    /// Sets `REQUIRETLS`.
+    pub fn with_requiretls(mut self, requiretls: bool) -> MailParams {
+        self.requiretls = requiretls;
+        self
+    }
+}
+
+impl RcptParams {
+    /// Sets the DSN `NOTIFY=`.
+    pub fn with_notify(mut self, notify: Notify) -> RcptParams {
+        self.notify = Some(notify);
+        self
+    }
+
+    /// Sets the DSN `ORCPT=` (raw; xtext-encoded on the wire).
+    pub fn with_orcpt(mut self, orcpt: impl Into<String>) -> RcptParams {
+        self.orcpt = Some(orcpt.into());
+        self
+    }
+}
+
 /// One SMTP command, borrowing its arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Command<'a> {
     /// `EHLO name`.
     Ehlo(&'a str),

@@ -48,6 +48,10 @@ impl fmt::Display for ReplyCode {
 
 /// The class of a reply, from the first digit of its code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "RFC 5321 defines exactly these four reply classes"
+)]
 pub enum Severity {
     /// 2yz: the command succeeded.
     PositiveCompletion,
@@ -61,6 +65,7 @@ pub enum Severity {
 
 /// An enhanced mail system status code (RFC 3463), such as `5.1.1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct EnhancedCode {
     /// Class: 2 (success), 4 (persistent transient failure) or 5 (permanent failure).
     pub class: u8,
@@ -256,6 +261,10 @@ impl fmt::Display for Reply {
 /// assert_eq!(Escaped("a\\u{1b}\u{2028}").to_string(), "a\\\\u{1b}\\u{2028}");
 /// ```
 #[derive(Clone, Copy, Debug)]
+#[allow(
+    clippy::exhaustive_structs,
+    reason = "a wrapper built by callers; it will never hold more"
+)]
 pub struct Escaped<T>(pub T);
 
 impl<T: fmt::Display> fmt::Display for Escaped<T> {
@@ -332,12 +341,20 @@ pub enum ReplyError {
 
 /// Limits applied by [`ReplyParser`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplyLimits {
     /// Longest accepted line, terminator included. Default 4096 (RFC 5321
     /// allows 512; real servers exceed it).
     pub max_line: usize,
     /// Largest accepted reply (all lines). Default 65536.
     pub max_reply: usize,
+}
+
+impl ReplyLimits {
+    /// Limits of `max_line` bytes per line and `max_reply` bytes per reply.
+    pub fn new(max_line: usize, max_reply: usize) -> ReplyLimits {
+        ReplyLimits { max_line, max_reply }
+    }
 }
 
 impl Default for ReplyLimits {

@@ -42,6 +42,7 @@ use crate::error::{Error, Kind, Stage};
 
 /// When to upgrade a plain connection with STARTTLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum StartTlsPolicy {
     /// Never send STARTTLS (clear text, or a connection that is already TLS).
     Never,
@@ -174,6 +175,7 @@ pub struct Envelope {
 
 /// A message to deliver: envelope, raw RFC 5322 bytes and delivery options.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Transaction {
     /// The envelope.
     pub envelope: Envelope,
@@ -198,6 +200,7 @@ impl Transaction {
 
 /// The server's answer for one recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RecipientReply {
     /// The recipient address.
     pub address: String,
@@ -243,6 +246,7 @@ pub(crate) fn accepted_addresses(recipients: &[RecipientReply]) -> impl Iterator
 
 /// The end of one transaction.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct TransactionOutcome {
     /// Which transaction.
     pub id: TxId,

@@ -17,6 +17,7 @@ use crate::proto::auth::{Credential, Mechanism};
 /// Timeouts in seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct TimeoutsData {
     /// Connect (resolve + TCP), seconds.
     pub connect: f64,
@@ -35,6 +36,7 @@ pub struct TimeoutsData {
 /// [`SmtpSettings`] as plain data, without the password.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct SettingsData {
     /// Server host.
     pub host: String,

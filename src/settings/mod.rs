@@ -209,6 +209,7 @@ pub trait CredentialProvider: Send + Sync + fmt::Debug {
 
 /// How the client authenticates.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub enum Auth {
     /// No AUTH.
     #[default]

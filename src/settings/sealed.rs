@@ -185,6 +185,7 @@ pub(crate) fn push_field(out: &mut Vec<u8>, bytes: &[u8]) {
 /// An encrypted password.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct SealedSecret {
     /// Always `chacha20-poly1305`.
     pub algorithm: String,
@@ -211,6 +212,7 @@ fn profile_only_version() -> u32 {
 /// Settings whose password is sealed: safe to store as JSON or TOML.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct SealedSettings {
     /// Everything but the password.
     pub settings: SettingsData,

@@ -11,6 +11,10 @@ use crate::proto::auth::Credential;
 
 /// What happens to the stored password.
 #[derive(Clone, Debug, Default)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "keep, set and clear are every change a stored secret can have"
+)]
 pub enum PasswordChange {
     /// Keep it (the form's password field was left empty). The default.
     /// Only while the server stays the same: when the host, port, TLS mode,

@@ -439,6 +439,7 @@ impl Fault {
 
 /// One message the server accepted.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ReceivedMessage {
     /// The session ([`SessionRecord::id`]) that sent it.
     pub session: usize,
@@ -468,6 +469,7 @@ pub struct ReceivedMessage {
 
 /// What happened on one connection.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SessionRecord {
     /// Session number, from 0 in accept order.
     pub id: usize,
@@ -496,6 +498,7 @@ pub struct SessionRecord {
 
 /// One command line received.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CommandRecord {
     /// The line without CRLF. AUTH lines are recorded as `AUTH <MECH>` only,
     /// SASL continuation lines as `[auth data]`: never a secret.
@@ -509,6 +512,7 @@ pub struct CommandRecord {
 
 /// Progress notifications, from [`TestServer::subscribe`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ServerEvent {
     /// A connection was accepted.
     Connected {
@@ -539,6 +543,7 @@ pub enum ServerEvent {
 /// A wait on the [`TestServer`] ran out of time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("timed out waiting for the SMTP test server")]
+#[non_exhaustive]
 pub struct WaitTimeout;
 
 /// A running in-process SMTP server on `127.0.0.1`.

@@ -924,15 +924,12 @@ mod transactions {
     #[test]
     fn dsn_parameters_only_when_offered() {
         let mut env = envelope(&["a@example.net"]);
-        env.params = MailParams {
-            ret: Some(DsnReturn::Headers),
-            envid: Some("id1".into()),
-            ..MailParams::default()
-        };
-        env.recipients[0].params = RcptParams {
-            notify: Some(Notify::Never),
-            orcpt: Some("a@example.net".into()),
-        };
+        env.params = MailParams::default()
+            .with_ret(DsnReturn::Headers)
+            .with_envid("id1");
+        env.recipients[0].params = RcptParams::default()
+            .with_notify(Notify::Never)
+            .with_orcpt("a@example.net");
         let mut t = Script::plain();
         t.handshake(&["PIPELINING", "DSN"]);
         t.s.send(Transaction::new(env.clone(), &b"x"[..])).expect("ok");

@@ -219,22 +219,19 @@ async fn smtputf8_and_dsn_parameters_are_accepted() {
     let dsn = unique("dsn");
     let env_ = Envelope {
         from: "alerts@example.com".into(),
-        params: MailParams {
-            ret: Some(DsnReturn::Headers),
-            envid: Some("invoice 2041+nov=".into()),
-            ..MailParams::default()
-        },
+        params: MailParams::default()
+            .with_ret(DsnReturn::Headers)
+            .with_envid("invoice 2041+nov="),
         recipients: vec![
             Recipient {
                 address: dsn.clone(),
-                params: RcptParams {
-                    notify: Some(Notify::On {
+                params: RcptParams::default()
+                    .with_notify(Notify::On {
                         success: false,
                         failure: true,
                         delay: true,
-                    }),
-                    orcpt: Some("Billing <billing+nov@example.net>".into()),
-                },
+                    })
+                    .with_orcpt("Billing <billing+nov@example.net>"),
             },
             Recipient::new(utf8.clone()),
         ],

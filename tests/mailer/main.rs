@@ -27,12 +27,10 @@ pub(crate) fn settings(server: &TestServer) -> SmtpSettingsBuilder {
 
 /// Retries that do not make the tests wait.
 pub(crate) fn quick_retries() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 3,
-        initial_backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(10),
-        ..RetryPolicy::default()
-    }
+    RetryPolicy::default()
+        .with_max_attempts(3)
+        .with_initial_backoff(Duration::from_millis(1))
+        .with_max_backoff(Duration::from_millis(10))
 }
 
 pub(crate) fn message(to: &str, subject: &str) -> Message {

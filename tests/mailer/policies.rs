@@ -362,11 +362,7 @@ async fn a_retry_after_the_body_was_sent_is_reported_as_possibly_duplicated() {
 
 #[tokio::test]
 async fn at_most_once_reports_that_the_body_was_sent() {
-    let (srv, mailer) = first_final_reply_lost(RetryPolicy {
-        retry_after_body_sent: false,
-        ..quick_retries()
-    })
-    .await;
+    let (srv, mailer) = first_final_reply_lost(quick_retries().with_retry_after_body_sent(false)).await;
     let e = mailer
         .send(message("ops@example.net", "at most once"))
         .await
@@ -437,10 +433,7 @@ async fn huge_limits_are_refused_when_the_mailer_is_built() {
     assert!(e.to_string().contains("rate_limit.per"), "{e}");
     let e = build(base().send_timeout(Some(Duration::MAX)));
     assert!(e.to_string().contains("send_timeout"), "{e}");
-    let e = build(base().retry(RetryPolicy {
-        max_backoff: Duration::MAX,
-        ..RetryPolicy::default()
-    }));
+    let e = build(base().retry(RetryPolicy::default().with_max_backoff(Duration::MAX)));
     assert!(e.to_string().contains("back-offs"), "{e}");
     let e = build(base().idle_timeout(Duration::MAX));
     assert!(e.to_string().contains("idle_timeout"), "{e}");

@@ -38,11 +38,9 @@ fn dead_port() -> u16 {
 }
 
 fn policy() -> OutboxPolicy {
-    OutboxPolicy {
-        initial_backoff: Duration::from_secs(3600),
-        poll_interval: Duration::from_millis(200),
-        ..OutboxPolicy::default()
-    }
+    OutboxPolicy::default()
+        .with_initial_backoff(Duration::from_secs(3600))
+        .with_poll_interval(Duration::from_millis(200))
 }
 
 async fn email(mailer: &Mailer, i: usize) -> relaymail::Message {
@@ -180,17 +178,11 @@ async fn two_mailers_on_one_spool_never_send_a_draft_twice() {
     let dir = spool_dir("two-mailers");
     let srv = TestServer::start(ServerConfig::new()).await.expect("server");
     let a = Mailer::builder(settings(srv.port()))
-        .outbox(
-            DirSpool::open(&dir).expect("spool"),
-            OutboxPolicy { batch: 8, ..policy() },
-        )
+        .outbox(DirSpool::open(&dir).expect("spool"), policy().with_batch(8))
         .build()
         .expect("a");
     let b = Mailer::builder(settings(srv.port()))
-        .outbox(
-            DirSpool::open(&dir).expect("spool"),
-            OutboxPolicy { batch: 8, ..policy() },
-        )
+        .outbox(DirSpool::open(&dir).expect("spool"), policy().with_batch(8))
         .build()
         .expect("b");
     for i in 0..300 {
@@ -320,22 +312,19 @@ fn requiretls_dsn_message() -> relaymail::Message {
     relaymail::Message::new(
         relaymail::Envelope {
             from: "app@example.com".into(),
-            params: MailParams {
-                requiretls: true,
-                ret: Some(DsnReturn::Headers),
-                envid: Some("reset 42+x=y".into()),
-                ..MailParams::default()
-            },
+            params: MailParams::default()
+                .with_requiretls(true)
+                .with_ret(DsnReturn::Headers)
+                .with_envid("reset 42+x=y"),
             recipients: vec![relaymail::Recipient {
                 address: "ops@example.net".into(),
-                params: RcptParams {
-                    notify: Some(Notify::On {
+                params: RcptParams::default()
+                    .with_notify(Notify::On {
                         success: false,
                         failure: true,
                         delay: true,
-                    }),
-                    orcpt: Some("ops+orig@example.net".into()),
-                },
+                    })
+                    .with_orcpt("ops+orig@example.net"),
             }],
         },
         b"Subject: password reset\r\n\r\nhttps://example.com/reset/secret\r\n".to_vec(),
@@ -558,13 +547,12 @@ async fn a_draft_whose_final_reply_was_lost_is_marked_possibly_delivered() {
 }
 
 /// An outbox over a spool whose claims fail while `broken` is set (a disk
-/// or database fault under the deliverer, with the real error of a spool
-/// whose directory is gone); each failed claim is reported on `failures`
+/// or database fault under the deliverer, reported with the error
+/// constructors a third-party backend uses); each failed claim is reported on `failures`
 /// with its time. `dropped` hears when the deliverer lets it go.
 #[derive(Debug)]
 struct Faulty {
     spool: DirSpool,
-    gone: DirSpool,
     broken: Arc<AtomicBool>,
     failures: tokio::sync::mpsc::UnboundedSender<tokio::time::Instant>,
     dropped: Option<tokio::sync::oneshot::Sender<()>>,
@@ -573,15 +561,11 @@ struct Faulty {
 impl Faulty {
     fn new(name: &str) -> (Faulty, std::path::PathBuf, FaultyHandles) {
         let dir = spool_dir(name);
-        let gone_dir = spool_dir(&format!("{name}-gone"));
-        let gone = DirSpool::open(&gone_dir).expect("spool");
-        std::fs::remove_dir_all(&gone_dir).expect("removed");
         let broken = Arc::new(AtomicBool::new(false));
         let (failures, failed) = tokio::sync::mpsc::unbounded_channel();
         let (dropped, released) = tokio::sync::oneshot::channel();
         let faulty = Faulty {
             spool: DirSpool::open(&dir).expect("spool"),
-            gone,
             broken: broken.clone(),
             failures,
             dropped: Some(dropped),
@@ -621,9 +605,10 @@ impl Outbox for Faulty {
             return Outbox::claim_due(&self.spool, now, max);
         }
         Box::pin(async move {
-            let result = Outbox::claim_due(&self.gone, now, max).await;
             let _ = self.failures.send(tokio::time::Instant::now());
-            result
+            // Built as a third-party backend builds its errors.
+            Err(Error::unavailable("the outbox store is unreachable")
+                .with_source(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)))
         })
     }
     fn next_due(&self) -> BoxFuture<'_, Result<Option<SystemTime>, Error>> {
@@ -668,10 +653,7 @@ async fn deliverer_errors_are_counted_and_the_deliverer_recovers_when_the_fault_
     let srv = TestServer::start(ServerConfig::new()).await.expect("server");
     let (faulty, dir, mut h) = Faulty::new("faulty");
     h.broken.store(true, Ordering::SeqCst);
-    let policy = OutboxPolicy {
-        poll_interval: Duration::from_millis(30),
-        ..policy()
-    };
+    let policy = policy().with_poll_interval(Duration::from_millis(30));
     let mailer = Mailer::builder(settings(srv.port()))
         .outbox(faulty, policy.clone())
         .build()

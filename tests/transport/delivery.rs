@@ -262,10 +262,7 @@ async fn injection_in_any_argument_is_refused_before_writing() {
     let mut bad = envelope(&["b@example.net"]);
     bad.recipients.push(Recipient {
         address: "c@example.net".into(),
-        params: relaymail::proto::command::RcptParams {
-            notify: None,
-            orcpt: Some("x\r\nQUIT".into()),
-        },
+        params: relaymail::proto::command::RcptParams::default().with_orcpt("x\r\nQUIT"),
     });
     assert!(conn
         .send(bad, MESSAGE.to_vec())
