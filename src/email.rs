@@ -798,12 +798,14 @@ fn safe_name(name: &str) -> String {
 impl AttachmentStore for FsAttachmentStore {
     fn store<'a>(&'a self, attachment: &'a Attachment) -> BoxFuture<'a, Result<String, Error>> {
         Box::pin(async move {
-            let name = format!(
-                "{:016x}{:016x}-{}",
-                crate::rand::random_u64(),
-                crate::rand::random_u64(),
-                safe_name(&attachment.filename)
-            );
+            // The URL is the only secret guarding the file: 128 bits from
+            // the operating system's CSPRNG.
+            let mut secret = [0u8; 16];
+            getrandom::getrandom(&mut secret).map_err(|e| {
+                Error::new(Kind::Io, None, "no randomness for the attachment link").with_source(e)
+            })?;
+            let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            let name = format!("{secret}-{}", safe_name(&attachment.filename));
             let path = self.dir.join(&name);
             let data = attachment.data.clone();
             tokio::task::spawn_blocking(move || std::fs::write(&path, &data))

@@ -127,12 +127,25 @@ pub(crate) fn write_atomic(
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(fail("cannot sync the directory", dir))
+        sync_dir(dir).map_err(fail("cannot sync the directory", dir))
     })();
     if result.is_err() {
         let _ = fs::remove_file(tmp);
     }
     result
+}
+
+/// Makes a rename or removal in `dir` durable: on unix, fsync of the
+/// directory. Windows cannot open a directory as a `File` (and NTFS
+/// journals its metadata), so there it does nothing.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }

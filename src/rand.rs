@@ -1,5 +1,7 @@
-//! Non-cryptographic randomness for jitter and Message-IDs: std's per-process
-//! random hash keys over a counter. Never used for anything secret.
+//! Non-cryptographic randomness for jitter, Message-IDs and file names:
+//! std's per-process random hash keys over a counter. Never used for
+//! anything a stranger must not guess (attachment link names use
+//! `getrandom`, sealing uses ring's `SystemRandom`).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

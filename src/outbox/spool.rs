@@ -85,9 +85,7 @@ fn still_at(file: &File, path: &Path) -> bool {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io(format!("cannot sync {}", dir.display()), e))
+    crate::fsutil::sync_dir(dir).map_err(|e| io(format!("cannot sync {}", dir.display()), e))
 }
 
 impl DirSpool {

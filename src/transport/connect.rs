@@ -130,11 +130,10 @@ pub(crate) fn address_literal(ip: IpAddr) -> String {
 fn machine_fqdn() -> Option<&'static str> {
     static FQDN: OnceLock<Option<String>> = OnceLock::new();
     FQDN.get_or_init(|| {
-        ["/proc/sys/kernel/hostname", "/etc/hostname"]
-            .iter()
-            .filter_map(|path| std::fs::read_to_string(path).ok())
-            .map(|name| name.trim().trim_end_matches('.').to_owned())
-            .find(|name| is_fqdn(name))
+        // gethostname(2) on unix, GetComputerNameExW on Windows.
+        let name = hostname::get().ok()?.into_string().ok()?;
+        let name = name.trim().trim_end_matches('.');
+        is_fqdn(name).then(|| name.to_owned())
     })
     .as_deref()
 }

@@ -114,6 +114,26 @@ async fn attachment_over_the_limit_is_refused_with_names_and_sizes() {
 }
 
 #[tokio::test]
+async fn attachment_links_are_unguessable_and_never_repeat() {
+    use relaymail::email::AttachmentStore;
+    let dir = std::env::temp_dir().join(format!("relaymail-link-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let store = FsAttachmentStore::new(&dir, "https://files.example.com/a/");
+    let file = Attachment::new("a.pdf", "application/pdf", b"same bytes".to_vec());
+    let mut urls = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let url = store.store(&file).await.expect("stored");
+        let secret = url
+            .strip_prefix("https://files.example.com/a/")
+            .and_then(|rest| rest.strip_suffix("-a.pdf"))
+            .unwrap_or_else(|| panic!("{url}"));
+        assert_eq!(secret.len(), 32, "{url}");
+        assert!(urls.insert(url.clone()), "a link was given out twice: {url}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
 async fn attachments_over_the_limit_become_links() {
     let dir = std::env::temp_dir().join(format!("relaymail-links-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -157,6 +177,12 @@ async fn attachments_over_the_limit_become_links() {
     assert_eq!(stored.len(), 1, "one file stored");
     let name = stored[0].file_name().into_string().expect("name");
     assert!(name.ends_with("-Report__Nov_.pdf"), "{name}");
+    // The link is the only thing guarding the file: 128 random bits.
+    let secret = name.split('-').next().expect("secret");
+    assert!(
+        secret.len() == 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{name}"
+    );
     assert_eq!(std::fs::read(stored[0].path()).expect("stored bytes"), report);
     let url = format!("https://files.example.com/a/{name}");
     assert!(
