@@ -6,7 +6,7 @@
 //! directories 0700, whatever the process umask allows, and a replaced file
 //! keeps the mode it had.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -14,13 +14,15 @@ use std::time::SystemTime;
 /// Options that create a file readable and writable by its owner only
 /// (0600 on unix; the umask can only narrow it further).
 pub(crate) fn private_file() -> OpenOptions {
-    let mut options = OpenOptions::new();
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
+        let mut options = OpenOptions::new();
         options.mode(0o600);
+        options
     }
-    options
+    #[cfg(not(unix))]
+    OpenOptions::new()
 }
 
 /// Creates `dir` and its missing parents, each private to its owner (0700
@@ -141,7 +143,7 @@ pub(crate) fn write_atomic(
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
-        File::open(dir)?.sync_all()
+        fs::File::open(dir)?.sync_all()
     }
     #[cfg(not(unix))]
     {
