@@ -113,6 +113,7 @@
 
 pub mod address;
 mod backoff;
+pub mod dev;
 pub mod diagnose;
 pub mod email;
 pub mod error;

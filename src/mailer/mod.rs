@@ -79,6 +79,7 @@ pub use limit::RateLimit;
 pub use retry::RetryPolicy;
 
 use crate::address::AddressPolicy;
+use crate::dev::{Destination, LocalConn};
 use crate::email::{AttachmentPolicy, Composer, Email};
 use crate::error::Error;
 use crate::message::Message;
@@ -379,19 +380,88 @@ impl std::error::Error for TrySendError {
     }
 }
 
-/// Opens [`Connection`]s for the pool.
+/// Opens connections for the pool: SMTP [`Connection`]s to the relay, or
+/// local ones to a file or memory destination.
 struct SmtpManager {
     connector: Connector,
 }
 
-impl pool::Manager for SmtpManager {
-    type Conn = Connection;
+impl SmtpManager {
+    fn new(settings: SmtpSettings) -> Result<SmtpManager, Error> {
+        Ok(SmtpManager {
+            connector: Connector::new(settings)?,
+        })
+    }
+}
 
-    fn connect(
-        &self,
-        deadline: Option<tokio::time::Instant>,
-    ) -> impl Future<Output = Result<Connection, Error>> + Send {
-        self.connector.connect_until(deadline)
+impl pool::Manager for SmtpManager {
+    type Conn = AnyConn;
+
+    async fn connect(&self, deadline: Option<tokio::time::Instant>) -> Result<AnyConn, Error> {
+        match self.connector.settings().destination() {
+            Destination::Relay => self
+                .connector
+                .connect_until(deadline)
+                .await
+                .map(|c| AnyConn::Smtp(Box::new(c))),
+            local => LocalConn::open(local.clone()).map(AnyConn::Local),
+        }
+    }
+}
+
+/// A connection of either kind.
+enum AnyConn {
+    // Boxed: a connection is large and moves between pool slots.
+    Smtp(Box<Connection>),
+    Local(LocalConn),
+}
+
+impl pool::Conn for AnyConn {
+    fn submit(&mut self, envelope: Envelope, content: Arc<[u8]>) -> Result<TxId, Error> {
+        match self {
+            AnyConn::Smtp(c) => pool::Conn::submit(&mut **c, envelope, content),
+            AnyConn::Local(c) => c.submit(envelope, content),
+        }
+    }
+
+    async fn outcome(&mut self, id: TxId) -> Result<Delivery, Error> {
+        match self {
+            AnyConn::Smtp(c) => pool::Conn::outcome(&mut **c, id).await,
+            AnyConn::Local(c) => c.outcome(id).await,
+        }
+    }
+
+    async fn noop(&mut self) -> Result<(), Error> {
+        match self {
+            AnyConn::Smtp(c) => pool::Conn::noop(&mut **c).await,
+            AnyConn::Local(_) => Ok(()),
+        }
+    }
+
+    async fn quit(self) {
+        if let AnyConn::Smtp(c) = self {
+            pool::Conn::quit(*c).await;
+        }
+    }
+
+    fn is_usable(&self) -> bool {
+        match self {
+            AnyConn::Smtp(c) => pool::Conn::is_usable(&**c),
+            AnyConn::Local(_) => true,
+        }
+    }
+
+    fn info(&self) -> Option<&crate::transport::ConnectionInfo> {
+        match self {
+            AnyConn::Smtp(c) => pool::Conn::info(&**c),
+            AnyConn::Local(_) => None,
+        }
+    }
+
+    fn set_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
+        if let AnyConn::Smtp(c) = self {
+            pool::Conn::set_deadline(&mut **c, deadline);
+        }
     }
 }
 
@@ -627,8 +697,7 @@ impl Mailer {
     /// idle connections of the old settings close; messages already on a
     /// connection finish on it. Nothing queued is lost.
     pub fn reload(&self, settings: SmtpSettings) -> Result<(), Error> {
-        let connector = Connector::new(settings)?;
-        self.inner.pool.reload(SmtpManager { connector });
+        self.inner.pool.reload(SmtpManager::new(settings)?);
         Ok(())
     }
 
@@ -896,7 +965,7 @@ impl MailerBuilder {
                 )))
             }
         }
-        let connector = Connector::new(self.settings)?;
+        let manager = SmtpManager::new(self.settings)?;
         let runtime = match &self.outbox {
             Some(_) => Some(tokio::runtime::Handle::try_current().map_err(|_| {
                 Error::config("a mailer with an outbox must be built inside a tokio runtime")
@@ -917,7 +986,7 @@ impl MailerBuilder {
         };
         let mailer = Mailer {
             inner: Arc::new(Inner {
-                pool: Pool::new(self.config, SmtpManager { connector }),
+                pool: Pool::new(self.config, manager),
                 redirect: RwLock::new(self.redirect),
                 addresses: self.addresses,
                 attachments: self.attachments,

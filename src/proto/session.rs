@@ -130,6 +130,12 @@ pub enum Phase {
 pub struct TxId(u64);
 
 impl TxId {
+    /// The `n`th transaction of a connection that has no session (the
+    /// file and memory destinations).
+    pub(crate) fn nth(n: u64) -> TxId {
+        TxId(n)
+    }
+
     #[cfg(test)]
     pub(crate) fn for_tests(n: u64) -> TxId {
         TxId(n)

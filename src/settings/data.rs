@@ -84,6 +84,11 @@ pub struct SettingsData {
     /// Fail unless every recipient is accepted.
     #[serde(default)]
     pub require_all_recipients: bool,
+    /// Where messages go when not to the relay, in development and tests:
+    /// `file:///dir` or `memory://name` (see [`crate::dev`]). Absent: the
+    /// relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
 }
 
 fn pem(der: &[u8]) -> String {
@@ -135,6 +140,7 @@ impl SmtpSettings {
             pipelining: self.pipelining,
             chunking: self.chunking,
             require_all_recipients: self.require_all_recipients,
+            destination: self.destination.url(),
         }
     }
 }
@@ -189,6 +195,12 @@ impl SettingsData {
             .require_all_recipients(self.require_all_recipients);
         if let Some(name) = self.sender_name {
             b = b.sender_name(name);
+        }
+        if let Some(destination) = &self.destination {
+            match crate::dev::Destination::from_url(destination) {
+                Ok(d) => b = b.destination(d),
+                Err(why) => errors.push(super::FieldError::new("destination", why)),
+            }
         }
         if let Some(helo) = self.helo_name {
             b = b.helo_name(helo);

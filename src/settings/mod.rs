@@ -54,6 +54,7 @@ pub use sealed::{SealedSecret, SealedSettings, SecretKey};
 pub use update::{PasswordChange, SettingsUpdate};
 pub use url::SmtpUrl;
 
+use crate::dev::Destination;
 use crate::error::Error;
 use crate::proto::auth::{Credential, Mechanism};
 use crate::proto::command::{check_helo_name, check_mailbox, Argument};
@@ -355,6 +356,7 @@ pub struct SmtpSettings {
     pub(crate) pipelining: bool,
     pub(crate) chunking: bool,
     pub(crate) require_all_recipients: bool,
+    pub(crate) destination: Destination,
 }
 
 impl SmtpSettings {
@@ -430,6 +432,12 @@ impl SmtpSettings {
         self.require_all_recipients
     }
 
+    /// Where messages go: the relay (the default), or files or memory in
+    /// development and tests (see [`crate::dev`]).
+    pub fn destination(&self) -> &Destination {
+        &self.destination
+    }
+
     fn credential_destination(&self) -> Option<CredentialDestination> {
         CredentialDestination::new(
             &self.host,
@@ -468,6 +476,7 @@ impl SmtpSettings {
             pipelining: self.pipelining,
             chunking: self.chunking,
             require_all_recipients: self.require_all_recipients,
+            destination: self.destination.clone(),
         }
     }
 }
@@ -615,6 +624,7 @@ pub struct SmtpSettingsBuilder {
     pipelining: bool,
     chunking: bool,
     require_all_recipients: bool,
+    destination: Destination,
     /// Where the credential carried over by `to_builder` was to be sent;
     /// `None` once credentials are given anew.
     kept_credential: Option<CredentialDestination>,
@@ -641,6 +651,7 @@ impl Default for SmtpSettingsBuilder {
             pipelining: true,
             chunking: true,
             require_all_recipients: false,
+            destination: Destination::Relay,
             kept_credential: None,
         }
     }
@@ -810,6 +821,14 @@ impl SmtpSettingsBuilder {
         self
     }
 
+    /// Where messages go (default: the relay). With a file or memory
+    /// destination (see [`crate::dev`]) no network is used: the host may be
+    /// left out (it defaults to `localhost`) and credentials are never used.
+    pub fn destination(mut self, destination: Destination) -> Self {
+        self.destination = destination;
+        self
+    }
+
     /// [`build`](Self::build), with problems the caller already found
     /// reported first, together with the builder's own.
     pub(crate) fn build_reporting(self, mut errors: Vec<FieldError>) -> Result<SmtpSettings, SettingsErrors> {
@@ -826,7 +845,12 @@ impl SmtpSettingsBuilder {
     /// Validates every field and returns the settings, or every problem found.
     pub fn build(self) -> Result<SmtpSettings, SettingsErrors> {
         let mut errors = Vec::new();
-        let host = self.host.unwrap_or_default().trim().to_owned();
+        let mut host = self.host.unwrap_or_default().trim().to_owned();
+        if host.is_empty() && !self.destination.is_relay() {
+            // Never contacted; a valid name keeps HELO defaults and
+            // diagnostics meaningful.
+            host = "localhost".to_owned();
+        }
         if let Err(message) = validate_host(&host) {
             errors.push(FieldError::new("host", message));
         }
@@ -948,6 +972,7 @@ impl SmtpSettingsBuilder {
             pipelining: self.pipelining,
             chunking: self.chunking,
             require_all_recipients: self.require_all_recipients,
+            destination: self.destination,
         })
     }
 }

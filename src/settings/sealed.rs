@@ -302,6 +302,7 @@ fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
         pipelining,
         chunking,
         require_all_recipients,
+        destination,
     } = settings;
     let TimeoutsData {
         connect,
@@ -339,6 +340,11 @@ fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
     c.flag("pipelining", *pipelining);
     c.flag("chunking", *chunking);
     c.flag("require_all_recipients", *require_all_recipients);
+    // Added after version 2 shipped: bound only when present, so records
+    // sealed before it existed still open.
+    if let Some(destination) = destination {
+        c.text("destination", destination);
+    }
     c.0
 }
 

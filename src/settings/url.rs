@@ -5,6 +5,13 @@
 //! smtps://[user[:password]@]host[:port][?helo=…&timeout=…&from=…]
 //! ```
 //!
+//! and, for development and tests (see [`crate::dev`]),
+//!
+//! ```text
+//! file:///absolute/dir?from=ADDR
+//! memory://inbox-name?from=ADDR
+//! ```
+//!
 //! `smtp://` means STARTTLS (required) unless `tls=` says otherwise;
 //! `smtps://` means implicit TLS. User name and password are
 //! percent-decoded. [`SmtpUrl`]'s `Display` never shows the password.
@@ -15,6 +22,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 
 use super::{Auth, FieldError, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, TlsMode, MAX_TIMEOUT};
+use crate::dev::Destination;
 use crate::proto::auth::Credential;
 
 fn percent_decode(field: &'static str, s: &str) -> Result<String, FieldError> {
@@ -89,13 +97,16 @@ impl SmtpSettingsBuilder {
                 )]))
             }
         };
+        if scheme == "file" || scheme == "memory" {
+            return local_from_url(&scheme, rest);
+        }
         let mut tls = match scheme.as_str() {
             "smtp" => TlsMode::StartTls,
             "smtps" => TlsMode::Implicit,
             other => {
                 errors.push(FieldError::new(
                     "url",
-                    format!("unknown scheme {other:?}: use smtp or smtps"),
+                    format!("unknown scheme {other:?}: use smtp or smtps (or file or memory in development)"),
                 ));
                 TlsMode::StartTls
             }
@@ -228,6 +239,39 @@ impl SmtpSettingsBuilder {
     }
 }
 
+/// `file:///dir?from=…` and `memory://name?from=…` (see [`crate::dev`]).
+fn local_from_url(scheme: &str, rest: &str) -> Result<SmtpSettingsBuilder, SettingsErrors> {
+    let mut errors = Vec::new();
+    let (place, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    let mut b = SmtpSettings::builder();
+    match percent_decode("url", place) {
+        Ok(place) => match Destination::from_url(&format!("{scheme}://{place}")) {
+            Ok(d) => b = b.destination(d),
+            Err(why) => errors.push(FieldError::new("destination", why)),
+        },
+        Err(e) => errors.push(e),
+    }
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        match (key, percent_decode("url", raw)) {
+            ("from", Ok(value)) => b = b.sender(value),
+            (_, Err(e)) => errors.push(e),
+            _ => errors.push(FieldError::new(
+                "url",
+                format!("unknown parameter: a {scheme}:// URL takes only from"),
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(b)
+    } else {
+        Err(SettingsErrors(errors))
+    }
+}
+
 impl SmtpSettings {
     /// Reads an SMTP URL and builds the settings (the URL must carry
     /// `from=`; otherwise use [`SmtpSettingsBuilder::from_url`] and set the
@@ -256,6 +300,24 @@ impl SmtpUrl<'_> {
 
     fn render(&self, with_password: bool) -> String {
         let s = self.0;
+        match &s.destination {
+            Destination::Relay => {}
+            Destination::File(dir) => {
+                let path: Vec<String> = dir.to_string_lossy().split('/').map(percent_encode).collect();
+                return format!(
+                    "file://{}?from={}",
+                    path.join("/"),
+                    percent_encode(&s.sender.address)
+                );
+            }
+            Destination::Memory(inbox) => {
+                return format!(
+                    "memory://{}?from={}",
+                    inbox.name(),
+                    percent_encode(&s.sender.address)
+                );
+            }
+        }
         let scheme = if s.tls == TlsMode::Implicit {
             "smtps"
         } else {

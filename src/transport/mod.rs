@@ -270,6 +270,16 @@ impl Connector {
     ) -> Result<Connection, (Error, Trace)> {
         let mut trace = Trace::new(on);
         let s = &self.settings;
+        if let Some(url) = s.destination().url() {
+            // Never a connection to the placeholder host.
+            return Err((
+                Error::config(format!(
+                    "these settings deliver to {url}, not to an SMTP relay: there is no connection to open"
+                ))
+                .with_hint("send through a Mailer, or choose the relay destination to test a relay"),
+                trace,
+            ));
+        }
         let limit = match deadline {
             Some(d) => s
                 .timeouts

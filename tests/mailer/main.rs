@@ -1,6 +1,7 @@
 //! The pooled `Mailer` against the in-process test server.
 #![cfg(feature = "test-server")]
 
+mod destinations;
 mod policies;
 mod pool;
 

@@ -98,6 +98,11 @@ async fn every_stored_setting_is_bound_to_the_sealed_password() {
             "/settings/require_all_recipients",
             json!(true),
         ),
+        (
+            "the destination (mail captured to files)",
+            "/settings/destination",
+            json!("file:///tmp/captured"),
+        ),
         ("the seal version (downgrade)", "/password/version", json!(1)),
         ("the nonce", "/password/nonce", json!("AAAAAAAAAAAAAAAA")),
     ];
