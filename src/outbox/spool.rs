@@ -3,7 +3,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use super::codec::{decode_draft, encode_draft, from_millis, millis};
 use super::{Area, Claim, DraftId, DraftInfo, Outbox, Page};
@@ -33,7 +34,21 @@ impl Area {
 #[derive(Clone, Debug)]
 pub struct DirSpool {
     root: PathBuf,
+    /// The sorted ids of the last full scan of each area, shared by clones:
+    /// the pages after the first are cut from it (see [`DirSpool::list`]).
+    listings: Arc<Mutex<Vec<Listing>>>,
 }
+
+/// A sorted snapshot of one area's draft ids.
+#[derive(Debug)]
+struct Listing {
+    area: Area,
+    ids: Arc<[DraftId]>,
+    taken: std::time::Instant,
+}
+
+/// A snapshot older than this is not used: the next page scans again.
+const LISTING_MAX_AGE: Duration = Duration::from_secs(60);
 
 fn io(what: impl Into<String>, e: std::io::Error) -> Error {
     let what = what.into();
@@ -111,7 +126,10 @@ impl DirSpool {
                 )
             })?;
         }
-        Ok(DirSpool { root })
+        Ok(DirSpool {
+            root,
+            listings: Arc::default(),
+        })
     }
 
     fn path(&self, area: Area, id: &DraftId) -> PathBuf {
@@ -207,27 +225,24 @@ impl DirSpool {
     /// read straight from the directory: memory follows `limit`, not the
     /// size of the spool. Unreadable files are quarantined and reported.
     pub fn list(&self, area: Area, after: Option<&DraftId>, limit: usize) -> Result<Page, Error> {
-        let dir = self.root.join(area.dir());
-        let entries = fs::read_dir(&dir).map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
-        // Keep only the `limit` smallest ids above `after` (a bounded max-heap).
-        let mut best: std::collections::BinaryHeap<DraftId> = std::collections::BinaryHeap::new();
         let mut quarantined = Vec::new();
-        for entry in entries.flatten() {
-            let Some(id) = draft_id(&entry.file_name()) else {
-                quarantined.push(self.quarantine(&entry.path()));
-                continue;
-            };
-            if after.is_some_and(|a| &id <= a) {
-                continue;
+        // The first page scans the area and keeps its sorted ids; a later
+        // page is cut from that snapshot (O(page), not O(spool)) while it is
+        // fresh and still holds a whole page after the cursor. Drafts that
+        // arrive meanwhile have later ids: the page that reaches the
+        // snapshot's end scans again and finds them. A draft gone meanwhile
+        // is skipped when read.
+        let cached = after.and_then(|a| self.cached_listing(area, a, limit));
+        let ids = match cached {
+            Some(ids) => ids,
+            None => {
+                let ids = self.scan(area, &mut quarantined)?;
+                self.keep_listing(area, ids.clone());
+                ids
             }
-            if best.len() < limit {
-                best.push(id);
-            } else if best.peek().is_some_and(|top| &id < top) {
-                best.pop();
-                best.push(id);
-            }
-        }
-        let mut ids = best.into_sorted_vec();
+        };
+        let start = after.map_or(0, |a| ids.partition_point(|id| id <= a));
+        let mut ids: Vec<DraftId> = ids[start..].iter().take(limit).cloned().collect();
         let next = (ids.len() == limit && limit > 0).then(|| ids[ids.len() - 1].clone());
         let mut drafts = Vec::with_capacity(ids.len());
         for id in ids.drain(..) {
@@ -242,6 +257,42 @@ impl DirSpool {
             next,
             quarantined,
         })
+    }
+
+    /// Every draft id in `area`, sorted; files that are not drafts are
+    /// quarantined.
+    fn scan(&self, area: Area, quarantined: &mut Vec<PathBuf>) -> Result<Arc<[DraftId]>, Error> {
+        let dir = self.root.join(area.dir());
+        let entries = fs::read_dir(&dir).map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
+        let mut ids = Vec::new();
+        for entry in entries.flatten() {
+            match draft_id(&entry.file_name()) {
+                Some(id) => ids.push(id),
+                None => quarantined.push(self.quarantine(&entry.path())),
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids.into())
+    }
+
+    /// The fresh snapshot of `area`, when it holds `limit` ids after
+    /// `after`.
+    fn cached_listing(&self, area: Area, after: &DraftId, limit: usize) -> Option<Arc<[DraftId]>> {
+        let listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        let l = listings.iter().find(|l| l.area == area)?;
+        let fresh = l.taken.elapsed() < LISTING_MAX_AGE;
+        let left = l.ids.len() - l.ids.partition_point(|id| id <= after);
+        (fresh && left >= limit.max(1)).then(|| l.ids.clone())
+    }
+
+    fn keep_listing(&self, area: Area, ids: Arc<[DraftId]>) {
+        let mut listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        listings.retain(|l| l.area != area);
+        listings.push(Listing {
+            area,
+            ids,
+            taken: std::time::Instant::now(),
+        });
     }
 
     /// Claims up to `max` drafts due at `now` for delivery: each is locked

@@ -156,3 +156,36 @@ fn unwritable_spool_refuses_to_queue() {
     );
     let _ = fs::remove_dir_all(dir);
 }
+
+#[test]
+fn paging_lists_every_draft_once_while_drafts_come_and_go() {
+    let (s, dir) = spool("paging");
+    let mut ids: Vec<DraftId> = (0..25).map(|i| s.enqueue(&message(i)).expect("queued")).collect();
+    ids.sort();
+    let first = s.list(Area::Drafts, None, 10).expect("page 1");
+    let mut seen: Vec<DraftId> = first.drafts.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(seen, ids[..10]);
+    // While the pages are read: a listed draft and a not yet listed one are
+    // delivered, and a draft arrives (with a later id, as new ones have).
+    s.delete(Area::Drafts, &ids[0]).expect("delete");
+    s.delete(Area::Drafts, &ids[15]).expect("delete");
+    let newer = DraftId::parse("fffffffffffff-0000000000000001").expect("id");
+    fs::copy(s.path(Area::Drafts, &ids[1]), s.path(Area::Drafts, &newer)).expect("copy");
+    let mut after = first.next;
+    let mut pages = 1;
+    while let Some(a) = after {
+        let page = s.list(Area::Drafts, Some(&a), 10).expect("page");
+        seen.extend(page.drafts.iter().map(|d| d.id.clone()));
+        after = page.next;
+        pages += 1;
+        assert!(pages < 10, "the cursor ends");
+    }
+    let mut want: Vec<DraftId> = ids.iter().filter(|id| **id != ids[15]).cloned().collect();
+    want.push(newer);
+    assert_eq!(seen, want, "each draft once, in id order; the delivered one skipped");
+    // A fresh listing sees the spool as it is now.
+    let all = s.list(Area::Drafts, None, 100).expect("all");
+    assert_eq!(all.drafts.len(), 24);
+    assert!(all.next.is_none());
+    let _ = fs::remove_dir_all(dir);
+}
