@@ -26,13 +26,11 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use hmac::digest::generic_array::GenericArray;
-use hmac::digest::{Digest, FixedOutput};
 use hmac::{Hmac, Mac};
 use md5::Md5;
+use ring::{digest, hmac as ring_hmac, pbkdf2};
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
-use sha2::Sha256;
 
 /// A SASL mechanism relaymail can use for SMTP AUTH (RFC 4954).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -300,9 +298,6 @@ impl SaslError {
     }
 }
 
-/// HMAC-SHA-256, as used by SCRAM-SHA-256.
-type HmacSha256 = Hmac<Sha256>;
-
 /// Length of a SHA-256 output, and so of every SCRAM-SHA-256 key.
 const SCRAM_KEY_LEN: usize = 32;
 
@@ -376,10 +371,13 @@ impl KeyDerivation {
     /// with `spawn_blocking` or the like.
     pub fn run(self) -> DerivedKey {
         let mut salted_password = Zeroizing::new([0u8; SCRAM_KEY_LEN]);
-        pbkdf2::pbkdf2_hmac::<Sha256>(
-            self.password.as_bytes(),
+        // At least SCRAM_MIN_ITERATIONS, checked when the challenge was read.
+        let iterations = std::num::NonZeroU32::new(self.iterations).unwrap_or(std::num::NonZeroU32::MIN);
+        pbkdf2::derive(
+            pbkdf2::PBKDF2_HMAC_SHA256,
+            iterations,
             &self.salt,
-            self.iterations,
+            self.password.as_bytes(),
             &mut salted_password[..],
         );
         DerivedKey(salted_password)
@@ -796,20 +794,11 @@ fn scram_malformed(detail: &'static str) -> SaslError {
 }
 
 /// HMAC-SHA-256 of `data` under `key`, into a zeroizing buffer.
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Result<ScramKey, SaslError> {
-    let mut mac = scram_mac(key)?;
-    mac.update(data);
+fn hmac_sha256(key: &[u8], data: &[u8]) -> ScramKey {
+    let tag = ring_hmac::sign(&ring_hmac::Key::new(ring_hmac::HMAC_SHA256, key), data);
     let mut out = Zeroizing::new([0u8; SCRAM_KEY_LEN]);
-    FixedOutput::finalize_into(mac, GenericArray::from_mut_slice(&mut out[..]));
-    Ok(out)
-}
-
-/// An HMAC-SHA-256 instance keyed with `key`.
-fn scram_mac(key: &[u8]) -> Result<HmacSha256, SaslError> {
-    // HMAC takes keys of any length; the error arm is unreachable in practice.
-    HmacSha256::new_from_slice(key).map_err(|_| SaslError::InvalidCredentialText {
-        mechanism: Mechanism::ScramSha256,
-    })
+    out.copy_from_slice(tag.as_ref());
+    out
 }
 
 /// The parts of a SCRAM server-first message the client needs.
@@ -1005,13 +994,10 @@ fn client_final(
     without_proof: &str,
     auth_message: &str,
 ) -> Result<(Zeroizing<Vec<u8>>, ScramKey), SaslError> {
-    let client_key = hmac_sha256(&salted_password[..], b"Client Key")?;
+    let client_key = hmac_sha256(&salted_password[..], b"Client Key");
     let mut stored_key = Zeroizing::new([0u8; SCRAM_KEY_LEN]);
-    Digest::finalize_into(
-        <Sha256 as Digest>::new_with_prefix(&client_key[..]),
-        GenericArray::from_mut_slice(&mut stored_key[..]),
-    );
-    let client_signature = hmac_sha256(&stored_key[..], auth_message.as_bytes())?;
+    stored_key.copy_from_slice(digest::digest(&digest::SHA256, &client_key[..]).as_ref());
+    let client_signature = hmac_sha256(&stored_key[..], auth_message.as_bytes());
     let mut proof = Zeroizing::new([0u8; SCRAM_KEY_LEN]);
     for ((p, k), s) in proof
         .iter_mut()
@@ -1020,7 +1006,7 @@ fn client_final(
     {
         *p = k ^ s;
     }
-    let server_key = hmac_sha256(&salted_password[..], b"Server Key")?;
+    let server_key = hmac_sha256(&salted_password[..], b"Server Key");
 
     // Exact capacities, so no reallocation leaves copies of the proof.
     let mut proof_b64 = Zeroizing::new(String::with_capacity(2 * SCRAM_KEY_LEN));
@@ -1050,10 +1036,13 @@ fn verify_server_final(server_key: &[u8], auth_message: &str, server_final: &[u8
     let signature = STANDARD
         .decode(signature)
         .map_err(|_| scram_malformed("server signature is not valid base64"))?;
-    let mut mac = scram_mac(server_key)?;
-    mac.update(auth_message.as_bytes());
-    mac.verify_slice(&signature)
-        .map_err(|_| SaslError::ServerSignatureMismatch)
+    // Constant time.
+    ring_hmac::verify(
+        &ring_hmac::Key::new(ring_hmac::HMAC_SHA256, server_key),
+        auth_message.as_bytes(),
+        &signature,
+    )
+    .map_err(|_| SaslError::ServerSignatureMismatch)
 }
 
 /// Base64-encodes a raw response for the `AUTH <mech> <initial>` position:

@@ -182,7 +182,10 @@ fn paging_lists_every_draft_once_while_drafts_come_and_go() {
     }
     let mut want: Vec<DraftId> = ids.iter().filter(|id| **id != ids[15]).cloned().collect();
     want.push(newer);
-    assert_eq!(seen, want, "each draft once, in id order; the delivered one skipped");
+    assert_eq!(
+        seen, want,
+        "each draft once, in id order; the delivered one skipped"
+    );
     // A fresh listing sees the spool as it is now.
     let all = s.list(Area::Drafts, None, 100).expect("all");
     assert_eq!(all.drafts.len(), 24);
