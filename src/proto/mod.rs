@@ -14,6 +14,7 @@
 //! | [`data`] | DATA dot-stuffing and BDAT chunking with CRLF normalisation |
 //! | [`auth`] | SASL client mechanisms (SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN, XOAUTH2) |
 //! | [`session`] | the session state machine from greeting to QUIT |
+//! | [`Stage`] | the step of a session something happened in |
 
 pub mod auth;
 pub mod command;
@@ -21,3 +22,6 @@ pub mod data;
 pub mod ehlo;
 pub mod reply;
 pub mod session;
+mod stage;
+
+pub use stage::Stage;
