@@ -17,7 +17,9 @@
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
+use crate::proto::ehlo::Extension;
 use crate::proto::reply::{EscapeWriter, Escaped, Reply};
+use crate::proto::SessionError;
 pub use crate::proto::Stage;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,7 +259,7 @@ impl Error {
 }
 
 /// The likely fix for the refusals administrators meet most.
-pub(crate) fn reply_hint(stage: Stage, reply: &Reply) -> Option<&'static str> {
+fn reply_hint(stage: Stage, reply: &Reply) -> Option<&'static str> {
     let code = reply.code().value();
     let enhanced = reply.enhanced_code().map(|c| c.to_string()).unwrap_or_default();
     let text = reply.text().to_ascii_lowercase();
@@ -277,6 +279,151 @@ pub(crate) fn reply_hint(stage: Stage, reply: &Reply) -> Option<&'static str> {
             "the server refused the sender address: use one it accepts (often the authenticated user's own address)",
         ),
         _ => None,
+    }
+}
+
+/// The sans-IO core's error as relaymail's: the same stage, reply and
+/// source, the kind and transience the predicates report, and the likely
+/// fix for administrators as the hint.
+impl From<SessionError> for Error {
+    fn from(e: SessionError) -> Error {
+        use SessionError as S;
+        let stage = e.stage();
+        let message = e.message();
+        match &e {
+            S::Refused { stage, reply } | S::Closing { stage, reply } => {
+                let mut error = Error::rejected(*stage, message, reply.clone());
+                if matches!(e, S::Refused { stage: Stage::Ehlo, .. }) && error.is_permanent() {
+                    error = error.with_hint(
+                        "some relays refuse EHLO names that do not resolve: set a HELO name the server accepts",
+                    );
+                }
+                error
+            }
+            S::HeloRefused { reply } => Error::rejected(Stage::Ehlo, message, reply.clone()).with_hint(
+                "some relays refuse HELO names that do not resolve: set a HELO name the server accepts",
+            ),
+            S::StartTlsRefused { reply } => Error::new(Kind::Tls, stage, message).with_reply(reply.clone()),
+            S::RecipientsRefused { transient, reply, .. } => {
+                let mut error = Error::new(Kind::Rejected, stage, message).transient(*transient);
+                if let Some(reply) = reply {
+                    if let Some(hint) = reply_hint(Stage::Rcpt, reply) {
+                        error = error.with_hint(hint);
+                    }
+                    error = error.with_reply(reply.clone());
+                }
+                error
+            }
+            S::NotOffered { extension, secure } => not_offered(*extension, *secure, stage, message),
+            S::MechanismNotOffered { .. } => Error::new(Kind::Auth, stage, message),
+            S::TooLarge { .. } => Error::new(Kind::Unsupported, stage, message)
+                .with_hint("shrink the message, or send large attachments as links"),
+            S::PlaintextAuthRefused => Error::new(Kind::Auth, stage, message).with_hint(
+                "use STARTTLS (required) or implicit TLS, or allow plain-text AUTH explicitly if the network is trusted",
+            ),
+            S::AuthRejected { reply, detail, .. } => {
+                let error = Error::new(Kind::Auth, stage, message)
+                    .with_reply(reply.clone())
+                    .transient(reply.is_transient());
+                if let Some(detail) = detail {
+                    // Server text: escaped here too, so `Error::hint` is safe to print.
+                    error.with_hint(format!("the server said: {}", Escaped(detail)))
+                } else if reply.code().value() == 535 {
+                    error.with_hint("check the user name and password")
+                } else {
+                    error
+                }
+            }
+            S::AuthFailed { source, .. } => {
+                // A server asking for what the client must refuse broke the
+                // protocol (and will again: permanent); the rest is an
+                // authentication failure.
+                let kind = if source.is_protocol_violation() {
+                    Kind::Protocol
+                } else {
+                    Kind::Auth
+                };
+                Error::new(kind, stage, message).with_source(source.clone())
+            }
+            S::AuthUnverified { source, .. } => Error::new(Kind::Auth, stage, message).with_source(source.clone()),
+            S::Closed { stage: s } => {
+                let error = Error::new(Kind::Closed, stage, message);
+                match s {
+                    Some(Stage::Greeting) => error.with_hint("the server accepted the connection but sent no greeting before closing: it may be overloaded, reject this client, or expect implicit TLS"),
+                    Some(Stage::Ehlo) => error.with_hint("the server closed the connection right after its greeting: it may refuse this client (address blocked, too many connections); check the relay's logs"),
+                    _ => error,
+                }
+            }
+            S::Timeout { stage: s } => {
+                let error = Error::new(Kind::Timeout, stage, message);
+                if *s == Some(Stage::Greeting) {
+                    error.with_hint(
+                        "the server accepted the connection but sent no greeting: if this port expects implicit TLS (usually 465), use implicit TLS instead of STARTTLS or none",
+                    )
+                } else {
+                    error
+                }
+            }
+            S::Io { source, .. } => {
+                let kind = if SessionError::io_closed(source) {
+                    Kind::Closed
+                } else {
+                    Kind::Io
+                };
+                let mut error = Error::new(kind, stage, message);
+                error.0.source = Some(source.clone());
+                error
+            }
+            S::Aborted { source, .. } => match source.downcast_ref::<Error>() {
+                // The shell's own error, as it was, in the session's stage
+                // when it names none.
+                Some(error) => match (error.stage(), stage) {
+                    (None, Some(stage)) => error.clone().at_stage(stage),
+                    _ => error.clone(),
+                },
+                None => {
+                    let mut error = Error::new(Kind::Io, stage, message);
+                    error.0.source = Some(source.clone());
+                    error
+                }
+            },
+            S::Unreadable { source, .. } => Error::protocol(stage, message).with_source(source.clone()),
+            S::Protocol { reply, .. } => {
+                let error = Error::protocol(stage, message);
+                match reply {
+                    Some(reply) => error.with_reply(reply.clone()),
+                    None => error,
+                }
+            }
+            S::StartTlsInjection => Error::new(Kind::Tls, stage, message),
+            S::InvalidHeloName(source) | S::InvalidEnvelope(source) | S::Unencodable { source, .. } => {
+                Error::config(message).with_source(source.clone())
+            }
+            S::NoRecipient | S::Misuse(_) => Error::config(message),
+            S::SessionClosed => Error::new(Kind::Closed, stage, message),
+        }
+    }
+}
+
+/// The error (and likely fix) for an extension the server does not offer.
+fn not_offered(extension: Extension, secure: bool, stage: Option<Stage>, message: String) -> Error {
+    match extension {
+        Extension::Auth => {
+            let error = Error::new(Kind::Auth, stage, message);
+            if secure {
+                error
+            } else {
+                error.with_hint("many servers offer AUTH only after STARTTLS")
+            }
+        }
+        Extension::StartTls => Error::new(Kind::Tls, stage, message).with_hint(
+            "check the port (465 usually expects implicit TLS, 587 STARTTLS) or the server's TLS setup",
+        ),
+        Extension::SmtpUtf8 => Error::new(Kind::Unsupported, stage, message)
+            .with_hint("use an ASCII (or IDNA A-label) address, or a relay that supports SMTPUTF8"),
+        Extension::EightBitMime => Error::new(Kind::Unsupported, stage, message)
+            .with_hint("encode the message as 7-bit (quoted-printable or base64 MIME parts)"),
+        _ => Error::new(Kind::Unsupported, stage, message),
     }
 }
 
