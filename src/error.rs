@@ -9,6 +9,11 @@
 //!
 //! An `Error` never contains a password, token, AUTH line or message body.
 //!
+//! The sans-IO core ([`proto`](crate::proto)) has its own typed error,
+//! [`SessionError`], which states facts only;
+//! `Error` implements `From<SessionError>` and adds the hints there, so the
+//! core depends on nothing above it.
+//!
 //! Its `Display` (and `Debug`) text escapes control characters, as
 //! [`Escaped`] does, wherever they come from: server replies, EHLO keywords
 //! and challenge text reach the message, the hint and the source, and the

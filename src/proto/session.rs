@@ -27,6 +27,9 @@
 //! after the end of one message the next transaction's commands follow in the
 //! same write (RFC 2920 §3.1). A fatal error puts the session in a failed state
 //! that it never leaves; every later call returns the same error.
+//!
+//! Errors are [`SessionError`]s: what happened, in typed form, without advice
+//! for administrators (relaymail's `Error` adds that when it converts one).
 
 use std::collections::VecDeque;
 use std::sync::Arc;

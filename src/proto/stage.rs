@@ -3,6 +3,11 @@
 use std::fmt;
 
 /// The step of an SMTP session in which something failed.
+///
+/// The session names the SMTP steps (and [`Tls`](Stage::Tls) while the shell
+/// runs a STARTTLS handshake); [`Resolve`](Stage::Resolve),
+/// [`Connect`](Stage::Connect) and [`Queue`](Stage::Queue) come from the
+/// layers above. Also `relaymail::Stage`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Stage {
