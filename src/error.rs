@@ -592,4 +592,224 @@ mod tests {
         assert!(Error::new(Kind::Timeout, Some(Stage::Greeting), "t").is_timeout());
         assert!(Error::new(Kind::Closed, None, "c").after_body().body_was_sent());
     }
+
+    #[test]
+    fn session_errors_keep_kind_stage_and_transience() {
+        use crate::proto::auth::{Mechanism, SaslError};
+        use crate::proto::{Misuse, Violation};
+        use SessionError as S;
+
+        let r421 = reply(b"421 4.4.2 bye\r\n");
+        let r454 = reply(b"454 4.7.0 TLS not available\r\n");
+        // (error, kind, stage, transient, hint)
+        let cases: Vec<(SessionError, Kind, Option<Stage>, bool, bool)> = vec![
+            (
+                S::Closing {
+                    stage: Stage::Mail,
+                    reply: r421.clone(),
+                },
+                Kind::Rejected,
+                Some(Stage::Mail),
+                true,
+                false,
+            ),
+            (
+                S::StartTlsRefused { reply: r454.clone() },
+                Kind::Tls,
+                Some(Stage::StartTls),
+                false,
+                false,
+            ),
+            (
+                S::HeloRefused {
+                    reply: reply(b"501 no\r\n"),
+                },
+                Kind::Rejected,
+                Some(Stage::Ehlo),
+                false,
+                true,
+            ),
+            (
+                S::NotOffered {
+                    extension: Extension::StartTls,
+                    secure: false,
+                },
+                Kind::Tls,
+                Some(Stage::StartTls),
+                false,
+                true,
+            ),
+            (
+                S::NotOffered {
+                    extension: Extension::Auth,
+                    secure: false,
+                },
+                Kind::Auth,
+                Some(Stage::Auth),
+                false,
+                true,
+            ),
+            (
+                S::NotOffered {
+                    extension: Extension::RequireTls,
+                    secure: true,
+                },
+                Kind::Unsupported,
+                Some(Stage::Mail),
+                false,
+                false,
+            ),
+            (
+                S::TooLarge { size: 11, limit: 10 },
+                Kind::Unsupported,
+                Some(Stage::Mail),
+                false,
+                true,
+            ),
+            (
+                S::PlaintextAuthRefused,
+                Kind::Auth,
+                Some(Stage::Auth),
+                false,
+                true,
+            ),
+            (
+                S::AuthFailed {
+                    mechanism: Mechanism::ScramSha256,
+                    source: SaslError::IterationCount { count: 1 },
+                },
+                Kind::Protocol,
+                Some(Stage::Auth),
+                false,
+                false,
+            ),
+            (
+                S::AuthFailed {
+                    mechanism: Mechanism::ScramSha256,
+                    source: SaslError::NonceMismatch,
+                },
+                Kind::Auth,
+                Some(Stage::Auth),
+                false,
+                false,
+            ),
+            (
+                S::AuthUnverified {
+                    mechanism: Mechanism::ScramSha256,
+                    source: SaslError::ServerSignatureMismatch,
+                },
+                Kind::Auth,
+                Some(Stage::Auth),
+                false,
+                false,
+            ),
+            (
+                S::Closed {
+                    stage: Some(Stage::Rcpt),
+                },
+                Kind::Closed,
+                Some(Stage::Rcpt),
+                true,
+                false,
+            ),
+            (
+                S::Closed {
+                    stage: Some(Stage::Ehlo),
+                },
+                Kind::Closed,
+                Some(Stage::Ehlo),
+                true,
+                true,
+            ),
+            (
+                S::Timeout {
+                    stage: Some(Stage::Data),
+                },
+                Kind::Timeout,
+                Some(Stage::Data),
+                true,
+                false,
+            ),
+            (
+                S::Io {
+                    stage: None,
+                    source: Arc::new(std::io::ErrorKind::BrokenPipe.into()),
+                },
+                Kind::Closed,
+                None,
+                true,
+                false,
+            ),
+            (
+                S::Protocol {
+                    stage: Some(Stage::Rset),
+                    violation: Violation::RsetFailed,
+                    reply: None,
+                },
+                Kind::Protocol,
+                Some(Stage::Rset),
+                true,
+                false,
+            ),
+            (
+                S::StartTlsInjection,
+                Kind::Tls,
+                Some(Stage::StartTls),
+                false,
+                false,
+            ),
+            (S::NoRecipient, Kind::Config, None, false, false),
+            (
+                S::Misuse(Misuse::QuitWithTransactions),
+                Kind::Config,
+                None,
+                false,
+                false,
+            ),
+            (S::SessionClosed, Kind::Closed, None, true, false),
+        ];
+        for (e, kind, stage, transient, hint) in cases {
+            let shown = e.to_string();
+            let app = Error::from(e);
+            assert_eq!(
+                (app.0.kind, app.stage(), app.is_transient()),
+                (kind, stage, transient),
+                "{app:?}"
+            );
+            assert_eq!(app.hint().is_some(), hint, "{app:?}");
+            // The core's text, then the hint: nothing else differs.
+            match app.hint() {
+                Some(h) => assert_eq!(app.to_string(), format!("{shown}; hint: {h}")),
+                None => assert_eq!(app.to_string(), shown),
+            }
+        }
+    }
+
+    #[test]
+    fn the_shells_error_comes_back_from_the_session_unchanged() {
+        let shell = Error::new(Kind::Tls, None, "handshake failed").with_hint("use STARTTLS");
+        let e = SessionError::Aborted {
+            stage: Some(Stage::Tls),
+            source: Arc::new(shell.clone()),
+        };
+        assert_eq!(e.to_string(), "handshake failed; hint: use STARTTLS");
+        let back = Error::from(e);
+        assert!(back.is_tls() && back.hint() == Some("use STARTTLS"));
+        assert_eq!(
+            back.stage(),
+            Some(Stage::Tls),
+            "the session's stage when it named none"
+        );
+        assert_eq!(back.to_string(), "tls: handshake failed; hint: use STARTTLS");
+        let own = Error::new(Kind::Timeout, Some(Stage::Queue), "late");
+        let e = SessionError::Aborted {
+            stage: Some(Stage::Mail),
+            source: Arc::new(own),
+        };
+        assert_eq!(
+            Error::from(e).stage(),
+            Some(Stage::Queue),
+            "its own stage is kept"
+        );
+    }
 }
