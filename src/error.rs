@@ -9,6 +9,11 @@
 //!
 //! An `Error` never contains a password, token, AUTH line or message body.
 //!
+//! The sans-IO core ([`proto`](crate::proto)) has its own typed error,
+//! [`SessionError`], which states facts only;
+//! `Error` implements `From<SessionError>` and adds the hints there, so the
+//! core depends on nothing above it.
+//!
 //! Its `Display` (and `Debug`) text escapes control characters, as
 //! [`Escaped`] does, wherever they come from: server replies, EHLO keywords
 //! and challenge text reach the message, the hint and the source, and the
@@ -17,74 +22,10 @@
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
+use crate::proto::ehlo::Extension;
 use crate::proto::reply::{EscapeWriter, Escaped, Reply};
-
-/// The step of an SMTP session in which something failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Stage {
-    /// Resolving the server's host name.
-    Resolve,
-    /// Opening the TCP connection.
-    Connect,
-    /// Waiting for the server's 220 greeting.
-    Greeting,
-    /// EHLO (or HELO).
-    Ehlo,
-    /// The STARTTLS command.
-    StartTls,
-    /// The TLS handshake (implicit TLS or after STARTTLS).
-    Tls,
-    /// SMTP AUTH.
-    Auth,
-    /// MAIL FROM.
-    Mail,
-    /// RCPT TO.
-    Rcpt,
-    /// The DATA or BDAT command and the transfer of the message.
-    Data,
-    /// Waiting for the server's verdict after the end of the message.
-    EndOfData,
-    /// RSET.
-    Rset,
-    /// NOOP.
-    Noop,
-    /// QUIT.
-    Quit,
-    /// Waiting in the mailer's queue (or out a retry back-off) for a
-    /// connection: the message was not on the wire when its send timeout
-    /// ran out.
-    Queue,
-}
-
-impl Stage {
-    /// Lower-case name used in messages, e.g. `"rcpt"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Resolve => "resolve",
-            Stage::Connect => "connect",
-            Stage::Greeting => "greeting",
-            Stage::Ehlo => "ehlo",
-            Stage::StartTls => "starttls",
-            Stage::Tls => "tls",
-            Stage::Auth => "auth",
-            Stage::Mail => "mail",
-            Stage::Rcpt => "rcpt",
-            Stage::Data => "data",
-            Stage::EndOfData => "end of data",
-            Stage::Rset => "rset",
-            Stage::Noop => "noop",
-            Stage::Quit => "quit",
-            Stage::Queue => "queue",
-        }
-    }
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::proto::SessionError;
+pub use crate::proto::Stage;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -328,7 +269,7 @@ impl Error {
 }
 
 /// The likely fix for the refusals administrators meet most.
-pub(crate) fn reply_hint(stage: Stage, reply: &Reply) -> Option<&'static str> {
+fn reply_hint(stage: Stage, reply: &Reply) -> Option<&'static str> {
     let code = reply.code().value();
     let enhanced = reply.enhanced_code().map(|c| c.to_string()).unwrap_or_default();
     let text = reply.text().to_ascii_lowercase();
@@ -393,6 +334,151 @@ impl Error {
     /// [`is_conflict`](Error::is_conflict) is true.
     pub fn conflict(message: impl Into<String>) -> Error {
         Error::new(Kind::Conflict, None, message)
+    }
+}
+
+/// The sans-IO core's error as relaymail's: the same stage, reply and
+/// source, the kind and transience the predicates report, and the likely
+/// fix for administrators as the hint.
+impl From<SessionError> for Error {
+    fn from(e: SessionError) -> Error {
+        use SessionError as S;
+        let stage = e.stage();
+        let message = e.message();
+        match &e {
+            S::Refused { stage, reply } | S::Closing { stage, reply } => {
+                let mut error = Error::rejected(*stage, message, reply.clone());
+                if matches!(e, S::Refused { stage: Stage::Ehlo, .. }) && error.is_permanent() {
+                    error = error.with_hint(
+                        "some relays refuse EHLO names that do not resolve: set a HELO name the server accepts",
+                    );
+                }
+                error
+            }
+            S::HeloRefused { reply } => Error::rejected(Stage::Ehlo, message, reply.clone()).with_hint(
+                "some relays refuse HELO names that do not resolve: set a HELO name the server accepts",
+            ),
+            S::StartTlsRefused { reply } => Error::new(Kind::Tls, stage, message).with_reply(reply.clone()),
+            S::RecipientsRefused { transient, reply, .. } => {
+                let mut error = Error::new(Kind::Rejected, stage, message).transient(*transient);
+                if let Some(reply) = reply {
+                    if let Some(hint) = reply_hint(Stage::Rcpt, reply) {
+                        error = error.with_hint(hint);
+                    }
+                    error = error.with_reply(reply.clone());
+                }
+                error
+            }
+            S::NotOffered { extension, secure } => not_offered(*extension, *secure, stage, message),
+            S::MechanismNotOffered { .. } => Error::new(Kind::Auth, stage, message),
+            S::TooLarge { .. } => Error::new(Kind::Unsupported, stage, message)
+                .with_hint("shrink the message, or send large attachments as links"),
+            S::PlaintextAuthRefused => Error::new(Kind::Auth, stage, message).with_hint(
+                "use STARTTLS (required) or implicit TLS, or allow plain-text AUTH explicitly if the network is trusted",
+            ),
+            S::AuthRejected { reply, detail, .. } => {
+                let error = Error::new(Kind::Auth, stage, message)
+                    .with_reply(reply.clone())
+                    .transient(reply.is_transient());
+                if let Some(detail) = detail {
+                    // Server text: escaped here too, so `Error::hint` is safe to print.
+                    error.with_hint(format!("the server said: {}", Escaped(detail)))
+                } else if reply.code().value() == 535 {
+                    error.with_hint("check the user name and password")
+                } else {
+                    error
+                }
+            }
+            S::AuthFailed { source, .. } => {
+                // A server asking for what the client must refuse broke the
+                // protocol (and will again: permanent); the rest is an
+                // authentication failure.
+                let kind = if source.is_protocol_violation() {
+                    Kind::Protocol
+                } else {
+                    Kind::Auth
+                };
+                Error::new(kind, stage, message).with_source(source.clone())
+            }
+            S::AuthUnverified { source, .. } => Error::new(Kind::Auth, stage, message).with_source(source.clone()),
+            S::Closed { stage: s } => {
+                let error = Error::new(Kind::Closed, stage, message);
+                match s {
+                    Some(Stage::Greeting) => error.with_hint("the server accepted the connection but sent no greeting before closing: it may be overloaded, reject this client, or expect implicit TLS"),
+                    Some(Stage::Ehlo) => error.with_hint("the server closed the connection right after its greeting: it may refuse this client (address blocked, too many connections); check the relay's logs"),
+                    _ => error,
+                }
+            }
+            S::Timeout { stage: s } => {
+                let error = Error::new(Kind::Timeout, stage, message);
+                if *s == Some(Stage::Greeting) {
+                    error.with_hint(
+                        "the server accepted the connection but sent no greeting: if this port expects implicit TLS (usually 465), use implicit TLS instead of STARTTLS or none",
+                    )
+                } else {
+                    error
+                }
+            }
+            S::Io { source, .. } => {
+                let kind = if SessionError::io_closed(source) {
+                    Kind::Closed
+                } else {
+                    Kind::Io
+                };
+                let mut error = Error::new(kind, stage, message);
+                error.0.source = Some(source.clone());
+                error
+            }
+            S::Aborted { source, .. } => match source.downcast_ref::<Error>() {
+                // The shell's own error, as it was, in the session's stage
+                // when it names none.
+                Some(error) => match (error.stage(), stage) {
+                    (None, Some(stage)) => error.clone().at_stage(stage),
+                    _ => error.clone(),
+                },
+                None => {
+                    let mut error = Error::new(Kind::Io, stage, message);
+                    error.0.source = Some(source.clone());
+                    error
+                }
+            },
+            S::Unreadable { source, .. } => Error::protocol(stage, message).with_source(source.clone()),
+            S::Protocol { reply, .. } => {
+                let error = Error::protocol(stage, message);
+                match reply {
+                    Some(reply) => error.with_reply(reply.clone()),
+                    None => error,
+                }
+            }
+            S::StartTlsInjection => Error::new(Kind::Tls, stage, message),
+            S::InvalidHeloName(source) | S::InvalidEnvelope(source) | S::Unencodable { source, .. } => {
+                Error::config(message).with_source(source.clone())
+            }
+            S::NoRecipient | S::Misuse(_) => Error::config(message),
+            S::SessionClosed => Error::new(Kind::Closed, stage, message),
+        }
+    }
+}
+
+/// The error (and likely fix) for an extension the server does not offer.
+fn not_offered(extension: Extension, secure: bool, stage: Option<Stage>, message: String) -> Error {
+    match extension {
+        Extension::Auth => {
+            let error = Error::new(Kind::Auth, stage, message);
+            if secure {
+                error
+            } else {
+                error.with_hint("many servers offer AUTH only after STARTTLS")
+            }
+        }
+        Extension::StartTls => Error::new(Kind::Tls, stage, message).with_hint(
+            "check the port (465 usually expects implicit TLS, 587 STARTTLS) or the server's TLS setup",
+        ),
+        Extension::SmtpUtf8 => Error::new(Kind::Unsupported, stage, message)
+            .with_hint("use an ASCII (or IDNA A-label) address, or a relay that supports SMTPUTF8"),
+        Extension::EightBitMime => Error::new(Kind::Unsupported, stage, message)
+            .with_hint("encode the message as 7-bit (quoted-printable or base64 MIME parts)"),
+        _ => Error::new(Kind::Unsupported, stage, message),
     }
 }
 
@@ -555,5 +641,225 @@ mod tests {
         assert!(Error::config("bad").is_permanent());
         assert!(Error::new(Kind::Timeout, Some(Stage::Greeting), "t").is_timeout());
         assert!(Error::new(Kind::Closed, None, "c").after_body().body_was_sent());
+    }
+
+    #[test]
+    fn session_errors_keep_kind_stage_and_transience() {
+        use crate::proto::auth::{Mechanism, SaslError};
+        use crate::proto::{Misuse, Violation};
+        use SessionError as S;
+
+        let r421 = reply(b"421 4.4.2 bye\r\n");
+        let r454 = reply(b"454 4.7.0 TLS not available\r\n");
+        // (error, kind, stage, transient, hint)
+        let cases: Vec<(SessionError, Kind, Option<Stage>, bool, bool)> = vec![
+            (
+                S::Closing {
+                    stage: Stage::Mail,
+                    reply: r421.clone(),
+                },
+                Kind::Rejected,
+                Some(Stage::Mail),
+                true,
+                false,
+            ),
+            (
+                S::StartTlsRefused { reply: r454.clone() },
+                Kind::Tls,
+                Some(Stage::StartTls),
+                false,
+                false,
+            ),
+            (
+                S::HeloRefused {
+                    reply: reply(b"501 no\r\n"),
+                },
+                Kind::Rejected,
+                Some(Stage::Ehlo),
+                false,
+                true,
+            ),
+            (
+                S::NotOffered {
+                    extension: Extension::StartTls,
+                    secure: false,
+                },
+                Kind::Tls,
+                Some(Stage::StartTls),
+                false,
+                true,
+            ),
+            (
+                S::NotOffered {
+                    extension: Extension::Auth,
+                    secure: false,
+                },
+                Kind::Auth,
+                Some(Stage::Auth),
+                false,
+                true,
+            ),
+            (
+                S::NotOffered {
+                    extension: Extension::RequireTls,
+                    secure: true,
+                },
+                Kind::Unsupported,
+                Some(Stage::Mail),
+                false,
+                false,
+            ),
+            (
+                S::TooLarge { size: 11, limit: 10 },
+                Kind::Unsupported,
+                Some(Stage::Mail),
+                false,
+                true,
+            ),
+            (
+                S::PlaintextAuthRefused,
+                Kind::Auth,
+                Some(Stage::Auth),
+                false,
+                true,
+            ),
+            (
+                S::AuthFailed {
+                    mechanism: Mechanism::ScramSha256,
+                    source: SaslError::IterationCount { count: 1 },
+                },
+                Kind::Protocol,
+                Some(Stage::Auth),
+                false,
+                false,
+            ),
+            (
+                S::AuthFailed {
+                    mechanism: Mechanism::ScramSha256,
+                    source: SaslError::NonceMismatch,
+                },
+                Kind::Auth,
+                Some(Stage::Auth),
+                false,
+                false,
+            ),
+            (
+                S::AuthUnverified {
+                    mechanism: Mechanism::ScramSha256,
+                    source: SaslError::ServerSignatureMismatch,
+                },
+                Kind::Auth,
+                Some(Stage::Auth),
+                false,
+                false,
+            ),
+            (
+                S::Closed {
+                    stage: Some(Stage::Rcpt),
+                },
+                Kind::Closed,
+                Some(Stage::Rcpt),
+                true,
+                false,
+            ),
+            (
+                S::Closed {
+                    stage: Some(Stage::Ehlo),
+                },
+                Kind::Closed,
+                Some(Stage::Ehlo),
+                true,
+                true,
+            ),
+            (
+                S::Timeout {
+                    stage: Some(Stage::Data),
+                },
+                Kind::Timeout,
+                Some(Stage::Data),
+                true,
+                false,
+            ),
+            (
+                S::Io {
+                    stage: None,
+                    source: Arc::new(std::io::ErrorKind::BrokenPipe.into()),
+                },
+                Kind::Closed,
+                None,
+                true,
+                false,
+            ),
+            (
+                S::Protocol {
+                    stage: Some(Stage::Rset),
+                    violation: Violation::RsetFailed,
+                    reply: None,
+                },
+                Kind::Protocol,
+                Some(Stage::Rset),
+                true,
+                false,
+            ),
+            (
+                S::StartTlsInjection,
+                Kind::Tls,
+                Some(Stage::StartTls),
+                false,
+                false,
+            ),
+            (S::NoRecipient, Kind::Config, None, false, false),
+            (
+                S::Misuse(Misuse::QuitWithTransactions),
+                Kind::Config,
+                None,
+                false,
+                false,
+            ),
+            (S::SessionClosed, Kind::Closed, None, true, false),
+        ];
+        for (e, kind, stage, transient, hint) in cases {
+            let shown = e.to_string();
+            let app = Error::from(e);
+            assert_eq!(
+                (app.0.kind, app.stage(), app.is_transient()),
+                (kind, stage, transient),
+                "{app:?}"
+            );
+            assert_eq!(app.hint().is_some(), hint, "{app:?}");
+            // The core's text, then the hint: nothing else differs.
+            match app.hint() {
+                Some(h) => assert_eq!(app.to_string(), format!("{shown}; hint: {h}")),
+                None => assert_eq!(app.to_string(), shown),
+            }
+        }
+    }
+
+    #[test]
+    fn the_shells_error_comes_back_from_the_session_unchanged() {
+        let shell = Error::new(Kind::Tls, None, "handshake failed").with_hint("use STARTTLS");
+        let e = SessionError::Aborted {
+            stage: Some(Stage::Tls),
+            source: Arc::new(shell.clone()),
+        };
+        assert_eq!(e.to_string(), "handshake failed; hint: use STARTTLS");
+        let back = Error::from(e);
+        assert!(back.is_tls() && back.hint() == Some("use STARTTLS"));
+        assert_eq!(
+            back.stage(),
+            Some(Stage::Tls),
+            "the session's stage when it named none"
+        );
+        assert_eq!(back.to_string(), "tls: handshake failed; hint: use STARTTLS");
+        let own = Error::new(Kind::Timeout, Some(Stage::Queue), "late");
+        let e = SessionError::Aborted {
+            stage: Some(Stage::Mail),
+            source: Arc::new(own),
+        };
+        assert_eq!(
+            Error::from(e).stage(),
+            Some(Stage::Queue),
+            "its own stage is kept"
+        );
     }
 }

@@ -9,7 +9,9 @@
 //! - [`proto`]: a sans-IO SMTP client (no sockets, no clock): incremental
 //!   reply parser, EHLO capabilities, a command encoder that refuses
 //!   injection, DATA/BDAT body encoders that cannot end a message early, SASL
-//!   mechanisms and the session state machine with PIPELINING.
+//!   mechanisms and the session state machine with PIPELINING. Its errors
+//!   are its own ([`proto::SessionError`]: typed facts); [`Error`] converts
+//!   them and adds the likely fix.
 //! - [`SmtpSettings`]: the typed, validated settings an administrator's form
 //!   produces (host, port, [`TlsMode`], trust, credentials, HELO name,
 //!   per-phase [`Timeouts`]); `build()` reports every bad field at once.

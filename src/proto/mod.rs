@@ -14,10 +14,22 @@
 //! | [`data`] | DATA dot-stuffing and BDAT chunking with CRLF normalisation |
 //! | [`auth`] | SASL client mechanisms (SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN, XOAUTH2) |
 //! | [`session`] | the session state machine from greeting to QUIT |
+//! | [`SessionError`], [`Stage`] | what went wrong in a session, and where |
+//!
+//! Nothing here depends on the layers above: the core's errors are its own
+//! ([`SessionError`], [`CommandError`](command::CommandError),
+//! [`SaslError`](auth::SaslError) …), plain facts without advice; the
+//! transport turns them into relaymail's `Error` and adds the hints for
+//! administrators.
 
 pub mod auth;
 pub mod command;
 pub mod data;
 pub mod ehlo;
+mod error;
 pub mod reply;
 pub mod session;
+mod stage;
+
+pub use error::{Misuse, SessionError, Violation};
+pub use stage::Stage;

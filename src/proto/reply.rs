@@ -7,7 +7,8 @@
 //! server cannot make the client buffer without bound.
 //!
 //! Reply text is server-controlled. The `Display` of a [`Reply`] (and of every
-//! [`Error`](crate::Error) that shows one) escapes control characters with
+//! [`SessionError`](crate::proto::SessionError), and relaymail's `Error`,
+//! that shows one) escapes control characters with
 //! [`Escaped`], so a hostile server cannot drive a terminal or forge log
 //! lines; [`Reply::lines`] and [`Reply::text`] give the raw text.
 

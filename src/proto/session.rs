@@ -27,6 +27,9 @@
 //! after the end of one message the next transaction's commands follow in the
 //! same write (RFC 2920 §3.1). A fatal error puts the session in a failed state
 //! that it never leaves; every later call returns the same error.
+//!
+//! Errors are [`SessionError`]s: what happened, in typed form, without advice
+//! for administrators (relaymail's `Error` adds that when it converts one).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -37,8 +40,9 @@ use super::auth::{self, DerivedKey, KeyDerivation, Mechanism, SaslClient, SaslEr
 use super::command::{check_helo_name, check_mailbox, Argument, BodyType, Command, MailParams, RcptParams};
 use super::data::{self, DataEncoder};
 use super::ehlo::{Capabilities, Extension};
-use super::reply::{Escaped, Reply, ReplyLimits, ReplyParser};
-use crate::error::{Error, Kind, Stage};
+use super::error::{Misuse, SessionError, Violation};
+use super::reply::{Reply, ReplyLimits, ReplyParser};
+use super::stage::Stage;
 
 /// When to upgrade a plain connection with STARTTLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -259,7 +263,12 @@ pub struct TransactionOutcome {
     /// Each recipient's reply, in envelope order.
     pub recipients: Vec<RecipientReply>,
     /// The final reply after the message (queue id text) on success.
-    pub result: Result<Reply, Error>,
+    pub result: Result<Reply, SessionError>,
+    /// The transaction failed with the session (the connection failed, timed
+    /// out …) after the whole message had been handed out for writing, and
+    /// no final reply was read: the server may have accepted it, and trying
+    /// again may deliver it twice. Never set for a refusal.
+    pub body_sent: bool,
 }
 
 /// Something the shell must act on or may report.
@@ -274,7 +283,7 @@ pub enum Event {
     /// [`Session::authenticate`] and [`Session::send`].
     Ready,
     /// The AUTH exchange ended.
-    Authenticated(Result<Mechanism, Error>),
+    Authenticated(Result<Mechanism, SessionError>),
     /// Only with [`SessionConfig::offload_key_derivation`]: run this SCRAM
     /// key derivation (CPU-bound, for an async shell on a blocking thread)
     /// and pass its result to [`Session::key_derived`]. Until then the
@@ -335,7 +344,7 @@ struct Tx {
     data_written: bool,
     body_written: bool,
     mail_reply: Option<Reply>,
-    failure: Option<Error>,
+    failure: Option<SessionError>,
 }
 
 impl Tx {
@@ -352,32 +361,20 @@ impl Tx {
     }
 
     /// The error for a transaction whose recipients were refused.
-    fn recipients_error(&self) -> Error {
+    fn recipients_error(&self) -> SessionError {
         let refused: Vec<&Reply> = self
             .replies
             .iter()
             .filter_map(|r| r.reply.as_ref())
             .filter(|r| !r.is_positive())
             .collect();
-        let first = refused.first().map(|r| (*r).clone());
-        let all_transient = !refused.is_empty() && refused.iter().all(|r| r.is_transient());
-        let message = if self.accepted() == 0 {
-            "every recipient was refused".to_owned()
-        } else {
-            format!(
-                "{} of {} recipients refused and all were required",
-                refused.len(),
-                self.replies.len()
-            )
-        };
-        let mut e = Error::new(Kind::Rejected, Some(Stage::Rcpt), message).transient(all_transient);
-        if let Some(r) = first {
-            if let Some(hint) = crate::error::reply_hint(Stage::Rcpt, &r) {
-                e = e.with_hint(hint);
-            }
-            e = e.with_reply(r);
+        SessionError::RecipientsRefused {
+            accepted: self.accepted(),
+            refused: refused.len(),
+            total: self.replies.len(),
+            transient: !refused.is_empty() && refused.iter().all(|r| r.is_transient()),
+            reply: refused.first().map(|r| (*r).clone()),
         }
-        e
     }
 }
 
@@ -397,13 +394,13 @@ pub struct Session {
     upgraded: bool,
     authenticated: Option<Mechanism>,
     sasl: Option<SaslClient>,
-    sasl_cancelled: Option<Error>,
+    sasl_cancelled: Option<SessionError>,
     /// An [`Event::DeriveKey`] is out; [`Session::key_derived`] is awaited.
     deriving: bool,
     tls_note: Option<String>,
     txs: VecDeque<Tx>,
     next_id: u64,
-    failure: Option<Error>,
+    failure: Option<SessionError>,
     /// Every reply with the stage it answered, when recording is on.
     replies: Option<Vec<(Stage, Reply)>>,
     /// Complete replies read (see [`Session::replies_received`]).
@@ -413,9 +410,8 @@ pub struct Session {
 impl Session {
     /// A session that waits for the server's greeting. Fails if the EHLO name
     /// is not a valid domain or address literal.
-    pub fn new(config: SessionConfig) -> Result<Session, Error> {
-        check_helo_name(&config.helo_name)
-            .map_err(|e| Error::config(format!("invalid HELO name: {e}")).with_source(e))?;
+    pub fn new(config: SessionConfig) -> Result<Session, SessionError> {
+        check_helo_name(&config.helo_name).map_err(SessionError::InvalidHeloName)?;
         Ok(Session {
             parser: ReplyParser::with_limits(config.reply_limits),
             secure: config.implicit_tls,
@@ -549,7 +545,7 @@ impl Session {
     }
 
     /// The error that failed the session, if one did.
-    pub fn failure(&self) -> Option<&Error> {
+    pub fn failure(&self) -> Option<&SessionError> {
         self.failure.as_ref()
     }
 
@@ -565,10 +561,10 @@ impl Session {
         self.txs.len()
     }
 
-    fn check_alive(&self) -> Result<(), Error> {
+    fn check_alive(&self) -> Result<(), SessionError> {
         match (&self.failure, self.state) {
             (Some(e), _) => Err(e.clone()),
-            (None, State::Closed) => Err(Error::new(Kind::Closed, None, "the session is closed")),
+            (None, State::Closed) => Err(SessionError::SessionClosed),
             _ => Ok(()),
         }
     }
@@ -576,7 +572,7 @@ impl Session {
     /// Hands bytes read from the server to the session and processes every
     /// complete reply. An error is fatal: the session stays failed, and
     /// every transaction in flight ends with an error event.
-    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), Error> {
+    pub fn receive(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
         self.check_alive()?;
         if self.state == State::TlsUpgrade && !bytes.is_empty() {
             return Err(self.fail(starttls_injection()));
@@ -590,8 +586,10 @@ impl Session {
                 Ok(Some(reply)) => reply,
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    let err = Error::protocol(self.current_stage(), format!("unreadable reply: {e}"))
-                        .with_source(e);
+                    let err = SessionError::Unreadable {
+                        stage: self.current_stage(),
+                        source: e,
+                    };
                     return Err(self.fail(err));
                 }
             };
@@ -607,7 +605,7 @@ impl Session {
 
     /// The server closed the connection. After QUIT this is the normal end;
     /// otherwise it fails the session (and everything in flight).
-    pub fn receive_eof(&mut self) -> Result<(), Error> {
+    pub fn receive_eof(&mut self) -> Result<(), SessionError> {
         self.check_alive()?;
         if self.state == State::Quitting && self.expects.front() == Some(&Expect::Quit) {
             self.expects.clear();
@@ -615,63 +613,50 @@ impl Session {
             self.events.push_back(Event::Closed);
             return Ok(());
         }
-        let stage = self.current_stage();
-        let mut e = Error::new(Kind::Closed, stage, "the server closed the connection");
-        if stage == Some(Stage::Greeting) {
-            e = e.with_hint("the server accepted the connection but sent no greeting before closing: it may be overloaded, reject this client, or expect implicit TLS");
-        } else if stage == Some(Stage::Ehlo) {
-            e = e.with_hint("the server closed the connection right after its greeting: it may refuse this client (address blocked, too many connections); check the relay's logs");
-        }
+        let e = SessionError::Closed {
+            stage: self.current_stage(),
+        };
         Err(self.fail(e))
     }
 
     /// The shell's timer for the current [`phase`](Session::phase) expired.
     /// Fails the session (every transaction in flight ends with the error)
     /// and returns a timeout error naming the stage.
-    pub fn timed_out(&mut self) -> Error {
-        let stage = self.current_stage();
-        let mut e = Error::new(
-            Kind::Timeout,
-            stage,
-            "no reply from the server within the timeout",
-        );
-        if stage == Some(Stage::Greeting) {
-            e = e.with_hint(
-                "the server accepted the connection but sent no greeting: if this port expects implicit TLS (usually 465), use implicit TLS instead of STARTTLS or none",
-            );
-        }
-        self.abort(e)
+    pub fn timed_out(&mut self) -> SessionError {
+        let e = SessionError::Timeout {
+            stage: self.current_stage(),
+        };
+        self.fail_once(e)
     }
 
     /// A read or write on the connection failed. Fails the session and
     /// returns the error (an unexpected end of stream counts as the server
     /// closing the connection).
-    pub fn io_failed(&mut self, error: std::io::Error) -> Error {
-        let closed = matches!(
-            error.kind(),
-            std::io::ErrorKind::UnexpectedEof
-                | std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::BrokenPipe
-        );
-        let (kind, message) = if closed {
-            (Kind::Closed, "the connection was closed")
-        } else {
-            (Kind::Io, "network error")
+    pub fn io_failed(&mut self, error: std::io::Error) -> SessionError {
+        let e = SessionError::Io {
+            stage: self.current_stage(),
+            source: Arc::new(error),
         };
-        let e = Error::new(kind, self.current_stage(), message).with_source(error);
-        self.abort(e)
+        self.fail_once(e)
     }
 
     /// Fails the session with an error from the shell (TLS handshake failure
-    /// and the like). The first failure is kept.
-    pub(crate) fn abort(&mut self, error: Error) -> Error {
+    /// and the like), as [`SessionError::Aborted`] with the
+    /// current stage. The first failure is kept.
+    pub(crate) fn abort(&mut self, cause: impl std::error::Error + Send + Sync + 'static) -> SessionError {
+        let e = SessionError::Aborted {
+            stage: self.current_stage(),
+            source: Arc::new(cause),
+        };
+        self.fail_once(e)
+    }
+
+    /// Fails the session with `error`, unless it failed already: then the
+    /// first failure is returned.
+    fn fail_once(&mut self, error: SessionError) -> SessionError {
         if let Some(e) = &self.failure {
             return e.clone();
         }
-        let error = match (error.stage(), self.current_stage()) {
-            (None, Some(stage)) => error.at_stage(stage),
-            _ => error,
-        };
         self.fail(error)
     }
 
@@ -696,20 +681,17 @@ impl Session {
         })
     }
 
-    fn fail(&mut self, error: Error) -> Error {
+    fn fail(&mut self, error: SessionError) -> SessionError {
         self.state = State::Failed;
         self.expects.clear();
         self.sasl = None;
         self.deriving = false;
         for tx in self.txs.drain(..) {
-            let mut e = error.clone();
-            if tx.body_written {
-                e = e.after_body();
-            }
             self.events.push_back(Event::Transaction(TransactionOutcome {
                 id: tx.id,
                 recipients: tx.replies,
-                result: Err(e),
+                result: Err(error.clone()),
+                body_sent: tx.body_written,
             }));
         }
         self.failure = Some(error.clone());
@@ -718,10 +700,10 @@ impl Session {
 
     /// Call after the TLS handshake that followed [`Event::StartTls`]
     /// succeeded. The capabilities are forgotten and EHLO is sent again.
-    pub fn tls_established(&mut self) -> Result<(), Error> {
+    pub fn tls_established(&mut self) -> Result<(), SessionError> {
         self.check_alive()?;
         if self.state != State::TlsUpgrade {
-            return Err(Error::config("tls_established called without a pending STARTTLS"));
+            return Err(SessionError::Misuse(Misuse::NoPendingStartTls));
         }
         self.secure = true;
         self.upgraded = true;
@@ -730,7 +712,7 @@ impl Session {
         self.write(Command::Ehlo(&self.config.helo_name.clone()))
     }
 
-    fn write(&mut self, cmd: Command<'_>) -> Result<(), Error> {
+    fn write(&mut self, cmd: Command<'_>) -> Result<(), SessionError> {
         if self.sensitive == 0 {
             return cmd.encode(&mut self.out).map_err(|e| cmd_encode_error(&cmd, e));
         }
@@ -745,7 +727,7 @@ impl Session {
     /// Writes a command that carries AUTH data. The line is encoded into a
     /// zeroizing buffer sized beforehand (`payload` is the length of its
     /// argument), so neither it nor `out` reallocates while holding it.
-    fn write_sensitive(&mut self, cmd: Command<'_>, payload: usize) -> Result<(), Error> {
+    fn write_sensitive(&mut self, cmd: Command<'_>, payload: usize) -> Result<(), SessionError> {
         let mut line = Zeroizing::new(Vec::with_capacity(payload + SENSITIVE_LINE_OVERHEAD));
         cmd.encode(&mut line).map_err(|e| cmd_encode_error(&cmd, e))?;
         append_wiping(&mut self.out, &line);
@@ -757,41 +739,28 @@ impl Session {
     /// when the session is not ready, the server does not offer AUTH or this
     /// mechanism, or the connection is not encrypted and plain-text AUTH is
     /// not allowed.
-    pub fn authenticate(&mut self, mut client: SaslClient) -> Result<(), Error> {
+    pub fn authenticate(&mut self, mut client: SaslClient) -> Result<(), SessionError> {
         self.check_alive()?;
         let mech = client.mechanism();
         if self.state != State::Ready || !self.expects.is_empty() || !self.txs.is_empty() {
-            return Err(Error::config("AUTH is only possible on an idle, ready session"));
+            return Err(SessionError::Misuse(Misuse::AuthNotIdle));
         }
         if self.authenticated.is_some() {
-            return Err(Error::config("the session is already authenticated"));
+            return Err(SessionError::Misuse(Misuse::AlreadyAuthenticated));
         }
         if !self.secure && !self.config.allow_plaintext_auth {
-            return Err(Error::new(
-                Kind::Auth,
-                Some(Stage::Auth),
-                "refusing to send credentials over a connection without TLS",
-            )
-            .with_hint("use STARTTLS (required) or implicit TLS, or allow plain-text AUTH explicitly if the network is trusted"));
+            return Err(SessionError::PlaintextAuthRefused);
         }
         let caps = self.caps.as_ref();
         if !caps.is_some_and(|c| c.supports(Extension::Auth)) {
-            let mut e = Error::new(Kind::Auth, Some(Stage::Auth), "the server does not offer AUTH");
-            if !self.secure {
-                e = e.with_hint("many servers offer AUTH only after STARTTLS");
-            }
-            return Err(e);
+            return Err(self.not_offered(Extension::Auth));
         }
         let offered = caps.map(|c| c.auth_mechanisms()).unwrap_or_default();
         if !offered.iter().any(|m| m.eq_ignore_ascii_case(mech.name())) {
-            return Err(Error::new(
-                Kind::Auth,
-                Some(Stage::Auth),
-                format!(
-                    "the server does not offer {mech} (it offers {})",
-                    offered.join(" ")
-                ),
-            ));
+            return Err(SessionError::MechanismNotOffered {
+                mechanism: mech,
+                offered: offered.to_vec(),
+            });
         }
         let initial = client
             .initial_response()
@@ -813,10 +782,10 @@ impl Session {
     /// checked here — addresses, parameters, the server's SIZE limit, the need
     /// for SMTPUTF8 or 8BITMIME — and a problem is returned without writing
     /// anything; the session stays usable.
-    pub fn send(&mut self, tx: Transaction) -> Result<TxId, Error> {
+    pub fn send(&mut self, tx: Transaction) -> Result<TxId, SessionError> {
         self.check_alive()?;
         if self.state != State::Ready {
-            return Err(Error::config("the session is not ready for a transaction"));
+            return Err(SessionError::Misuse(Misuse::SendNotReady));
         }
         let caps = self.caps.clone().unwrap_or_default();
         let Transaction {
@@ -825,7 +794,7 @@ impl Session {
             require_all_recipients,
         } = tx;
         if envelope.recipients.is_empty() {
-            return Err(Error::config("the envelope has no recipient"));
+            return Err(SessionError::NoRecipient);
         }
         let mut params = envelope.params.clone();
         let mut needs_utf8 = false;
@@ -837,24 +806,14 @@ impl Session {
         }
         if needs_utf8 || params.smtputf8 {
             if !caps.supports(Extension::SmtpUtf8) {
-                return Err(Error::new(
-                    Kind::Unsupported,
-                    Some(Stage::Mail),
-                    "an address has non-ASCII characters but the server does not offer SMTPUTF8",
-                )
-                .with_hint("use an ASCII (or IDNA A-label) address, or a relay that supports SMTPUTF8"));
+                return Err(self.not_offered(Extension::SmtpUtf8));
             }
             params.smtputf8 = true;
         }
         let eight_bit = message.iter().any(|&b| b >= 0x80);
         if eight_bit && params.body.is_none() {
             if !caps.supports(Extension::EightBitMime) {
-                return Err(Error::new(
-                    Kind::Unsupported,
-                    Some(Stage::Mail),
-                    "the message has 8-bit content but the server does not offer 8BITMIME",
-                )
-                .with_hint("encode the message as 7-bit (quoted-printable or base64 MIME parts)"));
+                return Err(self.not_offered(Extension::EightBitMime));
             }
             params.body = Some(BodyType::EightBitMime);
         }
@@ -862,27 +821,15 @@ impl Session {
             BodyMode::Bdat
         } else {
             if params.body == Some(BodyType::BinaryMime) {
-                return Err(Error::new(
-                    Kind::Unsupported,
-                    Some(Stage::Mail),
-                    "BODY=BINARYMIME needs BDAT, which the server does not offer (CHUNKING)",
-                ));
+                return Err(self.not_offered(Extension::Chunking));
             }
             BodyMode::Data
         };
         if params.body == Some(BodyType::BinaryMime) && !caps.supports(Extension::BinaryMime) {
-            return Err(Error::new(
-                Kind::Unsupported,
-                Some(Stage::Mail),
-                "the server does not offer BINARYMIME",
-            ));
+            return Err(self.not_offered(Extension::BinaryMime));
         }
         if params.requiretls && !(caps.supports(Extension::RequireTls) && self.secure) {
-            return Err(Error::new(
-                Kind::Unsupported,
-                Some(Stage::Mail),
-                "REQUIRETLS was asked for but the server does not offer it over TLS",
-            ));
+            return Err(self.not_offered(Extension::RequireTls));
         }
         let mut recipients = envelope.recipients;
         // The caller's own parameters are validated as given, before any is
@@ -900,12 +847,7 @@ impl Session {
         if caps.supports(Extension::Size) {
             if let Some(limit) = caps.size_limit() {
                 if size > limit {
-                    return Err(Error::new(
-                        Kind::Unsupported,
-                        Some(Stage::Mail),
-                        format!("the message is {size} bytes but the server accepts at most {limit} (SIZE)"),
-                    )
-                    .with_hint("shrink the message, or send large attachments as links"));
+                    return Err(SessionError::TooLarge { size, limit });
                 }
             }
             params.size = Some(size);
@@ -946,10 +888,10 @@ impl Session {
     }
 
     /// Sends NOOP (to probe an idle connection); answered by [`Event::Noop`].
-    pub fn noop(&mut self) -> Result<(), Error> {
+    pub fn noop(&mut self) -> Result<(), SessionError> {
         self.check_alive()?;
         if self.state != State::Ready {
-            return Err(Error::config("NOOP is only possible on a ready session"));
+            return Err(SessionError::Misuse(Misuse::NoopNotReady));
         }
         self.write(Command::Noop)?;
         self.expects.push_back(Expect::Noop);
@@ -958,20 +900,28 @@ impl Session {
 
     /// Sends QUIT after anything already queued. [`Event::Closed`] follows
     /// the server's reply (or its closing the connection).
-    pub fn quit(&mut self) -> Result<(), Error> {
+    pub fn quit(&mut self) -> Result<(), SessionError> {
         self.check_alive()?;
         match self.state {
             State::Ready => {}
             State::Quitting => return Ok(()),
-            _ => return Err(Error::config("QUIT is only possible on a ready session")),
+            _ => return Err(SessionError::Misuse(Misuse::QuitNotReady)),
         }
         if !self.txs.is_empty() {
-            return Err(Error::config("QUIT with transactions still queued"));
+            return Err(SessionError::Misuse(Misuse::QuitWithTransactions));
         }
         self.write(Command::Quit)?;
         self.expects.push_back(Expect::Quit);
         self.state = State::Quitting;
         Ok(())
+    }
+
+    /// The error for an extension the server does not offer.
+    fn not_offered(&self, extension: Extension) -> SessionError {
+        SessionError::NotOffered {
+            extension,
+            secure: self.secure,
+        }
     }
 
     fn can_write_command(&self) -> bool {
@@ -987,7 +937,7 @@ impl Session {
     }
 
     /// Writes whatever the queued transactions allow now.
-    fn pump(&mut self) -> Result<(), Error> {
+    fn pump(&mut self) -> Result<(), SessionError> {
         while self.state == State::Ready {
             // The transaction whose commands or body are still to be written.
             let Some(idx) = self.txs.iter().position(|t| !t.body_written) else {
@@ -1067,7 +1017,7 @@ impl Session {
 
     /// Once MAIL and every RCPT are answered: the error that ends the
     /// transaction before DATA, if any.
-    fn verdict_before_data(&self, idx: usize) -> Option<Error> {
+    fn verdict_before_data(&self, idx: usize) -> Option<SessionError> {
         let tx = &self.txs[idx];
         if let Some(e) = &tx.failure {
             return Some(e.clone());
@@ -1081,7 +1031,7 @@ impl Session {
 
     /// Ends transaction `idx`, sending RSET when the server may still hold
     /// an open transaction for it.
-    fn finish_tx(&mut self, idx: usize, result: Result<Reply, Error>) -> Result<(), Error> {
+    fn finish_tx(&mut self, idx: usize, result: Result<Reply, SessionError>) -> Result<(), SessionError> {
         let Some(tx) = self.txs.remove(idx) else {
             return Ok(());
         };
@@ -1091,6 +1041,7 @@ impl Session {
             id: tx.id,
             recipients: tx.replies,
             result,
+            body_sent: false,
         }));
         if needs_rset && self.state == State::Ready {
             self.write(Command::Rset)?;
@@ -1099,14 +1050,18 @@ impl Session {
         Ok(())
     }
 
-    fn tx_index(&self, id: TxId) -> Result<usize, Error> {
+    fn tx_index(&self, id: TxId) -> Result<usize, SessionError> {
         self.txs
             .iter()
             .position(|t| t.id == id)
-            .ok_or_else(|| Error::protocol(None, "reply for a finished transaction"))
+            .ok_or(SessionError::Protocol {
+                stage: None,
+                violation: Violation::ReplyForFinishedTransaction,
+                reply: None,
+            })
     }
 
-    fn on_reply(&mut self, reply: Reply) -> Result<(), Error> {
+    fn on_reply(&mut self, reply: Reply) -> Result<(), SessionError> {
         if self.replies.is_some() {
             let stage = self.current_stage();
             if let (Some(log), Some(stage)) = (self.replies.as_mut(), stage) {
@@ -1116,11 +1071,10 @@ impl Session {
         // 421: the server is closing the channel, whatever we asked.
         if reply.code().value() == 421 && self.state != State::Quitting {
             let stage = self.current_stage();
-            return Err(Error::rejected(
-                stage.unwrap_or(Stage::Greeting),
-                "the server is closing the connection",
+            return Err(SessionError::Closing {
+                stage: stage.unwrap_or(Stage::Greeting),
                 reply,
-            ));
+            });
         }
         match self.state {
             State::Greeting => self.on_greeting(reply),
@@ -1130,23 +1084,26 @@ impl Session {
             State::Auth => self.on_auth(reply),
             State::Ready | State::Quitting => self.on_pipeline_reply(reply),
             State::TlsUpgrade => Err(starttls_injection()),
-            State::Closed | State::Failed => Err(Error::protocol(None, "reply after the session ended")),
+            State::Closed | State::Failed => Err(SessionError::Protocol {
+                stage: None,
+                violation: Violation::ReplyAfterEnd,
+                reply: None,
+            }),
         }
     }
 
-    fn on_greeting(&mut self, reply: Reply) -> Result<(), Error> {
+    fn on_greeting(&mut self, reply: Reply) -> Result<(), SessionError> {
         if reply.code().value() != 220 {
-            return Err(Error::rejected(
-                Stage::Greeting,
-                "the server refused the session",
+            return Err(SessionError::Refused {
+                stage: Stage::Greeting,
                 reply,
-            ));
+            });
         }
         self.state = State::Ehlo;
         self.write(Command::Ehlo(&self.config.helo_name.clone()))
     }
 
-    fn on_ehlo(&mut self, reply: Reply) -> Result<(), Error> {
+    fn on_ehlo(&mut self, reply: Reply) -> Result<(), SessionError> {
         if reply.is_positive() {
             self.caps = Some(Capabilities::from_ehlo(&reply));
             return self.after_hello();
@@ -1159,26 +1116,21 @@ impl Session {
             self.state = State::Helo;
             return self.write(Command::Helo(&self.config.helo_name.clone()));
         }
-        let mut e = Error::rejected(Stage::Ehlo, "EHLO was refused", reply);
-        if e.is_permanent() {
-            e = e.with_hint(
-                "some relays refuse EHLO names that do not resolve: set a HELO name the server accepts",
-            );
-        }
-        Err(e)
+        Err(SessionError::Refused {
+            stage: Stage::Ehlo,
+            reply,
+        })
     }
 
-    fn on_helo(&mut self, reply: Reply) -> Result<(), Error> {
+    fn on_helo(&mut self, reply: Reply) -> Result<(), SessionError> {
         if !reply.is_positive() {
-            return Err(Error::rejected(Stage::Ehlo, "HELO was refused", reply).with_hint(
-                "some relays refuse HELO names that do not resolve: set a HELO name the server accepts",
-            ));
+            return Err(SessionError::HeloRefused { reply });
         }
         self.caps = Some(Capabilities::default());
         self.after_hello()
     }
 
-    fn after_hello(&mut self) -> Result<(), Error> {
+    fn after_hello(&mut self) -> Result<(), SessionError> {
         let wants_tls = !self.secure && self.config.starttls != StartTlsPolicy::Never;
         if !wants_tls {
             return self.become_ready();
@@ -1192,26 +1144,19 @@ impl Session {
             return self.write(Command::StartTls);
         }
         if self.config.starttls == StartTlsPolicy::Required {
-            return Err(Error::new(
-                Kind::Tls,
-                Some(Stage::StartTls),
-                "STARTTLS is required but the server does not offer it",
-            )
-            .with_hint(
-                "check the port (465 usually expects implicit TLS, 587 STARTTLS) or the server's TLS setup",
-            ));
+            return Err(self.not_offered(Extension::StartTls));
         }
         self.tls_note = Some("the server does not offer STARTTLS".into());
         self.become_ready()
     }
 
-    fn become_ready(&mut self) -> Result<(), Error> {
+    fn become_ready(&mut self) -> Result<(), SessionError> {
         self.state = State::Ready;
         self.events.push_back(Event::Ready);
         Ok(())
     }
 
-    fn on_starttls(&mut self, reply: Reply) -> Result<(), Error> {
+    fn on_starttls(&mut self, reply: Reply) -> Result<(), SessionError> {
         if reply.code().value() == 220 {
             // RFC 3207 §6: nothing may follow the 220 before the handshake;
             // `receive` checks the parser for leftover bytes.
@@ -1220,23 +1165,19 @@ impl Session {
             return Ok(());
         }
         if self.config.starttls == StartTlsPolicy::Required {
-            return Err(Error::new(
-                Kind::Tls,
-                Some(Stage::StartTls),
-                "STARTTLS is required but the server refused it",
-            )
-            .with_reply(reply));
+            return Err(SessionError::StartTlsRefused { reply });
         }
         self.tls_note = Some(format!("the server refused STARTTLS: {reply}"));
         self.become_ready()
     }
 
-    fn on_auth(&mut self, reply: Reply) -> Result<(), Error> {
+    fn on_auth(&mut self, reply: Reply) -> Result<(), SessionError> {
         let Some(client) = self.sasl.as_mut() else {
-            return Err(Error::protocol(
-                Some(Stage::Auth),
-                "AUTH reply without an exchange",
-            ));
+            return Err(SessionError::Protocol {
+                stage: Some(Stage::Auth),
+                violation: Violation::AuthReplyWithoutExchange,
+                reply: None,
+            });
         };
         let mech = client.mechanism();
         if let Some(err) = self.sasl_cancelled.take() {
@@ -1247,11 +1188,11 @@ impl Session {
             return Ok(());
         }
         if self.deriving {
-            return Err(Error::protocol(
-                Some(Stage::Auth),
-                "the server replied before the client answered its AUTH challenge",
-            )
-            .with_reply(reply));
+            return Err(SessionError::Protocol {
+                stage: Some(Stage::Auth),
+                violation: Violation::AuthReplyBeforeResponse,
+                reply: Some(reply),
+            });
         }
         match reply.code().value() {
             334 => {
@@ -1276,12 +1217,10 @@ impl Session {
                 if let Err(e) = finished {
                     // The server claims success without proving it knows the
                     // password: do not trust this connection.
-                    return Err(Error::new(
-                        Kind::Auth,
-                        Some(Stage::Auth),
-                        format!("{mech} authentication could not be verified"),
-                    )
-                    .with_source(e));
+                    return Err(SessionError::AuthUnverified {
+                        mechanism: mech,
+                        source: e,
+                    });
                 }
                 self.authenticated = Some(mech);
                 self.state = State::Ready;
@@ -1292,23 +1231,19 @@ impl Session {
                 let detail = client.server_error().map(str::to_owned);
                 self.sasl = None;
                 self.state = State::Ready;
-                let mut e = Error::new(
-                    Kind::Auth,
-                    Some(Stage::Auth),
-                    format!("the server rejected {mech} authentication"),
-                )
-                .with_reply(reply.clone())
-                .transient(reply.is_transient());
-                if let Some(detail) = detail {
-                    // Server text: escaped here too, so `Error::hint` is safe to print.
-                    e = e.with_hint(format!("the server said: {}", Escaped(&detail)));
-                } else if reply.code().value() == 535 {
-                    e = e.with_hint("check the user name and password");
-                }
+                let e = SessionError::AuthRejected {
+                    mechanism: mech,
+                    reply,
+                    detail,
+                };
                 self.events.push_back(Event::Authenticated(Err(e)));
                 Ok(())
             }
-            _ => Err(Error::protocol(Some(Stage::Auth), "unexpected reply during AUTH").with_reply(reply)),
+            _ => Err(SessionError::Protocol {
+                stage: Some(Stage::Auth),
+                violation: Violation::UnexpectedAuthReply,
+                reply: Some(reply),
+            }),
         }
     }
 
@@ -1319,23 +1254,17 @@ impl Session {
         &mut self,
         mech: Mechanism,
         response: Result<Zeroizing<Vec<u8>>, SaslError>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), SessionError> {
         match response {
             Ok(raw) => {
                 let b64 = auth::encode_continuation(&raw);
                 self.write_sensitive(Command::AuthResponse(&b64), b64.len())
             }
             Err(e) => {
-                // A server asking for what the client must refuse broke the
-                // protocol (and will again: permanent); the rest is an
-                // authentication failure.
-                let kind = if e.is_protocol_violation() {
-                    Kind::Protocol
-                } else {
-                    Kind::Auth
-                };
-                let message = format!("{mech} authentication failed");
-                self.sasl_cancelled = Some(Error::new(kind, Some(Stage::Auth), message).with_source(e));
+                self.sasl_cancelled = Some(SessionError::AuthFailed {
+                    mechanism: mech,
+                    source: e,
+                });
                 self.write(Command::AuthCancel)
             }
         }
@@ -1343,15 +1272,11 @@ impl Session {
 
     /// Call with the result of the [`KeyDerivation`] of an
     /// [`Event::DeriveKey`]: the session answers the server's challenge.
-    pub fn key_derived(&mut self, key: DerivedKey) -> Result<(), Error> {
+    pub fn key_derived(&mut self, key: DerivedKey) -> Result<(), SessionError> {
         self.check_alive()?;
         let client = match self.sasl.as_mut() {
             Some(client) if self.deriving => client,
-            _ => {
-                return Err(Error::config(
-                    "key_derived called without a pending Event::DeriveKey",
-                ))
-            }
+            _ => return Err(SessionError::Misuse(Misuse::NoPendingKeyDerivation)),
         };
         self.deriving = false;
         let mech = client.mechanism();
@@ -1359,23 +1284,23 @@ impl Session {
         self.answer_challenge(mech, response)
     }
 
-    fn on_pipeline_reply(&mut self, reply: Reply) -> Result<(), Error> {
+    fn on_pipeline_reply(&mut self, reply: Reply) -> Result<(), SessionError> {
         let Some(expect) = self.expects.pop_front() else {
-            return Err(
-                Error::protocol(self.current_stage(), "the server sent a reply nobody asked for")
-                    .with_reply(reply),
-            );
+            return Err(SessionError::Protocol {
+                stage: self.current_stage(),
+                violation: Violation::UnrequestedReply,
+                reply: Some(reply),
+            });
         };
         match expect {
             Expect::Mail(id) => {
                 let idx = self.tx_index(id)?;
                 let tx = &mut self.txs[idx];
                 if !reply.is_positive() {
-                    tx.failure = Some(Error::rejected(
-                        Stage::Mail,
-                        "the sender was refused",
-                        reply.clone(),
-                    ));
+                    tx.failure = Some(SessionError::Refused {
+                        stage: Stage::Mail,
+                        reply: reply.clone(),
+                    });
                 }
                 tx.mail_reply = Some(reply);
                 self.settle(idx)?;
@@ -1406,10 +1331,16 @@ impl Session {
                     let err = match self.verdict_before_data(idx) {
                         Some(e) => e,
                         None if reply.is_intermediate() => {
-                            return Err(Error::protocol(Some(Stage::Data), "unexpected reply to DATA")
-                                .with_reply(reply))
+                            return Err(SessionError::Protocol {
+                                stage: Some(Stage::Data),
+                                violation: Violation::UnexpectedDataReply,
+                                reply: Some(reply),
+                            })
                         }
-                        None => Error::rejected(Stage::Data, "DATA was refused", reply),
+                        None => SessionError::Refused {
+                            stage: Stage::Data,
+                            reply,
+                        },
                     };
                     self.finish_tx(idx, Err(err))?;
                 }
@@ -1420,32 +1351,34 @@ impl Session {
                     Some(e) => Err(e),
                     None if reply.is_positive() => Ok(reply),
                     None if reply.is_intermediate() => {
-                        return Err(Error::protocol(
-                            Some(Stage::EndOfData),
-                            "unexpected reply after the message",
-                        )
-                        .with_reply(reply))
+                        return Err(SessionError::Protocol {
+                            stage: Some(Stage::EndOfData),
+                            violation: Violation::UnexpectedFinalReply,
+                            reply: Some(reply),
+                        })
                     }
-                    None => Err(Error::rejected(
-                        Stage::EndOfData,
-                        "the message was refused",
+                    None => Err(SessionError::Refused {
+                        stage: Stage::EndOfData,
                         reply,
-                    )),
+                    }),
                 };
                 self.finish_tx(idx, result)?;
             }
             Expect::Rset => {
                 if !reply.is_positive() {
-                    return Err(Error::protocol(
-                        Some(Stage::Rset),
-                        "RSET failed; the session is out of step",
-                    )
-                    .with_reply(reply));
+                    return Err(SessionError::Protocol {
+                        stage: Some(Stage::Rset),
+                        violation: Violation::RsetFailed,
+                        reply: Some(reply),
+                    });
                 }
             }
             Expect::Noop => {
                 if !reply.is_positive() {
-                    return Err(Error::rejected(Stage::Noop, "NOOP failed", reply));
+                    return Err(SessionError::Refused {
+                        stage: Stage::Noop,
+                        reply,
+                    });
                 }
                 self.events.push_back(Event::Noop);
             }
@@ -1461,7 +1394,7 @@ impl Session {
 
     /// After a MAIL or RCPT reply: ends the transaction early when it can no
     /// longer succeed and nothing else of it is awaited.
-    fn settle(&mut self, idx: usize) -> Result<(), Error> {
+    fn settle(&mut self, idx: usize) -> Result<(), SessionError> {
         let tx = &self.txs[idx];
         let id = tx.id;
         let awaiting = self.expects.iter().any(|e| match e {
@@ -1486,9 +1419,9 @@ impl Envelope {
     /// and MAIL FROM and every RCPT TO (with their parameters) encodable —
     /// no control bytes, angle brackets or stray spaces. Lets a queue refuse
     /// a bad envelope when it is handed over rather than when its turn comes.
-    pub fn validate(&self) -> Result<(), Error> {
+    pub fn validate(&self) -> Result<(), SessionError> {
         if self.recipients.is_empty() {
-            return Err(Error::config("the envelope has no recipient"));
+            return Err(SessionError::NoRecipient);
         }
         encode_envelope(&self.from, &self.params, &self.recipients)
     }
@@ -1496,7 +1429,7 @@ impl Envelope {
 
 /// Encodes MAIL FROM and every RCPT TO into scratch space: the check that
 /// no argument can fail once the transaction has started on the wire.
-fn encode_envelope(from: &str, params: &MailParams, recipients: &[Recipient]) -> Result<(), Error> {
+fn encode_envelope(from: &str, params: &MailParams, recipients: &[Recipient]) -> Result<(), SessionError> {
     let mut scratch = Vec::new();
     Command::Mail { from, params }
         .encode(&mut scratch)
@@ -1513,7 +1446,7 @@ fn encode_envelope(from: &str, params: &MailParams, recipients: &[Recipient]) ->
     Ok(())
 }
 
-fn mailbox(addr: &str, argument: Argument) -> Result<bool, Error> {
+fn mailbox(addr: &str, argument: Argument) -> Result<bool, SessionError> {
     check_mailbox(addr, argument)
         .map(|info| info.needs_smtputf8)
         .map_err(cmd_error)
@@ -1523,8 +1456,11 @@ fn mailbox(addr: &str, argument: Argument) -> Result<bool, Error> {
 /// name (at most 20 characters, RFC 4422), a space and CRLF.
 const SENSITIVE_LINE_OVERHEAD: usize = 32;
 
-fn cmd_encode_error(cmd: &Command<'_>, e: super::command::CommandError) -> Error {
-    Error::config(format!("cannot send {}: {e}", cmd.verb())).with_source(e)
+fn cmd_encode_error(cmd: &Command<'_>, e: super::command::CommandError) -> SessionError {
+    SessionError::Unencodable {
+        verb: cmd.verb(),
+        source: e,
+    }
 }
 
 /// Removes the first `n` bytes of `buf` the wiping way: moves the rest to
@@ -1554,16 +1490,12 @@ fn append_wiping(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.extend_from_slice(bytes);
 }
 
-fn cmd_error(e: super::command::CommandError) -> Error {
-    Error::config(e.to_string()).with_source(e)
+fn cmd_error(e: super::command::CommandError) -> SessionError {
+    SessionError::InvalidEnvelope(e)
 }
 
-fn starttls_injection() -> Error {
-    Error::new(
-        Kind::Tls,
-        Some(Stage::StartTls),
-        "the server sent data after its STARTTLS reply, before the TLS handshake (RFC 3207 §6); possible command injection",
-    )
+fn starttls_injection() -> SessionError {
+    SessionError::StartTlsInjection
 }
 
 #[cfg(test)]

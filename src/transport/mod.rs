@@ -348,7 +348,7 @@ impl Connector {
         config.offload_key_derivation = true;
         let session = match Session::new(config) {
             Ok(s) => s,
-            Err(e) => return Err((e, trace)),
+            Err(e) => return Err((e.into(), trace)),
         };
         Ok(Connection {
             stream: Stream::Plain(tcp),
@@ -467,6 +467,12 @@ impl Connection {
         &self.connector.settings
     }
 
+    /// Fails the session with the shell's own error (the first failure is
+    /// kept) and returns the failure.
+    fn abort(&mut self, error: Error) -> Error {
+        self.session.abort(error).into()
+    }
+
     fn refresh_info(&mut self) {
         if let Some(caps) = self.session.capabilities() {
             self.info.capabilities = caps.clone();
@@ -501,7 +507,7 @@ impl Connection {
         if self.cap.is_some_and(|cap| cap <= Instant::now()) {
             // Nothing is written once the outer deadline has passed (a
             // timer that already expired would still let one write through).
-            return Err(self.session.abort(send_timeout_error(None)));
+            return Err(self.abort(send_timeout_error(None)));
         }
         let limit = self.settings().timeouts.data;
         let (deadline, by_cap) = self.capped(Instant::now() + limit);
@@ -512,8 +518,8 @@ impl Connection {
                 self.session.consume_output(n);
                 Ok(())
             }
-            Ok(Err(e)) => Err(self.session.io_failed(e)),
-            Err(_) if by_cap => Err(self.session.abort(send_timeout_error(None))),
+            Ok(Err(e)) => Err(self.session.io_failed(e).into()),
+            Err(_) if by_cap => Err(self.abort(send_timeout_error(None))),
             Err(_) => {
                 // Still writing: a body not yet sent in full belongs to the
                 // DATA stage, whatever reply the session waits for next.
@@ -526,7 +532,7 @@ impl Connection {
                     stage,
                     format!("sending to the server took longer than {limit:?}"),
                 );
-                Err(self.session.abort(e))
+                Err(self.abort(e))
             }
         }
     }
@@ -566,9 +572,9 @@ impl Connection {
         let reply_deadline = self.reply_deadline()?;
         let (deadline, by_cap) = self.capped(reply_deadline);
         match tokio::time::timeout_at(deadline, self.stream.read(&mut self.buf)).await {
-            Err(_) if by_cap => Err(self.session.abort(send_timeout_error(None))),
+            Err(_) if by_cap => Err(self.abort(send_timeout_error(None))),
             Err(_) => {
-                let mut e = self.session.timed_out();
+                let mut e = Error::from(self.session.timed_out());
                 let settings = self.settings();
                 if e.stage() == Some(Stage::Greeting) && settings.tls != TlsMode::Implicit {
                     e = e.with_hint(if settings.port == 465 {
@@ -582,9 +588,9 @@ impl Connection {
                 }
                 Err(e)
             }
-            Ok(Err(e)) => Err(self.session.io_failed(e)),
-            Ok(Ok(0)) => self.session.receive_eof(),
-            Ok(Ok(n)) => self.session.receive(&self.buf[..n]),
+            Ok(Err(e)) => Err(self.session.io_failed(e).into()),
+            Ok(Ok(0)) => Ok(self.session.receive_eof()?),
+            Ok(Ok(n)) => Ok(self.session.receive(&self.buf[..n])?),
         }
     }
 
@@ -604,7 +610,7 @@ impl Connection {
             self.trace.enter(self.session.current_stage());
             if !self.session.wants_read() {
                 return Err(match self.session.failure() {
-                    Some(e) => e.clone(),
+                    Some(e) => e.clone().into(),
                     None => Error::protocol(None, "the session waits for nothing"),
                 });
             }
@@ -614,9 +620,7 @@ impl Connection {
 
     async fn handshake(&mut self, via_starttls: bool) -> Result<(), Error> {
         let Some(config) = self.connector.tls.clone() else {
-            return Err(self
-                .session
-                .abort(Error::config("TLS requested without a TLS configuration")));
+            return Err(self.abort(Error::config("TLS requested without a TLS configuration")));
         };
         let (host, port, limit) = {
             let s = self.settings();
@@ -624,7 +628,7 @@ impl Connection {
         };
         let name = tls::server_name(&host)?;
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Detached) else {
-            return Err(self.session.abort(Error::protocol(
+            return Err(self.abort(Error::protocol(
                 Some(Stage::Tls),
                 "TLS on a stream that is not plain",
             )));
@@ -659,10 +663,8 @@ impl Connection {
                 }
                 Ok(())
             }
-            Ok(Err(e)) => Err(self
-                .session
-                .abort(tls::handshake_error(e, &host, port, !via_starttls))),
-            Err(_) if by_cap => Err(self.session.abort(send_timeout_error(Some(Stage::Tls)))),
+            Ok(Err(e)) => Err(self.abort(tls::handshake_error(e, &host, port, !via_starttls))),
+            Err(_) if by_cap => Err(self.abort(send_timeout_error(Some(Stage::Tls)))),
             Err(_) => {
                 let mut e = Error::new(Kind::Timeout, Some(Stage::Tls), "the TLS handshake timed out");
                 if !via_starttls {
@@ -670,7 +672,7 @@ impl Connection {
                         "no TLS answer on port {port}: if the server speaks plain SMTP there, use STARTTLS or none"
                     ));
                 }
-                Err(self.session.abort(e))
+                Err(self.abort(e))
             }
         }
     }
@@ -715,13 +717,13 @@ impl Connection {
                     self.info.auth_mechanism = Some(m);
                     return Ok(());
                 }
-                Event::Authenticated(Err(e)) => return Err(e),
+                Event::Authenticated(Err(e)) => return Err(e.into()),
                 // SCRAM's PBKDF2 (capped, CPU-bound) runs off the async threads.
                 Event::DeriveKey(job) => match tokio::task::spawn_blocking(move || job.run()).await {
                     Ok(key) => self.session.key_derived(key)?,
                     Err(join) => {
                         let e = Error::new(Kind::Auth, Some(Stage::Auth), "the SCRAM key derivation failed");
-                        return Err(self.session.abort(e.with_source(join)));
+                        return Err(self.abort(e.with_source(join)));
                     }
                 },
                 _ => continue,
@@ -799,10 +801,14 @@ impl Connection {
     /// transactions still unanswered fail with the 421.
     pub(crate) async fn outcome(&mut self, id: TxId) -> Result<Delivery, Error> {
         fn delivery(t: TransactionOutcome) -> Result<Delivery, Error> {
-            t.result.map(|reply| Delivery {
-                recipients: t.recipients,
-                reply,
-            })
+            match t.result {
+                Ok(reply) => Ok(Delivery {
+                    recipients: t.recipients,
+                    reply,
+                }),
+                Err(e) if t.body_sent => Err(Error::from(e).after_body()),
+                Err(e) => Err(e.into()),
+            }
         }
         loop {
             if let Some(pos) = self.finished.iter().position(|t| t.id == id) {

@@ -4,3 +4,4 @@
 mod fuzz_corpus;
 mod sans_io;
 mod session;
+mod session_error;

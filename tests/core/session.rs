@@ -49,7 +49,10 @@ impl Script {
 
     #[track_caller]
     fn server_err(&mut self, bytes: &[u8]) -> Error {
-        self.s.receive(bytes).expect_err("session fails")
+        self.s
+            .receive(bytes)
+            .map_err(Error::from)
+            .expect_err("session fails")
     }
 
     fn events(&mut self) -> Vec<Event> {
@@ -71,7 +74,7 @@ impl Script {
         let [Event::Authenticated(Err(e))] = ev.as_slice() else {
             panic!("{ev:?}");
         };
-        e.clone()
+        e.clone().into()
     }
 
     #[track_caller]
@@ -215,7 +218,9 @@ mod handshake {
     #[test]
     fn invalid_helo_name_is_a_config_error() {
         for name in ["", "bad name", "x\r\nRSET", "-x"] {
-            let e = Session::new(SessionConfig::new(name)).expect_err("refused");
+            let e = Session::new(SessionConfig::new(name))
+                .map_err(Error::from)
+                .expect_err("refused");
             assert!(e.is_config(), "{name:?}");
         }
     }
@@ -239,7 +244,7 @@ mod handshake {
     #[test]
     fn eof_before_greeting_names_the_stage_and_hints() {
         let mut t = Script::plain();
-        let e = t.s.receive_eof().expect_err("fails");
+        let e = t.s.receive_eof().map_err(Error::from).expect_err("fails");
         assert!(e.is_closed() && e.is_transient());
         assert_eq!(e.stage(), Some(Stage::Greeting));
         assert!(e.hint().is_some_and(|h| h.contains("implicit TLS")));
@@ -598,7 +603,10 @@ mod auth {
         assert!(t.s.key_derived(derivation.clone().run()).is_ok());
         rfc7677_client_final_to_success(&mut t);
         // The key is asked for once: a second result is refused.
-        let e = t.s.key_derived(derivation.run()).expect_err("not pending");
+        let e =
+            t.s.key_derived(derivation.run())
+                .map_err(Error::from)
+                .expect_err("not pending");
         assert!(e.is_config(), "{e}");
     }
 
@@ -629,7 +637,7 @@ mod auth {
         t.server(b"501 5.7.0 Authentication aborted\r\n");
         let ev = t.events();
         assert!(
-            matches!(ev.as_slice(), [Event::Authenticated(Err(e))] if e.is_auth()),
+            matches!(ev.as_slice(), [Event::Authenticated(Err(e))] if Error::from(e.clone()).is_auth()),
             "{ev:?}"
         );
     }
@@ -640,6 +648,7 @@ mod auth {
         t.handshake(&["AUTH PLAIN LOGIN"]);
         let e =
             t.s.authenticate(SaslClient::new(Mechanism::Plain, &password(), "").expect("c"))
+                .map_err(Error::from)
                 .expect_err("refused");
         assert!(e.is_auth() && e.hint().is_some());
         assert!(t.s.output().is_empty(), "nothing sent");
@@ -657,6 +666,7 @@ mod auth {
         let mut t = secure_session(&["PIPELINING"]);
         let e =
             t.s.authenticate(SaslClient::new(Mechanism::Plain, &password(), "").expect("c"))
+                .map_err(Error::from)
                 .expect_err("no AUTH");
         assert!(e.is_auth());
         let mut t = secure_session(&["AUTH LOGIN"]);
@@ -747,7 +757,7 @@ mod transactions {
         t.server(b"250 ok\r\n250 ok\r\n450 4.2.0 mailbox busy\r\n");
         t.client_wrote(b"RSET\r\n");
         let o = t.outcome();
-        let e = o.result.expect_err("refused");
+        let e = o.result.map_err(Error::from).expect_err("refused");
         assert_eq!(e.stage(), Some(Stage::Rcpt));
         assert!(e.is_transient(), "every refusal was 4xx");
         t.server(b"250 2.0.0 reset\r\n");
@@ -765,7 +775,7 @@ mod transactions {
         t.take_output();
         t.server(b"250 ok\r\n550 5.7.1 relay denied\r\n554 5.5.1 Error: no valid recipients\r\n");
         t.client_wrote(b"RSET\r\n");
-        let e = t.outcome().result.expect_err("refused");
+        let e = t.outcome().result.map_err(Error::from).expect_err("refused");
         assert!(e.is_permanent());
         assert_eq!(e.stage(), Some(Stage::Rcpt));
         assert_eq!(
@@ -825,7 +835,7 @@ mod transactions {
             t.server(b"250 ok\r\n250 ok\r\n354 go\r\n");
             t.take_output();
             t.server(reply);
-            let e = t.outcome().result.expect_err("refused");
+            let e = t.outcome().result.map_err(Error::from).expect_err("refused");
             assert_eq!(e.stage(), Some(Stage::EndOfData));
             assert_eq!(e.is_transient(), transient);
             assert!(t.s.output().is_empty(), "no RSET after the end of data");
@@ -890,7 +900,10 @@ mod transactions {
     fn size_is_declared_and_enforced() {
         let mut t = Script::plain();
         t.handshake(&["PIPELINING", "SIZE 10"]);
-        let e = t.s.send(tx(&["a@example.net"])).expect_err("too big");
+        let e =
+            t.s.send(tx(&["a@example.net"]))
+                .map_err(Error::from)
+                .expect_err("too big");
         assert!(e.is_unsupported() && e.is_permanent());
         assert!(e.to_string().contains("at most 10"));
         assert!(t.s.output().is_empty());
@@ -912,10 +925,12 @@ mod transactions {
         t.handshake(&["PIPELINING"]);
         let e =
             t.s.send(Transaction::new(envelope(&["δοκιμή@example.net"]), &b"x"[..]))
+                .map_err(Error::from)
                 .expect_err("no SMTPUTF8");
         assert!(e.is_unsupported() && e.to_string().contains("SMTPUTF8"));
         let e =
             t.s.send(Transaction::new(envelope(&["a@example.net"]), "ü".as_bytes()))
+                .map_err(Error::from)
                 .expect_err("no 8BITMIME");
         assert!(e.is_unsupported() && e.to_string().contains("8BITMIME"));
         assert!(t.s.output().is_empty());
@@ -954,7 +969,10 @@ mod transactions {
             envelope(&[]),
         ];
         for env in bad {
-            let e = t.s.send(Transaction::new(env, &b"x"[..])).expect_err("refused");
+            let e =
+                t.s.send(Transaction::new(env, &b"x"[..]))
+                    .map_err(Error::from)
+                    .expect_err("refused");
             assert!(e.is_config() && e.is_permanent(), "{e}");
             assert!(t.s.output().is_empty());
         }
@@ -975,8 +993,9 @@ mod failures {
         assert!(e.is_transient());
         assert_eq!(e.stage(), Some(Stage::Rcpt));
         let o = t.outcome();
-        let e = o.result.expect_err("failed");
-        assert!(!e.body_was_sent());
+        assert!(!o.body_sent);
+        let e = o.result.map_err(Error::from).expect_err("failed");
+        assert!(e.is_transient() && !e.body_was_sent());
         assert!(t.s.is_closed());
     }
 
@@ -988,11 +1007,13 @@ mod failures {
         t.take_output();
         t.server(b"250 ok\r\n250 ok\r\n354 go\r\n");
         t.take_output();
-        let e = t.s.receive_eof().expect_err("closed");
+        let e = t.s.receive_eof().map_err(Error::from).expect_err("closed");
         assert!(e.is_closed());
         assert_eq!(e.stage(), Some(Stage::EndOfData));
-        let o = t.outcome().result.expect_err("failed");
-        assert!(o.body_was_sent(), "the server may have accepted it");
+        let o = t.outcome();
+        assert!(o.body_sent, "the server may have accepted it");
+        let e = o.result.map_err(Error::from).expect_err("failed");
+        assert!(e.is_closed() && e.stage() == Some(Stage::EndOfData));
     }
 
     #[test]
@@ -1002,10 +1023,15 @@ mod failures {
         t.s.send(tx(&["a@example.net"])).expect("queued");
         t.take_output();
         assert_eq!(t.s.current_stage(), Some(Stage::Mail));
-        let e = t.s.timed_out();
+        let e = Error::from(t.s.timed_out());
         assert!(e.is_timeout() && e.is_transient());
         assert_eq!(e.stage(), Some(Stage::Mail));
-        assert!(t.outcome().result.expect_err("failed").is_timeout());
+        assert!(t
+            .outcome()
+            .result
+            .map_err(Error::from)
+            .expect_err("failed")
+            .is_timeout());
         assert!(t.s.is_closed());
         assert!(t.s.noop().is_err());
     }
@@ -1013,7 +1039,7 @@ mod failures {
     #[test]
     fn greeting_timeout_hints_at_implicit_tls() {
         let mut t = Script::plain();
-        let e = t.s.timed_out();
+        let e = Error::from(t.s.timed_out());
         assert_eq!(e.stage(), Some(Stage::Greeting));
         assert!(e.hint().is_some_and(|h| h.contains("465")));
     }
@@ -1022,14 +1048,13 @@ mod failures {
     fn io_errors() {
         let mut t = Script::plain();
         t.handshake(&[]);
-        let e =
-            t.s.io_failed(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        let e = Error::from(t.s.io_failed(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
         assert!(e.is_closed() && e.is_transient());
         let mut t = Script::plain();
-        let e = t.s.io_failed(std::io::Error::other("boom"));
+        let e = Error::from(t.s.io_failed(std::io::Error::other("boom")));
         assert!(e.is_io() && e.to_string().contains("boom"));
         // The first failure is kept.
-        assert!(t.s.timed_out().is_io());
+        assert!(Error::from(t.s.timed_out()).is_io());
     }
 }
 
