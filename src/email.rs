@@ -59,10 +59,10 @@ use mail_builder::headers::text::Text;
 use mail_builder::headers::HeaderType;
 use mail_builder::MessageBuilder;
 
-use crate::address::{Address, AddressPolicy, Mailbox};
 use crate::error::{Error, Kind};
 use crate::future::BoxFuture;
 use crate::message::Message;
+use crate::proto::address::{unique_recipients, Address, AddressPolicy, Mailbox};
 use crate::proto::session::{Envelope, Recipient};
 use crate::settings::{Sender, SmtpSettings};
 
@@ -356,7 +356,7 @@ pub struct Composer {
 /// A new Message-ID (without angle brackets) in `from`'s domain: random,
 /// plus the time, so that two ids never collide.
 pub(crate) fn message_id(from: &Address, now: std::time::Duration) -> String {
-    let domain = from.ascii_domain().unwrap_or_else(|_| "localhost".into());
+    let domain = from.ascii_domain();
     let domain = domain.trim_start_matches('[').trim_end_matches(']');
     format!("{:016x}.{:x}@{domain}", crate::rand::random_u64(), now.as_nanos())
 }
@@ -483,7 +483,7 @@ impl Attachment {
     }
 }
 
-fn field_error(field: &str, e: Error) -> Error {
+fn field_error(field: &str, e: impl std::fmt::Display) -> Error {
     Error::new(Kind::Config, None, format!("{field}: {e}"))
 }
 
@@ -595,7 +595,10 @@ impl Composer {
                 .map(|m| m.address.clone())
                 .collect(),
         };
-        let rcpt = crate::address::unique_recipients(&recipients)?;
+        let rcpt: Vec<String> = unique_recipients(&recipients)
+            .iter()
+            .map(Address::to_smtp)
+            .collect();
         if rcpt.is_empty() {
             return Err(Error::config(
                 "the email has no recipient (To, Cc, Bcc or envelope_to)",
@@ -694,7 +697,7 @@ impl Composer {
         let header_address = |m: &Mailbox| -> Result<HeaderAddress<'static>, Error> {
             Ok(HeaderAddress::new_address(
                 m.name.as_deref().map(|n| one_line(n).into_owned()),
-                m.address.to_smtp()?,
+                m.address.to_smtp(),
             ))
         };
         let list = |ms: &[Mailbox]| -> Result<HeaderAddress<'static>, Error> {
@@ -744,7 +747,7 @@ impl Composer {
             .write_to_vec()
             .map_err(|e| Error::new(Kind::Config, None, "the message could not be written").with_source(e))?;
         let envelope = Envelope {
-            from: envelope_from.to_smtp()?,
+            from: envelope_from.to_smtp(),
             recipients: rcpt.into_iter().map(Recipient::new).collect(),
             ..Envelope::default()
         };

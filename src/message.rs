@@ -62,7 +62,10 @@ impl Message {
             .chain(addresses(parsed.cc(), "Cc")?)
             .chain(addresses(parsed.bcc(), "Bcc")?)
             .collect();
-        let recipients = crate::address::unique_recipients(&listed)?;
+        let recipients: Vec<String> = crate::proto::address::unique_recipients(&listed)
+            .iter()
+            .map(Address::to_smtp)
+            .collect();
         // Cut every Bcc field out of the header section.
         let mut content = Vec::with_capacity(bytes.len());
         let mut at = 0usize;
@@ -76,7 +79,7 @@ impl Message {
         }
         content.extend_from_slice(&bytes[at..]);
         let envelope = Envelope {
-            from: envelope_from.to_smtp()?,
+            from: envelope_from.to_smtp(),
             recipients: recipients.into_iter().map(Recipient::new).collect(),
             ..Envelope::default()
         };

@@ -8,6 +8,8 @@
 //!
 //! | module | what it does |
 //! |---|---|
+//! | [`grammar`] | the address and domain grammar, written once for every layer |
+//! | [`address`] | validated [`Address`](address::Address)es, parsed under an [`AddressPolicy`](address::AddressPolicy) |
 //! | [`reply`] | incremental reply parser (RFC 5321 §4.2), enhanced status codes |
 //! | [`ehlo`] | EHLO capabilities |
 //! | [`command`] | command encoder that refuses unsafe arguments |
@@ -15,9 +17,11 @@
 //! | [`auth`] | SASL client mechanisms (SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN, XOAUTH2) |
 //! | [`session`] | the session state machine from greeting to QUIT |
 
+pub mod address;
 pub mod auth;
 pub mod command;
 pub mod data;
 pub mod ehlo;
+pub mod grammar;
 pub mod reply;
 pub mod session;

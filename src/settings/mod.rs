@@ -28,7 +28,6 @@
 //! ```
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +56,7 @@ pub use url::SmtpUrl;
 use crate::error::Error;
 use crate::proto::auth::{Credential, Mechanism};
 use crate::proto::command::{check_helo_name, check_mailbox, Argument};
+use crate::proto::grammar;
 
 /// How the connection to the relay is secured.
 ///
@@ -914,6 +914,8 @@ impl SmtpSettingsBuilder {
             ));
         }
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        // An internationalised host name is resolved and verified as A-labels.
+        let host = grammar::to_ascii(&host).unwrap_or(host);
         if let Some(kept) = &self.kept_credential {
             let now = CredentialDestination::new(
                 &host,
@@ -960,37 +962,14 @@ fn parse_pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, St
     }
 }
 
-/// A host is an IP address (IPv6 optionally in brackets) or a DNS name.
+/// A host is an IP address (IPv6 optionally in brackets) or a DNS name
+/// ([`grammar::check_host`]: the mailbox domain's label rules, plus `_`
+/// and a final dot; U-labels are connected to as A-labels).
 pub(crate) fn validate_host(host: &str) -> Result<(), String> {
-    if host.is_empty() {
-        return Err("the server host is required".into());
-    }
-    let unbracketed = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if unbracketed.parse::<IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let name = host.strip_suffix('.').unwrap_or(host);
-    if name.len() > 253 {
-        return Err("the host name is longer than 253 characters".into());
-    }
-    for label in name.split('.') {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !ok {
-            return Err(format!(
-                "{host:?} is not a valid host name or IP address (letters, digits, hyphens and dots only)"
-            ));
-        }
-    }
-    Ok(())
+    grammar::check_host(host).map_err(|e| match e {
+        grammar::DomainError::Empty => "the server host is required".to_owned(),
+        e => format!("{host:?} is not a valid host name or IP address: {e}"),
+    })
 }
 
 #[cfg(test)]
@@ -1082,6 +1061,71 @@ mod tests {
             assert!(validate_host(bad).is_err(), "{bad}");
         }
         assert_eq!(base().host("[::1]").build().expect("valid").host(), "::1");
+    }
+
+    /// The three layers that read a domain — `Address::parse`, the wire
+    /// check of MAIL/RCPT, and the settings' host validation — give the
+    /// same verdict, because they call the same grammar.
+    fn verdicts(domain: &str) -> (bool, bool, bool) {
+        let address = format!("ana@{domain}");
+        (
+            crate::Address::parse(&address, crate::AddressPolicy::Strict).is_ok(),
+            check_mailbox(&address, Argument::ForwardPath).is_ok(),
+            validate_host(domain).is_ok(),
+        )
+    }
+
+    #[test]
+    fn one_grammar_for_every_layer() {
+        let long_utf8_short_a_label = "ü".repeat(32); // 64 bytes, xn--… well under 63
+        let long_a_label = "bücher".repeat(11); // its A-label is over 63 bytes
+        for (domain, ok) in [
+            ("example.net", true),
+            ("sub.example.co.uk", true),
+            ("bücher.example", true),
+            (&*format!("{long_utf8_short_a_label}.example"), true),
+            (&*format!("{long_a_label}.example"), false),
+            (&*format!("{}.example", "a".repeat(63)), true),
+            (&*format!("{}.example", "a".repeat(64)), false),
+            ("example..net", false),
+            ("-example.net", false),
+            ("example-.net", false),
+            ("exa mple.net", false),
+            ("exa/mple.net", false),
+            ("", false),
+        ] {
+            assert_eq!(verdicts(domain), (ok, ok, ok), "{domain:?}");
+        }
+        // Where the layers differ on purpose: host names may hold '_' and
+        // bare IP addresses; mailbox domains take address literals.
+        assert_eq!(verdicts("mail_relay.corp"), (false, false, true));
+        assert_eq!(verdicts("[192.0.2.1]"), (true, true, true));
+        assert_eq!(verdicts("192.0.2.1"), (true, true, true));
+        assert_eq!(
+            base().host("smtp.bücher.example").build().expect("valid").host(),
+            "smtp.xn--bcher-kva.example",
+            "an IDN host is connected to as A-labels"
+        );
+    }
+
+    mod agreement {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// For any domain, the address layer and the wire check agree,
+            /// and host validation agrees on every domain without '_'
+            /// (addresses refuse it, hosts allow it).
+            #[test]
+            fn layers_agree(domain in "[a-z0-9ü_.\\-\\[\\]:]{0,80}") {
+                let (address, wire, host) = verdicts(&domain);
+                prop_assert_eq!(address, wire, "{:?}", domain);
+                let literal = domain.starts_with('[') || domain.parse::<std::net::IpAddr>().is_ok();
+                if !domain.contains('_') && !literal && !domain.ends_with('.') {
+                    prop_assert_eq!(address, host, "{:?}", domain);
+                }
+            }
+        }
     }
 
     #[test]
