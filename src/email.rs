@@ -63,7 +63,7 @@ use crate::error::{Error, Kind};
 use crate::future::BoxFuture;
 use crate::message::Message;
 use crate::proto::address::{unique_recipients, Address, AddressPolicy, Mailbox};
-use crate::proto::session::{Envelope, Recipient};
+use crate::proto::session::Envelope;
 use crate::settings::{Sender, SmtpSettings};
 
 /// A mailbox as given by the caller: an address, with or without a display
@@ -565,8 +565,8 @@ impl Composer {
     /// with `Date` and a `Message-ID` in the sender's domain, and derives the
     /// envelope.
     pub async fn compose(&self, email: Email) -> Result<Message, Error> {
-        let sender =
-            Address::parse(&self.sender.address, self.addresses).map_err(|e| field_error("sender", e))?;
+        // Valid by type: the settings builder parsed it.
+        let sender = self.sender.address.clone();
         let from = match &email.from {
             Some(spec) => self.mailbox("from", spec)?,
             None => Mailbox {
@@ -595,10 +595,7 @@ impl Composer {
                 .map(|m| m.address.clone())
                 .collect(),
         };
-        let rcpt: Vec<String> = unique_recipients(&recipients)
-            .iter()
-            .map(Address::to_smtp)
-            .collect();
+        let rcpt = unique_recipients(&recipients);
         if rcpt.is_empty() {
             return Err(Error::config(
                 "the email has no recipient (To, Cc, Bcc or envelope_to)",
@@ -746,11 +743,7 @@ impl Composer {
         let bytes = builder
             .write_to_vec()
             .map_err(|e| Error::new(Kind::Config, None, "the message could not be written").with_source(e))?;
-        let envelope = Envelope {
-            from: envelope_from.to_smtp(),
-            recipients: rcpt.into_iter().map(Recipient::new).collect(),
-            ..Envelope::default()
-        };
+        let envelope = Envelope::new(Some(envelope_from), rcpt)?;
         envelope.validate()?;
         Ok(Message::new(envelope, bytes))
     }

@@ -413,6 +413,13 @@ impl From<crate::proto::address::AddressError> for Error {
     }
 }
 
+impl From<crate::proto::session::EnvelopeError> for Error {
+    /// A [config](Error::is_config) error with the envelope error's text.
+    fn from(e: crate::proto::session::EnvelopeError) -> Error {
+        Error::config(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,8 +41,11 @@ pub enum AddressPolicy {
 /// RCPT TO and headers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Address {
-    local: String,
-    domain: String,
+    /// The local part (as meant) followed by the domain (as given), in one
+    /// allocation: an `Address` is no bigger than a `String`.
+    parts: Box<str>,
+    /// Where the domain starts in `parts`.
+    at: usize,
 }
 
 /// A display name and an address: `Ana Lima <ana@example.net>`.
@@ -151,26 +154,26 @@ impl Address {
             return Err(bad("the local part is longer than 64 bytes".into()));
         }
         Ok(Address {
-            local,
-            domain: domain.to_owned(),
+            parts: format!("{local}{domain}").into_boxed_str(),
+            at: local.len(),
         })
     }
 
     /// The local part as meant (without quotes).
     pub fn local_part(&self) -> &str {
-        &self.local
+        &self.parts[..self.at]
     }
 
     /// The domain as given (may be a U-label IDN or an address literal).
     pub fn domain(&self) -> &str {
-        &self.domain
+        &self.parts[self.at..]
     }
 
     /// Whether the address can only be sent with SMTPUTF8: its local part is
     /// not ASCII. (A non-ASCII domain alone does not need it: it is sent as
     /// an A-label.)
     pub fn needs_smtputf8(&self) -> bool {
-        !self.local.is_ascii()
+        !self.local_part().is_ascii()
     }
 
     /// The domain as IDNA A-labels (`xn--…`), or as given when it is ASCII
@@ -178,7 +181,7 @@ impl Address {
     pub fn ascii_domain(&self) -> String {
         // Parsing made sure the conversion works; were it ever to fail, the
         // domain as given goes to the wire check, which refuses it there.
-        grammar::to_ascii(&self.domain).unwrap_or_else(|_| self.domain.clone())
+        grammar::to_ascii(self.domain()).unwrap_or_else(|_| self.domain().to_owned())
     }
 
     /// The address as it goes into MAIL FROM / RCPT TO (and headers): the
@@ -186,11 +189,11 @@ impl Address {
     /// unless the local part needs SMTPUTF8 anyway.
     pub fn to_smtp(&self) -> String {
         let domain = if self.needs_smtputf8() {
-            self.domain.clone()
+            self.domain().to_owned()
         } else {
             self.ascii_domain()
         };
-        format!("{}@{domain}", grammar::quote_local_part(&self.local))
+        format!("{}@{domain}", grammar::quote_local_part(self.local_part()))
     }
 }
 
@@ -198,7 +201,12 @@ impl fmt::Display for Address {
     /// The address with its local part quoted when needed and the domain as
     /// given.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", grammar::quote_local_part(&self.local), self.domain)
+        write!(
+            f,
+            "{}@{}",
+            grammar::quote_local_part(self.local_part()),
+            self.domain()
+        )
     }
 }
 
@@ -270,7 +278,7 @@ pub(crate) fn unique_recipients<'a>(addresses: impl IntoIterator<Item = &'a Addr
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for a in addresses {
-        if seen.insert((a.local.clone(), a.domain.to_lowercase())) {
+        if seen.insert((a.local_part(), a.domain().to_lowercase())) {
             out.push(a.clone());
         }
     }

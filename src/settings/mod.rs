@@ -54,8 +54,9 @@ pub use update::{PasswordChange, SettingsUpdate};
 pub use url::SmtpUrl;
 
 use crate::error::Error;
+use crate::proto::address::{Address, AddressPolicy};
 use crate::proto::auth::{Credential, Mechanism};
-use crate::proto::command::{check_helo_name, check_mailbox, Argument};
+use crate::proto::command::check_helo_name;
 use crate::proto::grammar;
 
 /// How the connection to the relay is secured.
@@ -283,8 +284,9 @@ impl fmt::Debug for TlsOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sender {
     /// The mailbox, e.g. `noreply@example.com`; the default From address and
-    /// envelope sender.
-    pub address: String,
+    /// envelope sender. Parsed under [`AddressPolicy::Lenient`] by the
+    /// settings builder.
+    pub address: Address,
     /// The display name, e.g. `Example App`.
     pub name: Option<String>,
 }
@@ -457,7 +459,7 @@ impl SmtpSettings {
             tls: self.tls,
             extra_roots_pem: Vec::new(),
             tls_options: self.tls_options.clone(),
-            sender: Some(self.sender.address.clone()),
+            sender: Some(self.sender.address.to_string()),
             sender_name: self.sender.name.clone(),
             auth: self.auth.clone(),
             auth_mechanisms: self.auth_mechanisms.clone(),
@@ -843,11 +845,23 @@ impl SmtpSettingsBuilder {
             },
         };
         let sender = self.sender.unwrap_or_default().trim().to_owned();
-        if sender.is_empty() {
+        let sender = if sender.is_empty() {
             errors.push(FieldError::new("sender", "the sender address is required"));
-        } else if let Err(e) = check_mailbox(&sender, Argument::ReversePath) {
-            errors.push(FieldError::new("sender", format!("not a valid address: {e}")));
-        }
+            None
+        } else {
+            // Lenient: the sender is often an address-book entry; what it
+            // accepts beyond the strict grammar is quoted on the wire.
+            match Address::parse(&sender, AddressPolicy::Lenient) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    errors.push(FieldError::new(
+                        "sender",
+                        format!("not a valid address: {}", e.reason()),
+                    ));
+                    None
+                }
+            }
+        };
         if let Some(name) = &self.sender_name {
             if name.chars().any(char::is_control) {
                 errors.push(FieldError::new(
@@ -929,9 +943,10 @@ impl SmtpSettingsBuilder {
                 errors.push(FieldError::new("password", ENTER_PASSWORD_AGAIN));
             }
         }
-        if !errors.is_empty() {
-            return Err(SettingsErrors(errors));
-        }
+        let sender = match sender {
+            Some(sender) if errors.is_empty() => sender,
+            _ => return Err(SettingsErrors(errors)),
+        };
         Ok(SmtpSettings {
             host,
             port,
@@ -1062,6 +1077,8 @@ mod tests {
         }
         assert_eq!(base().host("[::1]").build().expect("valid").host(), "::1");
     }
+
+    use crate::proto::command::{check_mailbox, Argument};
 
     /// The three layers that read a domain — `Address::parse`, the wire
     /// check of MAIL/RCPT, and the settings' host validation — give the

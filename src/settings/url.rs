@@ -292,7 +292,7 @@ impl SmtpUrl<'_> {
         {
             params.push(format!("timeout={}", t.connect.as_secs_f64()));
         }
-        params.push(format!("from={}", percent_encode(&s.sender.address)));
+        params.push(format!("from={}", percent_encode(&s.sender.address.to_string())));
         out.push('?');
         out.push_str(&params.join("&"));
         out

@@ -52,7 +52,10 @@ async fn starttls_required_sees_every_extension_and_delivers() {
         .await
         .expect("delivered");
     assert_queued(d.reply());
-    assert_eq!(d.accepted().collect::<Vec<_>>(), vec![to.as_str()]);
+    assert_eq!(
+        d.accepted().map(ToString::to_string).collect::<Vec<_>>(),
+        vec![to.clone()]
+    );
     conn.quit().await.expect("QUIT answered");
 }
 
@@ -165,10 +168,13 @@ async fn refused_recipients_are_reported_and_the_connection_stays_usable() {
         .await
         .expect("delivered to the accepted one");
     assert_queued(d.reply());
-    assert_eq!(d.accepted().collect::<Vec<_>>(), vec![ok.as_str()]);
+    assert_eq!(
+        d.accepted().map(ToString::to_string).collect::<Vec<_>>(),
+        vec![ok.clone()]
+    );
     let refused: Vec<_> = d.refused().collect();
     assert_eq!(refused.len(), 1);
-    assert_eq!(refused[0].0, "reject@example.net");
+    assert_eq!(refused[0].0.to_string(), "reject@example.net");
     assert_eq!(refused[0].1.expect("a reply").code().value(), 550);
 
     // Every recipient refused: a permanent error naming the RCPT stage.
@@ -217,16 +223,12 @@ async fn smtputf8_and_dsn_parameters_are_accepted() {
     let mut conn = Connection::open(&s).await.expect("connects");
     let utf8 = format!("josé-{}@example.net", std::process::id());
     let dsn = unique("dsn");
-    let env_ = Envelope {
-        from: "alerts@example.com".into(),
-        params: MailParams {
-            ret: Some(DsnReturn::Headers),
-            envid: Some("invoice 2041+nov=".into()),
-            ..MailParams::default()
-        },
-        recipients: vec![
+    let addr = |a: &str| a.parse::<relaymail::Address>().expect("a valid address");
+    let env_ = Envelope::with_recipients(
+        Some(addr("alerts@example.com")),
+        vec![
             Recipient {
-                address: dsn.clone(),
+                address: addr(&dsn),
                 params: RcptParams {
                     notify: Some(Notify::On {
                         success: false,
@@ -236,9 +238,15 @@ async fn smtputf8_and_dsn_parameters_are_accepted() {
                     orcpt: Some("Billing <billing+nov@example.net>".into()),
                 },
             },
-            Recipient::new(utf8.clone()),
+            Recipient::new(addr(&utf8)),
         ],
-    };
+    )
+    .expect("envelope")
+    .with_params(MailParams {
+        ret: Some(DsnReturn::Headers),
+        envid: Some("invoice 2041+nov=".into()),
+        ..MailParams::default()
+    });
     let d = conn
         .send(
             env_,
