@@ -127,7 +127,7 @@ pub mod transport;
 pub mod fuzzing;
 
 pub use address::{Address, AddressError, AddressPolicy, Mailbox};
-pub use email::{Attachment, AttachmentPolicy, Composer, Email};
+pub use email::{Attachment, AttachmentPolicy, Composer, Email, IntoMailbox};
 pub use error::{Error, Stage};
 pub use future::BoxFuture;
 pub use mailer::{

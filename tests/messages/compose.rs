@@ -420,3 +420,28 @@ proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn parsed_addresses_and_mailboxes_are_taken_as_they_are() {
+    let ana: relaymail::Address = "ana@example.net".parse().expect("address");
+    let kim = relaymail::Mailbox {
+        name: Some("Kim".into()),
+        address: "kim@example.net".parse().expect("address"),
+    };
+    let m = compose(
+        Email::new()
+            .to(ana)
+            .cc(kim)
+            .bcc(("Li".to_owned(), "li@example.net".to_owned())),
+    )
+    .await;
+    assert_eq!(
+        rcpts(&m),
+        vec!["ana@example.net", "kim@example.net", "li@example.net"]
+    );
+    // An address parsed leniently before is not read again under the
+    // composer's strict policy: it is valid, and quoted on the wire.
+    let odd = relaymail::Address::parse("john..doe@example.net", AddressPolicy::Lenient).expect("lenient");
+    let m = compose(Email::new().to(odd)).await;
+    assert_eq!(rcpts(&m), vec!["\"john..doe\"@example.net"]);
+}
