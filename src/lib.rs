@@ -90,7 +90,9 @@
 //!
 //! - Every command argument is checked as wire bytes before anything is
 //!   written: CR, LF, NUL and other controls, angle brackets in mailboxes and
-//!   stray spaces are refused ([`proto::command`]).
+//!   stray spaces are refused ([`proto::command`]). Before that, an
+//!   [`Envelope`] only holds parsed [`Address`]es (one grammar for every
+//!   layer: [`proto::grammar`]), so a malformed address never gets that far.
 //! - The body encoders normalise every bare CR and LF to CRLF and dot-stuff
 //!   every line, so no message can end the DATA phase early (SMTP smuggling).
 //! - Bytes the server sends after its STARTTLS `220` and before the TLS

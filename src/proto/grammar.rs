@@ -220,28 +220,23 @@ pub fn to_ascii(domain: &str) -> Result<String, DomainError> {
 /// Checks the domain of a mailbox (RFC 5321 `Domain` / `address-literal`,
 /// with RFC 6531 U-labels): host name labels or an address literal.
 pub fn check_domain(domain: &str) -> Result<(), DomainError> {
-    if domain.starts_with('[') {
-        return check_address_literal(domain);
-    }
-    check_labels(
-        domain,
-        Labels {
-            non_ascii: true,
-            underscore: false,
-        },
-    )
+    domain_or_literal(domain, true)
 }
 
 /// Checks an ASCII-only domain (the EHLO/HELO argument): letters, digits,
 /// inner hyphens and dots, or an address literal.
 pub fn check_ascii_domain(domain: &str) -> Result<(), DomainError> {
+    domain_or_literal(domain, false)
+}
+
+fn domain_or_literal(domain: &str, non_ascii: bool) -> Result<(), DomainError> {
     if domain.starts_with('[') {
         return check_address_literal(domain);
     }
     check_labels(
         domain,
         Labels {
-            non_ascii: false,
+            non_ascii,
             underscore: false,
         },
     )

@@ -5,8 +5,8 @@ use std::time::UNIX_EPOCH;
 
 use super::*;
 
-#[test]
-fn damaged_headers_are_refused() {
+/// A good draft from app@example.com to user1@example.net, and its id.
+fn good_draft() -> (DraftId, String) {
     let id = DraftId::parse("019abc0000000-0123456789abcdef").expect("id");
     let good = encode_draft(
         &DraftInfo {
@@ -27,7 +27,12 @@ fn damaged_headers_are_refused() {
         b"body",
     );
     assert!(decode_draft(id.clone(), Area::Drafts, &good, true).is_ok());
-    let text = String::from_utf8(good).expect("utf-8");
+    (id, String::from_utf8(good).expect("utf-8"))
+}
+
+#[test]
+fn damaged_headers_are_refused() {
+    let (id, text) = good_draft();
     for bad in [
         text.replace("from ", "from x\nfrom "),          // a field twice
         text.replace("size 4", "size 5"),                // truncated
@@ -47,26 +52,7 @@ fn damaged_headers_are_refused() {
 
 #[test]
 fn a_bad_stored_address_is_a_clear_error_not_a_panic() {
-    let id = DraftId::parse("019abc0000000-0123456789abcdef").expect("id");
-    let good = String::from_utf8(encode_draft(
-        &DraftInfo {
-            id: id.clone(),
-            area: Area::Drafts,
-            envelope: Envelope::new(
-                Some("app@example.com".parse().expect("address")),
-                vec!["user1@example.net".parse().expect("address")],
-            )
-            .expect("envelope"),
-            size: 4,
-            created: UNIX_EPOCH,
-            attempts: 0,
-            next_attempt: UNIX_EPOCH,
-            last_error: None,
-            possibly_delivered: false,
-        },
-        b"body",
-    ))
-    .expect("utf-8");
+    let (id, good) = good_draft();
     let bad_from = good.replace("from app@example.com", "from app@exa_mple.com");
     let e = decode_draft(id.clone(), Area::Drafts, bad_from.as_bytes(), true).expect_err("refused");
     assert!(
