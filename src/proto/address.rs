@@ -37,7 +37,7 @@ pub enum AddressPolicy {
 
 /// A parsed, valid email address: it can only be made by
 /// [`Address::parse`] (or [`str::parse`], strict), so every `Address`
-/// follows the [grammar](super::grammar) and can be written into MAIL FROM,
+/// follows the rules of [`super::grammar`] and can be written into MAIL FROM,
 /// RCPT TO and headers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Address {
