@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use relaymail::outbox::{Area, DirSpool};
-use relaymail::{Envelope, Message, Recipient};
+use relaymail::{Envelope, Message};
 
 /// Peak resident set size of this process so far, in KiB (Linux).
 fn peak_rss_kib() -> u64 {
@@ -26,11 +26,11 @@ fn message(i: usize) -> Message {
         body.push_str("The quick brown fox jumps over the lazy dog.\r\n");
     }
     Message::new(
-        Envelope {
-            from: "noreply@example.com".into(),
-            recipients: vec![Recipient::new(format!("user{i}@example.net"))],
-            ..Envelope::default()
-        },
+        Envelope::new(
+            Some("noreply@example.com".parse().expect("address")),
+            vec![format!("user{i}@example.net").parse().expect("address")],
+        )
+        .expect("envelope"),
         body.into_bytes(),
     )
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use relaymail::proto::data::{BdatEncoder, DataEncoder};
 use relaymail::proto::ehlo::Capabilities;
 use relaymail::proto::reply::ReplyParser;
-use relaymail::proto::session::{Envelope, Event, Recipient, Session, SessionConfig, Transaction};
+use relaymail::proto::session::{Envelope, Event, Session, SessionConfig, Transaction};
 
 /// Runs `f` repeatedly for about `budget`, returns iterations per second.
 fn rate(budget: Duration, mut f: impl FnMut()) -> f64 {
@@ -132,11 +132,11 @@ fn main() {
         .receive(b"250-mx\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10000000\r\n")
         .expect("ehlo");
     while session.poll_event().is_some() {}
-    let envelope = Envelope {
-        from: "noreply@example.com".into(),
-        recipients: vec![Recipient::new("user@example.net")],
-        ..Envelope::default()
-    };
+    let envelope = Envelope::new(
+        Some("noreply@example.com".parse().expect("address")),
+        vec!["user@example.net".parse().expect("address")],
+    )
+    .expect("envelope");
     let r = rate(budget, || {
         session
             .send(Transaction::new(envelope.clone(), body.clone()))

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use relaymail::{Envelope, Mailer, Message, Recipient, RetryPolicy, SmtpSettings, TlsMode};
+use relaymail::{Envelope, Mailer, Message, RetryPolicy, SmtpSettings, TlsMode};
 
 const SIZE: usize = 2048;
 
@@ -195,11 +195,11 @@ async fn relaymail_run(port: u16, k: usize, messages: &[Arc<[u8]>]) -> Run {
     let (cpu0, start) = (cpu_time(), Instant::now());
     let mut pending = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
-        let envelope = Envelope {
-            from: "bench@example.com".into(),
-            recipients: vec![Recipient::new(format!("user{i}@example.net"))],
-            ..Envelope::default()
-        };
+        let envelope = Envelope::new(
+            Some("bench@example.com".parse().expect("address")),
+            vec![format!("user{i}@example.net").parse().expect("address")],
+        )
+        .expect("envelope");
         pending.push(
             mailer
                 .submit(Message::new(envelope, m.clone()))

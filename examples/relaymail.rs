@@ -30,7 +30,9 @@ use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use relaymail::{Connection, Envelope, Error, Mailer, Message, Recipient, SmtpSettings, TlsMode};
+use relaymail::{
+    Address, AddressPolicy, Connection, Envelope, Error, Mailer, Message, SmtpSettings, TlsMode,
+};
 
 const USAGE: &str = "usage:
   relaymail verify --host H --port P --tls none|starttls|starttls-opportunistic|implicit [--user U]
@@ -233,6 +235,20 @@ fn error_json(command: &str, e: &Error) -> String {
     )
 }
 
+/// The envelope from the command line (no `--from`: the null reverse
+/// path), addresses read as address books write them.
+fn envelope(a: &Args) -> Result<Envelope, Error> {
+    let parse = |s: &str| Address::parse(s, AddressPolicy::Lenient);
+    let from = a
+        .from
+        .as_deref()
+        .filter(|f| !f.is_empty())
+        .map(parse)
+        .transpose()?;
+    let to = a.to.iter().map(|t| parse(t)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Envelope::new(from, to)?)
+}
+
 async fn run(a: &Args, settings: &SmtpSettings, message: Vec<u8>) -> Result<String, Error> {
     let started = Instant::now();
     let mut conn = Connection::open(settings).await?;
@@ -264,11 +280,7 @@ async fn run(a: &Args, settings: &SmtpSettings, message: Vec<u8>) -> Result<Stri
             )
         });
     }
-    let envelope = Envelope {
-        from: a.from.clone().unwrap_or_default(),
-        recipients: a.to.iter().map(Recipient::new).collect(),
-        ..Envelope::default()
-    };
+    let envelope = envelope(a)?;
     let delivery = conn.send(envelope, message).await?;
     conn.quit().await?;
     let refused: Vec<String> = delivery
@@ -282,7 +294,7 @@ async fn run(a: &Args, settings: &SmtpSettings, message: Vec<u8>) -> Result<Stri
         format!(
             "{{\"ok\":true,\"command\":\"send\",\"reply\":{},\"accepted\":[{}],\"refused\":[{}],\"tls\":{},\"auth\":{},\"seconds\":{:.3}}}",
             json_str(&delivery.reply().to_string()),
-            delivery.accepted().map(json_str).collect::<Vec<_>>().join(","),
+            delivery.accepted().map(|a| json_str(&a.to_string())).collect::<Vec<_>>().join(","),
             refused.iter().map(|r| json_str(r)).collect::<Vec<_>>().join(","),
             json_str(&tls),
             json_str(auth),
@@ -379,10 +391,12 @@ async fn bulk(a: &Args, settings: SmtpSettings) -> ExitCode {
             first_error
         })
     };
-    let envelope = Envelope {
-        from: a.from.clone().unwrap_or_default(),
-        recipients: a.to.iter().map(Recipient::new).collect(),
-        ..Envelope::default()
+    let envelope = match envelope(a) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("relaymail: {e}");
+            return ExitCode::from(2);
+        }
     };
     for i in 0..count {
         let bytes = match bulk_message(a, i, size) {

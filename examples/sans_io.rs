@@ -14,7 +14,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::thread;
 
-use relaymail::proto::session::{Envelope, Event, Recipient, Session, SessionConfig, Transaction};
+use relaymail::proto::session::{Envelope, Event, Session, SessionConfig, Transaction};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -62,11 +62,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         let message = format!(
                             "From: Example App <noreply@example.com>\r\nTo: {to}\r\nSubject: {subject}\r\n\r\n{body}\r\n"
                         );
-                        let envelope = Envelope {
-                            from: "noreply@example.com".into(),
-                            recipients: vec![Recipient::new(to)],
-                            ..Envelope::default()
-                        };
+                        let envelope =
+                            Envelope::new(Some("noreply@example.com".parse()?), vec![to.parse()?])?;
                         session.send(Transaction::new(envelope, message.into_bytes()))?;
                     }
                 }

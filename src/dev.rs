@@ -155,17 +155,18 @@ impl SentMessage {
         &self.envelope
     }
 
-    /// The envelope sender (`""` for the null reverse path).
-    pub fn from(&self) -> &str {
-        &self.envelope.from
+    /// The envelope sender as it goes into MAIL FROM (`""` for the null
+    /// reverse path).
+    pub fn from(&self) -> String {
+        self.envelope.reverse_path()
     }
 
-    /// The envelope recipients, in order.
-    pub fn to(&self) -> Vec<&str> {
+    /// The envelope recipients as they go into RCPT TO, in order.
+    pub fn to(&self) -> Vec<String> {
         self.envelope
-            .recipients
+            .recipients()
             .iter()
-            .map(|r| r.address.as_str())
+            .map(|r| r.address.to_smtp())
             .collect()
     }
 
@@ -332,9 +333,6 @@ impl LocalConn {
     }
 
     pub(crate) fn submit(&mut self, envelope: Envelope, content: Arc<[u8]>) -> Result<TxId, Error> {
-        if envelope.recipients.is_empty() {
-            return Err(Error::config("the envelope has no recipient"));
-        }
         let id = TxId::nth(self.next);
         self.next += 1;
         self.queued.push_back((id, envelope, content));
@@ -368,7 +366,7 @@ impl LocalConn {
         };
         let ok = ReplyCode::new(250).expect("250 is a reply code");
         let recipients = envelope
-            .recipients
+            .recipients()
             .iter()
             .map(|r| RecipientReply {
                 address: r.address.clone(),
@@ -387,13 +385,13 @@ fn write_files(dir: &Path, envelope: &Envelope, content: &[u8]) -> Result<PathBu
     let mut json = format!(
         "{{\"id\":{},\"from\":{},\"to\":[",
         json_string(&id),
-        json_string(&envelope.from)
+        json_string(&envelope.reverse_path())
     );
-    for (i, r) in envelope.recipients.iter().enumerate() {
+    for (i, r) in envelope.recipients().iter().enumerate() {
         if i > 0 {
             json.push(',');
         }
-        json.push_str(&json_string(&r.address));
+        json.push_str(&json_string(&r.address.to_smtp()));
     }
     json.push_str("]}\n");
     let eml = dir.join(format!("{id}.eml"));

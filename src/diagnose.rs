@@ -19,9 +19,10 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Stage};
+use crate::proto::address::{Address, AddressPolicy};
 use crate::proto::auth::Mechanism;
 use crate::proto::reply::{Escaped, Reply};
-use crate::proto::session::{Envelope, Recipient};
+use crate::proto::session::Envelope;
 use crate::settings::SmtpSettings;
 use crate::transport::{Connector, Delivery, StageTiming, TlsInfo, Trace};
 
@@ -193,14 +194,26 @@ async fn run(settings: &SmtpSettings, test: Option<(&str, Option<&str>)>) -> Rep
     let mut delivery = None;
     let mut error = None;
     if let Some((recipient, from)) = test {
-        let from = from.unwrap_or(&settings.sender().address).to_owned();
-        let envelope = Envelope {
-            from: from.clone(),
-            recipients: vec![Recipient::new(recipient)],
-            ..Envelope::default()
+        // The form's text is read as address books write it; a bad address
+        // is reported like any other failure of the test.
+        let parse = |a: &str| Address::parse(a, AddressPolicy::Lenient).map_err(Error::from);
+        let addresses = match from {
+            Some(f) => parse(f).map(Some),
+            None => Ok(Some(settings.sender().address.clone())),
+        }
+        .and_then(|from| Ok((from, parse(recipient)?)));
+        let sent = match addresses {
+            Ok((from, to)) => {
+                let from_text = from.as_ref().map(Address::to_smtp).unwrap_or_default();
+                let body = test_message(settings, &info, &from_text, &to.to_smtp());
+                match Envelope::new(from, vec![to]) {
+                    Ok(envelope) => conn.send(envelope, body).await,
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e),
         };
-        let body = test_message(settings, &info, &from, recipient);
-        match conn.send(envelope, body).await {
+        match sent {
             Ok(d) => delivery = Some(d),
             Err(e) => error = Some(e),
         }
@@ -254,7 +267,7 @@ fn test_message(
         .subject("SMTP settings test")
         .date(now.as_secs() as i64)
         .message_id(
-            crate::address::Address::parse(from, crate::address::AddressPolicy::Lenient)
+            Address::parse(from, AddressPolicy::Lenient)
                 .map(|a| crate::email::message_id(&a, now))
                 .unwrap_or_else(|_| format!("{:016x}@localhost", crate::rand::random_u64())),
         )

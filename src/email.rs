@@ -59,55 +59,86 @@ use mail_builder::headers::text::Text;
 use mail_builder::headers::HeaderType;
 use mail_builder::MessageBuilder;
 
-use crate::address::{Address, AddressPolicy, Mailbox};
 use crate::error::{Error, Kind};
 use crate::future::BoxFuture;
 use crate::message::Message;
-use crate::proto::session::{Envelope, Recipient};
+use crate::proto::address::{unique_recipients, Address, AddressPolicy, Mailbox};
+use crate::proto::session::Envelope;
 use crate::settings::{Sender, SmtpSettings};
 
-/// A mailbox as given by the caller: an address, with or without a display
-/// name. Parsed under the composer's [`AddressPolicy`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MailboxSpec {
-    name: Option<String>,
-    address: String,
-}
+/// What [`Email`]'s `from`, `to`, `cc`, `bcc` and `reply_to` take: an
+/// address as text (`"ana@example.net"`), a display name and an address
+/// (`("Ana Lima", "ana@example.net")`), or an [`Address`] or [`Mailbox`]
+/// already parsed. Text is parsed when the email is
+/// [composed](Composer::compose), under the composer's [`AddressPolicy`];
+/// a parsed address is used as it is.
+///
+/// Sealed: implemented for `&str`, `String`, `(&str, &str)`,
+/// `(String, String)`, [`Address`] and [`Mailbox`].
+pub trait IntoMailbox: sealed::Sealed {}
 
-impl From<&str> for MailboxSpec {
-    fn from(address: &str) -> Self {
-        MailboxSpec {
-            name: None,
-            address: address.to_owned(),
-        }
+mod sealed {
+    use crate::proto::address::Mailbox;
+
+    /// A mailbox as the caller gave it.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum MailboxInput {
+        /// Text, parsed at compose time: display name and address.
+        Text(Option<String>, String),
+        /// Already parsed.
+        Parsed(Mailbox),
+    }
+
+    pub trait Sealed {
+        fn into_input(self) -> MailboxInput;
     }
 }
 
-impl From<String> for MailboxSpec {
-    fn from(address: String) -> Self {
-        MailboxSpec { name: None, address }
+use sealed::{MailboxInput, Sealed};
+
+impl Sealed for &str {
+    fn into_input(self) -> MailboxInput {
+        MailboxInput::Text(None, self.to_owned())
     }
 }
+impl IntoMailbox for &str {}
 
-impl From<(&str, &str)> for MailboxSpec {
+impl Sealed for String {
+    fn into_input(self) -> MailboxInput {
+        MailboxInput::Text(None, self)
+    }
+}
+impl IntoMailbox for String {}
+
+impl Sealed for (&str, &str) {
     /// `(display name, address)`.
-    fn from((name, address): (&str, &str)) -> Self {
-        MailboxSpec {
-            name: Some(name.to_owned()),
-            address: address.to_owned(),
-        }
+    fn into_input(self) -> MailboxInput {
+        MailboxInput::Text(Some(self.0.to_owned()), self.1.to_owned())
     }
 }
+impl IntoMailbox for (&str, &str) {}
 
-impl From<(String, String)> for MailboxSpec {
+impl Sealed for (String, String) {
     /// `(display name, address)`.
-    fn from((name, address): (String, String)) -> Self {
-        MailboxSpec {
-            name: Some(name),
-            address,
-        }
+    fn into_input(self) -> MailboxInput {
+        MailboxInput::Text(Some(self.0), self.1)
     }
 }
+impl IntoMailbox for (String, String) {}
+
+impl Sealed for Address {
+    fn into_input(self) -> MailboxInput {
+        MailboxInput::Parsed(Mailbox::from(self))
+    }
+}
+impl IntoMailbox for Address {}
+
+impl Sealed for Mailbox {
+    fn into_input(self) -> MailboxInput {
+        MailboxInput::Parsed(self)
+    }
+}
+impl IntoMailbox for Mailbox {}
 
 /// A file sent with the email: as an attachment, or inline (referenced
 /// from the HTML body as `cid:…`).
@@ -247,11 +278,11 @@ impl AttachmentPolicy {
 /// What to send. See the [module docs](self).
 #[derive(Clone, Debug, Default)]
 pub struct Email {
-    from: Option<MailboxSpec>,
-    to: Vec<MailboxSpec>,
-    cc: Vec<MailboxSpec>,
-    bcc: Vec<MailboxSpec>,
-    reply_to: Vec<MailboxSpec>,
+    from: Option<MailboxInput>,
+    to: Vec<MailboxInput>,
+    cc: Vec<MailboxInput>,
+    bcc: Vec<MailboxInput>,
+    reply_to: Vec<MailboxInput>,
     subject: Option<String>,
     text: Option<String>,
     html: Option<String>,
@@ -268,32 +299,32 @@ impl Email {
     }
 
     /// The `From:` header (default: the settings' sender and name).
-    pub fn from(mut self, mailbox: impl Into<MailboxSpec>) -> Self {
-        self.from = Some(mailbox.into());
+    pub fn from(mut self, mailbox: impl IntoMailbox) -> Self {
+        self.from = Some(mailbox.into_input());
         self
     }
 
     /// Adds a `To:` recipient.
-    pub fn to(mut self, mailbox: impl Into<MailboxSpec>) -> Self {
-        self.to.push(mailbox.into());
+    pub fn to(mut self, mailbox: impl IntoMailbox) -> Self {
+        self.to.push(mailbox.into_input());
         self
     }
 
     /// Adds a `Cc:` recipient.
-    pub fn cc(mut self, mailbox: impl Into<MailboxSpec>) -> Self {
-        self.cc.push(mailbox.into());
+    pub fn cc(mut self, mailbox: impl IntoMailbox) -> Self {
+        self.cc.push(mailbox.into_input());
         self
     }
 
     /// Adds a blind recipient: in the envelope, never in the headers.
-    pub fn bcc(mut self, mailbox: impl Into<MailboxSpec>) -> Self {
-        self.bcc.push(mailbox.into());
+    pub fn bcc(mut self, mailbox: impl IntoMailbox) -> Self {
+        self.bcc.push(mailbox.into_input());
         self
     }
 
     /// Adds a `Reply-To:` mailbox.
-    pub fn reply_to(mut self, mailbox: impl Into<MailboxSpec>) -> Self {
-        self.reply_to.push(mailbox.into());
+    pub fn reply_to(mut self, mailbox: impl IntoMailbox) -> Self {
+        self.reply_to.push(mailbox.into_input());
         self
     }
 
@@ -358,7 +389,7 @@ pub struct Composer {
 /// A new Message-ID (without angle brackets) in `from`'s domain: random,
 /// plus the time, so that two ids never collide.
 pub(crate) fn message_id(from: &Address, now: std::time::Duration) -> String {
-    let domain = from.ascii_domain().unwrap_or_else(|_| "localhost".into());
+    let domain = from.ascii_domain();
     let domain = domain.trim_start_matches('[').trim_end_matches(']');
     format!("{:016x}.{:x}@{domain}", crate::rand::random_u64(), now.as_nanos())
 }
@@ -485,7 +516,7 @@ impl Attachment {
     }
 }
 
-fn field_error(field: &str, e: Error) -> Error {
+fn field_error(field: &str, e: impl std::fmt::Display) -> Error {
     Error::new(Kind::Config, None, format!("{field}: {e}"))
 }
 
@@ -554,11 +585,16 @@ impl Composer {
         self
     }
 
-    fn mailbox(&self, field: &str, spec: &MailboxSpec) -> Result<Mailbox, Error> {
-        Mailbox::new(spec.name.as_deref(), &spec.address, self.addresses).map_err(|e| field_error(field, e))
+    fn mailbox(&self, field: &str, input: &MailboxInput) -> Result<Mailbox, Error> {
+        match input {
+            MailboxInput::Text(name, address) => {
+                Mailbox::new(name.as_deref(), address, self.addresses).map_err(|e| field_error(field, e))
+            }
+            MailboxInput::Parsed(mailbox) => Ok(mailbox.clone()),
+        }
     }
 
-    fn mailboxes(&self, field: &str, specs: &[MailboxSpec]) -> Result<Vec<Mailbox>, Error> {
+    fn mailboxes(&self, field: &str, specs: &[MailboxInput]) -> Result<Vec<Mailbox>, Error> {
         specs.iter().map(|s| self.mailbox(field, s)).collect()
     }
 
@@ -567,8 +603,8 @@ impl Composer {
     /// with `Date` and a `Message-ID` in the sender's domain, and derives the
     /// envelope.
     pub async fn compose(&self, email: Email) -> Result<Message, Error> {
-        let sender =
-            Address::parse(&self.sender.address, self.addresses).map_err(|e| field_error("sender", e))?;
+        // Valid by type: the settings builder parsed it.
+        let sender = self.sender.address.clone();
         let from = match &email.from {
             Some(spec) => self.mailbox("from", spec)?,
             None => Mailbox {
@@ -597,7 +633,7 @@ impl Composer {
                 .map(|m| m.address.clone())
                 .collect(),
         };
-        let rcpt = crate::address::unique_recipients(&recipients)?;
+        let rcpt = unique_recipients(&recipients);
         if rcpt.is_empty() {
             return Err(Error::config(
                 "the email has no recipient (To, Cc, Bcc or envelope_to)",
@@ -696,7 +732,7 @@ impl Composer {
         let header_address = |m: &Mailbox| -> Result<HeaderAddress<'static>, Error> {
             Ok(HeaderAddress::new_address(
                 m.name.as_deref().map(|n| one_line(n).into_owned()),
-                m.address.to_smtp()?,
+                m.address.to_smtp(),
             ))
         };
         let list = |ms: &[Mailbox]| -> Result<HeaderAddress<'static>, Error> {
@@ -745,11 +781,7 @@ impl Composer {
         let bytes = builder
             .write_to_vec()
             .map_err(|e| Error::new(Kind::Config, None, "the message could not be written").with_source(e))?;
-        let envelope = Envelope {
-            from: envelope_from.to_smtp()?,
-            recipients: rcpt.into_iter().map(Recipient::new).collect(),
-            ..Envelope::default()
-        };
+        let envelope = Envelope::new(Some(envelope_from), rcpt)?;
         envelope.validate()?;
         Ok(Message::new(envelope, bytes))
     }

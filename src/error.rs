@@ -542,10 +542,40 @@ impl std::error::Error for Error {
     }
 }
 
+impl From<crate::proto::address::AddressError> for Error {
+    /// A [config](Error::is_config) error with the address error's text.
+    fn from(e: crate::proto::address::AddressError) -> Error {
+        Error::config(e.to_string())
+    }
+}
+
+impl From<crate::proto::session::EnvelopeError> for Error {
+    /// A [config](Error::is_config) error with the envelope error's text.
+    fn from(e: crate::proto::session::EnvelopeError) -> Error {
+        Error::config(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::proto::reply::ReplyParser;
+
+    #[test]
+    fn address_errors_are_config_errors() {
+        let e =
+            crate::Address::parse("a<b@example.net\r\n", crate::AddressPolicy::Strict).expect_err("refused");
+        let e = Error::from(e);
+        assert!(e.is_config());
+        let text = e.to_string();
+        assert!(text.starts_with("invalid address \"a<b@example.net"), "{text}");
+        assert!(
+            text.ends_with("it contains the control character '\\\\r'"),
+            "{text}"
+        );
+        assert!(!text.contains('\r'), "shown escaped: {text}");
+    }
 
     fn reply(s: &[u8]) -> Reply {
         let mut p = ReplyParser::new();

@@ -42,7 +42,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), relaymail::Error> {
-//! use relaymail::{Connection, Envelope, Recipient, SmtpSettings, TlsMode};
+//! use relaymail::{Connection, Envelope, SmtpSettings, TlsMode};
 //!
 //! let settings = SmtpSettings::builder()
 //!     .host("smtp.example.com")
@@ -51,11 +51,7 @@
 //!     .credentials("noreply@example.com", "app-password")
 //!     .build()?;
 //! let mut conn = Connection::open(&settings).await?;
-//! let envelope = Envelope {
-//!     from: "noreply@example.com".into(),
-//!     recipients: vec![Recipient::new("user@example.net")],
-//!     ..Envelope::default()
-//! };
+//! let envelope = Envelope::new(Some("noreply@example.com".parse()?), vec!["user@example.net".parse()?])?;
 //! let delivery = conn
 //!     .send(envelope, b"Subject: Reset your password\r\n\r\nFollow the link.\r\n".to_vec())
 //!     .await?;
@@ -67,7 +63,7 @@
 //! ## Driving a session
 //!
 //! ```
-//! use relaymail::proto::session::{Envelope, Event, Recipient, Session, SessionConfig, Transaction};
+//! use relaymail::proto::session::{Envelope, Event, Session, SessionConfig, Transaction};
 //!
 //! let mut s = Session::new(SessionConfig::new("client.example.com")).unwrap();
 //! s.receive(b"220 mx.example.com ESMTP\r\n").unwrap();
@@ -76,11 +72,8 @@
 //! s.receive(b"250-mx.example.com\r\n250 PIPELINING\r\n").unwrap();
 //! assert!(matches!(s.poll_event(), Some(Event::Ready)));
 //!
-//! let envelope = Envelope {
-//!     from: "alerts@example.com".into(),
-//!     recipients: vec![Recipient::new("ops@example.net")],
-//!     ..Envelope::default()
-//! };
+//! let from = "alerts@example.com".parse().unwrap();
+//! let envelope = Envelope::new(Some(from), vec!["ops@example.net".parse().unwrap()]).unwrap();
 //! s.send(Transaction::new(envelope, &b"Subject: disk full\r\n\r\n/var is at 99%\r\n"[..])).unwrap();
 //! // PIPELINING: MAIL, RCPT and DATA leave in one write.
 //! assert_eq!(s.output(), b"MAIL FROM:<alerts@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n");
@@ -99,7 +92,9 @@
 //!
 //! - Every command argument is checked as wire bytes before anything is
 //!   written: CR, LF, NUL and other controls, angle brackets in mailboxes and
-//!   stray spaces are refused ([`proto::command`]).
+//!   stray spaces are refused ([`proto::command`]). Before that, an
+//!   [`Envelope`] only holds parsed [`Address`]es (one grammar for every
+//!   layer: [`proto::grammar`]), so a malformed address never gets that far.
 //! - The body encoders normalise every bare CR and LF to CRLF and dot-stuff
 //!   every line, so no message can end the DATA phase early (SMTP smuggling).
 //! - Bytes the server sends after its STARTTLS `220` and before the TLS
@@ -136,8 +131,8 @@ pub mod transport;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use address::{Address, AddressPolicy, Mailbox};
-pub use email::{Attachment, AttachmentPolicy, Composer, Email};
+pub use address::{Address, AddressError, AddressPolicy, Mailbox};
+pub use email::{Attachment, AttachmentPolicy, Composer, Email, IntoMailbox};
 pub use error::{Error, Stage};
 pub use future::BoxFuture;
 pub use mailer::{
@@ -147,7 +142,7 @@ pub use mailer::{
 pub use message::Message;
 pub use proto::auth::{Credential, Mechanism, UnknownMechanism};
 pub use proto::reply::Reply;
-pub use proto::session::{Envelope, Recipient, RecipientReply};
+pub use proto::session::{Envelope, EnvelopeError, Recipient, RecipientReply};
 pub use settings::{
     Auth, CredentialProvider, DangerousSettings, FieldError, PasswordChange, Sender, SettingsErrors,
     SettingsUpdate, SmtpSettings, SmtpSettingsBuilder, SmtpUrl, Timeouts, TlsMode, TlsOptions,

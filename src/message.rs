@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::address::{Address, AddressPolicy};
 use crate::error::{Error, Kind};
-use crate::proto::session::{Envelope, Recipient};
+use crate::proto::session::Envelope;
 
 /// What a [`Mailer`](crate::Mailer) delivers: the SMTP envelope (who the
 /// server is told the message is from and for) and the message itself
@@ -62,7 +62,7 @@ impl Message {
             .chain(addresses(parsed.cc(), "Cc")?)
             .chain(addresses(parsed.bcc(), "Bcc")?)
             .collect();
-        let recipients = crate::address::unique_recipients(&listed)?;
+        let recipients = crate::proto::address::unique_recipients(&listed);
         // Cut every Bcc field out of the header section.
         let mut content = Vec::with_capacity(bytes.len());
         let mut at = 0usize;
@@ -75,11 +75,7 @@ impl Message {
             }
         }
         content.extend_from_slice(&bytes[at..]);
-        let envelope = Envelope {
-            from: envelope_from.to_smtp()?,
-            recipients: recipients.into_iter().map(Recipient::new).collect(),
-            ..Envelope::default()
-        };
+        let envelope = Envelope::new(Some(envelope_from.clone()), recipients)?;
         envelope.validate()?;
         Ok(Message::new(envelope, content))
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use relaymail::outbox::{DirSpool, OutboxPolicy};
 use relaymail::testing::{ServerConfig, TestServer};
-use relaymail::{Envelope, Mailer, Message, Recipient, SmtpSettings, TlsMode};
+use relaymail::{Envelope, Mailer, Message, SmtpSettings, TlsMode};
 
 const TOTAL: usize = 10_000;
 const MAX_CONNECTIONS: usize = 2;
@@ -53,11 +53,11 @@ fn mailer(dir: &Path, port: u16) -> Mailer {
 
 fn message(i: usize) -> Message {
     Message::new(
-        Envelope {
-            from: "noreply@example.com".into(),
-            recipients: vec![Recipient::new("ops@example.net")],
-            ..Envelope::default()
-        },
+        Envelope::new(
+            Some("noreply@example.com".parse().expect("address")),
+            vec!["ops@example.net".parse().expect("address")],
+        )
+        .expect("envelope"),
         format!("Message-ID: <crash-{i}@example.com>\r\nSubject: {i}\r\n\r\nbody {i}\r\n").into_bytes(),
     )
 }

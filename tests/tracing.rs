@@ -16,16 +16,16 @@ use ::tracing::span::{Attributes, Id, Record};
 use ::tracing::{Event, Metadata, Subscriber};
 use base64::Engine;
 use relaymail::testing::{ServerConfig, TestServer};
-use relaymail::{Envelope, Mailer, Message, Recipient, SmtpSettings, TlsMode};
+use relaymail::{Envelope, Mailer, Message, SmtpSettings, TlsMode};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 fn message(to: &str, subject: &str) -> Message {
-    let envelope = Envelope {
-        from: "alerts@example.com".into(),
-        recipients: vec![Recipient::new(to)],
-        ..Envelope::default()
-    };
+    let envelope = Envelope::new(
+        Some("alerts@example.com".parse().expect("address")),
+        vec![to.parse().expect("address")],
+    )
+    .expect("envelope");
     Message::new(
         envelope,
         format!("Subject: {subject}\r\n\r\nbody\r\n").into_bytes(),

@@ -31,7 +31,7 @@ pub(super) enum Verdict {
 pub(super) fn verdict(result: &Result<Receipt, Error>, envelope: &Envelope) -> Verdict {
     match result {
         Ok(receipt) => {
-            let again = deferred_recipients(&envelope.recipients, receipt.recipients());
+            let again = deferred_recipients(envelope.recipients(), receipt.recipients());
             if again.is_empty() {
                 Verdict::Done
             } else {

@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), relaymail::Error> {
-//! use relaymail::{Envelope, Mailer, Message, Recipient, SmtpSettings, TlsMode};
+//! use relaymail::{Envelope, Mailer, Message, SmtpSettings, TlsMode};
 //!
 //! let settings = SmtpSettings::builder()
 //!     .host("smtp.example.com")
@@ -12,11 +12,7 @@
 //!     .credentials("noreply@example.com", "app-password")
 //!     .build()?;
 //! let mailer = Mailer::builder(settings).max_connections(4).build()?;
-//! let envelope = Envelope {
-//!     from: "noreply@example.com".into(),
-//!     recipients: vec![Recipient::new("user@example.net")],
-//!     ..Envelope::default()
-//! };
+//! let envelope = Envelope::new(Some("noreply@example.com".parse()?), vec!["user@example.net".parse()?])?;
 //! let receipt = mailer
 //!     .send(Message::new(envelope, &b"Subject: Reset your password\r\n\r\nFollow the link.\r\n"[..]))
 //!     .await?;
@@ -78,7 +74,7 @@ use tokio::sync::oneshot;
 pub use limit::RateLimit;
 pub use retry::RetryPolicy;
 
-use crate::address::AddressPolicy;
+use crate::address::{Address, AddressPolicy};
 use crate::dev::{Destination, LocalConn};
 use crate::email::{AttachmentPolicy, Composer, Email};
 use crate::error::Error;
@@ -124,13 +120,13 @@ impl Receipt {
     }
 
     /// The recipients that accepted the message ([`Delivery::accepted`]).
-    pub fn accepted(&self) -> impl Iterator<Item = &str> {
+    pub fn accepted(&self) -> impl Iterator<Item = &Address> {
         self.delivery.accepted()
     }
 
     /// The recipients that did not, with the server's reply when there was
     /// one ([`Delivery::refused`]).
-    pub fn refused(&self) -> impl Iterator<Item = (&str, Option<&Reply>)> {
+    pub fn refused(&self) -> impl Iterator<Item = (&Address, Option<&Reply>)> {
         self.delivery.refused()
     }
 
@@ -197,9 +193,10 @@ pub struct Stats {
 
 /// A report address for [`Redirect`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReportAddress {
     /// The mailbox.
-    pub address: String,
+    pub address: Address,
     /// Whether redirected mail goes to it.
     pub enabled: bool,
 }
@@ -207,6 +204,7 @@ pub struct ReportAddress {
 /// Redirect mode: send every message only to report addresses (testing and
 /// staging setups), keeping the original recipients in a header.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Redirect {
     /// Whether redirect is on.
     pub enabled: bool,
@@ -214,40 +212,44 @@ pub struct Redirect {
     pub addresses: Vec<ReportAddress>,
 }
 
+impl ReportAddress {
+    /// An enabled report address.
+    pub fn new(address: Address) -> ReportAddress {
+        ReportAddress {
+            address,
+            enabled: true,
+        }
+    }
+
+    /// The same address, enabled or not.
+    pub fn with_enabled(mut self, enabled: bool) -> ReportAddress {
+        self.enabled = enabled;
+        self
+    }
+}
+
 impl Redirect {
+    /// Redirect switched on or off, with these report addresses (each
+    /// enabled or not).
+    pub fn new(enabled: bool, addresses: Vec<ReportAddress>) -> Redirect {
+        Redirect { enabled, addresses }
+    }
+
     /// Redirect switched on, to these addresses (all enabled).
-    pub fn to<I, S>(addresses: I) -> Redirect
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
+    pub fn to(addresses: impl IntoIterator<Item = Address>) -> Redirect {
         Redirect {
             enabled: true,
-            addresses: addresses
-                .into_iter()
-                .map(|a| ReportAddress {
-                    address: a.into(),
-                    enabled: true,
-                })
-                .collect(),
+            addresses: addresses.into_iter().map(ReportAddress::new).collect(),
         }
     }
 
-    fn targets(&self) -> impl Iterator<Item = &str> {
-        self.addresses
-            .iter()
-            .filter(|a| a.enabled)
-            .map(|a| a.address.as_str())
+    fn targets(&self) -> impl Iterator<Item = &Address> {
+        self.addresses.iter().filter(|a| a.enabled).map(|a| &a.address)
     }
 
+    /// Report addresses are valid by type; what is left to check is that
+    /// redirect on has somewhere to send.
     fn check(&self) -> Result<(), Error> {
-        let mut probe = Envelope::default();
-        for a in &self.addresses {
-            probe.recipients = vec![Recipient::new(a.address.clone())];
-            probe
-                .validate()
-                .map_err(|e| Error::config(format!("redirect address {:?}: {e}", a.address)))?;
-        }
         if self.enabled && self.targets().next().is_none() {
             return Err(Error::config(
                 "redirect is on but no report address is enabled; refusing to send to the real recipients",
@@ -261,7 +263,11 @@ impl Redirect {
     /// original recipients in a header.
     fn apply(&self, envelope: &mut Envelope, content: &mut Arc<[u8]>) -> Result<(), Error> {
         self.check()?;
-        let originals: Vec<&str> = envelope.recipients.iter().map(|r| r.address.as_str()).collect();
+        let originals: Vec<String> = envelope
+            .recipients()
+            .iter()
+            .map(|r| r.address.to_smtp())
+            .collect();
         let mut header = format!("{ORIGINAL_RECIPIENTS_HEADER}:");
         let mut line_len = header.len();
         for (i, addr) in originals.iter().enumerate() {
@@ -285,7 +291,7 @@ impl Redirect {
         bytes.extend_from_slice(header.as_bytes());
         bytes.extend_from_slice(content);
         *content = bytes.into();
-        envelope.recipients = self.targets().map(Recipient::new).collect();
+        envelope.set_recipients(self.targets().cloned().map(Recipient::new).collect())?;
         Ok(())
     }
 }

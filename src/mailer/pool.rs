@@ -33,6 +33,7 @@ use super::limit::{Limiter, RateLimit};
 use super::retry::RetryPolicy;
 use super::{Receipt, Stats};
 use crate::error::{Error, Kind};
+use crate::proto::address::Address;
 use crate::proto::session::{deferred_recipients, Envelope, RecipientReply, TxId};
 use crate::transport::{ConnectionInfo, Delivery};
 
@@ -151,7 +152,7 @@ pub(crate) struct Job {
     envelope: Envelope,
     content: Arc<[u8]>,
     /// Recipient addresses in the caller's order, for the receipt.
-    order: Vec<String>,
+    order: Vec<Address>,
     /// Recipients whose fate is settled (accepted or refused for good).
     settled: Vec<RecipientReply>,
     last_reply: Option<crate::Reply>,
@@ -176,7 +177,7 @@ impl Job {
     ) -> Job {
         Job {
             expiry,
-            order: envelope.recipients.iter().map(|r| r.address.clone()).collect(),
+            order: envelope.recipients().iter().map(|r| r.address.clone()).collect(),
             envelope,
             content,
             settled: Vec::new(),
@@ -536,7 +537,7 @@ impl<M: Manager> Pool<M> {
                 let traced = trace::transaction(
                     &span,
                     job.attempts,
-                    job.envelope.recipients.len(),
+                    job.envelope.recipients().len(),
                     job.content.len(),
                 );
                 match open.conn.submit(job.envelope.clone(), job.content.clone()) {
@@ -650,7 +651,7 @@ impl<M: Manager> Pool<M> {
             Ok(delivery) => {
                 let reply = delivery.reply().clone();
                 let again = if self.may_retry(&job) {
-                    deferred_recipients(&job.envelope.recipients, delivery.recipients())
+                    deferred_recipients(job.envelope.recipients(), delivery.recipients())
                 } else {
                     Vec::new()
                 };
@@ -662,10 +663,10 @@ impl<M: Manager> Pool<M> {
                         .cloned(),
                 );
                 job.last_reply = Some(reply);
-                if again.is_empty() {
+                // Empty: every recipient settled; the envelope keeps its list.
+                if job.envelope.set_recipients(again).is_err() {
                     self.complete(job, Ok(()));
                 } else {
-                    job.envelope.recipients = again;
                     self.defer(job);
                 }
             }
@@ -678,7 +679,7 @@ impl<M: Manager> Pool<M> {
                     // the rest as failed with this error's reply.
                     let rest: Vec<RecipientReply> = job
                         .envelope
-                        .recipients
+                        .recipients()
                         .iter()
                         .map(|r| RecipientReply {
                             address: r.address.clone(),

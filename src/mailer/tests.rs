@@ -11,8 +11,13 @@ use tokio::sync::oneshot;
 use super::pool::{Conn, Job, Manager, Pool, PoolConfig};
 use super::{Receipt, RetryPolicy};
 use crate::error::{Error, Kind, Stage};
+use crate::proto::address::Address;
 use crate::proto::reply::{Reply, ReplyCode};
 use crate::proto::session::{Envelope, Recipient, RecipientReply, TxId};
+
+fn addr(text: &str) -> Address {
+    text.parse().expect("a valid address")
+}
 use crate::transport::Delivery;
 
 fn reply(code: u16, text: &str) -> Reply {
@@ -120,12 +125,12 @@ impl Conn for ScriptedConn {
             return Err(if after_body { e.after_body() } else { e });
         }
         let mut recipients = Vec::new();
-        for r in &envelope.recipients {
-            let answer = if r.address.starts_with("perm") {
+        for r in envelope.recipients() {
+            let answer = if r.address.local_part().starts_with("perm") {
                 reply(550, "5.1.1 no such user")
             } else {
                 let mut grey = self.script.greylisted.lock().unwrap();
-                if let Some(pos) = grey.iter().position(|g| *g == r.address) {
+                if let Some(pos) = grey.iter().position(|g| *g == r.address.to_string()) {
                     grey.remove(pos);
                     reply(450, "4.2.0 greylisted")
                 } else {
@@ -143,7 +148,7 @@ impl Conn for ScriptedConn {
         }
         let mut delivered = self.script.delivered.lock().unwrap();
         for r in recipients.iter().filter(|r| r.accepted()) {
-            delivered.push((self.number, r.address.clone()));
+            delivered.push((self.number, r.address.to_string()));
         }
         Ok(Delivery::new(recipients, reply(250, "2.0.0 queued")))
     }
@@ -190,11 +195,11 @@ fn config() -> PoolConfig {
 
 fn job(to: &[&str]) -> (Job, oneshot::Receiver<Result<Receipt, Error>>) {
     let (tx, rx) = oneshot::channel();
-    let envelope = Envelope {
-        from: "app@example.com".into(),
-        recipients: to.iter().map(|a| Recipient::new(*a)).collect(),
-        ..Envelope::default()
-    };
+    let envelope = Envelope::new(
+        Some("app@example.com".parse().expect("address")),
+        to.iter().map(|a| a.parse().expect("address")).collect(),
+    )
+    .expect("envelope");
     (
         Job::new(envelope, Arc::from(&b"Subject: x\r\n\r\nx\r\n"[..]), None, tx),
         rx,
@@ -340,7 +345,7 @@ async fn greylisted_recipient_is_retried_alone() {
         .iter()
         .map(|x| {
             (
-                x.address.clone(),
+                x.address.to_string(),
                 x.reply.as_ref().map_or(0, |r| r.code().value()),
             )
         })
@@ -413,6 +418,7 @@ mod outbox_records {
     use std::time::{Duration, SystemTime};
 
     use super::super::deliver::{record, Verdict};
+    use super::addr;
     use crate::message::Message;
     use crate::outbox::{Area, DirSpool, OutboxPolicy};
     use crate::proto::session::{Envelope, Recipient};
@@ -425,11 +431,14 @@ mod outbox_records {
 
     fn message() -> Message {
         Message::new(
-            Envelope {
-                from: "app@example.com".into(),
-                recipients: vec![Recipient::new("a@example.net"), Recipient::new("b@example.net")],
-                ..Envelope::default()
-            },
+            Envelope::new(
+                Some("app@example.com".parse().expect("address")),
+                vec![
+                    "a@example.net".parse().expect("address"),
+                    "b@example.net".parse().expect("address"),
+                ],
+            )
+            .expect("envelope"),
             b"Subject: x\r\n\r\nx\r\n".to_vec(),
         )
     }
@@ -465,10 +474,13 @@ mod outbox_records {
         );
         // Only the recipients still owed stay in the envelope.
         s.retry_now(Area::Drafts, &id).expect("retry");
-        let partial = Verdict::Defer("451".into(), Some(vec![Recipient::new("b@example.net")]));
+        let partial = Verdict::Defer("451".into(), Some(vec![Recipient::new(addr("b@example.net"))]));
         record(&s, &policy, claim(&s), partial).await.expect("recorded");
         let info = s.inspect(Area::Drafts, &id).expect("draft");
-        assert_eq!(info.envelope.recipients, vec![Recipient::new("b@example.net")]);
+        assert_eq!(
+            info.envelope.recipients(),
+            vec![Recipient::new(addr("b@example.net"))]
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -530,11 +542,11 @@ async fn a_message_given_up_at_its_send_timeout_in_the_queue_is_never_sent() {
     // The second waits in the queue with a 1 s send timeout.
     let expiry = super::pool::Expiry::new(tokio::time::Instant::now() + Duration::from_secs(1));
     let (tx, rx) = oneshot::channel();
-    let envelope = Envelope {
-        from: "app@example.com".into(),
-        recipients: vec![Recipient::new("second@example.net")],
-        ..Envelope::default()
-    };
+    let envelope = Envelope::new(
+        Some("app@example.com".parse().expect("address")),
+        vec!["second@example.net".parse().expect("address")],
+    )
+    .expect("envelope");
     let second = Job::new(envelope, Arc::from(&b"x"[..]), Some(expiry.clone()), tx);
     pool.push(second).await.expect("queued");
     let e = super::Pending::new(rx, Some((expiry, Duration::from_secs(1))))
@@ -572,27 +584,27 @@ fn a_deferred_recipient_keeps_its_dsn_parameters_in_the_draft() {
     use super::deliver::{verdict, Verdict};
     use crate::proto::command::Notify;
     use crate::transport::Delivery;
-    let mut a = Recipient::new("a@example.net");
+    let mut a = Recipient::new(addr("a@example.net"));
     a.params.notify = Some(Notify::On {
         success: false,
         failure: true,
         delay: true,
     });
     a.params.orcpt = Some("rfc822;a@example.net".into());
-    let envelope = Envelope {
-        from: "app@example.com".into(),
-        recipients: vec![a.clone(), Recipient::new("b@example.net")],
-        ..Envelope::default()
-    };
+    let envelope = Envelope::with_recipients(
+        Some(addr("app@example.com")),
+        vec![a.clone(), Recipient::new(addr("b@example.net"))],
+    )
+    .expect("envelope");
     let receipt = Receipt {
         delivery: Delivery::new(
             vec![
                 RecipientReply {
-                    address: "a@example.net".into(),
+                    address: addr("a@example.net"),
                     reply: Some(reply(450, "4.2.1 mailbox busy")),
                 },
                 RecipientReply {
-                    address: "b@example.net".into(),
+                    address: addr("b@example.net"),
                     reply: Some(reply(250, "2.1.5 ok")),
                 },
             ],

@@ -19,6 +19,11 @@
 //! error <text>                  the last error, when any
 //! ```
 //!
+//! Addresses are written as [`Address`] displays them and read back under
+//! [`AddressPolicy::Lenient`] (which also reads what version 1 and older
+//! versions stored); an address that does not parse makes the draft
+//! corrupt, with the reason in the error.
+//!
 //! Every free-form value (addresses, ENVID, ORCPT, the error) is written
 //! with `%XX` for `%`, spaces and control bytes, so that any value keeps its
 //! line and its field and reads back exactly. Lines other than `to` appear
@@ -33,6 +38,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Area, DraftId, DraftInfo};
+use crate::proto::address::{Address, AddressPolicy};
 use crate::proto::command::{BodyType, DsnReturn, MailParams, Notify, RcptParams};
 use crate::proto::session::{Envelope, Recipient};
 
@@ -133,9 +139,9 @@ pub(crate) fn encode_draft(info: &DraftInfo, content: &[u8]) -> Vec<u8> {
         info.attempts,
         millis(info.next_attempt),
         content.len(),
-        escape(&env.from)
+        escape(&env.from().map(ToString::to_string).unwrap_or_default())
     );
-    let p = &env.params;
+    let p = env.params();
     if let Some(size) = p.size {
         out.push_str(&format!("mail-size {size}\n"));
     }
@@ -161,8 +167,8 @@ pub(crate) fn encode_draft(info: &DraftInfo, content: &[u8]) -> Vec<u8> {
     if let Some(envid) = &p.envid {
         out.push_str(&format!("envid {}\n", escape(envid)));
     }
-    for r in &env.recipients {
-        out.push_str(&format!("to {}", escape(&r.address)));
+    for r in env.recipients() {
+        out.push_str(&format!("to {}", escape(&r.address.to_string())));
         if let Some(notify) = r.params.notify {
             out.push_str(&format!(" notify={}", notify_text(notify)));
         }
@@ -203,11 +209,13 @@ fn flag(slot: &mut bool, value: &str) -> Option<()> {
     Some(())
 }
 
-/// A version 2 `to` line's value: the address and its DSN parameters.
-fn parse_recipient(value: &str) -> Option<Recipient> {
+/// A version 2 `to` line's value: the address (not parsed yet) and its DSN
+/// parameters.
+fn parse_recipient(value: &str) -> Option<(String, RcptParams)> {
     let mut words = value.split(' ');
-    let mut recipient = Recipient::new(unescape(words.next()?)?);
-    let RcptParams { notify, orcpt } = &mut recipient.params;
+    let address = unescape(words.next()?)?;
+    let mut params = RcptParams::default();
+    let RcptParams { notify, orcpt } = &mut params;
     for word in words {
         match word.split_once('=')? {
             ("notify", text) => once(notify, parse_notify(text)?)?,
@@ -215,18 +223,78 @@ fn parse_recipient(value: &str) -> Option<Recipient> {
             _ => return None,
         }
     }
-    Some(recipient)
+    Some((address, params))
+}
+
+/// A draft header's fields, addresses not yet parsed.
+struct Fields {
+    created: SystemTime,
+    attempts: u32,
+    next_attempt: SystemTime,
+    size: u64,
+    last_error: Option<String>,
+    possibly_delivered: bool,
+    from: String,
+    params: MailParams,
+    recipients: Vec<(String, RcptParams)>,
 }
 
 /// Reads a draft file (either version): its info and, when `with_content`,
-/// its bytes. `None` when the file is not a whole, valid draft (truncated,
-/// altered, an envelope that could not be sent).
+/// its bytes. An error (why, in words) when the file is not a whole, valid
+/// draft: truncated, altered, or an envelope that could not be sent.
 pub(crate) fn decode_draft(
     id: DraftId,
     area: Area,
     raw: &[u8],
     with_content: bool,
-) -> Option<(DraftInfo, Vec<u8>)> {
+) -> Result<(DraftInfo, Vec<u8>), String> {
+    let (fields, content) = read_fields(raw, with_content)
+        .ok_or("its header is not a whole, valid draft header (truncated, altered or of a newer version)")?;
+    let Fields {
+        created,
+        attempts,
+        next_attempt,
+        size,
+        last_error,
+        possibly_delivered,
+        from,
+        params,
+        recipients,
+    } = fields;
+    let parse = |text: &str| Address::parse(text, AddressPolicy::Lenient);
+    let from = match from.as_str() {
+        "" => None,
+        text => Some(parse(text).map_err(|e| format!("the sender: {e}"))?),
+    };
+    let recipients = recipients
+        .into_iter()
+        .map(|(text, params)| {
+            let address = parse(&text).map_err(|e| format!("a recipient: {e}"))?;
+            Ok(Recipient { address, params })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let envelope = Envelope::with_recipients(from, recipients)
+        .map_err(|e| e.to_string())?
+        .with_params(params);
+    envelope.validate().map_err(|e| e.to_string())?;
+    let info = DraftInfo {
+        id,
+        area,
+        envelope,
+        size,
+        created,
+        attempts,
+        next_attempt,
+        last_error,
+        possibly_delivered,
+    };
+    Ok((info, content))
+}
+
+/// The header's fields and, when `with_content`, the bytes; `None` when the
+/// header is malformed or the size does not match. [`decode_draft`] parses
+/// the addresses.
+fn read_fields(raw: &[u8], with_content: bool) -> Option<(Fields, Vec<u8>)> {
     let header_end = raw.windows(2).position(|w| w == b"\n\n")?;
     let header = std::str::from_utf8(&raw[..header_end]).ok()?;
     let content = &raw[header_end + 2..];
@@ -253,7 +321,7 @@ pub(crate) fn decode_draft(
             "size" => once(&mut size, value.parse::<u64>().ok()?)?,
             "from" => once(&mut from, value_of(value)?)?,
             "to" if v2 => recipients.push(parse_recipient(value)?),
-            "to" => recipients.push(Recipient::new(value)),
+            "to" => recipients.push((value.to_owned(), RcptParams::default())),
             "error" => once(&mut last_error, value_of(value)?)?,
             "mail-size" if v2 => once(&mut mail_size, value.parse::<u64>().ok()?)?,
             "body" if v2 => once(
@@ -284,32 +352,27 @@ pub(crate) fn decode_draft(
     params.body = body;
     params.ret = ret;
     params.envid = envid;
-    let envelope = Envelope {
-        from: from?,
-        params,
-        recipients,
-    };
     let size = size?;
-    if size != content.len() as u64 || envelope.validate().is_err() {
+    if size != content.len() as u64 {
         return None; // truncated or altered
     }
-    let info = DraftInfo {
-        id,
-        area,
-        envelope,
-        size,
+    let fields = Fields {
         created: from_millis(created?)?,
         attempts: attempts?,
         next_attempt: from_millis(next?)?,
+        size,
         last_error,
         possibly_delivered,
+        from: from?,
+        params,
+        recipients,
     };
     let content = if with_content {
         content.to_vec()
     } else {
         Vec::new()
     };
-    Some((info, content))
+    Some((fields, content))
 }
 
 #[cfg(test)]

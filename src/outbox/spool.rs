@@ -183,13 +183,13 @@ impl DirSpool {
             .and_then(|mut f| f.read_to_end(&mut raw))
             .map_err(|e| io(format!("cannot read draft {id}"), e))?;
         match decode_draft(id.clone(), area, &raw, with_content) {
-            Some(d) => Ok(d),
-            None => {
+            Ok(d) => Ok(d),
+            Err(why) => {
                 let moved = self.quarantine(&path);
                 Err(Error::new(
                     Kind::Config,
                     None,
-                    format!("draft {id} is corrupt; moved to {}", moved.display()),
+                    format!("draft {id} is corrupt ({why}); moved to {}", moved.display()),
                 ))
             }
         }
@@ -330,16 +330,16 @@ impl DirSpool {
                 continue;
             }
             match decode_draft(id.clone(), Area::Drafts, &raw, true) {
-                Some((info, content)) if info.next_attempt <= now => {
+                Ok((info, content)) if info.next_attempt <= now => {
                     claims.push(Claim::new(info, content, file))
                 }
-                Some((info, _)) => {
+                Ok((info, _)) => {
                     // Written by something that did not set the time (an
                     // older version, a copy): set it, so later polls skip
                     // this draft without reading it.
                     let _ = file.set_modified(whole_millis(info.next_attempt));
                 }
-                None => {
+                Err(_) => {
                     drop(file);
                     self.quarantine(&path);
                 }
@@ -393,7 +393,7 @@ impl DirSpool {
         info.last_error = Some(one_line(error));
         info.next_attempt = next_attempt;
         if let Some(r) = recipients {
-            info.envelope.recipients = r;
+            info.envelope.set_recipients(r)?;
         }
         let result = self.save(&info, &claim.content);
         drop(claim);

@@ -20,7 +20,8 @@
 //! ```
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::grammar::{self, DomainError};
 
 /// Which argument of a command was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -583,82 +584,26 @@ pub fn check_helo_name(name: &str) -> Result<(), CommandError> {
     if name.len() > 255 {
         return Err(CommandError::TooLong { argument, limit: 255 });
     }
-    if name.starts_with('[') {
-        return check_address_literal(name, argument);
+    if name.contains(['<', '>']) {
+        return Err(CommandError::AngleBracket { argument });
     }
-    check_domain(name, argument, false)
+    grammar::check_ascii_domain(name).map_err(|e| domain_error(e, argument))
 }
 
-fn check_address_literal(lit: &str, argument: Argument) -> Result<(), CommandError> {
-    let bad = CommandError::Syntax {
+/// The grammar's verdict on a domain or literal, as a [`CommandError`].
+fn domain_error(e: DomainError, argument: Argument) -> CommandError {
+    CommandError::Syntax {
         argument,
-        reason: "address literal must be [IPv4] or [IPv6:address]",
-    };
-    let inner = lit
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .ok_or_else(|| bad.clone())?;
-    if inner.parse::<Ipv4Addr>().is_ok() {
-        return Ok(());
+        reason: e.reason(),
     }
-    match inner.get(..5) {
-        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") && inner[5..].parse::<Ipv6Addr>().is_ok() => Ok(()),
-        _ => Err(bad),
-    }
-}
-
-/// Domain: dot-separated labels of letters, digits and inner hyphens. With
-/// `allow_utf8`, labels may also carry non-ASCII characters (U-labels).
-fn check_domain(domain: &str, argument: Argument, allow_utf8: bool) -> Result<(), CommandError> {
-    if domain.is_empty() {
-        return Err(CommandError::Syntax {
-            argument,
-            reason: "the domain is empty",
-        });
-    }
-    for label in domain.split('.') {
-        if label.is_empty() {
-            return Err(CommandError::Syntax {
-                argument,
-                reason: "a domain label is empty (leading, trailing or doubled dot)",
-            });
-        }
-        if label.len() > 63 {
-            return Err(CommandError::Syntax {
-                argument,
-                reason: "a domain label is longer than 63 bytes",
-            });
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(CommandError::Syntax {
-                argument,
-                reason: "a domain label starts or ends with a hyphen",
-            });
-        }
-        let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || (allow_utf8 && b >= 0x80);
-        if !label.bytes().all(ok) {
-            return Err(if label.contains(['<', '>']) {
-                CommandError::AngleBracket { argument }
-            } else {
-                CommandError::Syntax {
-                    argument,
-                    reason: "a domain may hold only letters, digits, hyphens and dots",
-                }
-            });
-        }
-    }
-    Ok(())
 }
 
 /// What [`check_mailbox`] learnt about an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MailboxInfo {
     /// The address has non-ASCII characters: it needs SMTPUTF8.
     pub needs_smtputf8: bool,
-}
-
-fn is_atext(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b)
 }
 
 /// Checks that a mailbox (`local@domain`, without angle brackets) can be put
@@ -688,7 +633,7 @@ pub fn check_mailbox(addr: &str, argument: Argument) -> Result<MailboxInfo, Comm
         return Ok(info);
     }
     let at = if bytes[0] == b'"' {
-        quoted_local_end(bytes, argument)?
+        quoted_local_end(addr, argument)?
     } else {
         let at = addr.rfind('@').ok_or(CommandError::Syntax {
             argument,
@@ -704,10 +649,10 @@ pub fn check_mailbox(addr: &str, argument: Argument) -> Result<MailboxInfo, Comm
         if local.contains(&b' ') {
             return Err(CommandError::Space { argument });
         }
-        if let Some(&b) = local.iter().find(|&&b| !(is_atext(b) || b == b'.' || b >= 0x80)) {
+        if let Some(c) = addr[..at].chars().find(|&c| !(grammar::is_atext(c) || c == '.')) {
             return Err(CommandError::Syntax {
                 argument,
-                reason: if b == b'"' || b == b'\\' {
+                reason: if c == '"' || c == '\\' {
                     "a quote or backslash outside a quoted local part"
                 } else {
                     "a character that needs a quoted local part"
@@ -720,47 +665,25 @@ pub fn check_mailbox(addr: &str, argument: Argument) -> Result<MailboxInfo, Comm
     if domain.contains(' ') {
         return Err(CommandError::Space { argument });
     }
-    if domain.starts_with('[') {
-        check_address_literal(domain, argument)?;
-    } else {
-        check_domain(domain, argument, true)?;
-    }
+    grammar::check_domain(domain).map_err(|e| domain_error(e, argument))?;
     Ok(info)
 }
 
 /// For a local part that starts with `"`: finds the closing quote, checks the
 /// quoted content, and returns the offset of the `@` that must follow.
-fn quoted_local_end(bytes: &[u8], argument: Argument) -> Result<usize, CommandError> {
-    let mut i = 1;
-    loop {
-        match bytes.get(i) {
-            None => {
-                return Err(CommandError::Syntax {
-                    argument,
-                    reason: "unterminated quoted local part",
-                })
-            }
-            Some(b'"') => break,
-            Some(b'\\') => {
-                if bytes.get(i + 1).is_none() {
-                    return Err(CommandError::Syntax {
-                        argument,
-                        reason: "unterminated quoted local part",
-                    });
-                }
-                i += 2;
-            }
-            Some(_) => i += 1,
-        }
-    }
-    if i == 1 {
+fn quoted_local_end(addr: &str, argument: Argument) -> Result<usize, CommandError> {
+    let (content, len) = grammar::read_quoted(&addr[1..]).ok_or(CommandError::Syntax {
+        argument,
+        reason: "unterminated quoted local part",
+    })?;
+    if content.is_empty() {
         return Err(CommandError::Syntax {
             argument,
             reason: "the local part is empty",
         });
     }
-    match bytes.get(i + 1) {
-        Some(b'@') => Ok(i + 1),
+    match addr.as_bytes().get(len + 1) {
+        Some(b'@') => Ok(len + 1),
         _ => Err(CommandError::Syntax {
             argument,
             reason: "a quoted local part must be followed by '@' and the domain",

@@ -8,6 +8,8 @@
 //!
 //! | module | what it does |
 //! |---|---|
+//! | [`grammar`] | the address and domain grammar, written once for every layer |
+//! | [`address`] | validated [`Address`](address::Address)es, parsed under an [`AddressPolicy`](address::AddressPolicy) |
 //! | [`reply`] | incremental reply parser (RFC 5321 §4.2), enhanced status codes |
 //! | [`ehlo`] | EHLO capabilities |
 //! | [`command`] | command encoder that refuses unsafe arguments |
@@ -22,11 +24,13 @@
 //! transport turns them into relaymail's `Error` and adds the hints for
 //! administrators.
 
+pub mod address;
 pub mod auth;
 pub mod command;
 pub mod data;
 pub mod ehlo;
 mod error;
+pub mod grammar;
 pub mod reply;
 pub mod session;
 mod stage;

@@ -36,6 +36,7 @@ use std::sync::Arc;
 
 use zeroize::{Zeroize, Zeroizing};
 
+use super::address::Address;
 use super::auth::{self, DerivedKey, KeyDerivation, Mechanism, SaslClient, SaslError, Step};
 use super::command::{check_helo_name, check_mailbox, Argument, BodyType, Command, MailParams, RcptParams};
 use super::data::{self, DataEncoder};
@@ -153,34 +154,141 @@ impl TxId {
 
 /// One recipient and its RCPT parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Recipient {
-    /// The mailbox, without angle brackets.
-    pub address: String,
+    /// The mailbox (written into RCPT TO in its [SMTP form](Address::to_smtp)).
+    pub address: Address,
     /// DSN parameters.
     pub params: RcptParams,
 }
 
 impl Recipient {
     /// A recipient without parameters.
-    pub fn new(address: impl Into<String>) -> Recipient {
+    pub fn new(address: Address) -> Recipient {
         Recipient {
-            address: address.into(),
+            address,
             params: RcptParams::default(),
         }
     }
+
+    /// The same recipient with these DSN parameters.
+    pub fn with_params(mut self, params: RcptParams) -> Recipient {
+        self.params = params;
+        self
+    }
+}
+
+impl From<Address> for Recipient {
+    fn from(address: Address) -> Recipient {
+        Recipient::new(address)
+    }
+}
+
+/// Why an [`Envelope`] cannot be made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// The recipient list is empty.
+    #[error("the envelope has no recipient")]
+    NoRecipient,
 }
 
 /// The SMTP envelope: reverse path, its parameters and the recipients.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// Its addresses are [`Address`]es, valid by construction, and it has at
+/// least one recipient: an envelope that cannot be sent cannot be made.
+///
+/// ```
+/// use relaymail::{Address, Envelope};
+/// # fn main() -> Result<(), relaymail::Error> {
+/// let from: Address = "alerts@example.com".parse()?;
+/// let envelope = Envelope::new(Some(from), vec!["ops@example.net".parse()?])?;
+/// assert_eq!(envelope.reverse_path(), "alerts@example.com");
+/// // The null reverse path `<>` (bounces, auto-replies) is `None`.
+/// let bounce = Envelope::new(None, vec!["ops@example.net".parse()?])?;
+/// assert_eq!(bounce.reverse_path(), "");
+/// assert!(Envelope::new(None, vec![]).is_err());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
-    /// The MAIL FROM mailbox; empty for the null reverse path `<>`.
-    pub from: String,
+    from: Option<Address>,
+    params: MailParams,
+    recipients: Vec<Recipient>,
+}
+
+impl Envelope {
+    /// An envelope from `from` (`None`: the null reverse path `<>`) to these
+    /// addresses, without parameters. Refuses an empty recipient list.
+    pub fn new(from: Option<Address>, to: Vec<Address>) -> Result<Envelope, EnvelopeError> {
+        Envelope::with_recipients(from, to.into_iter().map(Recipient::new).collect())
+    }
+
+    /// An envelope to recipients that may carry RCPT parameters. Refuses an
+    /// empty recipient list.
+    pub fn with_recipients(
+        from: Option<Address>,
+        recipients: Vec<Recipient>,
+    ) -> Result<Envelope, EnvelopeError> {
+        if recipients.is_empty() {
+            return Err(EnvelopeError::NoRecipient);
+        }
+        Ok(Envelope {
+            from,
+            params: MailParams::default(),
+            recipients,
+        })
+    }
+
+    /// The same envelope with these MAIL parameters.
+    pub fn with_params(mut self, params: MailParams) -> Envelope {
+        self.params = params;
+        self
+    }
+
+    /// The sender; `None` for the null reverse path `<>`.
+    pub fn from(&self) -> Option<&Address> {
+        self.from.as_ref()
+    }
+
+    /// The MAIL FROM argument: the sender's [SMTP form](Address::to_smtp),
+    /// or empty for the null reverse path.
+    pub fn reverse_path(&self) -> String {
+        self.from.as_ref().map(Address::to_smtp).unwrap_or_default()
+    }
+
     /// MAIL parameters set by the caller. SIZE, BODY=8BITMIME and SMTPUTF8
     /// are added by the session when needed and offered; DSN parameters are
     /// left out when the server does not offer DSN.
-    pub params: MailParams,
-    /// The recipients, in order.
-    pub recipients: Vec<Recipient>,
+    pub fn params(&self) -> &MailParams {
+        &self.params
+    }
+
+    /// The MAIL parameters, to change.
+    pub fn params_mut(&mut self) -> &mut MailParams {
+        &mut self.params
+    }
+
+    /// The recipients, in order (never empty).
+    pub fn recipients(&self) -> &[Recipient] {
+        &self.recipients
+    }
+
+    /// The recipients, to change their addresses or parameters (the list
+    /// keeps its length, so it stays non-empty).
+    pub fn recipients_mut(&mut self) -> &mut [Recipient] {
+        &mut self.recipients
+    }
+
+    /// Replaces the recipients; refuses an empty list (and then keeps the
+    /// old one).
+    pub fn set_recipients(&mut self, recipients: Vec<Recipient>) -> Result<(), EnvelopeError> {
+        if recipients.is_empty() {
+            return Err(EnvelopeError::NoRecipient);
+        }
+        self.recipients = recipients;
+        Ok(())
+    }
 }
 
 /// A message to deliver: envelope, raw RFC 5322 bytes and delivery options.
@@ -213,7 +321,7 @@ impl Transaction {
 #[non_exhaustive]
 pub struct RecipientReply {
     /// The recipient address.
-    pub address: String,
+    pub address: Address,
     /// The reply to its RCPT; `None` when the transaction ended before it.
     pub reply: Option<Reply>,
 }
@@ -234,24 +342,21 @@ impl RecipientReply {
 /// The recipients (with their parameters) whose reply in `replies` defers
 /// them (4yz), in envelope order: the ones owed another attempt.
 pub(crate) fn deferred_recipients(recipients: &[Recipient], replies: &[RecipientReply]) -> Vec<Recipient> {
-    let deferred: std::collections::HashSet<&str> = replies
+    let deferred: std::collections::HashSet<&Address> = replies
         .iter()
         .filter(|r| r.is_deferred())
-        .map(|r| r.address.as_str())
+        .map(|r| &r.address)
         .collect();
     recipients
         .iter()
-        .filter(|r| deferred.contains(r.address.as_str()))
+        .filter(|r| deferred.contains(&r.address))
         .cloned()
         .collect()
 }
 
 /// The addresses among `recipients` that the server accepted, in order.
-pub(crate) fn accepted_addresses(recipients: &[RecipientReply]) -> impl Iterator<Item = &str> {
-    recipients
-        .iter()
-        .filter(|r| r.accepted())
-        .map(|r| r.address.as_str())
+pub(crate) fn accepted_addresses(recipients: &[RecipientReply]) -> impl Iterator<Item = &Address> {
+    recipients.iter().filter(|r| r.accepted()).map(|r| &r.address)
 }
 
 /// The end of one transaction.
@@ -798,11 +903,14 @@ impl Session {
         }
         let mut params = envelope.params.clone();
         let mut needs_utf8 = false;
-        if !envelope.from.is_empty() {
-            needs_utf8 |= mailbox(&envelope.from, Argument::ReversePath)?;
+        // The addresses are valid by type; the wire check still runs on what
+        // will be written, and says whether it needs SMTPUTF8.
+        let from = envelope.reverse_path();
+        if !from.is_empty() {
+            needs_utf8 |= mailbox(&from, Argument::ReversePath)?;
         }
         for r in &envelope.recipients {
-            needs_utf8 |= mailbox(&r.address, Argument::ForwardPath)?;
+            needs_utf8 |= mailbox(&r.address.to_smtp(), Argument::ForwardPath)?;
         }
         if needs_utf8 || params.smtputf8 {
             if !caps.supports(Extension::SmtpUtf8) {
@@ -835,7 +943,7 @@ impl Session {
         // The caller's own parameters are validated as given, before any is
         // dropped: a malformed ORCPT or ENVID is an error whether or not this
         // server would have seen it.
-        encode_envelope(&envelope.from, &params, &recipients)?;
+        encode_envelope(&from, &params, &recipients)?;
         if !caps.supports(Extension::Dsn) {
             params.ret = None;
             params.envid = None;
@@ -856,7 +964,6 @@ impl Session {
         }
         // Encode every command once now, so that no argument can fail later
         // with half a transaction on the wire.
-        let from = envelope.from;
         encode_envelope(&from, &params, &recipients)?;
         let id = TxId(self.next_id);
         self.next_id += 1;
@@ -971,7 +1078,7 @@ impl Session {
                 }
                 let r = tx.recipients[tx.rcpts_written].clone();
                 self.write(Command::Rcpt {
-                    to: &r.address,
+                    to: &r.address.to_smtp(),
                     params: &r.params,
                 })?;
                 self.txs[idx].rcpts_written += 1;
@@ -1423,7 +1530,7 @@ impl Envelope {
         if self.recipients.is_empty() {
             return Err(SessionError::NoRecipient);
         }
-        encode_envelope(&self.from, &self.params, &self.recipients)
+        encode_envelope(&self.reverse_path(), &self.params, &self.recipients)
     }
 }
 
@@ -1437,7 +1544,7 @@ fn encode_envelope(from: &str, params: &MailParams, recipients: &[Recipient]) ->
     for r in recipients {
         scratch.clear();
         Command::Rcpt {
-            to: &r.address,
+            to: &r.address.to_smtp(),
             params: &r.params,
         }
         .encode(&mut scratch)

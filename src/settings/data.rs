@@ -115,7 +115,7 @@ impl SmtpSettings {
             host: self.host.clone(),
             port: self.port,
             tls: self.tls.as_str().to_owned(),
-            sender: self.sender.address.clone(),
+            sender: self.sender.address.to_string(),
             sender_name: self.sender.name.clone(),
             username,
             oauth2,
@@ -329,5 +329,36 @@ mod tests {
             assert!(e.field(f).is_some(), "{f}: {e}");
         }
         assert!(serde_json::from_str::<SettingsData>(r#"{"host":"x","colour":"blue"}"#).is_err());
+    }
+
+    #[test]
+    fn a_bad_stored_sender_is_a_clear_field_error() {
+        let good = serde_json::to_value(full()).expect("json");
+        for bad in [
+            "not an address",
+            "a@b.example\r\nRSET",
+            "<a@b.example>",
+            "a@exa_mple.com",
+        ] {
+            let mut json = good.clone();
+            json["sender"] = serde_json::Value::from(bad);
+            let e = serde_json::from_value::<SmtpSettings>(json.clone()).expect_err("refused");
+            let text = e.to_string();
+            assert!(text.contains("sender: not a valid address"), "{bad:?}: {text}");
+            assert!(!text.contains('\r'), "{text}");
+            let data: SettingsData = serde_json::from_value(json).expect("data");
+            let errors = data.into_settings(None).expect_err("refused");
+            assert!(errors.field("sender").is_some(), "{errors}");
+        }
+    }
+
+    #[test]
+    fn addresses_serialize_as_strings_and_are_checked_when_read() {
+        let a: crate::Address = "\"john doe\"@example.com".parse().expect("address");
+        let json = serde_json::to_string(&a).expect("json");
+        assert_eq!(json, r#""\"john doe\"@example.com""#);
+        assert_eq!(serde_json::from_str::<crate::Address>(&json).expect("back"), a);
+        let e = serde_json::from_str::<crate::Address>(r#""a@b.example>""#).expect_err("refused");
+        assert!(e.to_string().contains("invalid address"), "{e}");
     }
 }

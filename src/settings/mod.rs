@@ -28,7 +28,6 @@
 //! ```
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,8 +55,10 @@ pub use url::SmtpUrl;
 
 use crate::dev::Destination;
 use crate::error::Error;
+use crate::proto::address::{Address, AddressPolicy};
 use crate::proto::auth::{Credential, Mechanism};
-use crate::proto::command::{check_helo_name, check_mailbox, Argument};
+use crate::proto::command::check_helo_name;
+use crate::proto::grammar;
 
 /// How the connection to the relay is secured.
 ///
@@ -283,10 +284,12 @@ impl fmt::Debug for TlsOptions {
 
 /// The sender: an address and an optional display name.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Sender {
     /// The mailbox, e.g. `noreply@example.com`; the default From address and
-    /// envelope sender.
-    pub address: String,
+    /// envelope sender. Parsed under [`AddressPolicy::Lenient`] by the
+    /// settings builder.
+    pub address: Address,
     /// The display name, e.g. `Example App`.
     pub name: Option<String>,
 }
@@ -466,7 +469,7 @@ impl SmtpSettings {
             tls: self.tls,
             extra_roots_pem: Vec::new(),
             tls_options: self.tls_options.clone(),
-            sender: Some(self.sender.address.clone()),
+            sender: Some(self.sender.address.to_string()),
             sender_name: self.sender.name.clone(),
             auth: self.auth.clone(),
             auth_mechanisms: self.auth_mechanisms.clone(),
@@ -868,11 +871,23 @@ impl SmtpSettingsBuilder {
             },
         };
         let sender = self.sender.unwrap_or_default().trim().to_owned();
-        if sender.is_empty() {
+        let sender = if sender.is_empty() {
             errors.push(FieldError::new("sender", "the sender address is required"));
-        } else if let Err(e) = check_mailbox(&sender, Argument::ReversePath) {
-            errors.push(FieldError::new("sender", format!("not a valid address: {e}")));
-        }
+            None
+        } else {
+            // Lenient: the sender is often an address-book entry; what it
+            // accepts beyond the strict grammar is quoted on the wire.
+            match Address::parse(&sender, AddressPolicy::Lenient) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    errors.push(FieldError::new(
+                        "sender",
+                        format!("not a valid address: {}", e.reason()),
+                    ));
+                    None
+                }
+            }
+        };
         if let Some(name) = &self.sender_name {
             if name.chars().any(char::is_control) {
                 errors.push(FieldError::new(
@@ -939,6 +954,8 @@ impl SmtpSettingsBuilder {
             ));
         }
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        // An internationalised host name is resolved and verified as A-labels.
+        let host = grammar::to_ascii(&host).unwrap_or(host);
         if let Some(kept) = &self.kept_credential {
             let now = CredentialDestination::new(
                 &host,
@@ -952,9 +969,10 @@ impl SmtpSettingsBuilder {
                 errors.push(FieldError::new("password", ENTER_PASSWORD_AGAIN));
             }
         }
-        if !errors.is_empty() {
-            return Err(SettingsErrors(errors));
-        }
+        let sender = match sender {
+            Some(sender) if errors.is_empty() => sender,
+            _ => return Err(SettingsErrors(errors)),
+        };
         Ok(SmtpSettings {
             host,
             port,
@@ -986,37 +1004,14 @@ fn parse_pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, St
     }
 }
 
-/// A host is an IP address (IPv6 optionally in brackets) or a DNS name.
+/// A host is an IP address (IPv6 optionally in brackets) or a DNS name
+/// ([`grammar::check_host`]: the mailbox domain's label rules, plus `_`
+/// and a final dot; U-labels are connected to as A-labels).
 pub(crate) fn validate_host(host: &str) -> Result<(), String> {
-    if host.is_empty() {
-        return Err("the server host is required".into());
-    }
-    let unbracketed = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if unbracketed.parse::<IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let name = host.strip_suffix('.').unwrap_or(host);
-    if name.len() > 253 {
-        return Err("the host name is longer than 253 characters".into());
-    }
-    for label in name.split('.') {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !ok {
-            return Err(format!(
-                "{host:?} is not a valid host name or IP address (letters, digits, hyphens and dots only)"
-            ));
-        }
-    }
-    Ok(())
+    grammar::check_host(host).map_err(|e| match e {
+        grammar::DomainError::Empty => "the server host is required".to_owned(),
+        e => format!("{host:?} is not a valid host name or IP address: {e}"),
+    })
 }
 
 #[cfg(test)]
@@ -1108,6 +1103,73 @@ mod tests {
             assert!(validate_host(bad).is_err(), "{bad}");
         }
         assert_eq!(base().host("[::1]").build().expect("valid").host(), "::1");
+    }
+
+    use crate::proto::command::{check_mailbox, Argument};
+
+    /// The three layers that read a domain — `Address::parse`, the wire
+    /// check of MAIL/RCPT, and the settings' host validation — give the
+    /// same verdict, because they call the same grammar.
+    fn verdicts(domain: &str) -> (bool, bool, bool) {
+        let address = format!("ana@{domain}");
+        (
+            crate::Address::parse(&address, crate::AddressPolicy::Strict).is_ok(),
+            check_mailbox(&address, Argument::ForwardPath).is_ok(),
+            validate_host(domain).is_ok(),
+        )
+    }
+
+    #[test]
+    fn one_grammar_for_every_layer() {
+        let long_utf8_short_a_label = "ü".repeat(32); // 64 bytes, xn--… well under 63
+        let long_a_label = "bücher".repeat(11); // its A-label is over 63 bytes
+        for (domain, ok) in [
+            ("example.net", true),
+            ("sub.example.co.uk", true),
+            ("bücher.example", true),
+            (&*format!("{long_utf8_short_a_label}.example"), true),
+            (&*format!("{long_a_label}.example"), false),
+            (&*format!("{}.example", "a".repeat(63)), true),
+            (&*format!("{}.example", "a".repeat(64)), false),
+            ("example..net", false),
+            ("-example.net", false),
+            ("example-.net", false),
+            ("exa mple.net", false),
+            ("exa/mple.net", false),
+            ("", false),
+        ] {
+            assert_eq!(verdicts(domain), (ok, ok, ok), "{domain:?}");
+        }
+        // Where the layers differ on purpose: host names may hold '_' and
+        // bare IP addresses; mailbox domains take address literals.
+        assert_eq!(verdicts("mail_relay.corp"), (false, false, true));
+        assert_eq!(verdicts("[192.0.2.1]"), (true, true, true));
+        assert_eq!(verdicts("192.0.2.1"), (true, true, true));
+        assert_eq!(
+            base().host("smtp.bücher.example").build().expect("valid").host(),
+            "smtp.xn--bcher-kva.example",
+            "an IDN host is connected to as A-labels"
+        );
+    }
+
+    mod agreement {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// For any domain, the address layer and the wire check agree,
+            /// and host validation agrees on every domain without '_'
+            /// (addresses refuse it, hosts allow it).
+            #[test]
+            fn layers_agree(domain in "[a-z0-9ü_.\\-\\[\\]:]{0,80}") {
+                let (address, wire, host) = verdicts(&domain);
+                prop_assert_eq!(address, wire, "{:?}", domain);
+                let literal = domain.starts_with('[') || domain.parse::<std::net::IpAddr>().is_ok();
+                if !domain.contains('_') && !literal && !domain.ends_with('.') {
+                    prop_assert_eq!(address, host, "{:?}", domain);
+                }
+            }
+        }
     }
 
     #[test]

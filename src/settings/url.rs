@@ -307,14 +307,14 @@ impl SmtpUrl<'_> {
                 return format!(
                     "file://{}?from={}",
                     path.join("/"),
-                    percent_encode(&s.sender.address)
+                    percent_encode(&s.sender.address.to_string())
                 );
             }
             Destination::Memory(inbox) => {
                 return format!(
                     "memory://{}?from={}",
                     inbox.name(),
-                    percent_encode(&s.sender.address)
+                    percent_encode(&s.sender.address.to_string())
                 );
             }
         }
@@ -354,7 +354,7 @@ impl SmtpUrl<'_> {
         {
             params.push(format!("timeout={}", t.connect.as_secs_f64()));
         }
-        params.push(format!("from={}", percent_encode(&s.sender.address)));
+        params.push(format!("from={}", percent_encode(&s.sender.address.to_string())));
         out.push('?');
         out.push_str(&params.join("&"));
         out

@@ -14,9 +14,7 @@ use tokio_rustls::TlsConnector;
 
 use super::*;
 use crate::proto::auth::{self, Credential, Mechanism, SaslClient};
-use crate::proto::session::{
-    Envelope, Event, Recipient, Session, SessionConfig, StartTlsPolicy, Transaction,
-};
+use crate::proto::session::{Envelope, Event, Session, SessionConfig, StartTlsPolicy, Transaction};
 
 /// Upper bound for anything that is expected to happen.
 const WAIT: Duration = Duration::from_secs(10);
@@ -1565,14 +1563,14 @@ async fn relaymail_session_round_trip() {
     }
 
     for n in 0..2 {
-        let envelope = Envelope {
-            from: "alice@example.com".into(),
-            recipients: vec![
-                Recipient::new("ops@example.net"),
-                Recipient::new("dev@example.net"),
+        let envelope = Envelope::new(
+            Some("alice@example.com".parse().expect("address")),
+            vec![
+                "ops@example.net".parse().expect("address"),
+                "dev@example.net".parse().expect("address"),
             ],
-            ..Envelope::default()
-        };
+        )
+        .expect("envelope");
         let body = format!("Subject: {n}\r\n\r\n.dot\nbare lf\r\n");
         session
             .send(Transaction::new(envelope, body.into_bytes()))

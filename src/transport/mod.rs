@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), relaymail::Error> {
-//! use relaymail::{Connection, Envelope, Recipient, SmtpSettings, TlsMode};
+//! use relaymail::{Connection, Envelope, SmtpSettings, TlsMode};
 //!
 //! let settings = SmtpSettings::builder()
 //!     .host("smtp.example.com")
@@ -14,11 +14,7 @@
 //!     .credentials("noreply@example.com", "app-password")
 //!     .build()?;
 //! let mut conn = Connection::open(&settings).await?;
-//! let envelope = Envelope {
-//!     from: settings.sender().address.clone(),
-//!     recipients: vec![Recipient::new("user@example.net")],
-//!     ..Envelope::default()
-//! };
+//! let envelope = Envelope::new(Some(settings.sender().address.clone()), vec!["user@example.net".parse()?])?;
 //! let delivery = conn.send(envelope, b"Subject: hi\r\n\r\nhello\r\n".to_vec()).await?;
 //! println!("queued: {}", delivery.reply());
 //! conn.quit().await?;
@@ -38,6 +34,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::error::{Error, Kind, Stage};
+use crate::proto::address::Address;
 use crate::proto::auth::{self, Credential, Mechanism, SaslClient};
 use crate::proto::ehlo::Capabilities;
 use crate::proto::reply::Reply;
@@ -205,17 +202,17 @@ impl Delivery {
     }
 
     /// The recipients the server accepted.
-    pub fn accepted(&self) -> impl Iterator<Item = &str> {
+    pub fn accepted(&self) -> impl Iterator<Item = &Address> {
         crate::proto::session::accepted_addresses(&self.recipients)
     }
 
     /// The recipients that did not accept the message, with the server's
     /// reply when there was one.
-    pub fn refused(&self) -> impl Iterator<Item = (&str, Option<&Reply>)> {
+    pub fn refused(&self) -> impl Iterator<Item = (&Address, Option<&Reply>)> {
         self.recipients
             .iter()
             .filter(|r| !r.accepted())
-            .map(|r| (r.address.as_str(), r.reply.as_ref()))
+            .map(|r| (&r.address, r.reply.as_ref()))
     }
 
     /// The server's final reply (usually names the queue id).

@@ -4,10 +4,9 @@ use base64::Engine as _;
 use relaymail::proto::auth::{Credential, Mechanism, SaslClient};
 use relaymail::proto::command::{DsnReturn, MailParams, Notify, RcptParams};
 use relaymail::proto::session::{
-    Envelope, Event, Phase, Recipient, Session, SessionConfig, StartTlsPolicy, Transaction,
-    TransactionOutcome,
+    Envelope, Event, Phase, Session, SessionConfig, StartTlsPolicy, Transaction, TransactionOutcome,
 };
-use relaymail::{Error, Stage};
+use relaymail::{Address, AddressPolicy, Error, Stage};
 use secrecy::SecretString;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -113,12 +112,16 @@ fn ehlo_reply(extensions: &[&str]) -> Vec<u8> {
     out
 }
 
+fn addr(text: &str) -> Address {
+    text.parse().expect("a valid address")
+}
+
 fn envelope(rcpts: &[&str]) -> Envelope {
-    Envelope {
-        from: "alerts@example.com".into(),
-        params: MailParams::default(),
-        recipients: rcpts.iter().map(|r| Recipient::new(*r)).collect(),
-    }
+    Envelope::new(
+        Some(addr("alerts@example.com")),
+        rcpts.iter().map(|r| addr(r)).collect(),
+    )
+    .expect("envelope")
 }
 
 fn tx(rcpts: &[&str]) -> Transaction {
@@ -939,10 +942,10 @@ mod transactions {
     #[test]
     fn dsn_parameters_only_when_offered() {
         let mut env = envelope(&["a@example.net"]);
-        env.params = MailParams::default()
+        *env.params_mut() = MailParams::default()
             .with_ret(DsnReturn::Headers)
             .with_envid("id1");
-        env.recipients[0].params = RcptParams::default()
+        env.recipients_mut()[0].params = RcptParams::default()
             .with_notify(Notify::Never)
             .with_orcpt("a@example.net");
         let mut t = Script::plain();
@@ -959,16 +962,26 @@ mod transactions {
     fn injection_in_the_envelope_writes_nothing() {
         let mut t = Script::plain();
         t.handshake(&["PIPELINING"]);
-        let bad = [
-            envelope(&["a@example.net\r\nRSET"]),
-            envelope(&["ok@example.net", "\"x> NOTIFY=NEVER\"@example.net"]),
-            Envelope {
-                from: "a@b.example>SIZE=1".into(),
-                ..envelope(&["ok@example.net"])
-            },
-            envelope(&[]),
-        ];
-        for env in bad {
+        // Addresses that would inject cannot even be made, nor can an
+        // envelope without recipients.
+        for text in [
+            "a@example.net\r\nRSET",
+            "\"x> NOTIFY=NEVER\"@example.net",
+            "a@b.example>SIZE=1",
+        ] {
+            for policy in [AddressPolicy::Strict, AddressPolicy::Lenient] {
+                assert!(Address::parse(text, policy).is_err(), "{text:?}");
+            }
+        }
+        assert!(Envelope::new(Some(addr("a@example.net")), vec![]).is_err());
+        assert!(Envelope::new(None, vec![]).is_err());
+        // What the types leave open (free-form DSN values) is still refused
+        // before anything is written.
+        let mut envid = envelope(&["ok@example.net"]);
+        envid.params_mut().envid = Some("x\r\nRSET".into());
+        let mut orcpt = envelope(&["ok@example.net"]);
+        orcpt.recipients_mut()[0].params.orcpt = Some("x\0y".into());
+        for env in [envid, orcpt] {
             let e =
                 t.s.send(Transaction::new(env, &b"x"[..]))
                     .map_err(Error::from)

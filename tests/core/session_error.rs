@@ -4,7 +4,7 @@
 
 use relaymail::proto::auth::{Credential, Mechanism, SaslClient};
 use relaymail::proto::ehlo::Extension;
-use relaymail::proto::session::{Envelope, Event, Recipient, Session, SessionConfig, Transaction};
+use relaymail::proto::session::{Envelope, Event, Session, SessionConfig, Transaction};
 use relaymail::proto::{Misuse, SessionError, Stage};
 use relaymail::Error;
 use secrecy::SecretString;
@@ -36,11 +36,8 @@ fn ready(extensions: &[&str], implicit_tls: bool) -> Session {
 }
 
 fn tx(to: &str, body: &[u8]) -> Transaction {
-    let envelope = Envelope {
-        from: "alerts@example.com".into(),
-        recipients: vec![Recipient::new(to)],
-        ..Envelope::default()
-    };
+    let address = |a: &str| a.parse::<relaymail::Address>().expect("address");
+    let envelope = Envelope::new(Some(address("alerts@example.com")), vec![address(to)]).expect("envelope");
     Transaction::new(envelope, body)
 }
 

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use relaymail::{Envelope, Recipient, SmtpSettings, SmtpSettingsBuilder, TlsMode};
+use relaymail::{Envelope, SmtpSettings, SmtpSettingsBuilder, TlsMode};
 
 /// The interop environment, or `None` (test skipped) outside CI.
 pub(crate) struct Interop {
@@ -89,11 +89,11 @@ pub(crate) fn unique(prefix: &str) -> String {
 }
 
 pub(crate) fn envelope(to: &[&str]) -> Envelope {
-    Envelope {
-        from: "alerts@example.com".into(),
-        recipients: to.iter().map(|r| Recipient::new(*r)).collect(),
-        ..Envelope::default()
-    }
+    Envelope::new(
+        Some("alerts@example.com".parse().expect("address")),
+        to.iter().map(|r| r.parse().expect("address")).collect(),
+    )
+    .expect("envelope")
 }
 
 pub(crate) fn message(to: &str, body: &str) -> Vec<u8> {

@@ -52,7 +52,10 @@ async fn starttls_required_sees_every_extension_and_delivers() {
         .await
         .expect("delivered");
     assert_queued(d.reply());
-    assert_eq!(d.accepted().collect::<Vec<_>>(), vec![to.as_str()]);
+    assert_eq!(
+        d.accepted().map(ToString::to_string).collect::<Vec<_>>(),
+        vec![to.clone()]
+    );
     conn.quit().await.expect("QUIT answered");
 }
 
@@ -165,10 +168,13 @@ async fn refused_recipients_are_reported_and_the_connection_stays_usable() {
         .await
         .expect("delivered to the accepted one");
     assert_queued(d.reply());
-    assert_eq!(d.accepted().collect::<Vec<_>>(), vec![ok.as_str()]);
+    assert_eq!(
+        d.accepted().map(ToString::to_string).collect::<Vec<_>>(),
+        vec![ok.clone()]
+    );
     let refused: Vec<_> = d.refused().collect();
     assert_eq!(refused.len(), 1);
-    assert_eq!(refused[0].0, "reject@example.net");
+    assert_eq!(refused[0].0.to_string(), "reject@example.net");
     assert_eq!(refused[0].1.expect("a reply").code().value(), 550);
 
     // Every recipient refused: a permanent error naming the RCPT stage.
@@ -217,25 +223,28 @@ async fn smtputf8_and_dsn_parameters_are_accepted() {
     let mut conn = Connection::open(&s).await.expect("connects");
     let utf8 = format!("josé-{}@example.net", std::process::id());
     let dsn = unique("dsn");
-    let env_ = Envelope {
-        from: "alerts@example.com".into(),
-        params: MailParams::default()
-            .with_ret(DsnReturn::Headers)
-            .with_envid("invoice 2041+nov="),
-        recipients: vec![
-            Recipient {
-                address: dsn.clone(),
-                params: RcptParams::default()
+    let addr = |a: &str| a.parse::<relaymail::Address>().expect("a valid address");
+    let env_ = Envelope::with_recipients(
+        Some(addr("alerts@example.com")),
+        vec![
+            Recipient::new(addr(&dsn)).with_params(
+                RcptParams::default()
                     .with_notify(Notify::On {
                         success: false,
                         failure: true,
                         delay: true,
                     })
                     .with_orcpt("Billing <billing+nov@example.net>"),
-            },
-            Recipient::new(utf8.clone()),
+            ),
+            Recipient::new(addr(&utf8)),
         ],
-    };
+    )
+    .expect("envelope")
+    .with_params(
+        MailParams::default()
+            .with_ret(DsnReturn::Headers)
+            .with_envid("invoice 2041+nov="),
+    );
     let d = conn
         .send(
             env_,

@@ -44,7 +44,7 @@ async fn a_file_destination_writes_each_message_as_eml_and_json() {
     for (i, r) in receipts.iter().enumerate() {
         let to = format!("user{i}@example.net");
         assert_eq!(
-            r.accepted().collect::<Vec<_>>(),
+            r.accepted().map(ToString::to_string).collect::<Vec<_>>(),
             [to.as_str(), "audit@example.org"]
         );
         assert!(r.reply().text().contains("written to"), "{}", r.reply().text());
@@ -108,7 +108,7 @@ async fn a_memory_destination_from_a_url_records_messages_after_redirect() {
         "memory://redirected-tests?from=app%40example.com"
     );
     let mailer = Mailer::builder(settings)
-        .redirect(Redirect::to(["qa@example.com"]))
+        .redirect(Redirect::to(["qa@example.com".parse().expect("address")]))
         .build()
         .expect("mailer");
     let inbox = MemoryInbox::named("redirected-tests");

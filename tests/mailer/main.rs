@@ -8,7 +8,7 @@ mod pool;
 use std::time::Duration;
 
 use relaymail::testing::{ServerConfig, TestServer};
-use relaymail::{Envelope, Message, Recipient, RetryPolicy, SmtpSettings, SmtpSettingsBuilder, TlsMode};
+use relaymail::{Envelope, Message, RetryPolicy, SmtpSettings, SmtpSettingsBuilder, TlsMode};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
@@ -35,11 +35,11 @@ pub(crate) fn quick_retries() -> RetryPolicy {
 }
 
 pub(crate) fn message(to: &str, subject: &str) -> Message {
-    let envelope = Envelope {
-        from: "alerts@example.com".into(),
-        recipients: vec![Recipient::new(to)],
-        ..Envelope::default()
-    };
+    let envelope = Envelope::new(
+        Some("alerts@example.com".parse().expect("address")),
+        vec![to.parse().expect("address")],
+    )
+    .expect("envelope");
     let content =
         format!("From: alerts@example.com\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n");
     Message::new(envelope, content.into_bytes())

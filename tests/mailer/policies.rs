@@ -8,6 +8,10 @@ use relaymail::{Mailer, RateLimit, Redirect, ReportAddress, RetryPolicy};
 
 use crate::{message, quick_retries, server, settings, subject, WAIT};
 
+fn addr(text: &str) -> relaymail::Address {
+    text.parse().expect("a valid address")
+}
+
 #[tokio::test]
 async fn transient_failures_are_retried_on_a_new_connection() {
     for (name, fault) in [
@@ -144,7 +148,10 @@ async fn full_queue_hands_messages_back_and_memory_stays_bounded() {
             Err(e) => {
                 assert!(e.error().is_full(), "{e}");
                 let m = e.into_message();
-                assert_eq!(m.envelope().recipients[0].address, "ops@example.net");
+                assert_eq!(
+                    m.envelope().recipients()[0].address.to_string(),
+                    "ops@example.net"
+                );
                 handed_back += 1;
             }
         }
@@ -213,31 +220,28 @@ async fn reload_switches_servers_without_losing_a_message() {
 #[tokio::test]
 async fn redirect_sends_only_to_enabled_report_addresses() {
     let srv = server(ServerConfig::new()).await;
-    let redirect = Redirect {
-        enabled: true,
-        addresses: vec![
-            ReportAddress {
-                address: "qa@example.com".into(),
-                enabled: true,
-            },
-            ReportAddress {
-                address: "off@example.com".into(),
-                enabled: false,
-            },
+    let redirect = Redirect::new(
+        true,
+        vec![
+            ReportAddress::new(addr("qa@example.com")),
+            ReportAddress::new(addr("off@example.com")).with_enabled(false),
         ],
-    };
+    );
     let mailer = Mailer::builder(settings(&srv).build().expect("settings"))
         .redirect(redirect.clone())
         .build()
         .expect("mailer");
     let mut m = message("customer@example.net", "invoice");
     let (mut envelope, content) = m.clone().into_parts();
-    envelope
-        .recipients
-        .push(relaymail::Recipient::new("boss@example.net"));
+    let mut recipients = envelope.recipients().to_vec();
+    recipients.push(relaymail::Recipient::new(addr("boss@example.net")));
+    envelope.set_recipients(recipients).expect("recipients");
     m = relaymail::Message::new(envelope, content);
     let receipt = mailer.send(m).await.expect("sent");
-    assert_eq!(receipt.accepted().collect::<Vec<_>>(), vec!["qa@example.com"]);
+    assert_eq!(
+        receipt.accepted().collect::<Vec<_>>(),
+        vec![&addr("qa@example.com")]
+    );
     let got = srv.wait_for_messages(1, WAIT).await.expect("message");
     assert_eq!(got[0].rcpt_to, vec!["qa@example.com".to_owned()]);
     let text = String::from_utf8_lossy(&got[0].data);
@@ -247,13 +251,10 @@ async fn redirect_sends_only_to_enabled_report_addresses() {
     );
 
     // Redirect on, nothing enabled: refused, never sent to the real ones.
-    let none = Redirect {
-        enabled: true,
-        addresses: vec![ReportAddress {
-            address: "qa@example.com".into(),
-            enabled: false,
-        }],
-    };
+    let none = Redirect::new(
+        true,
+        vec![ReportAddress::new(addr("qa@example.com")).with_enabled(false)],
+    );
     let e = mailer.set_redirect(none.clone()).expect_err("refused");
     assert!(e.is_config(), "{e}");
     assert_eq!(mailer.redirect(), redirect, "unchanged");
@@ -315,8 +316,16 @@ async fn shutdown_drains_the_queue_and_quits() {
 async fn bad_envelope_is_refused_when_handed_over() {
     let srv = server(ServerConfig::new()).await;
     let mailer = Mailer::new(settings(&srv).build().expect("settings")).expect("mailer");
+    // An address that would inject cannot be made at all …
+    assert!("victim@example.net>\r\nRCPT TO:<x@evil.example"
+        .parse::<relaymail::Address>()
+        .is_err());
+    // … and what the types leave open (a free-form DSN value) is checked
+    // when the message is handed over.
+    let (mut envelope, content) = message("ops@example.net", "x").into_parts();
+    envelope.params_mut().envid = Some("x\r\nRSET".into());
     let e = mailer
-        .send(message("victim@example.net>\r\nRCPT TO:<x@evil.example", "x"))
+        .send(relaymail::Message::new(envelope, content))
         .await
         .expect_err("refused");
     assert!(e.is_config(), "{e}");

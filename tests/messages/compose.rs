@@ -14,18 +14,22 @@ async fn compose(email: Email) -> Message {
     composer().compose(email).await.expect("composed")
 }
 
+fn sender(m: &Message) -> String {
+    m.envelope().reverse_path()
+}
+
 fn rcpts(m: &Message) -> Vec<String> {
     m.envelope()
-        .recipients
+        .recipients()
         .iter()
-        .map(|r| r.address.clone())
+        .map(|r| r.address.to_string())
         .collect()
 }
 
 #[tokio::test]
 async fn defaults_from_settings_and_headers_written() {
     let m = compose(Email::new().to("ana@example.net").subject("Reset").text("link")).await;
-    assert_eq!(m.envelope().from, "noreply@example.com");
+    assert_eq!(sender(&m), "noreply@example.com");
     let parsed = MessageParser::new().parse(m.content()).expect("parsed");
     let from = parsed.from().and_then(|f| f.first()).expect("From");
     assert_eq!(from.name(), Some("Example App"));
@@ -75,7 +79,7 @@ async fn template_from_overrides_the_header_not_the_envelope() {
     )
     .await;
     assert_eq!(
-        m.envelope().from,
+        sender(&m),
         "noreply@example.com",
         "relays want the authenticated sender"
     );
@@ -91,7 +95,7 @@ async fn template_from_overrides_the_header_not_the_envelope() {
             .to("ana@example.net"),
     )
     .await;
-    assert_eq!(m.envelope().from, "bounces@example.com");
+    assert_eq!(sender(&m), "bounces@example.com");
 }
 
 #[tokio::test]
@@ -227,7 +231,7 @@ async fn custom_header_names_are_checked() {
 async fn raw_messages_derive_their_envelope_and_lose_bcc() {
     let raw = b"From: Ana <ana@example.net>\r\nTo: li@example.net, \"Kim\" <kim@example.net>\r\nCc: li@example.net\r\nBcc: audit@example.com,\r\n  boss@example.com\r\nSubject: hi\r\n\r\nbody\r\n";
     let m = Message::from_rfc5322(raw, AddressPolicy::Strict).expect("derived");
-    assert_eq!(m.envelope().from, "ana@example.net");
+    assert_eq!(sender(&m), "ana@example.net");
     assert_eq!(
         rcpts(&m),
         vec![
@@ -415,4 +419,26 @@ proptest! {
             prop_assert!(!ct.contains(['\r', '\n']));
         }
     }
+}
+
+#[tokio::test]
+async fn parsed_addresses_and_mailboxes_are_taken_as_they_are() {
+    let ana: relaymail::Address = "ana@example.net".parse().expect("address");
+    let kim = relaymail::Mailbox::with_name("Kim", "kim@example.net".parse().expect("address"));
+    let m = compose(
+        Email::new()
+            .to(ana)
+            .cc(kim)
+            .bcc(("Li".to_owned(), "li@example.net".to_owned())),
+    )
+    .await;
+    assert_eq!(
+        rcpts(&m),
+        vec!["ana@example.net", "kim@example.net", "li@example.net"]
+    );
+    // An address parsed leniently before is not read again under the
+    // composer's strict policy: it is valid, and quoted on the wire.
+    let odd = relaymail::Address::parse("john..doe@example.net", AddressPolicy::Lenient).expect("lenient");
+    let m = compose(Email::new().to(odd)).await;
+    assert_eq!(rcpts(&m), vec!["\"john..doe\"@example.net"]);
 }

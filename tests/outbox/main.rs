@@ -149,11 +149,11 @@ fn two_spools_never_claim_the_same_draft_and_a_dead_holder_lets_go() {
     let a = DirSpool::open(&dir).expect("a");
     let b = DirSpool::open(&dir).expect("b");
     let m = relaymail::Message::new(
-        relaymail::Envelope {
-            from: "app@example.com".into(),
-            recipients: vec![relaymail::Recipient::new("ops@example.net")],
-            ..relaymail::Envelope::default()
-        },
+        relaymail::Envelope::new(
+            Some("app@example.com".parse().expect("address")),
+            vec!["ops@example.net".parse().expect("address")],
+        )
+        .expect("envelope"),
         b"Subject: x\r\n\r\nx\r\n".to_vec(),
     );
     for _ in 0..5 {
@@ -271,11 +271,11 @@ fn a_full_disk_refuses_to_queue() {
         let spool = DirSpool::open(&dir).expect("spool");
         let body = vec![b'x'; 10_000];
         let m = relaymail::Message::new(
-            relaymail::Envelope {
-                from: "app@example.com".into(),
-                recipients: vec![relaymail::Recipient::new("ops@example.net")],
-                ..relaymail::Envelope::default()
-            },
+            relaymail::Envelope::new(
+                Some("app@example.com".parse().expect("address")),
+                vec!["ops@example.net".parse().expect("address")],
+            )
+            .expect("envelope"),
             body,
         );
         let mut queued = 0;
@@ -310,23 +310,27 @@ fn a_full_disk_refuses_to_queue() {
 fn requiretls_dsn_message() -> relaymail::Message {
     use relaymail::proto::command::{DsnReturn, MailParams, Notify, RcptParams};
     relaymail::Message::new(
-        relaymail::Envelope {
-            from: "app@example.com".into(),
-            params: MailParams::default()
+        relaymail::Envelope::with_recipients(
+            Some("app@example.com".parse().expect("address")),
+            vec![
+                relaymail::Recipient::new("ops@example.net".parse().expect("address")).with_params(
+                    RcptParams::default()
+                        .with_notify(Notify::On {
+                            success: false,
+                            failure: true,
+                            delay: true,
+                        })
+                        .with_orcpt("ops+orig@example.net"),
+                ),
+            ],
+        )
+        .expect("envelope")
+        .with_params(
+            MailParams::default()
                 .with_requiretls(true)
                 .with_ret(DsnReturn::Headers)
                 .with_envid("reset 42+x=y"),
-            recipients: vec![relaymail::Recipient {
-                address: "ops@example.net".into(),
-                params: RcptParams::default()
-                    .with_notify(Notify::On {
-                        success: false,
-                        failure: true,
-                        delay: true,
-                    })
-                    .with_orcpt("ops+orig@example.net"),
-            }],
-        },
+        ),
         b"Subject: password reset\r\n\r\nhttps://example.com/reset/secret\r\n".to_vec(),
     )
 }
@@ -396,7 +400,7 @@ async fn send_or_enqueue_keeps_requiretls_when_it_falls_back_to_a_draft() {
     mailer.shutdown(Duration::from_secs(1)).await;
     let kept = spool.message(Area::Drafts, &draft).expect("draft");
     assert_eq!(kept.envelope(), requiretls_dsn_message().envelope());
-    assert!(kept.envelope().params.requiretls, "not downgraded");
+    assert!(kept.envelope().params().requiretls, "not downgraded");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -410,12 +414,12 @@ fn a_draft_written_by_the_previous_version_is_read_and_delivered_as_it_was() {
     let id = relaymail::outbox::DraftId::parse("019ab6a7f1000-0123456789abcdef").expect("id");
     std::fs::write(dir.join("drafts").join(format!("{id}.draft")), old).expect("copied in");
     let info = spool.inspect(Area::Drafts, &id).expect("an old draft reads");
-    assert_eq!(info.envelope.from, "app@example.com");
-    let to: Vec<&str> = info
+    assert_eq!(info.envelope.reverse_path(), "app@example.com");
+    let to: Vec<String> = info
         .envelope
-        .recipients
+        .recipients()
         .iter()
-        .map(|r| r.address.as_str())
+        .map(|r| r.address.to_string())
         .collect();
     assert_eq!(to, ["ana@example.net", "\"bo smith\"@example.org"]);
     assert_eq!(info.attempts, 3);

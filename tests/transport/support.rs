@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use relaymail::testing::{ServerConfig, TestServer};
-use relaymail::{Envelope, Recipient, SmtpSettings, SmtpSettingsBuilder, TlsMode};
+use relaymail::{Envelope, SmtpSettings, SmtpSettingsBuilder, TlsMode};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
@@ -25,11 +25,11 @@ pub(crate) fn settings(server: &TestServer, tls: TlsMode) -> SmtpSettingsBuilder
 }
 
 pub(crate) fn envelope(to: &[&str]) -> Envelope {
-    Envelope {
-        from: "alerts@example.com".into(),
-        recipients: to.iter().map(|r| Recipient::new(*r)).collect(),
-        ..Envelope::default()
-    }
+    Envelope::new(
+        Some("alerts@example.com".parse().expect("address")),
+        to.iter().map(|r| r.parse().expect("address")).collect(),
+    )
+    .expect("envelope")
 }
 
 pub(crate) const MESSAGE: &[u8] =

@@ -5,18 +5,18 @@ use std::time::UNIX_EPOCH;
 
 use super::*;
 
-#[test]
-fn damaged_headers_are_refused() {
+/// A good draft from app@example.com to user1@example.net, and its id.
+fn good_draft() -> (DraftId, String) {
     let id = DraftId::parse("019abc0000000-0123456789abcdef").expect("id");
     let good = encode_draft(
         &DraftInfo {
             id: id.clone(),
             area: Area::Drafts,
-            envelope: Envelope {
-                from: "app@example.com".into(),
-                recipients: vec![Recipient::new("user1@example.net")],
-                ..Envelope::default()
-            },
+            envelope: Envelope::new(
+                Some("app@example.com".parse().expect("address")),
+                vec!["user1@example.net".parse().expect("address")],
+            )
+            .expect("envelope"),
             size: 4,
             created: UNIX_EPOCH,
             attempts: 0,
@@ -26,8 +26,13 @@ fn damaged_headers_are_refused() {
         },
         b"body",
     );
-    assert!(decode_draft(id.clone(), Area::Drafts, &good, true).is_some());
-    let text = String::from_utf8(good).expect("utf-8");
+    assert!(decode_draft(id.clone(), Area::Drafts, &good, true).is_ok());
+    (id, String::from_utf8(good).expect("utf-8"))
+}
+
+#[test]
+fn damaged_headers_are_refused() {
+    let (id, text) = good_draft();
     for bad in [
         text.replace("from ", "from x\nfrom "),          // a field twice
         text.replace("size 4", "size 5"),                // truncated
@@ -38,12 +43,28 @@ fn damaged_headers_are_refused() {
         text.replace("example.net", "example%2.net"),
         text.replace("example.net", "example.net%0D%0AX: y"),
     ] {
-        assert_eq!(
-            decode_draft(id.clone(), Area::Drafts, bad.as_bytes(), true),
-            None,
+        assert!(
+            decode_draft(id.clone(), Area::Drafts, bad.as_bytes(), true).is_err(),
             "{bad}"
         );
     }
+}
+
+#[test]
+fn a_bad_stored_address_is_a_clear_error_not_a_panic() {
+    let (id, good) = good_draft();
+    let bad_from = good.replace("from app@example.com", "from app@exa_mple.com");
+    let e = decode_draft(id.clone(), Area::Drafts, bad_from.as_bytes(), true).expect_err("refused");
+    assert!(
+        e.starts_with("the sender: invalid address \"app@exa_mple.com\""),
+        "{e}"
+    );
+    let bad_to = good.replace("to user1@example.net", "to user1@@example.net");
+    let e = decode_draft(id.clone(), Area::Drafts, bad_to.as_bytes(), true).expect_err("refused");
+    assert!(e.starts_with("a recipient: invalid address"), "{e}");
+    let no_to = good.replace("to user1@example.net\n", "");
+    let e = decode_draft(id, Area::Drafts, no_to.as_bytes(), true).expect_err("refused");
+    assert_eq!(e, "the envelope has no recipient");
 }
 
 mod roundtrip {
@@ -70,8 +91,10 @@ mod roundtrip {
         ]
     }
 
-    fn address() -> impl Strategy<Value = String> {
-        (local_part(), domain()).prop_map(|(l, d)| format!("{l}@{d}"))
+    fn address() -> impl Strategy<Value = Address> {
+        (local_part(), domain()).prop_map(|(l, d)| {
+            Address::parse(&format!("{l}@{d}"), AddressPolicy::Strict).expect("a valid address")
+        })
     }
 
     /// Printable text (ENVID, ORCPT): no control bytes, as the
@@ -139,7 +162,7 @@ mod roundtrip {
 
         #[test]
         fn every_draft_info_round_trips(
-            from in prop_oneof![Just(String::new()), address()],
+            from in proptest::option::of(address()),
             params in mail_params(),
             recipients in proptest::collection::vec(recipient(), 1..4),
             content in proptest::collection::vec(any::<u8>(), 0..64),
@@ -151,7 +174,7 @@ mod roundtrip {
             failed in any::<bool>(),
             possibly_delivered in any::<bool>(),
         ) {
-            let envelope = Envelope { from, params, recipients };
+            let envelope = Envelope::with_recipients(from, recipients).expect("recipients").with_params(params);
             prop_assert!(envelope.validate().is_ok(), "{:?}: {:?}", envelope, envelope.validate());
             let info = DraftInfo {
                 id: DraftId::parse("019abc0000000-0123456789abcdef").expect("id"),
@@ -166,7 +189,7 @@ mod roundtrip {
             };
             let raw = encode_draft(&info, &content);
             let decoded = decode_draft(info.id.clone(), info.area, &raw, true);
-            prop_assert_eq!(decoded, Some((info.clone(), content)));
+            prop_assert_eq!(decoded, Ok((info.clone(), content)));
             let (header_only, _) = decode_draft(info.id.clone(), info.area, &raw, false).expect("reads");
             prop_assert_eq!(header_only, info);
         }

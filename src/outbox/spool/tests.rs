@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::proto::session::{Envelope, Recipient};
+use crate::proto::session::Envelope;
 
 fn spool(name: &str) -> (DirSpool, PathBuf) {
     let dir = std::env::temp_dir().join(format!("relaymail-spool-{}-{name}", std::process::id()));
@@ -15,11 +15,11 @@ fn spool(name: &str) -> (DirSpool, PathBuf) {
 
 fn message(i: usize) -> Message {
     Message::new(
-        Envelope {
-            from: "app@example.com".into(),
-            recipients: vec![Recipient::new(format!("user{i}@example.net"))],
-            ..Envelope::default()
-        },
+        Envelope::new(
+            Some("app@example.com".parse().expect("address")),
+            vec![format!("user{i}@example.net").parse().expect("address")],
+        )
+        .expect("envelope"),
         format!("Subject: {i}\r\n\r\nbody {i}\n\n.\n").into_bytes(),
     )
 }
