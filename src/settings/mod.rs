@@ -199,7 +199,7 @@ impl Timeouts {
     }
 }
 
-pub use crate::future::BoxFuture;
+use crate::future::BoxFuture;
 
 /// Supplies credentials when a connection is opened — for example a fresh
 /// OAuth2 access token for XOAUTH2, or credentials from a secret store
