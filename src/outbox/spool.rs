@@ -39,11 +39,15 @@ pub struct DirSpool {
     listings: Arc<Mutex<Vec<Listing>>>,
 }
 
+/// A draft id's 30 bytes: a snapshot of 100,000 ids takes 3 MB and no
+/// allocation per id; they sort as the ids do.
+type IdBytes = [u8; 30];
+
 /// A sorted snapshot of one area's draft ids.
 #[derive(Debug)]
 struct Listing {
     area: Area,
-    ids: Arc<[DraftId]>,
+    ids: Arc<Vec<IdBytes>>,
     taken: std::time::Instant,
 }
 
@@ -241,8 +245,14 @@ impl DirSpool {
                 ids
             }
         };
-        let start = after.map_or(0, |a| ids.partition_point(|id| id <= a));
-        let mut ids: Vec<DraftId> = ids[start..].iter().take(limit).cloned().collect();
+        let start = after.map_or(0, |a| {
+            ids.partition_point(|id| id.as_slice() <= a.as_str().as_bytes())
+        });
+        let mut ids: Vec<DraftId> = ids[start..]
+            .iter()
+            .take(limit)
+            .filter_map(|id| std::str::from_utf8(id).ok().and_then(DraftId::parse))
+            .collect();
         let next = (ids.len() == limit && limit > 0).then(|| ids[ids.len() - 1].clone());
         let mut drafts = Vec::with_capacity(ids.len());
         for id in ids.drain(..) {
@@ -261,31 +271,33 @@ impl DirSpool {
 
     /// Every draft id in `area`, sorted; files that are not drafts are
     /// quarantined.
-    fn scan(&self, area: Area, quarantined: &mut Vec<PathBuf>) -> Result<Arc<[DraftId]>, Error> {
+    fn scan(&self, area: Area, quarantined: &mut Vec<PathBuf>) -> Result<Arc<Vec<IdBytes>>, Error> {
         let dir = self.root.join(area.dir());
         let entries = fs::read_dir(&dir).map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
         let mut ids = Vec::new();
         for entry in entries.flatten() {
-            match draft_id(&entry.file_name()) {
+            match draft_id(&entry.file_name()).and_then(|id| IdBytes::try_from(id.as_str().as_bytes()).ok()) {
                 Some(id) => ids.push(id),
                 None => quarantined.push(self.quarantine(&entry.path())),
             }
         }
         ids.sort_unstable();
-        Ok(ids.into())
+        ids.shrink_to_fit();
+        Ok(Arc::new(ids))
     }
 
     /// The fresh snapshot of `area`, when it holds `limit` ids after
     /// `after`.
-    fn cached_listing(&self, area: Area, after: &DraftId, limit: usize) -> Option<Arc<[DraftId]>> {
+    fn cached_listing(&self, area: Area, after: &DraftId, limit: usize) -> Option<Arc<Vec<IdBytes>>> {
         let listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
         let l = listings.iter().find(|l| l.area == area)?;
         let fresh = l.taken.elapsed() < LISTING_MAX_AGE;
-        let left = l.ids.len() - l.ids.partition_point(|id| id <= after);
+        let after = after.as_str().as_bytes();
+        let left = l.ids.len() - l.ids.partition_point(|id| id.as_slice() <= after);
         (fresh && left >= limit.max(1)).then(|| l.ids.clone())
     }
 
-    fn keep_listing(&self, area: Area, ids: Arc<[DraftId]>) {
+    fn keep_listing(&self, area: Area, ids: Arc<Vec<IdBytes>>) {
         let mut listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
         listings.retain(|l| l.area != area);
         listings.push(Listing {
