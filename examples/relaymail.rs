@@ -91,7 +91,9 @@ Exit status: 0 success, 1 the operation failed, 2 usage error.";
 
 /// Check SMTP settings, send mail, and look after an outbox spool.
 #[derive(Parser)]
+// A flag given twice: the last one counts (as it always did).
 #[command(name = "relaymail", version, after_help = ENVIRONMENT, subcommand_required = true)]
+#[command(args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -128,7 +130,12 @@ struct Conn {
     #[arg(long, value_name = "URL", env = "RELAYMAIL_URL", hide_env_values = true)]
     url: Option<String>,
     /// The relay's host name or IP address (required unless a URL is given).
-    #[arg(long, value_name = "HOST", required_unless_present = "url")]
+    #[arg(
+        long,
+        value_name = "HOST",
+        allow_hyphen_values = true,
+        required_unless_present = "url"
+    )]
     host: Option<String>,
     /// The port [default: 25, 587 or 465 by TLS mode].
     #[arg(long, value_name = "PORT")]
@@ -137,13 +144,13 @@ struct Conn {
     #[arg(long, value_name = "MODE", value_parser = tls_mode)]
     tls: Option<TlsMode>,
     /// Log in as this user; the password comes from RELAYMAIL_PASSWORD.
-    #[arg(long, value_name = "USER")]
+    #[arg(long, value_name = "USER", allow_hyphen_values = true)]
     user: Option<String>,
     /// The name to greet with (EHLO) [default: this machine's name].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", allow_hyphen_values = true)]
     helo: Option<String>,
     /// Also trust the certificate authorities in this PEM file.
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", allow_hyphen_values = true)]
     ca_file: Option<PathBuf>,
     /// Timeout of each step, in seconds.
     #[arg(long, value_name = "SECS")]
@@ -170,13 +177,13 @@ fn positive(v: &str) -> Result<usize, String> {
 #[command(next_help_heading = "Message")]
 struct Addresses {
     /// The sender (envelope and From:) [default: the URL's from=].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", allow_hyphen_values = true)]
     from: Option<String>,
     /// A recipient (repeat for more).
-    #[arg(long, value_name = "ADDR", required = true)]
+    #[arg(long, value_name = "ADDR", allow_hyphen_values = true, required = true)]
     to: Vec<String>,
     /// The subject [default: "relaymail test", or "relaymail bulk test"].
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     subject: Option<String>,
 }
 
@@ -199,9 +206,29 @@ struct Pool {
 struct VerifyCmd {
     #[command(flatten)]
     conn: Conn,
+    #[command(flatten)]
+    message: IgnoredMessage,
     /// Print one JSON object with the outcome on stdout.
     #[arg(long, help_heading = "Output")]
     json: bool,
+}
+
+/// The message flags `verify` always accepted (one parser served both
+/// commands), so that scripts can give both the same flags: `--from` is
+/// the settings' sender, the others are ignored. Not in the help.
+#[derive(Args)]
+#[allow(dead_code)] // read by no one: accepted, then ignored
+struct IgnoredMessage {
+    #[arg(long, hide = true, allow_hyphen_values = true)]
+    from: Option<String>,
+    #[arg(long, hide = true, allow_hyphen_values = true)]
+    to: Vec<String>,
+    #[arg(long, hide = true, allow_hyphen_values = true)]
+    subject: Option<String>,
+    #[arg(long, hide = true, allow_hyphen_values = true)]
+    body: Option<String>,
+    #[arg(long, hide = true, allow_hyphen_values = true)]
+    eml: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -211,10 +238,22 @@ struct SendCmd {
     #[command(flatten)]
     addresses: Addresses,
     /// The text body [default: "Sent with relaymail."].
-    #[arg(long, value_name = "TEXT", conflicts_with = "eml", help_heading = "Message")]
+    #[arg(
+        long,
+        value_name = "TEXT",
+        allow_hyphen_values = true,
+        conflicts_with = "eml",
+        help_heading = "Message"
+    )]
     body: Option<String>,
     /// Send this file's bytes as the message (RFC 5322, any line endings).
-    #[arg(long, value_name = "FILE", conflicts_with = "count", help_heading = "Message")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        allow_hyphen_values = true,
+        conflicts_with = "count",
+        help_heading = "Message"
+    )]
     eml: Option<PathBuf>,
     /// Send N generated messages instead, as `relaymail bulk` does.
     #[arg(long, value_name = "N", value_parser = positive, help_heading = "Bulk")]
@@ -624,7 +663,7 @@ async fn run(
 }
 
 async fn verify(cmd: &VerifyCmd, url_on_command_line: bool) -> ExitCode {
-    let settings = match settings(&cmd.conn, None, url_on_command_line) {
+    let settings = match settings(&cmd.conn, cmd.message.from.as_deref(), url_on_command_line) {
         Ok(s) => s,
         Err(msg) => return usage_error("verify", cmd.json, &msg),
     };
@@ -913,7 +952,10 @@ fn draft_text(d: &DraftInfo) -> String {
         when(d.created),
         d.attempts,
         if d.area == Area::Drafts {
-            when(d.next_attempt)
+            match d.next_attempt.duration_since(SystemTime::now()) {
+                Ok(ahead) => format!("in {} s", ahead.as_secs()),
+                Err(_) => "due now".into(),
+            }
         } else {
             "never (failed)".into()
         },

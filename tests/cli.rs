@@ -408,6 +408,41 @@ async fn send_verify_and_bulk_against_the_test_server() {
     assert_eq!(got[2].mail_from, "flag@example.com");
     assert_eq!(got[2].auth_user.as_deref(), Some("me"));
 
+    // --url on the command line (no password there); --port overrides it.
+    let url = "smtp://127.0.0.1:1?tls=none&from=cmd%40example.com".to_owned();
+    let args = strings(&[
+        "send",
+        "--url",
+        &url,
+        "--port",
+        &port,
+        "--to",
+        "y@example.net",
+        "--json",
+    ]);
+    let out = run_async(args, vec![]).await;
+    assert_exit(&out, 0);
+    let got = server.wait_for_messages(4, WAIT).await.expect("message");
+    assert_eq!(got[3].mail_from, "cmd@example.com");
+    assert_eq!(got[3].auth_user, None);
+
+    // The URL's credentials are for its host only: --host naming another
+    // drops them.
+    let other = format!("smtp://me:{SECRET}@localhost:{port}?tls=none&from=url%40example.com");
+    let args = strings(&[
+        "send",
+        "--host",
+        "127.0.0.1",
+        "--allow-plaintext-auth",
+        "--to",
+        "z@example.net",
+    ]);
+    let out = run_async(args, vec![("RELAYMAIL_URL".to_owned(), other)]).await;
+    assert_exit(&out, 0);
+    let got = server.wait_for_messages(5, WAIT).await.expect("message");
+    assert_eq!(got[4].rcpt_to, ["z@example.net"]);
+    assert_eq!(got[4].auth_user, None);
+
     // verify with a wrong password: exit 1, the stage in JSON, no password.
     let mut args = strings(&["verify", "--user", "me", "--allow-plaintext-auth", "--json"]);
     args.extend(strings(&conn));
@@ -428,6 +463,36 @@ async fn send_verify_and_bulk_against_the_test_server() {
         "{:?}",
         text(&out)
     );
+
+    // Flags as the hand-written parser took them: the last of a repeated
+    // flag counts, a value may start with '-', and verify accepts (and
+    // ignores) the message flags of send.
+    let args = strings(&[
+        "verify",
+        "--host",
+        "192.0.2.1",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--tls",
+        "none",
+        "--from",
+        "a@example.com",
+        "--to",
+        "b@example.net",
+        "--subject",
+        "-s",
+        "--body",
+        "--json",
+        "--eml",
+        "/nonexistent.eml",
+        "--json",
+        "--json",
+    ]);
+    let out = run_async(args, vec![]).await;
+    assert_exit(&out, 0);
+    assert!(text(&out).0.contains("\"ok\":true"), "{:?}", text(&out));
 
     // bulk, and the same through `send --count`; stderr is not a terminal:
     // no progress bar.
@@ -456,7 +521,7 @@ async fn send_verify_and_bulk_against_the_test_server() {
         assert!(stdout.contains("\"connections_opened\":3"), "{sub}: {stdout}");
         assert!(stderr.is_empty(), "{sub}: {stderr}");
     }
-    let got = server.wait_for_messages(13, WAIT).await.expect("bulk messages");
+    let got = server.wait_for_messages(15, WAIT).await.expect("bulk messages");
     assert_eq!(
         got.iter().filter(|m| m.mail_from == "bulk@example.com").count(),
         10
