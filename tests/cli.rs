@@ -527,6 +527,51 @@ async fn send_verify_and_bulk_against_the_test_server() {
         10
     );
 
+    // --eml: the file's bytes, line endings normalised, a lone dot
+    // dot-stuffed on the wire; over STARTTLS with --ca-file.
+    let tls_server = TestServer::start(ServerConfig::new().starttls(true))
+        .await
+        .expect("server");
+    let dir = spool_dir("eml");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let eml = dir.join("msg.eml");
+    std::fs::write(
+        &eml,
+        "From: a@example.com\nTo: e@example.net\nSubject: eml\n\nfirst\n.\nlast\n",
+    )
+    .expect("eml");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, tls_server.ca_pem()).expect("ca");
+    let tls_port = tls_server.port().to_string();
+    let args = vec![
+        "send".to_owned(),
+        "--host".to_owned(),
+        "localhost".to_owned(),
+        "--port".to_owned(),
+        tls_port,
+        "--tls".to_owned(),
+        "starttls".to_owned(),
+        "--ca-file".to_owned(),
+        ca.display().to_string(),
+        "--from".to_owned(),
+        "a@example.com".to_owned(),
+        "--to".to_owned(),
+        "e@example.net".to_owned(),
+        "--eml".to_owned(),
+        eml.display().to_string(),
+        "--json".to_owned(),
+    ];
+    let out = run_async(args, vec![]).await;
+    assert_exit(&out, 0);
+    assert!(text(&out).0.contains("\"tls\":\"TLSv1"), "{:?}", text(&out));
+    let got = tls_server.wait_for_messages(1, WAIT).await.expect("eml message");
+    assert_eq!(
+        got[0].data,
+        b"From: a@example.com\r\nTo: e@example.net\r\nSubject: eml\r\n\r\nfirst\r\n.\r\nlast\r\n"
+    );
+    assert!(got[0].tls && !got[0].bare_line_endings);
+    let _ = std::fs::remove_dir_all(&dir);
+
     // a server that is not there: exit 1.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let closed_port = closed.local_addr().expect("addr").port().to_string();
