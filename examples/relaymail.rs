@@ -379,7 +379,9 @@ impl OneArea {
 // are about to change).
 
 /// The envelope of every message this tool sends: `from` to each of `to`.
-fn envelope(from: &str, to: &[String]) -> Result<Envelope, String> {
+/// An address it refuses is a failed send (exit 1), as when the server or
+/// the session refused it.
+fn envelope(from: &str, to: &[String]) -> Result<Envelope, Error> {
     Ok(Envelope {
         from: from.to_owned(),
         recipients: to.iter().map(Recipient::new).collect(),
@@ -704,12 +706,15 @@ async fn send(cmd: &SendCmd, url_on_command_line: bool) -> ExitCode {
     let prepared = settings(&cmd.conn, cmd.addresses.from.as_deref(), url_on_command_line).and_then(|s| {
         let from = sender(&cmd.addresses, &s);
         let body = message(&cmd.addresses, &from, cmd.body.as_deref(), cmd.eml.as_deref())?;
-        let envelope = envelope(&from, &cmd.addresses.to)?;
-        Ok((s, envelope, body))
+        Ok((s, from, body))
     });
-    let (settings, envelope, body) = match prepared {
+    let (settings, from, body) = match prepared {
         Ok(p) => p,
         Err(msg) => return usage_error("send", cmd.json, &msg),
+    };
+    let envelope = match envelope(&from, &cmd.addresses.to) {
+        Ok(e) => e,
+        Err(e) => return failure("send", cmd.json, &e),
     };
     match run(&settings, Some((envelope, body)), cmd.json).await {
         Ok(out) => {
@@ -768,14 +773,17 @@ async fn bulk_with(conn: &Conn, b: BulkRun<'_>, url_on_command_line: bool) -> Ex
     if let Some(msg) = needs_from(b.addresses, conn) {
         return usage_error("bulk", false, msg);
     }
-    let prepared = settings(conn, b.addresses.from.as_deref(), url_on_command_line).and_then(|s| {
-        let from = sender(b.addresses, &s);
-        let envelope = envelope(&from, &b.addresses.to)?;
-        Ok((s, from, envelope))
-    });
-    match prepared {
-        Ok((settings, from, envelope)) => bulk(&b, settings, &from, envelope).await,
-        Err(msg) => usage_error("bulk", false, &msg),
+    let settings = match settings(conn, b.addresses.from.as_deref(), url_on_command_line) {
+        Ok(s) => s,
+        Err(msg) => return usage_error("bulk", false, &msg),
+    };
+    let from = sender(b.addresses, &settings);
+    match envelope(&from, &b.addresses.to) {
+        Ok(envelope) => bulk(&b, settings, &from, envelope).await,
+        Err(e) => {
+            eprintln!("relaymail: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

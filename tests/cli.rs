@@ -572,6 +572,37 @@ async fn send_verify_and_bulk_against_the_test_server() {
     assert!(got[0].tls && !got[0].bare_line_endings);
     let _ = std::fs::remove_dir_all(&dir);
 
+    // An address nobody can deliver to is a failed send (exit 1), not a
+    // usage error.
+    let mut args = strings(&[
+        "send",
+        "--from",
+        "a@example.com",
+        "--to",
+        "not an address",
+        "--json",
+    ]);
+    args.extend(strings(&conn));
+    let out = run_async(args, vec![]).await;
+    assert_exit(&out, 1);
+    assert!(text(&out).0.contains("\"ok\":false"), "{:?}", text(&out));
+
+    // implicit TLS against a plain SMTP port: exit 1 with a hint.
+    let args = strings(&[
+        "verify",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--tls",
+        "implicit",
+        "--timeout",
+        "5",
+    ]);
+    let out = run_async(args, vec![]).await;
+    assert_exit(&out, 1);
+    assert!(text(&out).1.contains("speaks plain SMTP"), "{:?}", text(&out));
+
     // a server that is not there: exit 1.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let closed_port = closed.local_addr().expect("addr").port().to_string();
