@@ -57,6 +57,7 @@
 
 mod deliver;
 mod limit;
+mod local;
 mod pool;
 mod retry;
 #[cfg(test)]
@@ -75,7 +76,7 @@ pub use limit::RateLimit;
 pub use retry::RetryPolicy;
 
 use crate::address::{Address, AddressPolicy};
-use crate::dev::{Destination, LocalConn};
+use crate::dev::Destination;
 use crate::email::{AttachmentPolicy, Composer, Email};
 use crate::error::Error;
 use crate::message::Message;
@@ -85,6 +86,7 @@ use crate::proto::session::{Envelope, Recipient, RecipientReply, TxId};
 use crate::settings::SmtpSettings;
 use crate::transport::{Connection, Connector, Delivery};
 use deliver::Verdict;
+use local::LocalConn;
 use pool::{Job, Pool, PoolConfig};
 
 /// The longest duration a mailer setting takes: longer ones are refused by
