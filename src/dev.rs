@@ -105,10 +105,10 @@ impl Destination {
     pub fn from_url(url: &str) -> Result<Destination, String> {
         if let Some(path) = url.strip_prefix("file://") {
             let dir = Path::new(path);
+            // The text is never echoed: a mistyped SMTP URL may have put a
+            // password here.
             if !dir.is_absolute() {
-                return Err(format!(
-                    "{path:?} is not an absolute path: write file:///absolute/dir"
-                ));
+                return Err("the path is not absolute: write file:///absolute/dir".into());
             }
             if path.chars().any(char::is_control) {
                 return Err("the path contains a control character".into());
@@ -131,10 +131,8 @@ fn check_inbox_name(name: &str) -> Result<(), String> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
-        return Err(format!(
-            "{:?} is not an inbox name: use letters, digits, '-', '_' and '.'",
-            crate::proto::reply::Escaped(name)
-        ));
+        // Not echoed, like the file path.
+        return Err("an inbox name has only letters, digits, '-', '_' and '.'".into());
     }
     Ok(())
 }

@@ -247,6 +247,14 @@ fn local_from_url(scheme: &str, rest: &str) -> Result<SmtpSettingsBuilder, Setti
         None => (rest, None),
     };
     let mut b = SmtpSettings::builder();
+    if place.contains('@') {
+        // A user name and password have no place here; the text is not
+        // echoed (it may be one).
+        return Err(SettingsErrors(vec![FieldError::new(
+            "url",
+            format!("a {scheme}:// URL has no user name or password: write an '@' in a name as %40"),
+        )]));
+    }
     match percent_decode("url", place) {
         Ok(place) => match Destination::from_url(&format!("{scheme}://{place}")) {
             Ok(d) => b = b.destination(d),

@@ -180,6 +180,19 @@ fn destination_urls_are_checked_field_by_field_and_round_trip() {
     assert!(e.field("destination").is_some(), "{e}");
     let e = SmtpSettings::from_url("memory://two words?from=app@example.com").expect_err("name");
     assert!(e.field("destination").is_some(), "{e}");
+    // Whatever looks like user information is refused, never echoed.
+    for url in [
+        "file:///var/mail/ana:s3cret@host?from=app@example.com",
+        "memory://ana:s3cret@host?from=app@example.com",
+        "file://relative:s3cret/dir?from=app@example.com",
+        "memory://ana:s3cret?from=app@example.com",
+    ] {
+        let e = SmtpSettings::from_url(url).expect_err(url);
+        assert!(!format!("{e} {e:?}").contains("s3cret"), "{url}: {e}");
+    }
+    let at = SmtpSettings::from_url("file:///var/mail/a%40b?from=app@example.com").expect("encoded '@'");
+    assert_eq!(at.destination(), &Destination::file("/var/mail/a@b"));
+    assert!(at.url().to_string().starts_with("file:///var/mail/a%40b?"));
     let e = SmtpSettings::from_url("memory://ok?from=app@example.com&tls=none").expect_err("param");
     assert!(e.to_string().contains("takes only from"), "{e}");
     // A relay still needs its host.
