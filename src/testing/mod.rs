@@ -44,6 +44,7 @@
 //! The server stops when the [`TestServer`] is dropped: the accept task and
 //! every session task are aborted and their connections closed.
 
+mod conformance;
 mod conn;
 mod sasl;
 mod session;
@@ -52,6 +53,8 @@ mod tls;
 
 #[cfg(test)]
 mod tests;
+
+pub use conformance::{check_outbox, ConformanceFailure, CHECKS};
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;

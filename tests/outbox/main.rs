@@ -728,3 +728,92 @@ fn a_symbolic_link_in_place_of_a_spool_directory_is_refused_and_its_target_untou
     assert!(elsewhere.join("important.txt").exists());
     let _ = std::fs::remove_dir_all(base);
 }
+
+#[tokio::test]
+async fn the_directory_spool_passes_the_outbox_conformance_suite() {
+    let base = spool_dir("conformance");
+    let mut n = 0;
+    let passed = relaymail::testing::check_outbox(|| {
+        n += 1;
+        let dir = base.join(format!("case-{n}"));
+        async move { DirSpool::open(dir).expect("spool") }
+    })
+    .await
+    .unwrap_or_else(|failure| panic!("{failure}"));
+    assert_eq!(passed, relaymail::testing::CHECKS);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// An outbox that loses deferrals: the suite must notice (it is a real
+/// check, not a formality).
+#[derive(Debug)]
+struct ForgetsDeferrals(DirSpool);
+
+impl Outbox for ForgetsDeferrals {
+    fn enqueue<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<DraftId, Error>> {
+        Outbox::enqueue(&self.0, message)
+    }
+    fn claim_due(&self, now: SystemTime, max: usize) -> BoxFuture<'_, Result<Vec<Claim>, Error>> {
+        Outbox::claim_due(&self.0, now, max)
+    }
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<SystemTime>, Error>> {
+        Outbox::next_due(&self.0)
+    }
+    fn complete(&self, claim: Claim) -> BoxFuture<'_, Result<(), Error>> {
+        Outbox::complete(&self.0, claim)
+    }
+    fn defer_claim<'a>(
+        &'a self,
+        claim: Claim,
+        _error: &'a str,
+        _next_attempt: SystemTime,
+        _recipients: Option<Vec<relaymail::Recipient>>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        // Drops the claim: the draft is due again at once, its attempt lost.
+        drop(claim);
+        Box::pin(async { Ok(()) })
+    }
+    fn fail_claim<'a>(&'a self, claim: Claim, reason: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Outbox::fail_claim(&self.0, claim, reason)
+    }
+    fn list<'a>(
+        &'a self,
+        area: Area,
+        after: Option<&'a DraftId>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<relaymail::outbox::Page, Error>> {
+        Outbox::list(&self.0, area, after, limit)
+    }
+    fn inspect<'a>(
+        &'a self,
+        area: Area,
+        id: &'a DraftId,
+    ) -> BoxFuture<'a, Result<relaymail::outbox::DraftInfo, Error>> {
+        Outbox::inspect(&self.0, area, id)
+    }
+    fn retry_now<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>> {
+        Outbox::retry_now(&self.0, area, id)
+    }
+    fn delete<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>> {
+        Outbox::delete(&self.0, area, id)
+    }
+}
+
+#[tokio::test]
+async fn the_conformance_suite_names_the_check_a_broken_outbox_fails() {
+    let base = spool_dir("conformance-broken");
+    let mut n = 0;
+    let failure = relaymail::testing::check_outbox(|| {
+        n += 1;
+        let dir = base.join(format!("case-{n}"));
+        async move { ForgetsDeferrals(DirSpool::open(dir).expect("spool")) }
+    })
+    .await
+    .expect_err("a lost deferral is noticed");
+    assert_eq!(
+        failure.check,
+        "a deferred draft records the attempt and waits for its time"
+    );
+    assert!(failure.problem.contains("attempts 0"), "{failure}");
+    let _ = std::fs::remove_dir_all(base);
+}
