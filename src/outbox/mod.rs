@@ -43,10 +43,14 @@ use crate::message::Message;
 use crate::proto::session::{Envelope, Recipient};
 
 mod codec;
+#[cfg(feature = "postgres")]
+pub mod pg;
 mod policy;
 mod spool;
 
 pub(crate) use codec::{decode_draft, encode_draft};
+#[cfg(feature = "postgres")]
+pub use pg::PgOutbox;
 pub use policy::OutboxPolicy;
 pub use spool::DirSpool;
 
@@ -150,6 +154,12 @@ impl Claim {
             content,
             _lease: Box::new(lease),
         }
+    }
+
+    /// The lease given to [`Claim::new`], when it is a `T` (for the
+    /// implementation that made the claim, to record its outcome).
+    pub fn lease<T: std::any::Any>(&self) -> Option<&T> {
+        self._lease.downcast_ref::<T>()
     }
 
     /// The draft's info.

@@ -1,0 +1,602 @@
+//! [`PgOutbox`]: the outbox in PostgreSQL, for applications that run as
+//! several replicas (feature `postgres`).
+//!
+//! One row per draft, in `{schema}.relaymail_drafts`:
+//!
+//! ```sql
+//! CREATE TABLE {schema}.relaymail_drafts (
+//!     id              text PRIMARY KEY,       -- DraftId: creation time, then random
+//!     area            text NOT NULL CHECK (area IN ('drafts', 'failed')),
+//!     next_attempt_ms bigint NOT NULL,        -- milliseconds since 1970 (client clock)
+//!     lease_token     bigint,                 -- the claim that holds it, if any
+//!     lease_until     timestamptz,            -- when that claim lapses (server clock)
+//!     draft           bytea NOT NULL          -- the draft: relaymail's draft format 2
+//! );
+//! CREATE INDEX relaymail_drafts_due
+//!     ON {schema}.relaymail_drafts (next_attempt_ms) WHERE area = 'drafts';
+//! CREATE TABLE {schema}.relaymail_schema (version integer NOT NULL);
+//! ```
+//!
+//! [`PgOutbox::migrate`] creates (and later upgrades) exactly this,
+//! idempotently, under an advisory lock; teams that run their own
+//! migrations apply the same SQL and insert version `1`.
+//!
+//! **Claims** take due drafts with `FOR UPDATE SKIP LOCKED`, in batches,
+//! each with a lease (a token and an expiry, [`PgOutbox::with_lease`]) that
+//! a heartbeat renews while the claim is held. A deliverer that dies stops
+//! renewing: once the lease lapses, another deliverer takes the draft.
+//! Recording the outcome (complete, defer, fail) is fenced by the token: a
+//! deliverer whose lease lapsed and was taken over gets
+//! [`Error::is_conflict`] and changes nothing. A claim dropped without an
+//! outcome is released at once.
+//!
+//! **Transactional enqueue**: [`PgOutbox::enqueue_in`] writes the draft
+//! with the application's own transaction: a rolled-back signup sends no
+//! welcome mail, a committed password change always sends its notice.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::Row;
+
+use super::codec::{decode_draft, encode_draft, millis};
+use super::{Area, Claim, DraftId, DraftInfo, Outbox, Page};
+use crate::error::Error;
+use crate::future::BoxFuture;
+use crate::message::Message;
+use crate::proto::session::Recipient;
+
+/// The schema version [`PgOutbox::migrate`] brings a database to.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The outbox in PostgreSQL. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct PgOutbox {
+    pool: PgPool,
+    schema: String,
+    lease: Duration,
+}
+
+fn db(what: &str, e: sqlx::Error) -> Error {
+    // sqlx's configuration errors can quote the connection URL: say only
+    // what failed.
+    let e = match e {
+        sqlx::Error::Configuration(_) => {
+            return Error::invalid(format!("{what}: the database settings are invalid"))
+        }
+        e => e,
+    };
+    let transient = !matches!(
+        e,
+        sqlx::Error::RowNotFound | sqlx::Error::ColumnNotFound(_) | sqlx::Error::Decode(_)
+    );
+    let error = if transient {
+        Error::unavailable(format!("{what}: the outbox database failed"))
+    } else {
+        Error::invalid(format!("{what}: the outbox table is not as expected"))
+    };
+    error.with_source(e)
+}
+
+fn area_name(area: Area) -> &'static str {
+    match area {
+        Area::Drafts => "drafts",
+        Area::Failed => "failed",
+    }
+}
+
+fn check_schema(schema: &str) -> Result<(), Error> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 48
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "the outbox schema name must be 1 to 48 lower-case letters, digits and '_', not starting with a digit",
+        ))
+    }
+}
+
+fn ms(t: SystemTime) -> i64 {
+    i64::try_from(millis(t)).unwrap_or(i64::MAX)
+}
+
+/// A claim's hold on its row: its token, and the heartbeat that renews it.
+struct PgLease {
+    id: String,
+    token: i64,
+    recorded: AtomicBool,
+    heartbeat: tokio::task::JoinHandle<()>,
+    outbox: PgOutbox,
+}
+
+impl Drop for PgLease {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        if self.recorded.load(Ordering::Acquire) {
+            return;
+        }
+        // Dropped without an outcome: release the row now rather than at
+        // the lease's end.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (outbox, id, token) = (self.outbox.clone(), self.id.clone(), self.token);
+            rt.spawn(async move {
+                let sql = format!(
+                    "UPDATE {} SET lease_token = NULL, lease_until = NULL WHERE id = $1 AND lease_token = $2",
+                    outbox.table()
+                );
+                let _ = sqlx::query(&sql).bind(id).bind(token).execute(&outbox.pool).await;
+            });
+        }
+    }
+}
+
+impl PgOutbox {
+    /// Connects to `url` (`postgres://user:password@host/db`) with a pool
+    /// of up to 5 connections; the tables live in `schema`, which
+    /// [`migrate`](Self::migrate) creates. Nothing is written here.
+    pub async fn connect(url: &str, schema: &str) -> Result<PgOutbox, Error> {
+        check_schema(schema)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| db("cannot connect to the outbox database", e))?;
+        PgOutbox::with_pool(pool, schema)
+    }
+
+    /// An outbox on the application's own pool.
+    pub fn with_pool(pool: PgPool, schema: &str) -> Result<PgOutbox, Error> {
+        check_schema(schema)?;
+        Ok(PgOutbox {
+            pool,
+            schema: schema.to_owned(),
+            lease: Duration::from_secs(300),
+        })
+    }
+
+    /// How long a claim holds a draft without a heartbeat (default 5
+    /// minutes, at least 1 second); the heartbeat renews it every third of
+    /// that while the claim is held.
+    pub fn with_lease(mut self, lease: Duration) -> PgOutbox {
+        self.lease = lease.max(Duration::from_secs(1));
+        self
+    }
+
+    /// The pool (to begin the transactions [`enqueue_in`](Self::enqueue_in)
+    /// writes in).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn table(&self) -> String {
+        format!("{}.relaymail_drafts", self.schema)
+    }
+
+    /// The channel `NOTIFY` announces new drafts on.
+    fn channel(&self) -> String {
+        format!("relaymail_{}", self.schema)
+    }
+
+    /// Creates the schema and tables, or upgrades them to
+    /// [`SCHEMA_VERSION`]; idempotent, and safe to run from several
+    /// replicas at once (an advisory lock serialises them). Returns the
+    /// version found before.
+    pub async fn migrate(&self) -> Result<i32, Error> {
+        let s = &self.schema;
+        let mut tx = self.pool.begin().await.map_err(|e| db("migrate", e))?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("relaymail migrate {s}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db("migrate", e))?;
+        for sql in [
+            format!("CREATE SCHEMA IF NOT EXISTS {s}"),
+            format!("CREATE TABLE IF NOT EXISTS {s}.relaymail_schema (version integer NOT NULL)"),
+        ] {
+            sqlx::query(&sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db("migrate", e))?;
+        }
+        let found: Option<i32> =
+            sqlx::query_scalar(&format!("SELECT max(version) FROM {s}.relaymail_schema"))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db("migrate", e))?;
+        let found = found.unwrap_or(0);
+        if found > SCHEMA_VERSION {
+            return Err(Error::invalid(format!(
+                "the outbox schema {s} is at version {found}, newer than this relaymail ({SCHEMA_VERSION})"
+            )));
+        }
+        if found < 1 {
+            for sql in [
+                format!(
+                    "CREATE TABLE {s}.relaymail_drafts (
+                        id text PRIMARY KEY,
+                        area text NOT NULL CHECK (area IN ('drafts', 'failed')),
+                        next_attempt_ms bigint NOT NULL,
+                        lease_token bigint,
+                        lease_until timestamptz,
+                        draft bytea NOT NULL)"
+                ),
+                format!(
+                    "CREATE INDEX relaymail_drafts_due ON {s}.relaymail_drafts (next_attempt_ms) WHERE area = 'drafts'"
+                ),
+                format!("DELETE FROM {s}.relaymail_schema"),
+                format!("INSERT INTO {s}.relaymail_schema (version) VALUES (1)"),
+            ] {
+                sqlx::query(&sql)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| db("migrate", e))?;
+            }
+        }
+        tx.commit().await.map_err(|e| db("migrate", e))?;
+        Ok(found)
+    }
+
+    /// Saves `message` as a draft in the caller's transaction (or on any
+    /// connection: `&mut *tx`): the draft exists, and is announced to
+    /// waiting deliverers, only if the transaction commits.
+    pub async fn enqueue_in(&self, conn: &mut PgConnection, message: &Message) -> Result<DraftId, Error> {
+        message.envelope().validate()?;
+        let now = SystemTime::now();
+        let id = DraftId(format!("{:013x}-{:016x}", millis(now), crate::rand::random_u64()));
+        let info = DraftInfo {
+            id: id.clone(),
+            area: Area::Drafts,
+            envelope: message.envelope().clone(),
+            size: message.content().len() as u64,
+            created: now,
+            attempts: 0,
+            next_attempt: now,
+            last_error: None,
+            possibly_delivered: false,
+        };
+        let sql = format!(
+            "INSERT INTO {} (id, area, next_attempt_ms, draft) VALUES ($1, 'drafts', $2, $3)",
+            self.table()
+        );
+        sqlx::query(&sql)
+            .bind(id.as_str())
+            .bind(ms(now))
+            .bind(encode_draft(&info, message.content()))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db("enqueue", e))?;
+        // Delivered to listeners when (and if) the transaction commits.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(self.channel())
+            .bind(id.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| db("enqueue", e))?;
+        Ok(id)
+    }
+
+    async fn read(
+        &self,
+        area: Area,
+        id: &DraftId,
+        with_content: bool,
+    ) -> Result<(DraftInfo, Vec<u8>), Error> {
+        let sql = format!("SELECT draft FROM {} WHERE id = $1 AND area = $2", self.table());
+        let row = sqlx::query(&sql)
+            .bind(id.as_str())
+            .bind(area_name(area))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db("read a draft", e))?
+            .ok_or_else(|| Error::invalid(format!("no draft {id} in the {} area", area_name(area))))?;
+        let raw: Vec<u8> = row.try_get("draft").map_err(|e| db("read a draft", e))?;
+        decode_draft(id.clone(), area, &raw, with_content)
+            .map_err(|why| Error::invalid(format!("draft {id} is corrupt ({why})")))
+    }
+
+    /// Writes a claimed draft's new state, fenced by its lease.
+    async fn record(&self, claim: Claim, info: DraftInfo, content: &[u8]) -> Result<(), Error> {
+        let lease = lease_of(&claim)?;
+        let sql = format!(
+            "UPDATE {} SET area = $3, next_attempt_ms = $4, draft = $5, lease_token = NULL, lease_until = NULL
+             WHERE id = $1 AND lease_token = $2",
+            self.table()
+        );
+        let done = sqlx::query(&sql)
+            .bind(&lease.id)
+            .bind(lease.token)
+            .bind(area_name(info.area))
+            .bind(ms(info.next_attempt))
+            .bind(encode_draft(&info, content))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db("record an attempt", e))?;
+        fenced(lease, done.rows_affected())
+    }
+}
+
+fn lease_of(claim: &Claim) -> Result<&PgLease, Error> {
+    claim
+        .lease::<PgLease>()
+        .ok_or_else(|| Error::invalid("the claim was not made by this PostgreSQL outbox"))
+}
+
+fn fenced(lease: &PgLease, rows: u64) -> Result<(), Error> {
+    if rows == 1 {
+        lease.recorded.store(true, Ordering::Release);
+        Ok(())
+    } else {
+        lease.recorded.store(true, Ordering::Release);
+        Err(Error::conflict(format!(
+            "draft {}: this claim's lease lapsed and another deliverer holds the draft (or it was deleted); nothing was recorded",
+            lease.id
+        )))
+    }
+}
+
+impl Outbox for PgOutbox {
+    fn enqueue<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<DraftId, Error>> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await.map_err(|e| db("enqueue", e))?;
+            self.enqueue_in(&mut conn, message).await
+        })
+    }
+
+    fn claim_due(&self, now: SystemTime, max: usize) -> BoxFuture<'_, Result<Vec<Claim>, Error>> {
+        Box::pin(async move {
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            let token = (crate::rand::random_u64() >> 1) as i64;
+            let t = self.table();
+            let sql = format!(
+                "WITH due AS (
+                    SELECT id FROM {t}
+                    WHERE area = 'drafts' AND next_attempt_ms <= $1
+                      AND (lease_until IS NULL OR lease_until < now())
+                    ORDER BY next_attempt_ms, id
+                    LIMIT $2
+                    FOR UPDATE SKIP LOCKED)
+                 UPDATE {t} d SET lease_token = $3, lease_until = now() + make_interval(secs => $4)
+                 FROM due WHERE d.id = due.id
+                 RETURNING d.id, d.draft"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(ms(now))
+                .bind(i64::try_from(max).unwrap_or(i64::MAX))
+                .bind(token)
+                .bind(self.lease.as_secs_f64())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db("claim drafts", e))?;
+            let mut claims = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id: String = row.try_get("id").map_err(|e| db("claim drafts", e))?;
+                let raw: Vec<u8> = row.try_get("draft").map_err(|e| db("claim drafts", e))?;
+                let Some(draft_id) = DraftId::parse(&id) else {
+                    continue;
+                };
+                let (info, content) = match decode_draft(draft_id, Area::Drafts, &raw, true) {
+                    Ok(d) => d,
+                    Err(why) => {
+                        // Unreadable: out of the way, with the reason.
+                        let sql = format!(
+                            "UPDATE {t} SET area = 'failed', lease_token = NULL, lease_until = NULL WHERE id = $1"
+                        );
+                        let _ = sqlx::query(&sql).bind(&id).execute(&self.pool).await;
+                        tracing_corrupt(&id, &why);
+                        continue;
+                    }
+                };
+                claims.push(Claim::new(info, content, self.lease_for(id, token)));
+            }
+            Ok(claims)
+        })
+    }
+
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<SystemTime>, Error>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT min(next_attempt_ms) FROM {} WHERE area = 'drafts'",
+                self.table()
+            );
+            let next: Option<i64> = sqlx::query_scalar(&sql)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| db("find the next draft", e))?;
+            Ok(next.and_then(|n| super::codec::from_millis(u64::try_from(n).ok()?)))
+        })
+    }
+
+    fn complete(&self, claim: Claim) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let lease = lease_of(&claim)?;
+            let sql = format!("DELETE FROM {} WHERE id = $1 AND lease_token = $2", self.table());
+            let done = sqlx::query(&sql)
+                .bind(&lease.id)
+                .bind(lease.token)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db("record a delivery", e))?;
+            fenced(lease, done.rows_affected())
+        })
+    }
+
+    fn defer_claim<'a>(
+        &'a self,
+        claim: Claim,
+        error: &'a str,
+        next_attempt: SystemTime,
+        recipients: Option<Vec<Recipient>>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let mut info = claim.info().clone();
+            info.area = Area::Drafts;
+            info.attempts += 1;
+            info.last_error = Some(crate::email::one_line(error).into_owned());
+            info.next_attempt = next_attempt;
+            if let Some(r) = recipients {
+                info.envelope.set_recipients(r)?;
+            }
+            let content = claim.message().content().to_vec();
+            self.record(claim, info, &content).await
+        })
+    }
+
+    fn fail_claim<'a>(&'a self, claim: Claim, reason: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let mut info = claim.info().clone();
+            info.area = Area::Failed;
+            info.attempts += 1;
+            info.last_error = Some(crate::email::one_line(reason).into_owned());
+            let content = claim.message().content().to_vec();
+            self.record(claim, info, &content).await
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        area: Area,
+        after: Option<&'a DraftId>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Page, Error>> {
+        Box::pin(async move {
+            // Keyset paging on the primary key: a page costs O(page).
+            let sql = format!(
+                "SELECT id, draft FROM {} WHERE area = $1 AND id > $2 ORDER BY id LIMIT $3",
+                self.table()
+            );
+            let rows = sqlx::query(&sql)
+                .bind(area_name(area))
+                .bind(after.map_or("", DraftId::as_str))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db("list drafts", e))?;
+            let full = rows.len() == limit && limit > 0;
+            let mut drafts = Vec::with_capacity(rows.len());
+            let mut last = None;
+            for row in rows {
+                let id: String = row.try_get("id").map_err(|e| db("list drafts", e))?;
+                let raw: Vec<u8> = row.try_get("draft").map_err(|e| db("list drafts", e))?;
+                let Some(draft_id) = DraftId::parse(&id) else {
+                    continue;
+                };
+                last = Some(draft_id.clone());
+                if let Ok((info, _)) = decode_draft(draft_id, area, &raw, false) {
+                    drafts.push(info);
+                }
+            }
+            Ok(Page {
+                drafts,
+                next: if full { last } else { None },
+                quarantined: Vec::new(),
+            })
+        })
+    }
+
+    fn inspect<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<DraftInfo, Error>> {
+        Box::pin(async move { Ok(self.read(area, id, false).await?.0) })
+    }
+
+    fn retry_now<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let (mut info, content) = self.read(area, id, true).await?;
+            let now = SystemTime::now();
+            info.area = Area::Drafts;
+            info.next_attempt = now;
+            let sql = format!(
+                "UPDATE {} SET area = 'drafts', next_attempt_ms = $3, draft = $4
+                 WHERE id = $1 AND area = $2 AND (lease_until IS NULL OR lease_until < now())",
+                self.table()
+            );
+            let done = sqlx::query(&sql)
+                .bind(id.as_str())
+                .bind(area_name(area))
+                .bind(ms(now))
+                .bind(encode_draft(&info, &content))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db("retry a draft", e))?;
+            if done.rows_affected() == 1 {
+                Ok(())
+            } else {
+                Err(Error::conflict(format!(
+                    "draft {id} is being delivered right now (or is gone); try again after the attempt"
+                )))
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let sql = format!("DELETE FROM {} WHERE id = $1 AND area = $2", self.table());
+            let done = sqlx::query(&sql)
+                .bind(id.as_str())
+                .bind(area_name(area))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db("delete a draft", e))?;
+            if done.rows_affected() == 1 {
+                Ok(())
+            } else {
+                Err(Error::invalid(format!(
+                    "no draft {id} in the {} area",
+                    area_name(area)
+                )))
+            }
+        })
+    }
+}
+
+impl PgOutbox {
+    /// A lease for one claimed row, with its heartbeat.
+    fn lease_for(&self, id: String, token: i64) -> PgLease {
+        let outbox = self.clone();
+        let (row, period) = (id.clone(), self.lease / 3);
+        let heartbeat = tokio::spawn(async move {
+            let sql = format!(
+                "UPDATE {} SET lease_until = now() + make_interval(secs => $3) WHERE id = $1 AND lease_token = $2",
+                outbox.table()
+            );
+            loop {
+                tokio::time::sleep(period).await;
+                let renewed = sqlx::query(&sql)
+                    .bind(&row)
+                    .bind(token)
+                    .bind(outbox.lease.as_secs_f64())
+                    .execute(&outbox.pool)
+                    .await;
+                match renewed {
+                    Ok(done) if done.rows_affected() == 1 => {}
+                    // Taken over or recorded: nothing left to renew.
+                    Ok(_) => return,
+                    // The database is away: try again next period.
+                    Err(_) => {}
+                }
+            }
+        });
+        PgLease {
+            id,
+            token,
+            recorded: AtomicBool::new(false),
+            heartbeat,
+            outbox: self.clone(),
+        }
+    }
+}
+
+#[cfg(feature = "tracing")]
+fn tracing_corrupt(id: &str, why: &str) {
+    tracing::warn!(draft = id, why, "corrupt draft moved to the failed area");
+}
+
+#[cfg(not(feature = "tracing"))]
+fn tracing_corrupt(_id: &str, _why: &str) {}

@@ -1,0 +1,221 @@
+//! `PgOutbox` against a real PostgreSQL: `.ci/run` starts a private cluster
+//! on 127.0.0.1 (`.ci/postgres/start.sh`) and sets `RELAYMAIL_PG_URL`.
+//! Without it these tests say "skipped" — and fail under `CI=true`.
+#![cfg(all(feature = "postgres", feature = "test-server"))]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use relaymail::outbox::{Area, Outbox, OutboxPolicy, PgOutbox};
+use relaymail::testing::{ServerConfig, TestServer};
+use relaymail::{Envelope, Mailer, Message, SmtpSettings, TlsMode};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn url(test: &str) -> Option<String> {
+    match std::env::var("RELAYMAIL_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{test}: RELAYMAIL_PG_URL is not set under CI=true (.ci/run starts PostgreSQL)"
+            );
+            println!("{test}: skipped (no RELAYMAIL_PG_URL; .ci/postgres/start.sh starts a private cluster)");
+            None
+        }
+    }
+}
+
+/// A fresh, migrated outbox in a schema of its own.
+async fn fresh(url: &str, name: &str) -> PgOutbox {
+    fresh_named(url, name).await.0
+}
+
+/// [`fresh`], and the schema's name.
+async fn fresh_named(url: &str, name: &str) -> (PgOutbox, String) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let schema = format!(
+        "t{}_{name}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let outbox = PgOutbox::connect(url, &schema).await.expect("connects");
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(outbox.pool())
+        .await
+        .expect("clean");
+    assert_eq!(outbox.migrate().await.expect("migrate"), 0, "a new schema");
+    (outbox, schema)
+}
+
+fn message(to: &str) -> Message {
+    let address = |a: &str| a.parse::<relaymail::Address>().expect("address");
+    Message::new(
+        Envelope::new(Some(address("app@example.com")), vec![address(to)]).expect("envelope"),
+        format!("Subject: for {to}\r\n\r\nhello\r\n").into_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn pg_outbox_passes_the_outbox_conformance_suite() {
+    let Some(url) = url("conformance") else { return };
+    let passed = relaymail::testing::check_outbox(|| fresh(&url, "conf"))
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    assert_eq!(passed, relaymail::testing::CHECKS);
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_versioned_and_safe_to_run_at_once() {
+    let Some(url) = url("migrate") else { return };
+    let a = fresh(&url, "mig").await;
+    assert_eq!(
+        a.migrate().await.expect("again"),
+        relaymail::outbox::pg::SCHEMA_VERSION
+    );
+    // Two replicas starting together on a new schema.
+    let schema = format!("t{}_mig_race", std::process::id());
+    let (x, y) = (
+        PgOutbox::connect(&url, &schema).await.expect("x"),
+        PgOutbox::connect(&url, &schema).await.expect("y"),
+    );
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(x.pool())
+        .await
+        .expect("clean");
+    let (rx, ry) = tokio::join!(x.migrate(), y.migrate());
+    let mut found = [rx.expect("x migrates"), ry.expect("y migrates")];
+    found.sort();
+    assert_eq!(found, [0, 1], "one created the schema, the other found it");
+    assert!(
+        PgOutbox::connect(&url, "Robert'); DROP TABLE x;--")
+            .await
+            .is_err(),
+        "schema names are checked where they enter"
+    );
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_sends_nothing_and_a_committed_one_always_does() {
+    let Some(url) = url("transactional") else { return };
+    let outbox = fresh(&url, "tx").await;
+
+    let mut signup = outbox.pool().begin().await.expect("begin");
+    outbox
+        .enqueue_in(&mut signup, &message("welcome@example.net"))
+        .await
+        .expect("in the transaction");
+    signup.rollback().await.expect("rollback");
+    let page = outbox.list(Area::Drafts, None, 10).await.expect("list");
+    assert!(
+        page.drafts.is_empty(),
+        "a rolled-back signup sends no welcome mail"
+    );
+
+    let mut change = outbox.pool().begin().await.expect("begin");
+    let id = outbox
+        .enqueue_in(&mut change, &message("notice@example.net"))
+        .await
+        .expect("in the transaction");
+    // Not visible before the commit.
+    assert!(outbox.inspect(Area::Drafts, &id).await.is_err());
+    change.commit().await.expect("commit");
+    let claims = outbox.claim_due(SystemTime::now(), 10).await.expect("claim");
+    assert_eq!(
+        claims.len(),
+        1,
+        "a committed password change always sends its notice"
+    );
+    assert_eq!(claims[0].info().id, id);
+}
+
+#[tokio::test]
+async fn a_deliverer_whose_lease_lapsed_cannot_record_over_the_one_that_took_over() {
+    let Some(url) = url("fencing") else { return };
+    let (first, schema) = fresh_named(&url, "fence").await;
+    let first = first.with_lease(Duration::from_secs(60));
+    let id = first.enqueue(&message("ops@example.net")).await.expect("enqueue");
+    let mut held = first.claim_due(SystemTime::now(), 10).await.expect("claim");
+    assert_eq!(held.len(), 1);
+    // A second deliverer on the same table sees nothing while the lease runs.
+    let second = first.clone();
+    assert!(second
+        .claim_due(SystemTime::now(), 10)
+        .await
+        .expect("claim")
+        .is_empty());
+    // The first deliverer stalls past its lease (made to lapse here rather
+    // than waited for).
+    sqlx::query(&format!(
+        "UPDATE {schema}.relaymail_drafts SET lease_until = now() - interval '1 second'"
+    ))
+    .execute(first.pool())
+    .await
+    .expect("lapse");
+    let mut taken = second.claim_due(SystemTime::now(), 10).await.expect("claim");
+    assert_eq!(taken.len(), 1, "the lapsed draft is taken over");
+    let e = first
+        .complete(held.remove(0))
+        .await
+        .expect_err("the stale claim is fenced off");
+    assert!(e.is_conflict(), "{e}");
+    assert!(
+        second.inspect(Area::Drafts, &id).await.is_ok(),
+        "nothing was recorded by the stale claim"
+    );
+    second
+        .complete(taken.remove(0))
+        .await
+        .expect("the holder records");
+    assert!(second.inspect(Area::Drafts, &id).await.is_err());
+}
+
+#[tokio::test]
+async fn a_mailer_delivers_the_drafts_of_a_pg_outbox() {
+    let Some(url) = url("mailer") else { return };
+    let outbox = fresh(&url, "mailer").await;
+    let srv = TestServer::start(ServerConfig::new()).await.expect("server");
+    let settings = SmtpSettings::builder()
+        .host("127.0.0.1")
+        .port(u32::from(srv.port()))
+        .tls(TlsMode::None)
+        .sender("app@example.com")
+        .helo_name("client.example.com")
+        .build()
+        .expect("settings");
+    let mailer = Mailer::builder(settings)
+        .outbox(
+            outbox.clone(),
+            OutboxPolicy::default().with_poll_interval(Duration::from_millis(50)),
+        )
+        .build()
+        .expect("mailer");
+    for i in 0..3 {
+        mailer
+            .enqueue(message(&format!("user{i}@example.net")))
+            .await
+            .expect("enqueued");
+    }
+    let got = srv.wait_for_messages(3, WAIT).await.expect("delivered");
+    assert_eq!(got.len(), 3);
+    let stats = mailer.shutdown(WAIT).await;
+    assert_eq!(stats.delivered, 3);
+    let left = outbox.list(Area::Drafts, None, 10).await.expect("list");
+    assert!(
+        left.drafts.is_empty(),
+        "delivered rows are deleted: {:?}",
+        left.drafts
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_clear_error_that_shows_no_password() {
+    // Nothing listens on port 1 of the loopback interface.
+    let e = PgOutbox::connect("postgres://app:s3cret-pw@127.0.0.1:1/mail", "relaymail")
+        .await
+        .expect_err("refused");
+    let shown = format!("{e} {e:?}");
+    assert!(e.is_io() && e.is_transient(), "{e}");
+    assert!(shown.contains("cannot connect to the outbox database"), "{shown}");
+    assert!(!shown.contains("s3cret-pw"), "{shown}");
+}
