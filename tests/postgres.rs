@@ -219,3 +219,43 @@ async fn an_unreachable_database_is_a_clear_error_that_shows_no_password() {
     assert!(shown.contains("cannot connect to the outbox database"), "{shown}");
     assert!(!shown.contains("s3cret-pw"), "{shown}");
 }
+
+#[tokio::test]
+async fn a_draft_committed_elsewhere_wakes_an_idle_deliverer_at_once() {
+    let Some(url) = url("listen") else { return };
+    let (outbox, schema) = fresh_named(&url, "listen").await;
+    let srv = TestServer::start(ServerConfig::new()).await.expect("server");
+    let settings = SmtpSettings::builder()
+        .host("127.0.0.1")
+        .port(u32::from(srv.port()))
+        .tls(TlsMode::None)
+        .sender("app@example.com")
+        .helo_name("client.example.com")
+        .build()
+        .expect("settings");
+    // The deliverer would poll only once an hour: only NOTIFY can wake it.
+    let mailer = Mailer::builder(settings)
+        .outbox(
+            outbox,
+            OutboxPolicy::default().with_poll_interval(Duration::from_secs(3600)),
+        )
+        .build()
+        .expect("mailer");
+    // Another replica commits drafts on the same table.
+    let replica = PgOutbox::connect(&url, &schema).await.expect("replica");
+    for i in 1..=2 {
+        let mut tx = replica.pool().begin().await.expect("begin");
+        replica
+            .enqueue_in(&mut tx, &message(&format!("woken{i}@example.net")))
+            .await
+            .expect("enqueue");
+        tx.commit().await.expect("commit");
+        let got = srv
+            .wait_for_messages(i, WAIT)
+            .await
+            .expect("delivered without a poll");
+        assert_eq!(got.len(), i);
+    }
+    let stats = mailer.shutdown(WAIT).await;
+    assert_eq!(stats.delivered, 2);
+}

@@ -82,7 +82,7 @@ pub(super) async fn deliver_drafts(
             Err(e) => {
                 failed(&mailer, "claim_due", &e);
                 // Not woken early: a broken store must not make this spin.
-                if !pause(policy.poll_interval, None, &mut stop).await {
+                if !pause(policy.poll_interval, None, None, &mut stop).await {
                     return;
                 }
                 continue;
@@ -97,7 +97,7 @@ pub(super) async fn deliver_drafts(
                 .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
                 .unwrap_or(policy.poll_interval)
                 .min(policy.poll_interval);
-            if !pause(wait, Some(&wake), &mut stop).await {
+            if !pause(wait, Some(&wake), Some(spool.wait_for_drafts()), &mut stop).await {
                 return;
             }
             continue;
@@ -146,7 +146,7 @@ pub(super) async fn deliver_drafts(
             all_recorded &= task.await.unwrap_or(false);
         }
         // A draft whose outcome was not recorded is due again at once.
-        if !all_recorded && !pause(policy.poll_interval, None, &mut stop).await {
+        if !all_recorded && !pause(policy.poll_interval, None, None, &mut stop).await {
             return;
         }
     }
@@ -160,18 +160,31 @@ fn failed(mailer: &Weak<Inner>, operation: &'static str, error: &Error) {
     trace::outbox_failed(operation, error);
 }
 
-/// Waits `wait`, or less when `wake` is notified or the mailer stops;
-/// `false` when the deliverer should end (stopped, or the mailer is gone).
-async fn pause(wait: Duration, wake: Option<&Notify>, stop: &mut watch::Receiver<bool>) -> bool {
+/// Waits `wait`, or less when `wake` is notified, the outbox announces
+/// drafts (`announced`) or the mailer stops; `false` when the deliverer
+/// should end (stopped, or the mailer is gone).
+async fn pause(
+    wait: Duration,
+    wake: Option<&Notify>,
+    announced: Option<crate::future::BoxFuture<'_, ()>>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
     let woken = async {
         match wake {
             Some(wake) => wake.notified().await,
             None => std::future::pending().await,
         }
     };
+    let announced = async {
+        match announced {
+            Some(announced) => announced.await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = tokio::time::sleep(wait) => true,
         _ = woken => true,
+        _ = announced => true,
         // Err: the mailer was dropped without `shutdown`.
         changed = stop.changed() => changed.is_ok() && !*stop.borrow(),
     }

@@ -241,6 +241,16 @@ pub trait Outbox: Send + Sync + std::fmt::Debug + 'static {
     /// Removes a draft.
     fn delete<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>>;
 
+    /// Resolves when new drafts may be due before the deliverer's next
+    /// poll: a backend that hears of drafts written by other processes
+    /// (PostgreSQL's `LISTEN`) wakes the idle deliverer with it. The
+    /// default never resolves, and the deliverer polls
+    /// ([`OutboxPolicy::poll_interval`]); drafts enqueued through the
+    /// same [`Mailer`](crate::Mailer) wake it either way.
+    fn wait_for_drafts(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
+
     /// Every draft of `area` due now (e.g. after the administrator fixed the
     /// settings); returns how many. Drafts delivered meanwhile are skipped.
     fn retry_all_now(&self, area: Area) -> BoxFuture<'_, Result<usize, Error>> {

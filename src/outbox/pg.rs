@@ -35,9 +35,10 @@
 //! welcome mail, a committed password change always sends its notice.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::Row;
 
 use super::codec::{decode_draft, encode_draft, millis};
@@ -56,6 +57,23 @@ pub struct PgOutbox {
     pool: PgPool,
     schema: String,
     lease: Duration,
+    listener: Arc<Listener>,
+}
+
+/// `LISTEN` for new drafts, started by the first
+/// [`Outbox::wait_for_drafts`] and stopped with the last clone.
+#[derive(Debug, Default)]
+struct Listener {
+    announced: Arc<tokio::sync::Notify>,
+    task: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
+    }
 }
 
 fn db(what: &str, e: sqlx::Error) -> Error {
@@ -158,6 +176,7 @@ impl PgOutbox {
             pool,
             schema: schema.to_owned(),
             lease: Duration::from_secs(300),
+            listener: Arc::default(),
         })
     }
 
@@ -506,6 +525,12 @@ impl Outbox for PgOutbox {
         Box::pin(async move { Ok(self.read(area, id, false).await?.0) })
     }
 
+    fn wait_for_drafts(&self) -> BoxFuture<'_, ()> {
+        self.listen();
+        let announced = self.listener.announced.clone();
+        Box::pin(async move { announced.notified().await })
+    }
+
     fn retry_now<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let (mut info, content) = self.read(area, id, true).await?;
@@ -557,6 +582,34 @@ impl Outbox for PgOutbox {
 }
 
 impl PgOutbox {
+    /// Starts the `LISTEN` task once: each notification on the outbox's
+    /// channel (sent when a draft commits, from any process) wakes one idle
+    /// deliverer. After a lost connection it listens again and wakes the
+    /// deliverer once, since notifications sent meanwhile are gone.
+    fn listen(&self) {
+        self.listener.task.get_or_init(|| {
+            let (pool, channel) = (self.pool.clone(), self.channel());
+            let announced = self.listener.announced.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Ok(mut listener) = PgListener::connect_with(&pool).await {
+                        if listener.listen(&channel).await.is_ok() {
+                            // Anything committed before now: look once.
+                            announced.notify_one();
+                            while let Ok(Some(_)) = listener.try_recv().await {
+                                announced.notify_one();
+                            }
+                        }
+                    }
+                    // The database went away: the deliverer polls meanwhile.
+                    announced.notify_one();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
+            .abort_handle()
+        });
+    }
+
     /// A lease for one claimed row, with its heartbeat.
     fn lease_for(&self, id: String, token: i64) -> PgLease {
         let outbox = self.clone();

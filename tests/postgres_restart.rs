@@ -1,0 +1,130 @@
+//! `PgOutbox` across a PostgreSQL restart (`pg_ctl restart`): a test binary
+//! of its own, so that the restart cannot cut other tests' connections.
+//! Needs `RELAYMAIL_PG_URL`, `RELAYMAIL_PG_CTL` and `RELAYMAIL_PG_DATA`
+//! (`.ci/postgres/start.sh` writes them); skipped without, failed under
+//! `CI=true`.
+#![cfg(all(feature = "postgres", feature = "test-server"))]
+
+use std::time::Duration;
+
+use relaymail::outbox::{Area, Outbox, OutboxPolicy, PgOutbox};
+use relaymail::testing::{ServerConfig, TestServer};
+use relaymail::{Envelope, Mailer, Message, SmtpSettings, TlsMode};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn env() -> Option<(String, String, String)> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (
+        get("RELAYMAIL_PG_URL"),
+        get("RELAYMAIL_PG_CTL"),
+        get("RELAYMAIL_PG_DATA"),
+    ) {
+        (Some(url), Some(ctl), Some(data)) => Some((url, ctl, data)),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "RELAYMAIL_PG_URL/_CTL/_DATA are not set under CI=true (.ci/run starts PostgreSQL)"
+            );
+            println!(
+                "skipped (no RELAYMAIL_PG_URL/_CTL/_DATA; .ci/postgres/start.sh starts a private cluster)"
+            );
+            None
+        }
+    }
+}
+
+fn message(to: &str) -> Message {
+    let address = |a: &str| a.parse::<relaymail::Address>().expect("address");
+    Message::new(
+        Envelope::new(Some(address("app@example.com")), vec![address(to)]).expect("envelope"),
+        format!("Subject: for {to}\r\n\r\nhello\r\n").into_bytes(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliverers_reconnect_after_a_restart_and_lose_nothing() {
+    let Some((url, ctl, data)) = env() else { return };
+    let schema = format!("t{}_restart", std::process::id());
+    let outbox = PgOutbox::connect(&url, &schema).await.expect("connects");
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(outbox.pool())
+        .await
+        .expect("clean");
+    outbox.migrate().await.expect("migrate");
+    let srv = TestServer::start(ServerConfig::new()).await.expect("server");
+    let settings = SmtpSettings::builder()
+        .host("127.0.0.1")
+        .port(u32::from(srv.port()))
+        .tls(TlsMode::None)
+        .sender("app@example.com")
+        .helo_name("client.example.com")
+        .build()
+        .expect("settings");
+    let mailer = Mailer::builder(settings)
+        .outbox(
+            outbox.clone(),
+            OutboxPolicy::default().with_poll_interval(Duration::from_millis(200)),
+        )
+        .build()
+        .expect("mailer");
+    for i in 0..3 {
+        mailer
+            .enqueue(message(&format!("before{i}@example.net")))
+            .await
+            .expect("enqueued");
+    }
+    srv.wait_for_messages(3, WAIT)
+        .await
+        .expect("delivered before the restart");
+
+    // Restart the server: every pooled connection (and the LISTEN one) dies.
+    let status = tokio::task::spawn_blocking(move || {
+        let mut words = ctl.split_whitespace();
+        let program = words.next().expect("a command");
+        std::process::Command::new(program)
+            .args(words)
+            .args(["-D", &data, "-w", "-t", "60", "-m", "fast", "restart"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("pg_ctl runs")
+    })
+    .await
+    .expect("joined");
+    assert!(status.success(), "pg_ctl restart: {status}");
+
+    // The pool replaces its dead connections: enqueue works at once.
+    for i in 0..3 {
+        mailer
+            .enqueue(message(&format!("after{i}@example.net")))
+            .await
+            .expect("enqueued after the restart");
+    }
+    let got = srv
+        .wait_for_messages(6, WAIT)
+        .await
+        .expect("delivered after the restart");
+    let mut to: Vec<String> = got.iter().flat_map(|m| m.rcpt_to.clone()).collect();
+    to.sort();
+    assert_eq!(
+        to,
+        [
+            "after0@example.net",
+            "after1@example.net",
+            "after2@example.net",
+            "before0@example.net",
+            "before1@example.net",
+            "before2@example.net"
+        ],
+        "nothing lost, nothing twice"
+    );
+    let stats = mailer.shutdown(WAIT).await;
+    assert_eq!(stats.delivered, 6);
+    assert!(outbox
+        .list(Area::Drafts, None, 10)
+        .await
+        .expect("list")
+        .drafts
+        .is_empty());
+}
