@@ -86,7 +86,11 @@ async fn migrate_is_idempotent_versioned_and_safe_to_run_at_once() {
     let (rx, ry) = tokio::join!(x.migrate(), y.migrate());
     let mut found = [rx.expect("x migrates"), ry.expect("y migrates")];
     found.sort();
-    assert_eq!(found, [0, 1], "one created the schema, the other found it");
+    assert_eq!(
+        found,
+        [0, relaymail::outbox::pg::SCHEMA_VERSION],
+        "one created the schema, the other found it"
+    );
     assert!(
         PgOutbox::connect(&url, "Robert'); DROP TABLE x;--")
             .await
@@ -258,4 +262,144 @@ async fn a_draft_committed_elsewhere_wakes_an_idle_deliverer_at_once() {
     }
     let stats = mailer.shutdown(WAIT).await;
     assert_eq!(stats.delivered, 2);
+}
+
+#[tokio::test]
+async fn enqueue_many_writes_every_draft_or_none() {
+    let Some(url) = url("many") else { return };
+    let outbox = fresh(&url, "many").await;
+    let batch: Vec<Message> = (0..250)
+        .map(|i| message(&format!("user{i}@example.net")))
+        .collect();
+    let ids = outbox.enqueue_many(&batch).await.expect("batch");
+    assert_eq!(ids.len(), 250);
+    let mut listed = 0;
+    let mut after = None;
+    loop {
+        let page = outbox
+            .list(Area::Drafts, after.as_ref(), 100)
+            .await
+            .expect("list");
+        listed += page.drafts.len();
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(listed, 250);
+    // One bad envelope parameter: nothing of the batch is written.
+    let other = fresh(&url, "many_bad").await;
+    let mut bad = message("bad@example.net");
+    let (mut envelope, content) = bad.clone().into_parts();
+    envelope.params_mut().envid = Some("x\r\nRSET".into());
+    bad = Message::new(envelope, content);
+    let e = other
+        .enqueue_many(&[message("good@example.net"), bad])
+        .await
+        .expect_err("refused");
+    assert!(e.is_config(), "{e}");
+    let page = other.list(Area::Drafts, None, 10).await.expect("list");
+    assert!(page.drafts.is_empty(), "all or none");
+}
+
+async fn rows_in(outbox: &PgOutbox, schema: &str, area: &str) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {schema}.relaymail_drafts WHERE area = $1"
+    ))
+    .bind(area)
+    .fetch_one(outbox.pool())
+    .await
+    .expect("count")
+}
+
+#[tokio::test]
+async fn delivered_rows_are_kept_for_the_retention_period_then_purged() {
+    let Some(url) = url("retention") else { return };
+    let (outbox, schema) = fresh_named(&url, "keep").await;
+    let outbox = outbox.with_retention(Some(Duration::from_secs(3600)));
+    let id = outbox
+        .enqueue(&message("kept@example.net"))
+        .await
+        .expect("enqueue");
+    let claim = outbox
+        .claim_due(SystemTime::now(), 1)
+        .await
+        .expect("claim")
+        .pop()
+        .expect("one");
+    outbox.complete(claim).await.expect("complete");
+    assert!(
+        outbox.inspect(Area::Drafts, &id).await.is_err(),
+        "not a draft any more"
+    );
+    assert_eq!(
+        rows_in(&outbox, &schema, "delivered").await,
+        1,
+        "kept for the audit"
+    );
+    assert_eq!(
+        outbox.purge_delivered().await.expect("purge"),
+        0,
+        "still within retention"
+    );
+    // An hour and more later (the delivery time is moved back).
+    sqlx::query(&format!(
+        "UPDATE {schema}.relaymail_drafts SET next_attempt_ms = next_attempt_ms - 3601000"
+    ))
+    .execute(outbox.pool())
+    .await
+    .expect("age");
+    assert_eq!(outbox.purge_delivered().await.expect("purge"), 1);
+    assert_eq!(
+        rows_in(&outbox, &schema, "delivered").await,
+        0,
+        "the table does not bloat"
+    );
+}
+
+#[tokio::test]
+async fn migrate_upgrades_a_version_1_schema_and_keeps_its_drafts() {
+    let Some(url) = url("upgrade") else { return };
+    let schema = format!("t{}_upgrade", std::process::id());
+    let outbox = PgOutbox::connect(&url, &schema)
+        .await
+        .expect("connects")
+        .with_retention(Some(Duration::from_secs(60)));
+    let pool = outbox.pool();
+    // Version 1, as an earlier release (or a team's own migration) made it.
+    for sql in [
+        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        format!("CREATE SCHEMA {schema}"),
+        format!("CREATE TABLE {schema}.relaymail_schema (version integer NOT NULL)"),
+        format!("INSERT INTO {schema}.relaymail_schema (version) VALUES (1)"),
+        format!(
+            "CREATE TABLE {schema}.relaymail_drafts (id text PRIMARY KEY,
+               area text NOT NULL CHECK (area IN ('drafts', 'failed')),
+               next_attempt_ms bigint NOT NULL, lease_token bigint, lease_until timestamptz,
+               draft bytea NOT NULL)"
+        ),
+    ] {
+        sqlx::query(&sql).execute(pool).await.expect("v1");
+    }
+    let id = outbox
+        .enqueue(&message("old@example.net"))
+        .await
+        .expect("enqueue on v1");
+    assert_eq!(outbox.migrate().await.expect("upgrade"), 1, "found version 1");
+    assert_eq!(outbox.migrate().await.expect("again"), 2);
+    assert!(
+        outbox.inspect(Area::Drafts, &id).await.is_ok(),
+        "the draft survived"
+    );
+    let claim = outbox
+        .claim_due(SystemTime::now(), 1)
+        .await
+        .expect("claim")
+        .pop()
+        .expect("one");
+    outbox
+        .complete(claim)
+        .await
+        .expect("kept as delivered: allowed by version 2");
+    assert_eq!(rows_in(&outbox, &schema, "delivered").await, 1);
 }

@@ -6,20 +6,26 @@
 //! ```sql
 //! CREATE TABLE {schema}.relaymail_drafts (
 //!     id              text PRIMARY KEY,       -- DraftId: creation time, then random
-//!     area            text NOT NULL CHECK (area IN ('drafts', 'failed')),
-//!     next_attempt_ms bigint NOT NULL,        -- milliseconds since 1970 (client clock)
+//!     area            text NOT NULL CONSTRAINT relaymail_drafts_area_check
+//!                     CHECK (area IN ('drafts', 'failed', 'delivered')),
+//!     next_attempt_ms bigint NOT NULL,        -- ms since 1970 (client clock): next
+//!                                             -- attempt, or when it was delivered
 //!     lease_token     bigint,                 -- the claim that holds it, if any
 //!     lease_until     timestamptz,            -- when that claim lapses (server clock)
 //!     draft           bytea NOT NULL          -- the draft: relaymail's draft format 2
 //! );
 //! CREATE INDEX relaymail_drafts_due
 //!     ON {schema}.relaymail_drafts (next_attempt_ms) WHERE area = 'drafts';
+//! CREATE INDEX relaymail_drafts_delivered
+//!     ON {schema}.relaymail_drafts (next_attempt_ms) WHERE area = 'delivered';
 //! CREATE TABLE {schema}.relaymail_schema (version integer NOT NULL);
 //! ```
 //!
-//! [`PgOutbox::migrate`] creates (and later upgrades) exactly this,
-//! idempotently, under an advisory lock; teams that run their own
-//! migrations apply the same SQL and insert version `1`.
+//! [`PgOutbox::migrate`] creates exactly this ([`SCHEMA_VERSION`] 2), or
+//! upgrades a version 1 table in place, idempotently, under an advisory
+//! lock; teams that run their own migrations apply the same SQL and insert
+//! version `2`. Delivered rows are deleted, or kept for
+//! [`PgOutbox::with_retention`] and purged after.
 //!
 //! **Claims** take due drafts with `FOR UPDATE SKIP LOCKED`, in batches,
 //! each with a lease (a token and an expiry, [`PgOutbox::with_lease`]) that
@@ -49,7 +55,44 @@ use crate::message::Message;
 use crate::proto::session::Recipient;
 
 /// The schema version [`PgOutbox::migrate`] brings a database to.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
+
+/// Each schema version's SQL, in order (the README shows the result).
+fn migrations(s: &str) -> [(i32, Vec<String>); 2] {
+    [
+        (
+            1,
+            vec![
+                format!(
+                    "CREATE TABLE {s}.relaymail_drafts (
+                        id text PRIMARY KEY,
+                        area text NOT NULL CHECK (area IN ('drafts', 'failed')),
+                        next_attempt_ms bigint NOT NULL,
+                        lease_token bigint,
+                        lease_until timestamptz,
+                        draft bytea NOT NULL)"
+                ),
+                format!(
+                    "CREATE INDEX relaymail_drafts_due ON {s}.relaymail_drafts (next_attempt_ms) WHERE area = 'drafts'"
+                ),
+            ],
+        ),
+        (
+            // Delivered rows kept for a retention period.
+            2,
+            vec![
+                format!("ALTER TABLE {s}.relaymail_drafts DROP CONSTRAINT relaymail_drafts_area_check"),
+                format!(
+                    "ALTER TABLE {s}.relaymail_drafts ADD CONSTRAINT relaymail_drafts_area_check
+                        CHECK (area IN ('drafts', 'failed', 'delivered'))"
+                ),
+                format!(
+                    "CREATE INDEX relaymail_drafts_delivered ON {s}.relaymail_drafts (next_attempt_ms) WHERE area = 'delivered'"
+                ),
+            ],
+        ),
+    ]
+}
 
 /// The outbox in PostgreSQL. See the [module docs](self).
 #[derive(Clone, Debug)]
@@ -57,6 +100,10 @@ pub struct PgOutbox {
     pool: PgPool,
     schema: String,
     lease: Duration,
+    retention: Option<Duration>,
+    /// When delivered rows were last purged (ms since 1970), shared by
+    /// clones: at most once a minute.
+    purged_at: Arc<std::sync::atomic::AtomicU64>,
     listener: Arc<Listener>,
 }
 
@@ -176,6 +223,8 @@ impl PgOutbox {
             pool,
             schema: schema.to_owned(),
             lease: Duration::from_secs(300),
+            retention: None,
+            purged_at: Arc::default(),
             listener: Arc::default(),
         })
     }
@@ -186,6 +235,37 @@ impl PgOutbox {
     pub fn with_lease(mut self, lease: Duration) -> PgOutbox {
         self.lease = lease.max(Duration::from_secs(1));
         self
+    }
+
+    /// Keeps delivered rows (area `delivered`, invisible to the outbox
+    /// operations) for `retention` after delivery, for audits, instead of
+    /// deleting them at once; [`purge_delivered`](Self::purge_delivered)
+    /// removes them afterwards (deliverers call it at most once a minute).
+    pub fn with_retention(mut self, retention: Option<Duration>) -> PgOutbox {
+        self.retention = retention;
+        self
+    }
+
+    /// Deletes delivered rows older than the retention period; returns how
+    /// many. Without a retention period there are none.
+    pub async fn purge_delivered(&self) -> Result<u64, Error> {
+        let Some(retention) = self.retention else {
+            return Ok(0);
+        };
+        let now = ms(SystemTime::now());
+        self.purged_at
+            .store(u64::try_from(now).unwrap_or(0), Ordering::Relaxed);
+        let cutoff = now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let sql = format!(
+            "DELETE FROM {} WHERE area = 'delivered' AND next_attempt_ms < $1",
+            self.table()
+        );
+        let done = sqlx::query(&sql)
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db("purge delivered drafts", e))?;
+        Ok(done.rows_affected())
     }
 
     /// The pool (to begin the transactions [`enqueue_in`](Self::enqueue_in)
@@ -235,24 +315,15 @@ impl PgOutbox {
                 "the outbox schema {s} is at version {found}, newer than this relaymail ({SCHEMA_VERSION})"
             )));
         }
-        if found < 1 {
-            for sql in [
-                format!(
-                    "CREATE TABLE {s}.relaymail_drafts (
-                        id text PRIMARY KEY,
-                        area text NOT NULL CHECK (area IN ('drafts', 'failed')),
-                        next_attempt_ms bigint NOT NULL,
-                        lease_token bigint,
-                        lease_until timestamptz,
-                        draft bytea NOT NULL)"
-                ),
-                format!(
-                    "CREATE INDEX relaymail_drafts_due ON {s}.relaymail_drafts (next_attempt_ms) WHERE area = 'drafts'"
-                ),
+        for (version, steps) in migrations(s) {
+            if found >= version {
+                continue;
+            }
+            for sql in steps.iter().chain(&[
                 format!("DELETE FROM {s}.relaymail_schema"),
-                format!("INSERT INTO {s}.relaymail_schema (version) VALUES (1)"),
-            ] {
-                sqlx::query(&sql)
+                format!("INSERT INTO {s}.relaymail_schema (version) VALUES ({version})"),
+            ]) {
+                sqlx::query(sql)
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| db("migrate", e))?;
@@ -266,39 +337,77 @@ impl PgOutbox {
     /// connection: `&mut *tx`): the draft exists, and is announced to
     /// waiting deliverers, only if the transaction commits.
     pub async fn enqueue_in(&self, conn: &mut PgConnection, message: &Message) -> Result<DraftId, Error> {
-        message.envelope().validate()?;
+        let mut ids = self.enqueue_many_in(conn, std::slice::from_ref(message)).await?;
+        ids.pop()
+            .ok_or_else(|| Error::invalid("the draft was not written"))
+    }
+
+    /// Saves `messages` as drafts in one statement on the caller's
+    /// connection or transaction (all or none; one round trip, one
+    /// `NOTIFY`). Every envelope is checked before anything is written.
+    pub async fn enqueue_many_in(
+        &self,
+        conn: &mut PgConnection,
+        messages: &[Message],
+    ) -> Result<Vec<DraftId>, Error> {
         let now = SystemTime::now();
-        let id = DraftId(format!("{:013x}-{:016x}", millis(now), crate::rand::random_u64()));
-        let info = DraftInfo {
-            id: id.clone(),
-            area: Area::Drafts,
-            envelope: message.envelope().clone(),
-            size: message.content().len() as u64,
-            created: now,
-            attempts: 0,
-            next_attempt: now,
-            last_error: None,
-            possibly_delivered: false,
-        };
+        let (mut ids, mut drafts) = (
+            Vec::with_capacity(messages.len()),
+            Vec::with_capacity(messages.len()),
+        );
+        for message in messages {
+            message.envelope().validate()?;
+            let id = DraftId(format!("{:013x}-{:016x}", millis(now), crate::rand::random_u64()));
+            let info = DraftInfo {
+                id: id.clone(),
+                area: Area::Drafts,
+                envelope: message.envelope().clone(),
+                size: message.content().len() as u64,
+                created: now,
+                attempts: 0,
+                next_attempt: now,
+                last_error: None,
+                possibly_delivered: false,
+            };
+            drafts.push(encode_draft(&info, message.content()));
+            ids.push(id);
+        }
+        if ids.is_empty() {
+            return Ok(ids);
+        }
         let sql = format!(
-            "INSERT INTO {} (id, area, next_attempt_ms, draft) VALUES ($1, 'drafts', $2, $3)",
+            "INSERT INTO {} (id, area, next_attempt_ms, draft)
+             SELECT id, 'drafts', $2, draft FROM UNNEST($1::text[], $3::bytea[]) AS d(id, draft)",
             self.table()
         );
         sqlx::query(&sql)
-            .bind(id.as_str())
+            .bind(
+                ids.iter()
+                    .map(|id| id.as_str().to_owned())
+                    .collect::<Vec<String>>(),
+            )
             .bind(ms(now))
-            .bind(encode_draft(&info, message.content()))
+            .bind(drafts)
             .execute(&mut *conn)
             .await
             .map_err(|e| db("enqueue", e))?;
         // Delivered to listeners when (and if) the transaction commits.
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(self.channel())
-            .bind(id.as_str())
+            .bind(ids[0].as_str())
             .execute(&mut *conn)
             .await
             .map_err(|e| db("enqueue", e))?;
-        Ok(id)
+        Ok(ids)
+    }
+
+    /// [`enqueue_many_in`](Self::enqueue_many_in) in a transaction of its
+    /// own: the drafts are durable, all of them, when it returns `Ok`.
+    pub async fn enqueue_many(&self, messages: &[Message]) -> Result<Vec<DraftId>, Error> {
+        let mut tx = self.pool.begin().await.map_err(|e| db("enqueue", e))?;
+        let ids = self.enqueue_many_in(&mut tx, messages).await?;
+        tx.commit().await.map_err(|e| db("enqueue", e))?;
+        Ok(ids)
     }
 
     async fn read(
@@ -373,6 +482,10 @@ impl Outbox for PgOutbox {
             if max == 0 {
                 return Ok(Vec::new());
             }
+            let last = self.purged_at.load(Ordering::Relaxed);
+            if self.retention.is_some() && millis(now).saturating_sub(last) >= 60_000 {
+                self.purge_delivered().await?;
+            }
             let token = (crate::rand::random_u64() >> 1) as i64;
             let t = self.table();
             let sql = format!(
@@ -437,10 +550,20 @@ impl Outbox for PgOutbox {
     fn complete(&self, claim: Claim) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             let lease = lease_of(&claim)?;
-            let sql = format!("DELETE FROM {} WHERE id = $1 AND lease_token = $2", self.table());
-            let done = sqlx::query(&sql)
-                .bind(&lease.id)
-                .bind(lease.token)
+            let sql = match self.retention {
+                None => format!("DELETE FROM {} WHERE id = $1 AND lease_token = $2", self.table()),
+                // Kept, stamped with the delivery time, until purged.
+                Some(_) => format!(
+                    "UPDATE {} SET area = 'delivered', next_attempt_ms = $3, lease_token = NULL, lease_until = NULL
+                     WHERE id = $1 AND lease_token = $2",
+                    self.table()
+                ),
+            };
+            let mut query = sqlx::query(&sql).bind(&lease.id).bind(lease.token);
+            if self.retention.is_some() {
+                query = query.bind(ms(SystemTime::now()));
+            }
+            let done = query
                 .execute(&self.pool)
                 .await
                 .map_err(|e| db("record a delivery", e))?;
