@@ -3,7 +3,8 @@
 # listening on 127.0.0.1 only, on a free port, owned by the `postgres` user
 # (initdb refuses root). Writes DIR/env with RELAYMAIL_PG_URL, RELAYMAIL_PG_CTL
 # and RELAYMAIL_PG_DATA (for tests that restart it), and DIR/pid.
-# Installs Debian's postgresql when it is missing. Usage: start.sh DIR
+# Installs Debian's postgresql when it is missing. fsync is off (a test
+# cluster) unless RELAYMAIL_PG_FSYNC=on (for benchmarks). Usage: start.sh DIR
 set -euo pipefail
 dir=${1:?usage: start.sh DIR}
 
@@ -37,7 +38,7 @@ cat >>"$data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$dir'
-fsync = off
+fsync = ${RELAYMAIL_PG_FSYNC:-off}
 max_connections = 100
 CONF
 as_user "$bindir/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 start >/dev/null
