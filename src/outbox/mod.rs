@@ -118,6 +118,30 @@ pub struct DraftInfo {
     pub possibly_delivered: bool,
 }
 
+impl DraftInfo {
+    /// A new draft of `message`, due at `now`, with a fresh id (creation
+    /// time, then random: ids sort by age). Refuses an envelope that could
+    /// not be sent.
+    pub(crate) fn new_draft(message: &Message, now: SystemTime) -> Result<DraftInfo, Error> {
+        message.envelope().validate()?;
+        Ok(DraftInfo {
+            id: DraftId(format!(
+                "{:013x}-{:016x}",
+                codec::millis(now),
+                crate::rand::random_u64()
+            )),
+            area: Area::Drafts,
+            envelope: message.envelope().clone(),
+            size: message.content().len() as u64,
+            created: now,
+            attempts: 0,
+            next_attempt: now,
+            last_error: None,
+            possibly_delivered: false,
+        })
+    }
+}
+
 /// A page of a listing.
 #[derive(Clone, Debug)]
 #[non_exhaustive]

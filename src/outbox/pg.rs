@@ -356,21 +356,9 @@ impl PgOutbox {
             Vec::with_capacity(messages.len()),
         );
         for message in messages {
-            message.envelope().validate()?;
-            let id = DraftId(format!("{:013x}-{:016x}", millis(now), crate::rand::random_u64()));
-            let info = DraftInfo {
-                id: id.clone(),
-                area: Area::Drafts,
-                envelope: message.envelope().clone(),
-                size: message.content().len() as u64,
-                created: now,
-                attempts: 0,
-                next_attempt: now,
-                last_error: None,
-                possibly_delivered: false,
-            };
+            let info = DraftInfo::new_draft(message, now)?;
             drafts.push(encode_draft(&info, message.content()));
-            ids.push(id);
+            ids.push(info.id);
         }
         if ids.is_empty() {
             return Ok(ids);

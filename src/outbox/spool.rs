@@ -162,22 +162,9 @@ impl DirSpool {
     /// on disk; on any error (disk full, directory not writable …) nothing is
     /// queued and the error says so.
     pub fn enqueue(&self, message: &Message) -> Result<DraftId, Error> {
-        message.envelope().validate()?;
-        let now = SystemTime::now();
-        let id = DraftId(format!("{:013x}-{:016x}", millis(now), crate::rand::random_u64()));
-        let info = DraftInfo {
-            id: id.clone(),
-            area: Area::Drafts,
-            envelope: message.envelope().clone(),
-            size: message.content().len() as u64,
-            created: now,
-            attempts: 0,
-            next_attempt: now,
-            last_error: None,
-            possibly_delivered: false,
-        };
+        let info = DraftInfo::new_draft(message, SystemTime::now())?;
         self.save(&info, message.content())?;
-        Ok(id)
+        Ok(info.id)
     }
 
     fn read(&self, area: Area, id: &DraftId, with_content: bool) -> Result<(DraftInfo, Vec<u8>), Error> {
