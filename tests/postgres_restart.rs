@@ -42,9 +42,94 @@ fn message(to: &str) -> Message {
     )
 }
 
+/// The tests here stop or restart the one server: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs `pg_ctl … ACTION` (`restart`, `stop`, `start`) and waits for it.
+async fn pg_ctl(ctl: &str, data: &str, action: &'static str) {
+    let (ctl, data) = (ctl.to_owned(), data.to_owned());
+    let status = tokio::task::spawn_blocking(move || {
+        let mut words = ctl.split_whitespace();
+        let program = words.next().expect("a command");
+        std::process::Command::new(program)
+            .args(words)
+            .args(["-D", &data, "-w", "-t", "60", "-m", "fast", action])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("pg_ctl runs")
+    })
+    .await
+    .expect("joined");
+    assert!(status.success(), "pg_ctl {action}: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_down_enqueue_fails_clearly_and_send_or_enqueue_returns_that_error() {
+    let Some((url, ctl, data)) = env() else { return };
+    let _one_at_a_time = SERIAL.lock().await;
+    let schema = format!("t{}_down", std::process::id());
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&url)
+        .await
+        .expect("connects");
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .expect("clean");
+    let outbox = PgOutbox::with_pool(pool, &schema).expect("outbox");
+    outbox.migrate().await.expect("migrate");
+    // The relay is down too: nothing listens on this loopback port.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_port = dead.local_addr().expect("addr").port();
+    drop(dead);
+    let settings = SmtpSettings::builder()
+        .host("127.0.0.1")
+        .port(u32::from(dead_port))
+        .tls(TlsMode::None)
+        .sender("app@example.com")
+        .helo_name("client.example.com")
+        .build()
+        .expect("settings");
+    let mailer = Mailer::builder(settings)
+        .retry(relaymail::RetryPolicy::never())
+        .outbox(outbox.clone(), OutboxPolicy::default())
+        .build()
+        .expect("mailer");
+
+    pg_ctl(&ctl, &data, "stop").await;
+    let e = outbox
+        .enqueue(&message("down@example.net"))
+        .await
+        .expect_err("not acknowledged while the database is down");
+    assert!(
+        e.is_transient() && e.to_string().contains("outbox database"),
+        "{e}"
+    );
+    let e = mailer
+        .send_or_enqueue(message("down@example.net"))
+        .await
+        .expect_err("neither sent nor saved");
+    assert!(
+        e.to_string().contains("outbox database"),
+        "the outbox's error: {e}"
+    );
+    pg_ctl(&ctl, &data, "start").await;
+
+    let id = outbox
+        .enqueue(&message("back@example.net"))
+        .await
+        .expect("saved once the database is back");
+    assert!(outbox.inspect(Area::Drafts, &id).await.is_ok());
+    let _ = mailer.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliverers_reconnect_after_a_restart_and_lose_nothing() {
     let Some((url, ctl, data)) = env() else { return };
+    let _one_at_a_time = SERIAL.lock().await;
     let schema = format!("t{}_restart", std::process::id());
     let outbox = PgOutbox::connect(&url, &schema).await.expect("connects");
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
@@ -79,20 +164,7 @@ async fn deliverers_reconnect_after_a_restart_and_lose_nothing() {
         .expect("delivered before the restart");
 
     // Restart the server: every pooled connection (and the LISTEN one) dies.
-    let status = tokio::task::spawn_blocking(move || {
-        let mut words = ctl.split_whitespace();
-        let program = words.next().expect("a command");
-        std::process::Command::new(program)
-            .args(words)
-            .args(["-D", &data, "-w", "-t", "60", "-m", "fast", "restart"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("pg_ctl runs")
-    })
-    .await
-    .expect("joined");
-    assert!(status.success(), "pg_ctl restart: {status}");
+    pg_ctl(&ctl, &data, "restart").await;
 
     // The pool replaces its dead connections: enqueue works at once.
     for i in 0..3 {

@@ -609,9 +609,12 @@ impl Mailer {
     }
 
     /// Saves a message in the outbox (see [`MailerBuilder::outbox`]): the
-    /// returned id means it is on disk; it is delivered in the background,
-    /// retried with back-off while the relay is offline or the settings are
-    /// wrong, and survives a restart.
+    /// returned id means it is durable (on disk, or committed in the outbox
+    /// database); it is delivered in the background, retried with back-off
+    /// while the relay is offline or the settings are wrong, and survives a
+    /// restart. When the outbox cannot save it (disk full, database down)
+    /// the error says so and nothing is queued: the caller still holds the
+    /// message.
     pub async fn enqueue(&self, message: Message) -> Result<DraftId, Error> {
         let run = self
             .inner
@@ -625,7 +628,9 @@ impl Mailer {
 
     /// Sends now; on a transient failure (relay offline, timeout, 4yz,
     /// invalid settings) saves the message as a draft instead and says so.
-    /// Needs an outbox.
+    /// Needs an outbox. When saving fails too (the disk is full, the outbox
+    /// database is down), the outbox's error is returned: the message was
+    /// neither sent nor saved, and the caller still holds it.
     pub async fn send_or_enqueue(&self, message: Message) -> Result<SendOutcome, Error> {
         if self.inner.outbox.is_none() {
             return Err(Error::config("this mailer has no outbox (MailerBuilder::outbox)"));
