@@ -64,6 +64,17 @@ pub enum Area {
     Failed,
 }
 
+impl Area {
+    /// The area's name in storage: the spool's directory, the database's
+    /// `area` column.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Area::Drafts => "drafts",
+            Area::Failed => "failed",
+        }
+    }
+}
+
 /// A draft's identity: sortable by creation time.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DraftId(String);

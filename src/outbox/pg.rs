@@ -126,12 +126,9 @@ impl Drop for Listener {
 fn db(what: &str, e: sqlx::Error) -> Error {
     // sqlx's configuration errors can quote the connection URL: say only
     // what failed.
-    let e = match e {
-        sqlx::Error::Configuration(_) => {
-            return Error::invalid(format!("{what}: the database settings are invalid"))
-        }
-        e => e,
-    };
+    if let sqlx::Error::Configuration(_) = e {
+        return Error::invalid(format!("{what}: the database settings are invalid"));
+    }
     let transient = !matches!(
         e,
         sqlx::Error::RowNotFound | sqlx::Error::ColumnNotFound(_) | sqlx::Error::Decode(_)
@@ -142,13 +139,6 @@ fn db(what: &str, e: sqlx::Error) -> Error {
         Error::invalid(format!("{what}: the outbox table is not as expected"))
     };
     error.with_source(e)
-}
-
-fn area_name(area: Area) -> &'static str {
-    match area {
-        Area::Drafts => "drafts",
-        Area::Failed => "failed",
-    }
 }
 
 fn check_schema(schema: &str) -> Result<(), Error> {
@@ -407,11 +397,11 @@ impl PgOutbox {
         let sql = format!("SELECT draft FROM {} WHERE id = $1 AND area = $2", self.table());
         let row = sqlx::query(&sql)
             .bind(id.as_str())
-            .bind(area_name(area))
+            .bind(area.name())
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db("read a draft", e))?
-            .ok_or_else(|| Error::invalid(format!("no draft {id} in the {} area", area_name(area))))?;
+            .ok_or_else(|| Error::invalid(format!("no draft {id} in the {} area", area.name())))?;
         let raw: Vec<u8> = row.try_get("draft").map_err(|e| db("read a draft", e))?;
         decode_draft(id.clone(), area, &raw, with_content)
             .map_err(|why| Error::invalid(format!("draft {id} is corrupt ({why})")))
@@ -428,7 +418,7 @@ impl PgOutbox {
         let done = sqlx::query(&sql)
             .bind(&lease.id)
             .bind(lease.token)
-            .bind(area_name(info.area))
+            .bind(info.area.name())
             .bind(ms(info.next_attempt))
             .bind(encode_draft(&info, content))
             .execute(&self.pool)
@@ -445,11 +435,12 @@ fn lease_of(claim: &Claim) -> Result<&PgLease, Error> {
 }
 
 fn fenced(lease: &PgLease, rows: u64) -> Result<(), Error> {
+    // Recorded either way: by this claim, or by the one that took over
+    // (whose row must not be released when this claim is dropped).
+    lease.recorded.store(true, Ordering::Release);
     if rows == 1 {
-        lease.recorded.store(true, Ordering::Release);
         Ok(())
     } else {
-        lease.recorded.store(true, Ordering::Release);
         Err(Error::conflict(format!(
             "draft {}: this claim's lease lapsed and another deliverer holds the draft (or it was deleted); nothing was recorded",
             lease.id
@@ -604,7 +595,7 @@ impl Outbox for PgOutbox {
                 self.table()
             );
             let rows = sqlx::query(&sql)
-                .bind(area_name(area))
+                .bind(area.name())
                 .bind(after.map_or("", DraftId::as_str))
                 .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                 .fetch_all(&self.pool)
@@ -655,7 +646,7 @@ impl Outbox for PgOutbox {
             );
             let done = sqlx::query(&sql)
                 .bind(id.as_str())
-                .bind(area_name(area))
+                .bind(area.name())
                 .bind(ms(now))
                 .bind(encode_draft(&info, &content))
                 .execute(&self.pool)
@@ -676,7 +667,7 @@ impl Outbox for PgOutbox {
             let sql = format!("DELETE FROM {} WHERE id = $1 AND area = $2", self.table());
             let done = sqlx::query(&sql)
                 .bind(id.as_str())
-                .bind(area_name(area))
+                .bind(area.name())
                 .execute(&self.pool)
                 .await
                 .map_err(|e| db("delete a draft", e))?;
@@ -685,7 +676,7 @@ impl Outbox for PgOutbox {
             } else {
                 Err(Error::invalid(format!(
                     "no draft {id} in the {} area",
-                    area_name(area)
+                    area.name()
                 )))
             }
         })

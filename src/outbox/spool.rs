@@ -17,16 +17,6 @@ const EXT: &str = "draft";
 /// The spool's directories under its root.
 const SUBDIRS: [&str; 4] = ["drafts", "failed", "corrupt", "tmp"];
 
-impl Area {
-    /// The area's directory under the spool's root.
-    fn dir(self) -> &'static str {
-        match self {
-            Area::Drafts => "drafts",
-            Area::Failed => "failed",
-        }
-    }
-}
-
 /// The directory spool. See the [module docs](crate::outbox).
 ///
 /// Its inherent methods block (file IO, waiting for a lock); its [`Outbox`]
@@ -137,7 +127,7 @@ impl DirSpool {
     }
 
     fn path(&self, area: Area, id: &DraftId) -> PathBuf {
-        self.root.join(area.dir()).join(format!("{}.{EXT}", id.0))
+        self.root.join(area.name()).join(format!("{}.{EXT}", id.0))
     }
 
     /// Writes a draft's file in its area, atomically and durably; in the
@@ -259,7 +249,7 @@ impl DirSpool {
     /// Every draft id in `area`, sorted; files that are not drafts are
     /// quarantined.
     fn scan(&self, area: Area, quarantined: &mut Vec<PathBuf>) -> Result<Arc<Vec<IdBytes>>, Error> {
-        let dir = self.root.join(area.dir());
+        let dir = self.root.join(area.name());
         let entries = fs::read_dir(&dir).map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
         let mut ids = Vec::new();
         for entry in entries.flatten() {
@@ -299,7 +289,7 @@ impl DirSpool {
     /// dies), so two processes — or two mailers — on the same spool never
     /// deliver the same draft at once. A draft locked elsewhere is skipped.
     pub fn claim_due(&self, now: SystemTime, max: usize) -> Result<Vec<Claim>, Error> {
-        let dir = self.root.join(Area::Drafts.dir());
+        let dir = self.root.join(Area::Drafts.name());
         let entries = fs::read_dir(&dir).map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
         let mut claims = Vec::new();
         for entry in entries.flatten() {
@@ -349,7 +339,7 @@ impl DirSpool {
 
     /// The earliest next attempt among the drafts (`None`: no draft).
     pub fn next_due(&self) -> Result<Option<SystemTime>, Error> {
-        let dir = self.root.join(Area::Drafts.dir());
+        let dir = self.root.join(Area::Drafts.name());
         let entries = fs::read_dir(&dir).map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
         let now = SystemTime::now();
         let mut earliest: Option<SystemTime> = None;
