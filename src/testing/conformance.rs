@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::address::Address;
 use crate::message::Message;
-use crate::outbox::{Area, DraftId, Outbox};
+use crate::outbox::{Area, Claim, DraftId, Outbox};
 use crate::proto::command::{DsnReturn, MailParams, Notify, RcptParams};
 use crate::proto::session::{Envelope, Recipient};
 
@@ -108,6 +108,24 @@ fn millis(t: SystemTime) -> u128 {
         .unwrap_or(0)
 }
 
+/// `claim_due(at, max)`, its error in words.
+async fn claim_at(o: &impl Outbox, at: SystemTime, max: usize) -> Result<Vec<Claim>, String> {
+    o.claim_due(at, max).await.map_err(|e| err("claim_due", e))
+}
+
+/// The one draft due now.
+async fn claim_one(o: &impl Outbox) -> Result<Claim, String> {
+    claim_at(o, SystemTime::now(), 1)
+        .await?
+        .pop()
+        .ok_or_else(|| "nothing claimed".to_owned())
+}
+
+/// `enqueue(message)`, its error in words.
+async fn enqueue(o: &impl Outbox, message: &Message) -> Result<DraftId, String> {
+    o.enqueue(message).await.map_err(|e| err("enqueue", e))
+}
+
 /// Runs every check in [`CHECKS`], each on a fresh outbox from `fresh`;
 /// returns the names of the checks passed, or the first failure.
 ///
@@ -146,7 +164,7 @@ where
 async fn enqueue_inspect(o: &impl Outbox) -> Outcome {
     let before = SystemTime::now();
     let m = message(1);
-    let id = o.enqueue(&m).await.map_err(|e| err("enqueue", e))?;
+    let id = enqueue(o, &m).await?;
     let info = o
         .inspect(Area::Drafts, &id)
         .await
@@ -190,12 +208,9 @@ async fn enqueue_inspect(o: &impl Outbox) -> Outcome {
 
 async fn claim_reserves(o: &impl Outbox) -> Outcome {
     let (a, b) = (message(1), message(2));
-    o.enqueue(&a).await.map_err(|e| err("enqueue", e))?;
-    o.enqueue(&b).await.map_err(|e| err("enqueue", e))?;
-    let claims = o
-        .claim_due(SystemTime::now(), 10)
-        .await
-        .map_err(|e| err("claim_due", e))?;
+    enqueue(o, &a).await?;
+    enqueue(o, &b).await?;
+    let claims = claim_at(o, SystemTime::now(), 10).await?;
     ensure!(claims.len() == 2, "claimed {} of 2 due drafts", claims.len());
     let mut contents: Vec<Vec<u8>> = claims.iter().map(|c| c.message().content().to_vec()).collect();
     contents.sort();
@@ -205,30 +220,21 @@ async fn claim_reserves(o: &impl Outbox) -> Outcome {
         contents == want,
         "a claim's message bytes differ from what was enqueued"
     );
-    let again = o
-        .claim_due(SystemTime::now(), 10)
-        .await
-        .map_err(|e| err("claim_due", e))?;
+    let again = claim_at(o, SystemTime::now(), 10).await?;
     ensure!(
         again.is_empty(),
         "{} reserved drafts were claimed a second time",
         again.len()
     );
-    let one = o
-        .claim_due(SystemTime::now() + Duration::from_secs(3600), 1)
-        .await
-        .map_err(|e| err("claim_due", e))?;
+    let one = claim_at(o, SystemTime::now() + Duration::from_secs(3600), 1).await?;
     ensure!(one.is_empty(), "a reserved draft was claimed again later");
     drop(claims);
     Ok(())
 }
 
 async fn complete_removes(o: &impl Outbox) -> Outcome {
-    let id = o.enqueue(&message(1)).await.map_err(|e| err("enqueue", e))?;
-    let mut claims = o
-        .claim_due(SystemTime::now(), 10)
-        .await
-        .map_err(|e| err("claim_due", e))?;
+    let id = enqueue(o, &message(1)).await?;
+    let mut claims = claim_at(o, SystemTime::now(), 10).await?;
     ensure!(claims.len() == 1, "claimed {} of 1", claims.len());
     let claim = claims.remove(0);
     o.complete(claim).await.map_err(|e| err("complete", e))?;
@@ -244,13 +250,8 @@ async fn complete_removes(o: &impl Outbox) -> Outcome {
 }
 
 async fn defer_records(o: &impl Outbox) -> Outcome {
-    let id = o.enqueue(&message(1)).await.map_err(|e| err("enqueue", e))?;
-    let claim = o
-        .claim_due(SystemTime::now(), 1)
-        .await
-        .map_err(|e| err("claim_due", e))?
-        .pop()
-        .ok_or("nothing claimed")?;
+    let id = enqueue(o, &message(1)).await?;
+    let claim = claim_one(o).await?;
     let later = SystemTime::now() + Duration::from_secs(3600);
     o.defer_claim(claim, "421 4.3.2 try again later", later, None)
         .await
@@ -276,20 +277,14 @@ async fn defer_records(o: &impl Outbox) -> Outcome {
         "next attempt {:?}, asked for {later:?}",
         info.next_attempt
     );
-    let now = o
-        .claim_due(SystemTime::now(), 10)
-        .await
-        .map_err(|e| err("claim_due", e))?;
+    let now = claim_at(o, SystemTime::now(), 10).await?;
     ensure!(now.is_empty(), "a deferred draft was claimed before its time");
     let due = o.next_due().await.map_err(|e| err("next_due", e))?;
     ensure!(
         due.is_some_and(|t| millis(t) == millis(later)),
         "next_due is {due:?}, the deferral asked for {later:?}"
     );
-    let then = o
-        .claim_due(later + Duration::from_secs(1), 10)
-        .await
-        .map_err(|e| err("claim_due", e))?;
+    let then = claim_at(o, later + Duration::from_secs(1), 10).await?;
     ensure!(then.len() == 1, "the deferred draft was not claimed at its time");
     Ok(())
 }
@@ -306,12 +301,7 @@ async fn defer_keeps_owed(o: &impl Outbox) -> Outcome {
         .enqueue(&Message::new(envelope, b"Subject: two\r\n\r\nx\r\n".to_vec()))
         .await
         .map_err(|e| err("enqueue", e))?;
-    let claim = o
-        .claim_due(SystemTime::now(), 1)
-        .await
-        .map_err(|e| err("claim_due", e))?
-        .pop()
-        .ok_or("nothing claimed")?;
+    let claim = claim_one(o).await?;
     o.defer_claim(
         claim,
         "451 4.2.1 mailbox busy",
@@ -333,13 +323,8 @@ async fn defer_keeps_owed(o: &impl Outbox) -> Outcome {
 }
 
 async fn fail_and_retry(o: &impl Outbox) -> Outcome {
-    let id = o.enqueue(&message(1)).await.map_err(|e| err("enqueue", e))?;
-    let claim = o
-        .claim_due(SystemTime::now(), 1)
-        .await
-        .map_err(|e| err("claim_due", e))?
-        .pop()
-        .ok_or("nothing claimed")?;
+    let id = enqueue(o, &message(1)).await?;
+    let claim = claim_one(o).await?;
     o.fail_claim(claim, "550 5.1.1 no such user")
         .await
         .map_err(|e| err("fail_claim", e))?;
@@ -365,10 +350,7 @@ async fn fail_and_retry(o: &impl Outbox) -> Outcome {
         "the failed area lists {:?}",
         listed.drafts
     );
-    let none = o
-        .claim_due(SystemTime::now() + Duration::from_secs(86_400), 10)
-        .await
-        .map_err(|e| err("claim_due", e))?;
+    let none = claim_at(o, SystemTime::now() + Duration::from_secs(86_400), 10).await?;
     ensure!(none.is_empty(), "a failed draft was claimed");
     o.retry_now(Area::Failed, &id)
         .await
@@ -377,10 +359,7 @@ async fn fail_and_retry(o: &impl Outbox) -> Outcome {
         o.inspect(Area::Failed, &id).await.is_err(),
         "a retried draft stayed in the failed area"
     );
-    let claims = o
-        .claim_due(SystemTime::now(), 10)
-        .await
-        .map_err(|e| err("claim_due", e))?;
+    let claims = claim_at(o, SystemTime::now(), 10).await?;
     ensure!(
         claims.len() == 1 && claims[0].info().id == id,
         "a retried draft is not due now"
@@ -389,16 +368,13 @@ async fn fail_and_retry(o: &impl Outbox) -> Outcome {
 }
 
 async fn delete_removes(o: &impl Outbox) -> Outcome {
-    let id = o.enqueue(&message(1)).await.map_err(|e| err("enqueue", e))?;
+    let id = enqueue(o, &message(1)).await?;
     o.delete(Area::Drafts, &id).await.map_err(|e| err("delete", e))?;
     ensure!(
         o.inspect(Area::Drafts, &id).await.is_err(),
         "a deleted draft is still there"
     );
-    let claims = o
-        .claim_due(SystemTime::now(), 10)
-        .await
-        .map_err(|e| err("claim_due", e))?;
+    let claims = claim_at(o, SystemTime::now(), 10).await?;
     ensure!(claims.is_empty(), "a deleted draft was claimed");
     Ok(())
 }
@@ -406,7 +382,7 @@ async fn delete_removes(o: &impl Outbox) -> Outcome {
 async fn paging(o: &impl Outbox) -> Outcome {
     let mut ids = Vec::new();
     for i in 0..25 {
-        ids.push(o.enqueue(&message(i)).await.map_err(|e| err("enqueue", e))?);
+        ids.push(enqueue(o, &message(i)).await?);
     }
     let mut seen: Vec<DraftId> = Vec::new();
     let mut after: Option<DraftId> = None;
@@ -436,12 +412,9 @@ async fn paging(o: &impl Outbox) -> Outcome {
 
 async fn retry_all(o: &impl Outbox) -> Outcome {
     for i in 0..3 {
-        o.enqueue(&message(i)).await.map_err(|e| err("enqueue", e))?;
+        enqueue(o, &message(i)).await?;
     }
-    let claims = o
-        .claim_due(SystemTime::now(), 10)
-        .await
-        .map_err(|e| err("claim_due", e))?;
+    let claims = claim_at(o, SystemTime::now(), 10).await?;
     ensure!(claims.len() == 3, "claimed {} of 3", claims.len());
     for c in claims {
         o.fail_claim(c, "554 5.7.1 refused")
@@ -459,10 +432,7 @@ async fn retry_all(o: &impl Outbox) -> Outcome {
         "{} drafts stayed failed",
         failed.drafts.len()
     );
-    let claims = o
-        .claim_due(SystemTime::now(), 10)
-        .await
-        .map_err(|e| err("claim_due", e))?;
+    let claims = claim_at(o, SystemTime::now(), 10).await?;
     ensure!(claims.len() == 3, "{} of 3 retried drafts are due", claims.len());
     Ok(())
 }
@@ -491,13 +461,8 @@ async fn parameters(o: &impl Outbox) -> Outcome {
         envelope,
         b"Subject: reset\r\n\r\nhttps://example.com/r\r\n".to_vec(),
     );
-    o.enqueue(&m).await.map_err(|e| err("enqueue", e))?;
-    let claim = o
-        .claim_due(SystemTime::now(), 1)
-        .await
-        .map_err(|e| err("claim_due", e))?
-        .pop()
-        .ok_or("nothing claimed")?;
+    enqueue(o, &m).await?;
+    let claim = claim_one(o).await?;
     let got = claim.message();
     ensure!(
         got.envelope().params().requiretls
