@@ -8,23 +8,13 @@ use std::time::{Duration, SystemTime};
 
 use relaymail::outbox::{Area, Outbox, OutboxPolicy, PgOutbox};
 use relaymail::testing::{ServerConfig, TestServer};
-use relaymail::{Envelope, Mailer, Message, SmtpSettings, TlsMode};
+use relaymail::{Mailer, Message};
+
+#[path = "support/pg.rs"]
+mod pg;
+use pg::{message, pg_url as url, relay};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn url(test: &str) -> Option<String> {
-    match std::env::var("RELAYMAIL_PG_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{test}: RELAYMAIL_PG_URL is not set under CI=true (.ci/run starts PostgreSQL)"
-            );
-            println!("{test}: skipped (no RELAYMAIL_PG_URL; .ci/postgres/start.sh starts a private cluster)");
-            None
-        }
-    }
-}
 
 /// A fresh, migrated outbox in a schema of its own.
 async fn fresh(url: &str, name: &str) -> PgOutbox {
@@ -39,21 +29,7 @@ async fn fresh_named(url: &str, name: &str) -> (PgOutbox, String) {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     );
-    let outbox = PgOutbox::connect(url, &schema).await.expect("connects");
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .execute(outbox.pool())
-        .await
-        .expect("clean");
-    assert_eq!(outbox.migrate().await.expect("migrate"), 0, "a new schema");
-    (outbox, schema)
-}
-
-fn message(to: &str) -> Message {
-    let address = |a: &str| a.parse::<relaymail::Address>().expect("address");
-    Message::new(
-        Envelope::new(Some(address("app@example.com")), vec![address(to)]).expect("envelope"),
-        format!("Subject: for {to}\r\n\r\nhello\r\n").into_bytes(),
-    )
+    (pg::fresh_schema(url, &schema, None).await, schema)
 }
 
 #[tokio::test]
@@ -179,14 +155,7 @@ async fn a_mailer_delivers_the_drafts_of_a_pg_outbox() {
     let Some(url) = url("mailer") else { return };
     let outbox = fresh(&url, "mailer").await;
     let srv = TestServer::start(ServerConfig::new()).await.expect("server");
-    let settings = SmtpSettings::builder()
-        .host("127.0.0.1")
-        .port(u32::from(srv.port()))
-        .tls(TlsMode::None)
-        .sender("app@example.com")
-        .helo_name("client.example.com")
-        .build()
-        .expect("settings");
+    let settings = relay(srv.port(), "client.example.com");
     let mailer = Mailer::builder(settings)
         .outbox(
             outbox.clone(),
@@ -229,14 +198,7 @@ async fn a_draft_committed_elsewhere_wakes_an_idle_deliverer_at_once() {
     let Some(url) = url("listen") else { return };
     let (outbox, schema) = fresh_named(&url, "listen").await;
     let srv = TestServer::start(ServerConfig::new()).await.expect("server");
-    let settings = SmtpSettings::builder()
-        .host("127.0.0.1")
-        .port(u32::from(srv.port()))
-        .tls(TlsMode::None)
-        .sender("app@example.com")
-        .helo_name("client.example.com")
-        .build()
-        .expect("settings");
+    let settings = relay(srv.port(), "client.example.com");
     // The deliverer would poll only once an hour: only NOTIFY can wake it.
     let mailer = Mailer::builder(settings)
         .outbox(

@@ -14,21 +14,20 @@ use std::time::Duration;
 
 use relaymail::outbox::{OutboxPolicy, PgOutbox};
 use relaymail::testing::{ServerConfig, TestServer};
-use relaymail::{Envelope, Mailer, Message, SmtpSettings, TlsMode};
+use relaymail::{Mailer, Message};
+
+#[path = "support/pg.rs"]
+mod pg;
 
 const DRAFTS: usize = 10_000;
 const BATCH: usize = 64;
 const WAIT: Duration = Duration::from_secs(180);
 
+/// Draft `i`, numbered in its Message-ID.
 fn message(i: usize) -> Message {
-    let address = |a: &str| a.parse::<relaymail::Address>().expect("address");
-    Message::new(
-        Envelope::new(
-            Some(address("app@example.com")),
-            vec![address(&format!("user{i}@example.net"))],
-        )
-        .expect("envelope"),
-        format!("Message-ID: <pgkill-{i}@example.com>\r\nSubject: {i}\r\n\r\nbody {i}\r\n").into_bytes(),
+    pg::message_with(
+        &format!("user{i}@example.net"),
+        &format!("Message-ID: <pgkill-{i}@example.com>\r\n"),
     )
 }
 
@@ -56,15 +55,7 @@ fn deliverer_entry() {
             .await
             .expect("connect")
             .with_lease(Duration::from_secs(2));
-        let settings = SmtpSettings::builder()
-            .host("127.0.0.1")
-            .port(u32::from(port))
-            .tls(TlsMode::None)
-            .sender("app@example.com")
-            .helo_name(format!("{name}.example.com"))
-            .build()
-            .expect("settings");
-        let _mailer = Mailer::builder(settings)
+        let _mailer = Mailer::builder(pg::relay(port, &format!("{name}.example.com")))
             .max_connections(2)
             .outbox(
                 outbox,
@@ -103,24 +94,9 @@ fn number(data: &[u8]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_deliverers_lose_nothing_and_duplicate_only_what_they_had_in_flight() {
-    let url = match std::env::var("RELAYMAIL_PG_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "RELAYMAIL_PG_URL is not set under CI=true (.ci/run starts PostgreSQL)"
-            );
-            println!("skipped (no RELAYMAIL_PG_URL; .ci/postgres/start.sh starts a private cluster)");
-            return;
-        }
-    };
+    let Some(url) = pg::pg_url("kill") else { return };
     let schema = format!("t{}_kill", std::process::id());
-    let outbox = PgOutbox::connect(&url, &schema).await.expect("connect");
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .execute(outbox.pool())
-        .await
-        .expect("clean");
-    outbox.migrate().await.expect("migrate");
+    let outbox = pg::fresh_schema(&url, &schema, None).await;
     // Every draft committed before any deliverer starts.
     for chunk in (0..DRAFTS).collect::<Vec<_>>().chunks(500) {
         let batch: Vec<Message> = chunk.iter().map(|&i| message(i)).collect();

@@ -7,39 +7,24 @@
 
 use std::time::Duration;
 
-use relaymail::outbox::{Area, Outbox, OutboxPolicy, PgOutbox};
+use relaymail::outbox::{Area, Outbox, OutboxPolicy};
 use relaymail::testing::{ServerConfig, TestServer};
-use relaymail::{Envelope, Mailer, Message, SmtpSettings, TlsMode};
+use relaymail::Mailer;
+
+#[path = "support/pg.rs"]
+mod pg;
+use pg::{message, relay};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn env() -> Option<(String, String, String)> {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    match (
-        get("RELAYMAIL_PG_URL"),
-        get("RELAYMAIL_PG_CTL"),
-        get("RELAYMAIL_PG_DATA"),
-    ) {
-        (Some(url), Some(ctl), Some(data)) => Some((url, ctl, data)),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "RELAYMAIL_PG_URL/_CTL/_DATA are not set under CI=true (.ci/run starts PostgreSQL)"
-            );
-            println!(
-                "skipped (no RELAYMAIL_PG_URL/_CTL/_DATA; .ci/postgres/start.sh starts a private cluster)"
-            );
-            None
-        }
-    }
-}
-
-fn message(to: &str) -> Message {
-    let address = |a: &str| a.parse::<relaymail::Address>().expect("address");
-    Message::new(
-        Envelope::new(Some(address("app@example.com")), vec![address(to)]).expect("envelope"),
-        format!("Subject: for {to}\r\n\r\nhello\r\n").into_bytes(),
-    )
+/// The database's URL, `pg_ctl` as its owner runs it, and its data
+/// directory (see [`pg::required_env`]).
+fn env(test: &str) -> Option<(String, String, String)> {
+    Some((
+        pg::pg_url(test)?,
+        pg::required_env(test, "RELAYMAIL_PG_CTL")?,
+        pg::required_env(test, "RELAYMAIL_PG_DATA")?,
+    ))
 }
 
 /// The tests here stop or restart the one server: one at a time.
@@ -66,7 +51,9 @@ async fn pg_ctl(ctl: &str, data: &str, action: &'static str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_database_is_down_enqueue_fails_clearly_and_send_or_enqueue_returns_that_error() {
-    let Some((url, ctl, data)) = env() else { return };
+    let Some((url, ctl, data)) = env("down") else {
+        return;
+    };
     let _one_at_a_time = SERIAL.lock().await;
     let schema = format!("t{}_down", std::process::id());
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -75,24 +62,12 @@ async fn while_the_database_is_down_enqueue_fails_clearly_and_send_or_enqueue_re
         .connect(&url)
         .await
         .expect("connects");
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .execute(&pool)
-        .await
-        .expect("clean");
-    let outbox = PgOutbox::with_pool(pool, &schema).expect("outbox");
-    outbox.migrate().await.expect("migrate");
+    let outbox = pg::fresh_schema(&url, &schema, Some(pool)).await;
     // The relay is down too: nothing listens on this loopback port.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let dead_port = dead.local_addr().expect("addr").port();
     drop(dead);
-    let settings = SmtpSettings::builder()
-        .host("127.0.0.1")
-        .port(u32::from(dead_port))
-        .tls(TlsMode::None)
-        .sender("app@example.com")
-        .helo_name("client.example.com")
-        .build()
-        .expect("settings");
+    let settings = relay(dead_port, "client.example.com");
     let mailer = Mailer::builder(settings)
         .retry(relaymail::RetryPolicy::never())
         .outbox(outbox.clone(), OutboxPolicy::default())
@@ -128,24 +103,14 @@ async fn while_the_database_is_down_enqueue_fails_clearly_and_send_or_enqueue_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliverers_reconnect_after_a_restart_and_lose_nothing() {
-    let Some((url, ctl, data)) = env() else { return };
+    let Some((url, ctl, data)) = env("restart") else {
+        return;
+    };
     let _one_at_a_time = SERIAL.lock().await;
     let schema = format!("t{}_restart", std::process::id());
-    let outbox = PgOutbox::connect(&url, &schema).await.expect("connects");
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .execute(outbox.pool())
-        .await
-        .expect("clean");
-    outbox.migrate().await.expect("migrate");
+    let outbox = pg::fresh_schema(&url, &schema, None).await;
     let srv = TestServer::start(ServerConfig::new()).await.expect("server");
-    let settings = SmtpSettings::builder()
-        .host("127.0.0.1")
-        .port(u32::from(srv.port()))
-        .tls(TlsMode::None)
-        .sender("app@example.com")
-        .helo_name("client.example.com")
-        .build()
-        .expect("settings");
+    let settings = relay(srv.port(), "client.example.com");
     let mailer = Mailer::builder(settings)
         .outbox(
             outbox.clone(),
