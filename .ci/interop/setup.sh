@@ -16,19 +16,9 @@ if ! dpkg-query -W -f='${Status}' postfix 2>/dev/null | grep -q 'install ok inst
 fi
 
 if ((${#need_apt[@]})); then
-  export DEBIAN_FRONTEND=noninteractive
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  # Never let the package start a daemon (there is no init system to speak of
-  # here, and start.sh runs postfix from its own config directory).
-  made_policy=0
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod 755 /usr/sbin/policy-rc.d
-    made_policy=1
-  fi
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-  if ((made_policy)); then rm -f /usr/sbin/policy-rc.d; fi
+  # start.sh runs postfix from its own config directory.
+  bash "$(dirname "$0")/../apt-install.sh" "${need_apt[@]}"
 fi
 
 # The package's own instance stays unused; make sure it is not running.

@@ -10,16 +10,7 @@ dir=${1:?usage: start.sh DIR}
 
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 if [[ -z "$bindir" || ! -x "$bindir/initdb" ]]; then
-  export DEBIAN_FRONTEND=noninteractive
-  made_policy=0
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod 755 /usr/sbin/policy-rc.d
-    made_policy=1
-  fi
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends postgresql >/dev/null
-  if ((made_policy)); then rm -f /usr/sbin/policy-rc.d; fi
+  bash "$(dirname "$0")/../apt-install.sh" postgresql
   bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 fi
 
