@@ -408,7 +408,7 @@ impl PgOutbox {
     }
 
     /// Writes a claimed draft's new state, fenced by its lease.
-    async fn record(&self, claim: Claim, info: DraftInfo, content: &[u8]) -> Result<(), Error> {
+    async fn record(&self, claim: Claim, info: DraftInfo) -> Result<(), Error> {
         let lease = lease_of(&claim)?;
         let sql = format!(
             "UPDATE {} SET area = $3, next_attempt_ms = $4, draft = $5, lease_token = NULL, lease_until = NULL
@@ -420,7 +420,7 @@ impl PgOutbox {
             .bind(lease.token)
             .bind(info.area.name())
             .bind(ms(info.next_attempt))
-            .bind(encode_draft(&info, content))
+            .bind(encode_draft(&info, &claim.content))
             .execute(&self.pool)
             .await
             .map_err(|e| db("record an attempt", e))?;
@@ -566,8 +566,7 @@ impl Outbox for PgOutbox {
             if let Some(r) = recipients {
                 info.envelope.set_recipients(r)?;
             }
-            let content = claim.message().content().to_vec();
-            self.record(claim, info, &content).await
+            self.record(claim, info).await
         })
     }
 
@@ -577,8 +576,7 @@ impl Outbox for PgOutbox {
             info.area = Area::Failed;
             info.attempts += 1;
             info.last_error = Some(crate::email::one_line(reason).into_owned());
-            let content = claim.message().content().to_vec();
-            self.record(claim, info, &content).await
+            self.record(claim, info).await
         })
     }
 
