@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::address::Address;
 use crate::message::Message;
-use crate::outbox::{Area, Claim, DraftId, Outbox};
+use crate::outbox::{Area, Claim, DraftId, DraftInfo, Outbox};
 use crate::proto::command::{DsnReturn, MailParams, Notify, RcptParams};
 use crate::proto::session::{Envelope, Recipient};
 
@@ -126,6 +126,11 @@ async fn enqueue(o: &impl Outbox, message: &Message) -> Result<DraftId, String> 
     o.enqueue(message).await.map_err(|e| err("enqueue", e))
 }
 
+/// `inspect(area, id)`, its error in words.
+async fn inspect(o: &impl Outbox, area: Area, id: &DraftId) -> Result<DraftInfo, String> {
+    o.inspect(area, id).await.map_err(|e| err("inspect", e))
+}
+
 /// Runs every check in [`CHECKS`], each on a fresh outbox from `fresh`;
 /// returns the names of the checks passed, or the first failure.
 ///
@@ -165,10 +170,7 @@ async fn enqueue_inspect(o: &impl Outbox) -> Outcome {
     let before = SystemTime::now();
     let m = message(1);
     let id = enqueue(o, &m).await?;
-    let info = o
-        .inspect(Area::Drafts, &id)
-        .await
-        .map_err(|e| err("inspect", e))?;
+    let info = inspect(o, Area::Drafts, &id).await?;
     ensure!(info.id == id, "inspect gave id {} for {id}", info.id);
     ensure!(info.area == Area::Drafts, "a new draft is in {:?}", info.area);
     ensure!(
@@ -256,10 +258,7 @@ async fn defer_records(o: &impl Outbox) -> Outcome {
     o.defer_claim(claim, "421 4.3.2 try again later", later, None)
         .await
         .map_err(|e| err("defer_claim", e))?;
-    let info = o
-        .inspect(Area::Drafts, &id)
-        .await
-        .map_err(|e| err("inspect", e))?;
+    let info = inspect(o, Area::Drafts, &id).await?;
     ensure!(
         info.attempts == 1,
         "attempts {} after one deferral",
@@ -297,10 +296,7 @@ async fn defer_keeps_owed(o: &impl Outbox) -> Outcome {
         vec![Recipient::new(address("done@example.net")), owed.clone()],
     )
     .map_err(|e| err("envelope", e))?;
-    let id = o
-        .enqueue(&Message::new(envelope, b"Subject: two\r\n\r\nx\r\n".to_vec()))
-        .await
-        .map_err(|e| err("enqueue", e))?;
+    let id = enqueue(o, &Message::new(envelope, b"Subject: two\r\n\r\nx\r\n".to_vec())).await?;
     let claim = claim_one(o).await?;
     o.defer_claim(
         claim,
@@ -310,10 +306,7 @@ async fn defer_keeps_owed(o: &impl Outbox) -> Outcome {
     )
     .await
     .map_err(|e| err("defer_claim", e))?;
-    let info = o
-        .inspect(Area::Drafts, &id)
-        .await
-        .map_err(|e| err("inspect", e))?;
+    let info = inspect(o, Area::Drafts, &id).await?;
     ensure!(
         info.envelope.recipients() == [owed],
         "recipients after the deferral: {:?}",
