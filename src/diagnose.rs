@@ -23,7 +23,7 @@ use crate::proto::address::{Address, AddressPolicy};
 use crate::proto::auth::Mechanism;
 use crate::proto::reply::{Escaped, Reply};
 use crate::proto::session::Envelope;
-use crate::settings::SmtpSettings;
+use crate::settings::{Relay, SmtpSettings};
 use crate::transport::{Connector, Delivery, StageTiming, TlsInfo, Trace};
 
 /// One stage of a diagnostic connection.
@@ -51,6 +51,8 @@ pub struct Report {
     extensions: Vec<String>,
     delivery: Option<Delivery>,
     error: Option<Error>,
+    relay: Option<Relay>,
+    failovers: Vec<(Relay, Error)>,
 }
 
 impl Report {
@@ -79,6 +81,20 @@ impl Report {
         self.delivery.as_ref()
     }
 
+    /// The relay the connection reached: the primary, or a backup when the
+    /// relays before it could not be reached (see
+    /// [`SmtpSettings::backup_relays`]). `None` when none was reached.
+    pub fn relay(&self) -> Option<&Relay> {
+        self.relay.as_ref()
+    }
+
+    /// The relays tried before the one reached (or before giving up), each
+    /// with why it was passed over: unreachable, or 421/4yz at its greeting
+    /// or EHLO.
+    pub fn failovers(&self) -> &[(Relay, Error)] {
+        &self.failovers
+    }
+
     /// The failure, if any: its stage, reply and hint.
     pub fn error(&self) -> Option<&Error> {
         self.error.as_ref()
@@ -90,7 +106,12 @@ impl Report {
     }
 
     fn from_trace(settings: &SmtpSettings, trace: Trace) -> Report {
-        let Trace { stages, replies, .. } = trace;
+        let Trace {
+            stages,
+            replies,
+            failovers,
+            ..
+        } = trace;
         let stages = stages
             .into_iter()
             .map(|StageTiming { stage, duration, ok }| StageReport {
@@ -113,6 +134,8 @@ impl Report {
             extensions: Vec::new(),
             delivery: None,
             error: None,
+            relay: None,
+            failovers,
         }
     }
 }
@@ -151,6 +174,16 @@ impl fmt::Display for Report {
         }
         if let Some(m) = self.auth {
             writeln!(f, "  AUTH: {}", m.name())?;
+        }
+        for (relay, e) in &self.failovers {
+            writeln!(
+                f,
+                "  relay {relay} passed over at {}: {e}",
+                e.stage().map_or("connection", Stage::as_str)
+            )?;
+        }
+        if let Some(relay) = self.relay.as_ref().filter(|_| !self.failovers.is_empty()) {
+            writeln!(f, "  relay used: {relay}")?;
         }
         match &self.error {
             None => write!(f, "  result: ok"),
@@ -205,7 +238,7 @@ async fn run(settings: &SmtpSettings, test: Option<(&str, Option<&str>)>) -> Rep
         let sent = match addresses {
             Ok((from, to)) => {
                 let from_text = from.as_ref().map(Address::to_smtp).unwrap_or_default();
-                let body = test_message(settings, &info, &from_text, &to.to_smtp());
+                let body = test_message(&info, &from_text, &to.to_smtp());
                 match Envelope::new(from, vec![to]) {
                     Ok(envelope) => conn.send(envelope, body).await,
                     Err(e) => Err(e.into()),
@@ -230,6 +263,7 @@ async fn run(settings: &SmtpSettings, test: Option<(&str, Option<&str>)>) -> Rep
         });
     }
     let mut r = Report::from_trace(settings, trace);
+    r.relay = Some(info.relay.clone());
     r.tls = info.tls.clone();
     r.auth = info.auth_mechanism;
     r.extensions = info
@@ -242,12 +276,7 @@ async fn run(settings: &SmtpSettings, test: Option<(&str, Option<&str>)>) -> Rep
     r
 }
 
-fn test_message(
-    settings: &SmtpSettings,
-    info: &crate::transport::ConnectionInfo,
-    from: &str,
-    to: &str,
-) -> Vec<u8> {
+fn test_message(info: &crate::transport::ConnectionInfo, from: &str, to: &str) -> Vec<u8> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let tls = info.tls.as_ref().map_or("none (clear text)".to_owned(), |t| {
         format!("{} ({})", t.version, t.cipher_suite)
@@ -255,10 +284,9 @@ fn test_message(
     let auth = info.auth_mechanism.map_or("none", |m| m.name());
     let body = format!(
         "This is a test email sent to check the SMTP settings.\n\n\
-         Relay: {}:{}\nTLS: {tls}\nAuthentication: {auth}\nSent at: {} seconds after 1970-01-01 UTC\n\n\
+         Relay: {}\nTLS: {tls}\nAuthentication: {auth}\nSent at: {} seconds after 1970-01-01 UTC\n\n\
          If you received it, outgoing email works.\n",
-        settings.host(),
-        settings.port(),
+        info.relay,
         now.as_secs()
     );
     mail_builder::MessageBuilder::new()

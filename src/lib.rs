@@ -136,15 +136,15 @@ pub use email::{Attachment, AttachmentPolicy, Composer, Email, IntoMailbox};
 pub use error::{Error, Stage};
 pub use future::BoxFuture;
 pub use mailer::{
-    Mailer, MailerBuilder, Pending, RateLimit, Receipt, Redirect, ReportAddress, RetryPolicy, SendOutcome,
-    Stats, TrySendError,
+    Mailer, MailerBuilder, Pending, RateLimit, Receipt, Redirect, RelayDownPolicy, ReportAddress,
+    RetryPolicy, SendOutcome, Stats, TrySendError,
 };
 pub use message::Message;
 pub use proto::auth::{Credential, Mechanism, UnknownMechanism};
 pub use proto::reply::Reply;
 pub use proto::session::{Envelope, EnvelopeError, Recipient, RecipientReply};
 pub use settings::{
-    Auth, CredentialProvider, DangerousSettings, FieldError, PasswordChange, Sender, SettingsErrors,
+    Auth, CredentialProvider, DangerousSettings, FieldError, PasswordChange, Relay, Sender, SettingsErrors,
     SettingsUpdate, SmtpSettings, SmtpSettingsBuilder, SmtpUrl, Timeouts, TlsMode, TlsOptions,
     UnknownTlsMode,
 };

@@ -56,6 +56,7 @@
 //!   [`Error::is_shutdown`], and QUITs every connection.
 
 mod deliver;
+mod health;
 mod limit;
 mod local;
 mod pool;
@@ -72,6 +73,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+pub use health::RelayDownPolicy;
 pub use limit::RateLimit;
 pub use retry::RetryPolicy;
 
@@ -83,7 +85,7 @@ use crate::message::Message;
 use crate::outbox::{DraftId, Outbox, OutboxPolicy};
 use crate::proto::reply::Reply;
 use crate::proto::session::{Envelope, Recipient, RecipientReply, TxId};
-use crate::settings::SmtpSettings;
+use crate::settings::{Relay, SmtpSettings};
 use crate::transport::{Connection, Connector, Delivery};
 use deliver::Verdict;
 use local::LocalConn;
@@ -191,6 +193,13 @@ pub struct Stats {
     /// For closed connections: (transactions carried, how many connections
     /// carried that many), ascending.
     pub deliveries_per_connection: Vec<(usize, u64)>,
+    /// Messages failed at once, without an attempt of their own, because
+    /// the relay was marked down (see [`RelayDownPolicy`]); counted in
+    /// `failed` too.
+    pub failed_fast: u64,
+    /// Messages delivered by each relay: the primary, and any backup that
+    /// carried messages while the primary could not be reached.
+    pub delivered_by_relay: Vec<(Relay, u64)>,
 }
 
 /// A report address for [`Redirect`].
@@ -392,13 +401,27 @@ impl std::error::Error for TrySendError {
 /// local ones to a file or memory destination.
 struct SmtpManager {
     connector: Connector,
+    /// The relay new connections try first (an index into
+    /// [`Connector::relays`]), and since when.
+    preferred: std::sync::Mutex<(usize, tokio::time::Instant)>,
 }
 
 impl SmtpManager {
     fn new(settings: SmtpSettings) -> Result<SmtpManager, Error> {
         Ok(SmtpManager {
             connector: Connector::new(settings)?,
+            preferred: std::sync::Mutex::new((0, tokio::time::Instant::now())),
         })
+    }
+
+    fn preferred(&self) -> std::sync::MutexGuard<'_, (usize, tokio::time::Instant)> {
+        self.preferred.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a backup relay has been used long enough for the primary
+    /// to be tried again.
+    fn primary_due(&self, since: tokio::time::Instant) -> bool {
+        since.elapsed() >= self.connector.settings().primary_retry_after()
     }
 }
 
@@ -406,13 +429,48 @@ impl pool::Manager for SmtpManager {
     type Conn = AnyConn;
 
     async fn connect(&self, deadline: Option<tokio::time::Instant>) -> Result<AnyConn, Error> {
-        match self.connector.settings().destination() {
-            Destination::Relay => self
-                .connector
-                .connect_until(deadline)
-                .await
-                .map(|c| AnyConn::Smtp(Box::new(c))),
-            local => LocalConn::open(local.clone()).map(AnyConn::Local),
+        let local = match self.connector.settings().destination() {
+            Destination::Relay => None,
+            local => Some(local.clone()),
+        };
+        if let Some(local) = local {
+            return LocalConn::open(local).map(AnyConn::Local);
+        }
+        // A backup stays first until the primary is due again (Postfix
+        // falls back per delivery; a pool keeps what worked for a while).
+        let first = {
+            let (index, since) = *self.preferred();
+            if index != 0 && self.primary_due(since) {
+                0
+            } else {
+                index
+            }
+        };
+        let conn = self
+            .connector
+            .connect_from(false, deadline, first)
+            .await
+            .map_err(|(e, _)| e)?;
+        let used = self
+            .connector
+            .relays()
+            .iter()
+            .position(|r| *r == conn.info().relay)
+            .unwrap_or(0);
+        let mut preferred = self.preferred();
+        if used != preferred.0 || (used != 0 && first == 0) {
+            *preferred = (used, tokio::time::Instant::now());
+        }
+        Ok(AnyConn::Smtp(Box::new(conn)))
+    }
+
+    fn keep(&self, conn: &AnyConn) -> bool {
+        match conn {
+            AnyConn::Smtp(c) if c.info().relay != self.connector.settings().primary_relay() => {
+                let (_, since) = *self.preferred();
+                !self.primary_due(since)
+            }
+            _ => true,
         }
     }
 }
@@ -789,6 +847,7 @@ impl MailerBuilder {
                 retry: RetryPolicy::default(),
                 rate_limit: None,
                 send_timeout: None,
+                relay_down: RelayDownPolicy::default(),
             },
             redirect: Redirect::default(),
             addresses: AddressPolicy::Strict,
@@ -885,6 +944,17 @@ impl MailerBuilder {
     /// window, and a window of at most 1 day.
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.config.rate_limit = Some(limit);
+        self
+    }
+
+    /// When the relay is marked down and messages fail at once instead of
+    /// each running its own retries (default [`RelayDownPolicy::default`]:
+    /// after 3 failed connections in a row, for 10 s, doubling up to 5
+    /// minutes; one probe connection at a time then tests whether it is
+    /// back). With an outbox, [`Mailer::send_or_enqueue`] saves the draft
+    /// as soon as the relay is known down.
+    pub fn relay_down(mut self, policy: RelayDownPolicy) -> Self {
+        self.config.relay_down = policy;
         self
     }
 

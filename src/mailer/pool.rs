@@ -29,12 +29,14 @@ use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::health::{Gate, Health, RelayDownPolicy};
 use super::limit::{Limiter, RateLimit};
 use super::retry::RetryPolicy;
 use super::{Receipt, Stats};
 use crate::error::{Error, Kind};
 use crate::proto::address::Address;
 use crate::proto::session::{deferred_recipients, Envelope, RecipientReply, TxId};
+use crate::settings::Relay;
 use crate::transport::{ConnectionInfo, Delivery};
 
 use super::trace;
@@ -47,6 +49,12 @@ pub(crate) trait Manager: Send + Sync + 'static {
     /// `deadline` (a message's send timeout) with a timeout error that names
     /// the stage.
     fn connect(&self, deadline: Option<Instant>) -> impl Future<Output = Result<Self::Conn, Error>> + Send;
+    /// Whether an open connection should stay in use (false: close it when
+    /// its work is done, e.g. a backup relay once the primary is due to be
+    /// tried again).
+    fn keep(&self, _conn: &Self::Conn) -> bool {
+        true
+    }
 }
 
 /// What the dispatcher needs from a connection.
@@ -139,6 +147,7 @@ pub(crate) struct PoolConfig {
     pub(crate) retry: RetryPolicy,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) send_timeout: Option<Duration>,
+    pub(crate) relay_down: RelayDownPolicy,
 }
 
 /// One version of the settings: connections opened from it stay with it.
@@ -156,6 +165,8 @@ pub(crate) struct Job {
     /// Recipients whose fate is settled (accepted or refused for good).
     settled: Vec<RecipientReply>,
     last_reply: Option<crate::Reply>,
+    /// The relay that gave the last reply.
+    relay: Option<Relay>,
     attempts: u32,
     /// An earlier attempt failed after the whole body was sent: the server
     /// may have the message already.
@@ -182,6 +193,7 @@ impl Job {
             content,
             settled: Vec::new(),
             last_reply: None,
+            relay: None,
             attempts: 0,
             body_sent_before: false,
             handed_over: Instant::now(),
@@ -229,6 +241,8 @@ struct Counters {
     outbox_errors: AtomicU64,
     open: AtomicUsize,
     opened: AtomicU64,
+    failed_fast: AtomicU64,
+    by_relay: Mutex<HashMap<Relay, u64>>,
 }
 
 /// The shared dispatcher.
@@ -237,6 +251,7 @@ pub(crate) struct Pool<M: Manager> {
     state: Mutex<State<M>>,
     space: Arc<Semaphore>,
     limiter: Option<Limiter>,
+    health: Health,
     counters: Counters,
     /// Signalled whenever a job ends or a worker exits.
     changed: Notify,
@@ -256,6 +271,7 @@ impl<M: Manager> Pool<M> {
         let capacity = config.queue_capacity.max(1);
         Arc::new(Pool {
             limiter: config.rate_limit.map(Limiter::new),
+            health: Health::new(config.relay_down.clone()),
             space: Arc::new(Semaphore::new(capacity)),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -323,9 +339,27 @@ impl<M: Manager> Pool<M> {
             return Err(shutdown_error());
         }
         self.counters.offered.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = self.health.refusal() {
+            drop(st);
+            self.fail_fast(job, e);
+            return Ok(());
+        }
         st.queue.push_back(job);
         self.dispatch(&mut st);
         Ok(())
+    }
+
+    /// Fails a job at once because the relay is down.
+    fn fail_fast(&self, job: Job, e: Error) {
+        self.counters.failed_fast.fetch_add(1, Ordering::Relaxed);
+        self.complete(job, Err(e));
+    }
+
+    /// Fails every queued job at once: the relay is down.
+    fn fail_queue(&self, st: &mut State<M>, e: &Error) {
+        for job in std::mem::take(&mut st.queue) {
+            self.fail_fast(job, e.clone());
+        }
     }
 
     /// Puts a job that waited out its back-off back in line.
@@ -334,6 +368,11 @@ impl<M: Manager> Pool<M> {
         if st.stopping {
             drop(st);
             self.complete(job, Err(shutdown_error()));
+            return;
+        }
+        if let Some(e) = self.health.refusal() {
+            drop(st);
+            self.fail_fast(job, e);
             return;
         }
         st.queue.push_back(job);
@@ -359,6 +398,15 @@ impl<M: Manager> Pool<M> {
                 continue;
             }
             if st.workers < self.config.max_connections {
+                match self.health.gate() {
+                    Gate::Open | Gate::Probe => {}
+                    // Queued jobs wait for the probe's outcome.
+                    Gate::Wait => break,
+                    Gate::Closed(e) => {
+                        self.fail_queue(st, &e);
+                        break;
+                    }
+                }
                 st.workers += 1;
                 let id = st.next_worker;
                 st.next_worker += 1;
@@ -457,7 +505,11 @@ impl<M: Manager> Pool<M> {
             // A connection for this batch: reuse (probing it after a long
             // idle), or open one.
             if let Some(open) = conn.as_mut() {
-                if open.last_used.elapsed() >= self.config.probe_after_idle && open.conn.noop().await.is_err()
+                if !generation.manager.keep(&open.conn) {
+                    let done = conn.take().expect("connection");
+                    self.quit(done, &span, "primary relay due").await;
+                } else if open.last_used.elapsed() >= self.config.probe_after_idle
+                    && open.conn.noop().await.is_err()
                 {
                     let dead = conn.take().expect("connection");
                     self.closed_connection(dead.deliveries, &span, "idle probe failed");
@@ -467,6 +519,10 @@ impl<M: Manager> Pool<M> {
                 match generation.manager.connect(cap).await {
                     Ok(c) => {
                         trace::connected(&span, c.info());
+                        self.health.connected();
+                        // After a probe, queued jobs may start other
+                        // connections.
+                        self.dispatch(&mut self.lock());
                         self.counters.open.fetch_add(1, Ordering::Relaxed);
                         self.counters.opened.fetch_add(1, Ordering::Relaxed);
                         conn = Some(Open {
@@ -478,6 +534,17 @@ impl<M: Manager> Pool<M> {
                     }
                     Err(e) => {
                         trace::connect_failed(&span, &e);
+                        {
+                            let mut st = self.lock();
+                            match self.health.connect_failed(&e) {
+                                // The relay is down: every queued job fails at
+                                // once, and this batch (in `settle`).
+                                Some(down) => self.fail_queue(&mut st, &down),
+                                // A probe that found the relay answering: the
+                                // queue may go on.
+                                None => self.dispatch(&mut st),
+                            }
+                        }
                         for mut job in batch {
                             job.attempts += 1;
                             self.settle(job, Err(e.clone()));
@@ -568,6 +635,8 @@ impl<M: Manager> Pool<M> {
             open.last_used = Instant::now();
             let retire = if !open.conn.is_usable() {
                 Some("broken")
+            } else if !generation.manager.keep(&open.conn) {
+                Some("primary relay due")
             } else if open.deliveries >= self.config.max_deliveries {
                 Some("max deliveries")
             } else if self
@@ -650,6 +719,7 @@ impl<M: Manager> Pool<M> {
         match result {
             Ok(delivery) => {
                 let reply = delivery.reply().clone();
+                job.relay = delivery.relay().cloned();
                 let again = if self.may_retry(&job) {
                     deferred_recipients(job.envelope.recipients(), delivery.recipients())
                 } else {
@@ -671,7 +741,9 @@ impl<M: Manager> Pool<M> {
                 }
             }
             Err(e) => {
-                if policy.is_retryable(&e) && self.may_retry(&job) {
+                // While the relay is down, a failed connection is not retried.
+                let down = self.health.fail_fast(&e);
+                if down.is_none() && policy.is_retryable(&e) && self.may_retry(&job) {
                     job.body_sent_before |= e.body_was_sent();
                     self.defer(job);
                 } else if job.settled.iter().any(RecipientReply::accepted) {
@@ -691,7 +763,9 @@ impl<M: Manager> Pool<M> {
                 } else if job.body_sent_before && !e.body_was_sent() {
                     // The server may have the message from an earlier
                     // attempt: say so, whatever this last attempt's failure.
-                    self.complete(job, Err(e.after_body()));
+                    self.complete(job, Err(down.unwrap_or(e).after_body()));
+                } else if let Some(down) = down {
+                    self.fail_fast(job, down);
                 } else {
                     self.complete(job, Err(e));
                 }
@@ -741,6 +815,7 @@ impl<M: Manager> Pool<M> {
             order,
             mut settled,
             last_reply,
+            relay,
             attempts,
             body_sent_before,
             respond,
@@ -750,11 +825,15 @@ impl<M: Manager> Pool<M> {
             (Ok(()), Some(reply)) => {
                 settled.sort_by_key(|r| order.iter().position(|a| *a == r.address).unwrap_or(usize::MAX));
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                if let Some(relay) = &relay {
+                    let mut by_relay = self.counters.by_relay.lock().unwrap_or_else(|p| p.into_inner());
+                    *by_relay.entry(relay.clone()).or_default() += 1;
+                }
                 if body_sent_before {
                     self.counters.possibly_duplicated.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Receipt {
-                    delivery: Delivery::new(settled, reply),
+                    delivery: Delivery::new(settled, reply).with_relay(relay),
                     attempts,
                     possibly_duplicated: body_sent_before,
                 })
@@ -779,6 +858,9 @@ impl<M: Manager> Pool<M> {
         let mut st = self.lock();
         let id = st.generation.id + 1;
         st.generation = Arc::new(Generation { id, manager });
+        // New settings may name another relay, or fix what failed: whatever
+        // was down is tried again.
+        self.health.reset();
         let old: Vec<Idle> = st.idle.drain(..).collect();
         for idle in old {
             let _ = idle.wake.send(Wake::Close);
@@ -891,6 +973,13 @@ impl<M: Manager> Pool<M> {
             connections_open: self.counters.open.load(Ordering::Relaxed),
             connections_opened: self.counters.opened.load(Ordering::Relaxed),
             deliveries_per_connection: st.deliveries_histogram.iter().map(|(k, v)| (*k, *v)).collect(),
+            failed_fast: self.counters.failed_fast.load(Ordering::Relaxed),
+            delivered_by_relay: {
+                let by_relay = self.counters.by_relay.lock().unwrap_or_else(|p| p.into_inner());
+                let mut all: Vec<(Relay, u64)> = by_relay.iter().map(|(r, n)| (r.clone(), *n)).collect();
+                all.sort_by_key(|(r, _)| (r.host().to_owned(), r.port()));
+                all
+            },
         }
     }
 }

@@ -190,6 +190,7 @@ fn config() -> PoolConfig {
         },
         rate_limit: None,
         send_timeout: None,
+        relay_down: super::RelayDownPolicy::never(),
     }
 }
 

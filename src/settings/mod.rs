@@ -37,6 +37,7 @@ use secrecy::SecretString;
 
 #[cfg(feature = "serde")]
 mod data;
+mod route;
 #[cfg(feature = "serde")]
 mod sealed;
 mod update;
@@ -44,6 +45,8 @@ mod url;
 
 #[cfg(feature = "serde")]
 pub use data::{SettingsData, TimeoutsData};
+pub use route::{Relay, DEFAULT_ATTEMPT_DELAY, DEFAULT_PRIMARY_RETRY_AFTER};
+use route::{Route, RouteInput};
 #[cfg(all(test, feature = "serde"))]
 pub(crate) use sealed::seal_version_1;
 #[cfg(feature = "serde")]
@@ -309,6 +312,8 @@ struct CredentialDestination {
     dangerous_accept_invalid_hostnames: bool,
     extra_roots: Vec<CertificateDer<'static>>,
     username: String,
+    /// The backup relays receive the credential too.
+    backups: Vec<Relay>,
 }
 
 impl CredentialDestination {
@@ -320,6 +325,7 @@ impl CredentialDestination {
         tls_options: &TlsOptions,
         allow_plaintext_auth: bool,
         auth: &Auth,
+        backups: &[Relay],
     ) -> Option<CredentialDestination> {
         let Auth::Credential(credential) = auth else {
             return None;
@@ -334,6 +340,10 @@ impl CredentialDestination {
             dangerous_accept_invalid_hostnames: tls_options.dangerous_accept_invalid_hostnames,
             extra_roots: tls_options.extra_roots.clone(),
             username: credential.username().to_owned(),
+            backups: backups
+                .iter()
+                .map(|r| Relay::new(r.host().to_ascii_lowercase(), r.port()))
+                .collect(),
         })
     }
 }
@@ -360,6 +370,7 @@ pub struct SmtpSettings {
     pub(crate) chunking: bool,
     pub(crate) require_all_recipients: bool,
     pub(crate) destination: Destination,
+    pub(crate) route: Route,
 }
 
 impl SmtpSettings {
@@ -449,13 +460,14 @@ impl SmtpSettings {
             &self.tls_options,
             self.allow_plaintext_auth,
             &self.auth,
+            &self.route.backups,
         )
     }
 
     /// A builder holding these settings (to change some and build again).
     ///
     /// The password (or token) is carried over only as long as the server
-    /// stays the same: when the host, port, TLS mode, plain-text AUTH, a
+    /// stays the same: when the host, port, backup relays, TLS mode, plain-text AUTH, a
     /// `dangerous_*` flag, the trusted roots or the user name change,
     /// [`build`](SmtpSettingsBuilder::build) reports a `password` field
     /// error ("enter the password again: the server settings changed")
@@ -480,6 +492,7 @@ impl SmtpSettings {
             chunking: self.chunking,
             require_all_recipients: self.require_all_recipients,
             destination: self.destination.clone(),
+            route: RouteInput::from_route(&self.route),
         }
     }
 }
@@ -628,6 +641,7 @@ pub struct SmtpSettingsBuilder {
     chunking: bool,
     require_all_recipients: bool,
     destination: Destination,
+    route: RouteInput,
     /// Where the credential carried over by `to_builder` was to be sent;
     /// `None` once credentials are given anew.
     kept_credential: Option<CredentialDestination>,
@@ -655,6 +669,7 @@ impl Default for SmtpSettingsBuilder {
             chunking: true,
             require_all_recipients: false,
             destination: Destination::Relay,
+            route: RouteInput::default(),
             kept_credential: None,
         }
     }
@@ -956,6 +971,7 @@ impl SmtpSettingsBuilder {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         // An internationalised host name is resolved and verified as A-labels.
         let host = grammar::to_ascii(&host).unwrap_or(host);
+        let route = self.route.validate(&Relay::new(host.clone(), port), &mut errors);
         if let Some(kept) = &self.kept_credential {
             let now = CredentialDestination::new(
                 &host,
@@ -964,6 +980,7 @@ impl SmtpSettingsBuilder {
                 &tls_options,
                 self.allow_plaintext_auth,
                 &self.auth,
+                &route.backups,
             );
             if now.as_ref() != Some(kept) {
                 errors.push(FieldError::new("password", ENTER_PASSWORD_AGAIN));
@@ -991,6 +1008,7 @@ impl SmtpSettingsBuilder {
             chunking: self.chunking,
             require_all_recipients: self.require_all_recipients,
             destination: self.destination,
+            route,
         })
     }
 }

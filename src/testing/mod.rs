@@ -476,6 +476,8 @@ pub struct ReceivedMessage {
 pub struct SessionRecord {
     /// Session number, from 0 in accept order.
     pub id: usize,
+    /// The client's address (where it connected from).
+    pub peer: Option<std::net::SocketAddr>,
     /// The name given with the last EHLO or HELO.
     pub helo: Option<String>,
     /// TLS is (or was, at the end) active.
@@ -702,13 +704,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let accepted = listener.accept().await;
         while sessions.try_join_next().is_some() {}
-        let Ok((stream, _peer)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             // Transient (e.g. out of file descriptors): let others run.
             tokio::task::yield_now().await;
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let id = shared.open_session();
+        let id = shared.open_session(Some(peer));
         sessions.spawn(session::run(Arc::clone(&shared), id, stream));
     }
 }

@@ -87,12 +87,13 @@ impl Shared {
     }
 
     /// Registers a new connection and returns its session number.
-    pub(super) fn open_session(&self) -> usize {
+    pub(super) fn open_session(&self, peer: Option<std::net::SocketAddr>) -> usize {
         let id = {
             let mut state = self.lock();
             let id = state.sessions.len();
             state.sessions.push(SessionRecord {
                 id,
+                peer,
                 helo: None,
                 tls: false,
                 auth_user: None,

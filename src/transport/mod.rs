@@ -42,9 +42,9 @@ use crate::proto::session::{
     Envelope, Event, Phase, RecipientReply, Session, SessionConfig, StartTlsPolicy, Transaction,
     TransactionOutcome, TxId,
 };
-use crate::settings::{Auth, SmtpSettings, TlsMode};
+use crate::settings::{Auth, Relay, SmtpSettings, TlsMode};
 
-pub use connect::default_helo_name;
+pub use connect::{default_helo_name, Resolver};
 
 enum Stream {
     Plain(TcpStream),
@@ -101,6 +101,9 @@ pub(crate) struct Trace {
     current: Option<(Stage, tokio::time::Instant)>,
     pub(crate) stages: Vec<StageTiming>,
     pub(crate) replies: Vec<(Stage, Reply)>,
+    /// Relays that failed before the one connected (or before giving up),
+    /// with why.
+    pub(crate) failovers: Vec<(Relay, Error)>,
 }
 
 impl Trace {
@@ -172,6 +175,9 @@ pub struct ConnectionInfo {
     pub peer: SocketAddr,
     /// Our local address.
     pub local: SocketAddr,
+    /// The relay connected to: the primary, or a backup when the primary
+    /// could not be reached (see [`SmtpSettings::backup_relays`]).
+    pub relay: Relay,
     /// The EHLO name sent.
     pub helo_name: String,
     /// The capabilities from the last EHLO.
@@ -189,11 +195,28 @@ pub struct ConnectionInfo {
 pub struct Delivery {
     recipients: Vec<RecipientReply>,
     reply: Reply,
+    relay: Option<Relay>,
 }
 
 impl Delivery {
     pub(crate) fn new(recipients: Vec<RecipientReply>, reply: Reply) -> Delivery {
-        Delivery { recipients, reply }
+        Delivery {
+            recipients,
+            reply,
+            relay: None,
+        }
+    }
+
+    pub(crate) fn with_relay(mut self, relay: Option<Relay>) -> Delivery {
+        self.relay = relay;
+        self
+    }
+
+    /// The relay that accepted the message: the primary, or the backup
+    /// that carried it while the primary could not be reached. `None` for a
+    /// development destination (files or memory).
+    pub fn relay(&self) -> Option<&Relay> {
+        self.relay.as_ref()
     }
 
     /// Each recipient's reply, in envelope order.
@@ -227,6 +250,7 @@ impl Delivery {
 pub struct Connector {
     settings: Arc<SmtpSettings>,
     tls: Option<Arc<rustls::ClientConfig>>,
+    resolver: Option<Resolver>,
 }
 
 impl Connector {
@@ -239,7 +263,26 @@ impl Connector {
         Ok(Connector {
             settings: Arc::new(settings),
             tls,
+            resolver: None,
         })
+    }
+
+    /// Resolves host names with `resolver` instead of the system resolver:
+    /// a DNS client of the application's choice, or a test that needs the
+    /// addresses it controls (say, one that never answers before a good
+    /// one, to see Happy Eyeballs at work).
+    pub fn with_resolver(mut self, resolver: Resolver) -> Connector {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// Every relay, the primary first, then the backups in order.
+    pub(crate) fn relays(&self) -> Vec<Relay> {
+        let s = &self.settings;
+        let mut all = Vec::with_capacity(1 + s.backup_relays().len());
+        all.push(s.primary_relay());
+        all.extend(s.backup_relays().iter().cloned());
+        all
     }
 
     /// The settings.
@@ -252,12 +295,6 @@ impl Connector {
         self.connect_traced(false, None).await.map_err(|(e, _)| e)
     }
 
-    /// [`connect`](Connector::connect) that also ends, with a timeout error
-    /// naming the stage it was in, at `deadline` (a message's send timeout).
-    pub(crate) async fn connect_until(&self, deadline: Option<Instant>) -> Result<Connection, Error> {
-        self.connect_traced(false, deadline).await.map_err(|(e, _)| e)
-    }
-
     /// [`connect`](Connector::connect), recording stage timings and replies
     /// when `on`; on failure the trace so far comes with the error.
     pub(crate) async fn connect_traced(
@@ -265,9 +302,22 @@ impl Connector {
         on: bool,
         deadline: Option<Instant>,
     ) -> Result<Connection, (Error, Trace)> {
+        self.connect_from(on, deadline, 0).await
+    }
+
+    /// Opens a connection to the relay at index `first` of
+    /// [`relays`](Connector::relays); when it cannot be reached or answers
+    /// 421/4yz at its greeting or EHLO, to the next one, and so on (those
+    /// before `first` last). The error of the last relay tried is returned,
+    /// with a hint naming every relay when there are several.
+    pub(crate) async fn connect_from(
+        &self,
+        on: bool,
+        deadline: Option<Instant>,
+        first: usize,
+    ) -> Result<Connection, (Error, Trace)> {
         let mut trace = Trace::new(on);
-        let s = &self.settings;
-        if let Some(url) = s.destination().url() {
+        if let Some(url) = self.settings.destination().url() {
             // Never a connection to the placeholder host.
             return Err((
                 Error::config(format!(
@@ -277,6 +327,56 @@ impl Connector {
                 trace,
             ));
         }
+        let relays = self.relays();
+        let first = first.min(relays.len() - 1);
+        let order = (first..relays.len()).chain(0..first);
+        let mut last = None;
+        for (tried, index) in order.enumerate() {
+            let relay = &relays[index];
+            match self.connect_relay(relay, trace, deadline, on).await {
+                Ok(conn) => return Ok(conn),
+                Err((e, t)) => {
+                    trace = t;
+                    let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+                    if tried + 1 == relays.len() || out_of_time || !relay_unreachable(&e) {
+                        last = Some((relay, e));
+                        break;
+                    }
+                    trace.failovers.push((relay.clone(), e));
+                }
+            }
+        }
+        let Some((last_relay, mut e)) = last else {
+            return Err((Error::protocol(None, "no relay to connect to"), trace));
+        };
+        let stage = |e: &Error| e.stage().map_or("connection", Stage::as_str);
+        if !trace.failovers.is_empty() && relay_unreachable(&e) {
+            let mut each: Vec<String> = trace
+                .failovers
+                .iter()
+                .map(|(relay, e)| format!("{relay} ({})", stage(e)))
+                .collect();
+            each.push(format!("{last_relay} ({})", stage(&e)));
+            let hint = format!(
+                "every relay failed: {}; {}",
+                each.join(", "),
+                e.hint()
+                    .unwrap_or("check that the relays are running and reachable")
+            );
+            e = e.with_hint(hint);
+        }
+        Err((e, trace))
+    }
+
+    /// One relay: TCP (Happy Eyeballs), then greeting, EHLO, TLS and AUTH.
+    async fn connect_relay(
+        &self,
+        relay: &Relay,
+        mut trace: Trace,
+        deadline: Option<Instant>,
+        on: bool,
+    ) -> Result<Connection, (Error, Trace)> {
+        let s = &self.settings;
         let limit = match deadline {
             Some(d) => s
                 .timeouts
@@ -284,7 +384,13 @@ impl Connector {
                 .min(d.saturating_duration_since(Instant::now())),
             None => s.timeouts.connect,
         };
-        let tcp = match connect::tcp(&s.host, s.port, limit, &mut trace).await {
+        let dial = connect::Dial {
+            limit,
+            attempt_delay: s.connect_attempt_delay(),
+            source: s.source_address(),
+            resolver: self.resolver.as_ref(),
+        };
+        let tcp = match connect::tcp(relay.host(), relay.port(), dial, &mut trace).await {
             Ok(tcp) => tcp,
             Err(e) => {
                 let e = match deadline {
@@ -296,7 +402,7 @@ impl Connector {
             }
         };
         trace.enter(None);
-        let mut conn = match self.session_for(tcp, trace) {
+        let mut conn = match self.session_for(tcp, relay.clone(), trace) {
             Ok(c) => c,
             Err((e, mut trace)) => {
                 trace.close(false);
@@ -316,7 +422,7 @@ impl Connector {
         }
     }
 
-    fn session_for(&self, tcp: TcpStream, trace: Trace) -> Result<Connection, (Error, Trace)> {
+    fn session_for(&self, tcp: TcpStream, relay: Relay, trace: Trace) -> Result<Connection, (Error, Trace)> {
         let s = &self.settings;
         let addrs = tcp.peer_addr().and_then(|p| Ok((p, tcp.local_addr()?)));
         let (peer, local) = match addrs {
@@ -355,6 +461,7 @@ impl Connector {
             info: ConnectionInfo {
                 peer,
                 local,
+                relay,
                 helo_name,
                 capabilities: Capabilities::default(),
                 tls: None,
@@ -572,14 +679,13 @@ impl Connection {
             Err(_) if by_cap => Err(self.abort(send_timeout_error(None))),
             Err(_) => {
                 let mut e = Error::from(self.session.timed_out());
-                let settings = self.settings();
-                if e.stage() == Some(Stage::Greeting) && settings.tls != TlsMode::Implicit {
-                    e = e.with_hint(if settings.port == 465 {
+                let port = self.info.relay.port();
+                if e.stage() == Some(Stage::Greeting) && self.settings().tls != TlsMode::Implicit {
+                    e = e.with_hint(if port == 465 {
                         "port 465 usually expects implicit TLS: set the TLS mode to implicit".to_owned()
                     } else {
                         format!(
-                            "no greeting from the server: if port {} expects implicit TLS (as port 465 usually does), set the TLS mode to implicit",
-                            settings.port
+                            "no greeting from the server: if port {port} expects implicit TLS (as port 465 usually does), set the TLS mode to implicit"
                         )
                     });
                 }
@@ -619,10 +725,11 @@ impl Connection {
         let Some(config) = self.connector.tls.clone() else {
             return Err(self.abort(Error::config("TLS requested without a TLS configuration")));
         };
-        let (host, port, limit) = {
-            let s = self.settings();
-            (s.host.clone(), s.port, s.timeouts.tls_handshake)
-        };
+        let (host, port, limit) = (
+            self.info.relay.host().to_owned(),
+            self.info.relay.port(),
+            self.settings().timeouts.tls_handshake,
+        );
         let name = tls::server_name(&host)?;
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Detached) else {
             return Err(self.abort(Error::protocol(
@@ -797,16 +904,18 @@ impl Connection {
     /// server shutting down under load) is a delivered message, and only the
     /// transactions still unanswered fail with the 421.
     pub(crate) async fn outcome(&mut self, id: TxId) -> Result<Delivery, Error> {
-        fn delivery(t: TransactionOutcome) -> Result<Delivery, Error> {
+        let relay = self.info.relay.clone();
+        let delivery = |t: TransactionOutcome| -> Result<Delivery, Error> {
             match t.result {
                 Ok(reply) => Ok(Delivery {
                     recipients: t.recipients,
                     reply,
+                    relay: Some(relay.clone()),
                 }),
                 Err(e) if t.body_sent => Err(Error::from(e).after_body()),
                 Err(e) => Err(e.into()),
             }
-        }
+        };
         loop {
             if let Some(pos) = self.finished.iter().position(|t| t.id == id) {
                 return delivery(self.finished.swap_remove(pos));
@@ -888,4 +997,17 @@ pub async fn probe(settings: &SmtpSettings) -> Result<ConnectionInfo, Error> {
     let info = conn.info.clone();
     conn.quit().await?;
     Ok(info)
+}
+
+/// Whether this failure to connect means the relay is away (the next relay
+/// is tried; the mailer counts it towards marking the relay down): it could
+/// not be reached, or answered 421/4yz (or closed) at its greeting or EHLO.
+/// Settings problems, TLS and AUTH failures and 5yz replies are not the
+/// relay being away: another relay would fail the same way.
+pub(crate) fn relay_unreachable(e: &Error) -> bool {
+    match e.stage() {
+        Some(Stage::Resolve | Stage::Connect) => !e.is_config(),
+        Some(Stage::Greeting | Stage::Ehlo) => e.is_transient(),
+        _ => false,
+    }
 }
