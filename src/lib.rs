@@ -148,7 +148,7 @@ pub use settings::{
     SettingsUpdate, SmtpSettings, SmtpSettingsBuilder, SmtpUrl, Timeouts, TlsMode, TlsOptions,
     UnknownTlsMode,
 };
-pub use transport::{probe, Connection, ConnectionInfo, Connector, Delivery, TlsInfo};
+pub use transport::{probe, Connection, ConnectionInfo, Connector, Delivery, Resolver, TlsInfo};
 
 /// The README's Rust examples, compiled as doctests (with every feature
 /// they use) so that they cannot drift from the API.

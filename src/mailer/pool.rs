@@ -765,7 +765,8 @@ impl<M: Manager> Pool<M> {
                     // attempt: say so, whatever this last attempt's failure.
                     self.complete(job, Err(down.unwrap_or(e).after_body()));
                 } else if let Some(down) = down {
-                    self.fail_fast(job, down);
+                    // Failed by its own attempt: not counted as failed fast.
+                    self.complete(job, Err(down));
                 } else {
                     self.complete(job, Err(e));
                 }

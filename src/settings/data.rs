@@ -89,6 +89,22 @@ pub struct SettingsData {
     /// relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
+    /// Backup relays, each `host:port`, tried in order when the primary
+    /// cannot be reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backup_relays: Vec<String>,
+    /// Seconds a backup relay is used before the primary is tried again.
+    /// Absent: 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_retry_after: Option<f64>,
+    /// The local IP address connections come from. Absent: the system's
+    /// choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<String>,
+    /// Happy Eyeballs: seconds between the starts of two connection
+    /// attempts. Absent: 0.25.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_attempt_delay: Option<f64>,
 }
 
 fn pem(der: &[u8]) -> String {
@@ -141,6 +157,12 @@ impl SmtpSettings {
             chunking: self.chunking,
             require_all_recipients: self.require_all_recipients,
             destination: self.destination.url(),
+            backup_relays: self.route.backups.iter().map(ToString::to_string).collect(),
+            primary_retry_after: (self.route.primary_retry_after != super::DEFAULT_PRIMARY_RETRY_AFTER)
+                .then(|| self.route.primary_retry_after.as_secs_f64()),
+            source_address: self.route.source_address.map(|ip| ip.to_string()),
+            connect_attempt_delay: (self.route.attempt_delay != super::DEFAULT_ATTEMPT_DELAY)
+                .then(|| self.route.attempt_delay.as_secs_f64()),
         }
     }
 }
@@ -204,6 +226,22 @@ impl SettingsData {
         }
         if let Some(helo) = self.helo_name {
             b = b.helo_name(helo);
+        }
+        b = b.backup_relays(self.backup_relays);
+        if let Some(v) = self.primary_retry_after {
+            b = b.primary_retry_after(secs("primary_retry_after", v, &mut errors));
+        }
+        if let Some(v) = self.connect_attempt_delay {
+            b = b.connect_attempt_delay(secs("connect_attempt_delay", v, &mut errors));
+        }
+        if let Some(ip) = &self.source_address {
+            match ip.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) => b = b.source_address(ip),
+                Err(_) => errors.push(super::FieldError::new(
+                    "source_address",
+                    format!("{ip:?} is not an IP address"),
+                )),
+            }
         }
         for p in &self.extra_roots_pem {
             b = b.add_root_certificates_pem(p.as_bytes());
@@ -289,6 +327,51 @@ mod tests {
         let toml_text = toml::to_string(&s).expect("toml");
         let back: SmtpSettings = toml::from_str(&toml_text).expect("parse");
         assert_eq!(format!("{back:?}"), format!("{s:?}"));
+    }
+
+    #[test]
+    fn route_settings_round_trip_and_are_absent_when_default() {
+        let plain = serde_json::to_value(full()).expect("json");
+        for key in [
+            "backup_relays",
+            "primary_retry_after",
+            "source_address",
+            "connect_attempt_delay",
+        ] {
+            assert!(plain.get(key).is_none(), "{key} is not written when default");
+        }
+        let s = full()
+            .to_builder()
+            .backup_relays(["b1.example.com:26", "[2001:db8::25]"])
+            .primary_retry_after(std::time::Duration::from_secs(60))
+            .source_address(std::net::IpAddr::from([192, 0, 2, 10]))
+            .connect_attempt_delay(std::time::Duration::from_millis(100))
+            .build()
+            .expect("settings");
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!(
+            json["backup_relays"],
+            serde_json::json!(["b1.example.com:26", "[2001:db8::25]:2525"])
+        );
+        assert_eq!(json["source_address"], "192.0.2.10");
+        assert_eq!(json["connect_attempt_delay"], 0.1);
+        let back: SmtpSettings = serde_json::from_value(json.clone()).expect("parse");
+        assert_eq!(format!("{back:?}"), format!("{s:?}"));
+        let toml_text = toml::to_string(&s).expect("toml");
+        let back: SmtpSettings = toml::from_str(&toml_text).expect("parse");
+        assert_eq!(format!("{back:?}"), format!("{s:?}"));
+
+        let mut bad = json;
+        bad["source_address"] = "not-an-ip".into();
+        bad["backup_relays"] = serde_json::json!(["bad host"]);
+        bad["connect_attempt_delay"] = (-1.0).into();
+        let data: SettingsData = serde_json::from_value(bad).expect("data");
+        let errors = data.into_settings(None).expect_err("invalid");
+        let fields: Vec<&str> = errors.iter().map(|e| e.field()).collect();
+        assert_eq!(
+            fields,
+            ["connect_attempt_delay", "source_address", "backup_relays"]
+        );
     }
 
     #[test]

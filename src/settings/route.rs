@@ -337,6 +337,34 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_password_does_not_follow_a_changed_backup_list() {
+        let stored = base()
+            .credentials("app", "pw")
+            .backup_relays(["b.example.com"])
+            .build()
+            .expect("valid");
+        assert!(stored.to_builder().build().is_ok(), "unchanged: kept");
+        for changed in [
+            vec!["evil.example.net"],
+            vec![],
+            vec!["b.example.com", "c.example.com"],
+        ] {
+            let errors = stored
+                .to_builder()
+                .backup_relays(changed.clone())
+                .build()
+                .expect_err("a changed list needs the password again");
+            assert!(errors.field("password").is_some(), "{changed:?}");
+        }
+        assert!(stored
+            .to_builder()
+            .backup_relays(["evil.example.net"])
+            .credentials("app", "pw")
+            .build()
+            .is_ok());
+    }
+
+    #[test]
     fn route_values_are_checked_and_carried_over() {
         let errors = base()
             .connect_attempt_delay(Duration::from_millis(1))

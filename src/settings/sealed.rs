@@ -303,6 +303,10 @@ fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
         chunking,
         require_all_recipients,
         destination,
+        backup_relays,
+        primary_retry_after,
+        source_address,
+        connect_attempt_delay,
     } = settings;
     let TimeoutsData {
         connect,
@@ -341,9 +345,21 @@ fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
     c.flag("chunking", *chunking);
     c.flag("require_all_recipients", *require_all_recipients);
     // Added after version 2 shipped: bound only when present, so records
-    // sealed before it existed still open.
+    // sealed before they existed still open.
     if let Some(destination) = destination {
         c.text("destination", destination);
+    }
+    if !backup_relays.is_empty() {
+        c.list("backup_relays", Some(backup_relays));
+    }
+    if let Some(secs) = primary_retry_after {
+        c.seconds("primary_retry_after", *secs);
+    }
+    if let Some(ip) = source_address {
+        c.text("source_address", ip);
+    }
+    if let Some(secs) = connect_attempt_delay {
+        c.seconds("connect_attempt_delay", *secs);
     }
     c.0
 }
@@ -636,6 +652,31 @@ mod tests {
             Some("the stored settings were changed outside relaymail")
         );
         assert!(!format!("{e}{e:?}").contains("Sealed-Pa55word"));
+    }
+
+    #[test]
+    fn a_backup_relay_or_source_address_added_to_the_record_does_not_open() {
+        let key = SecretKey::generate().expect("key");
+        let with_backup = settings()
+            .to_builder()
+            .credentials("app@example.com", "Sealed-Pa55word")
+            .backup_relays(["smtp2.example.com"])
+            .build()
+            .expect("settings");
+        let sealed = with_backup.seal(&key, "primary").expect("sealed");
+        assert_eq!(
+            sealed.unseal(&key, "primary").expect("opens").backup_relays(),
+            with_backup.backup_relays()
+        );
+        let mut moved = sealed.clone();
+        moved.settings.backup_relays = vec!["attacker.example.net:587".into()];
+        assert!(moved.unseal(&key, "primary").expect_err("changed").is_tampered());
+        let mut added = settings().seal(&key, "primary").expect("sealed");
+        added.settings.backup_relays = vec!["attacker.example.net:587".into()];
+        assert!(added.unseal(&key, "primary").expect_err("added").is_tampered());
+        let mut bound = settings().seal(&key, "primary").expect("sealed");
+        bound.settings.source_address = Some("127.0.0.9".into());
+        assert!(bound.unseal(&key, "primary").expect_err("added").is_tampered());
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub struct SettingsUpdate {
     pub timeout: Option<Duration>,
     /// Allow AUTH without TLS.
     pub allow_plaintext_auth: Option<bool>,
+    /// The backup relays, each `host` or `host:port` (replaces the list;
+    /// an empty list removes them). A kept password is refused when the
+    /// list changes.
+    pub backup_relays: Option<Vec<String>>,
+    /// The local source address (`Some(None)`: the system's choice).
+    pub source_address: Option<Option<std::net::IpAddr>>,
 }
 
 impl SettingsUpdate {
@@ -70,7 +76,7 @@ impl SmtpSettings {
     /// reported and nothing changes (`self` is untouched either way).
     ///
     /// Password rules: [`PasswordChange::Keep`] keeps the stored password
-    /// only while the server settings stay the same (host, port, TLS mode,
+    /// only while the server settings stay the same (host, port, backup relays, TLS mode,
     /// plain-text AUTH, `dangerous_*` flags, trusted roots, user name;
     /// otherwise a `password` field error asks for it again);
     /// [`PasswordChange::Set`] needs a user name (given or stored);
@@ -148,6 +154,12 @@ impl SmtpSettings {
         }
         if let Some(on) = update.allow_plaintext_auth {
             b = b.dangerous(|d| d.allow_plaintext_auth(on));
+        }
+        if let Some(relays) = update.backup_relays {
+            b = b.backup_relays(relays);
+        }
+        if let Some(ip) = update.source_address {
+            b = b.source_address(ip);
         }
         b.build_reporting(errors)
     }
@@ -294,6 +306,10 @@ mod tests {
                 form(|u| u.allow_plaintext_auth = Some(true)),
             ),
             ("username", form(|u| u.username = Some("admin".into()))),
+            (
+                "backup_relays",
+                form(|u| u.backup_relays = Some(vec!["attacker.example.net".into()])),
+            ),
             ("builder: host", builder(|b| b.host("attacker.example.net"))),
             ("builder: port", builder(|b| b.port(2525))),
             ("builder: tls", builder(|b| b.tls(TlsMode::Implicit))),
@@ -311,6 +327,10 @@ mod tests {
             ),
             // (Added roots: tests/diagnose, with a test server's CA.)
             ("builder: webpki_roots", builder(|b| b.webpki_roots(false))),
+            (
+                "builder: backup_relays",
+                builder(|b| b.backup_relays(["attacker.example.net:25"])),
+            ),
         ];
         for (what, result) in cases {
             let e = result.expect_err(what);

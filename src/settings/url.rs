@@ -12,6 +12,12 @@
 //! memory://inbox-name?from=ADDR
 //! ```
 //!
+//! Connection routing parameters (both schemes): `backup=HOST[:PORT]`
+//! (repeatable, or comma-separated; tried in order when the primary cannot
+//! be reached), `primary_retry_after=SECS`, `source_address=IP` and
+//! `connect_attempt_delay=SECS` (see [`SmtpSettings::backup_relays`] and
+//! the others).
+//!
 //! `smtp://` means STARTTLS (required) unless `tls=` says otherwise;
 //! `smtps://` means implicit TLS. User name and password are
 //! percent-decoded. [`SmtpUrl`]'s `Display` never shows the password.
@@ -185,6 +191,7 @@ impl SmtpSettingsBuilder {
                 Err(e) => errors.push(e),
             }
         }
+        let mut backups: Vec<String> = Vec::new();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
             let value = match percent_decode("url", raw) {
@@ -224,13 +231,42 @@ impl SmtpSettingsBuilder {
                     )),
                 },
                 "from" => b = b.sender(value),
+                "backup" => backups.extend(value.split(',').map(str::to_owned)),
+                "source_address" => match value.parse::<std::net::IpAddr>() {
+                    Ok(ip) => b = b.source_address(ip),
+                    Err(_) => errors.push(FieldError::new(
+                        "source_address",
+                        format!("{value:?} is not an IP address"),
+                    )),
+                },
+                "primary_retry_after" | "connect_attempt_delay" => match value.parse::<f64>() {
+                    Ok(secs) if secs > 0.0 && secs.is_finite() && secs <= MAX_TIMEOUT.as_secs_f64() => {
+                        let d = Duration::from_secs_f64(secs);
+                        b = if key == "primary_retry_after" {
+                            b.primary_retry_after(d)
+                        } else {
+                            b.connect_attempt_delay(d)
+                        };
+                    }
+                    _ => errors.push(FieldError::new(
+                        if key == "primary_retry_after" {
+                            "primary_retry_after"
+                        } else {
+                            "connect_attempt_delay"
+                        },
+                        "not a number of seconds",
+                    )),
+                },
                 _ => errors.push(FieldError::new(
                     "url",
-                    "unknown parameter: use tls, helo, timeout or from",
+                    "unknown parameter: use tls, helo, timeout, from, backup, source_address, primary_retry_after or connect_attempt_delay",
                 )),
             }
         }
         b = b.tls(tls);
+        if !backups.is_empty() {
+            b = b.backup_relays(backups);
+        }
         if errors.is_empty() {
             Ok(b)
         } else {
@@ -363,6 +399,22 @@ impl SmtpUrl<'_> {
             params.push(format!("timeout={}", t.connect.as_secs_f64()));
         }
         params.push(format!("from={}", percent_encode(&s.sender.address.to_string())));
+        let r = &s.route;
+        for relay in &r.backups {
+            params.push(format!("backup={}", percent_encode(&relay.to_string())));
+        }
+        if let Some(ip) = r.source_address {
+            params.push(format!("source_address={}", percent_encode(&ip.to_string())));
+        }
+        if r.primary_retry_after != super::DEFAULT_PRIMARY_RETRY_AFTER {
+            params.push(format!(
+                "primary_retry_after={}",
+                r.primary_retry_after.as_secs_f64()
+            ));
+        }
+        if r.attempt_delay != super::DEFAULT_ATTEMPT_DELAY {
+            params.push(format!("connect_attempt_delay={}", r.attempt_delay.as_secs_f64()));
+        }
         out.push('?');
         out.push_str(&params.join("&"));
         out
@@ -379,6 +431,37 @@ impl fmt::Display for SmtpUrl<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn routing_parameters_round_trip() {
+        let s = SmtpSettings::from_url(
+            "smtp://mail.example.com?backup=smtp2.example.com,[2001:db8::25]:2525&backup=10.0.0.9:26&source_address=192.0.2.10&primary_retry_after=60&connect_attempt_delay=0.1&from=a@example.com",
+        )
+        .expect("settings");
+        let backups: Vec<String> = s.backup_relays().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            backups,
+            ["smtp2.example.com:587", "[2001:db8::25]:2525", "10.0.0.9:26"]
+        );
+        assert_eq!(s.source_address(), Some(std::net::IpAddr::from([192, 0, 2, 10])));
+        assert_eq!(s.primary_retry_after(), Duration::from_secs(60));
+        assert_eq!(s.connect_attempt_delay(), Duration::from_millis(100));
+        let again = SmtpSettings::from_url(&s.url().to_string()).expect("round trip");
+        assert_eq!(again.backup_relays(), s.backup_relays());
+        assert_eq!(again.source_address(), s.source_address());
+        assert_eq!(again.primary_retry_after(), s.primary_retry_after());
+        assert_eq!(again.connect_attempt_delay(), s.connect_attempt_delay());
+
+        let errors = SmtpSettings::from_url(
+            "smtp://mail.example.com?source_address=nope&connect_attempt_delay=x&from=a@example.com",
+        )
+        .expect_err("invalid");
+        let fields: Vec<&str> = errors.iter().map(|e| e.field()).collect();
+        assert_eq!(fields, ["source_address", "connect_attempt_delay"]);
+        let errors = SmtpSettings::from_url("smtp://mail.example.com?backup=bad%20host&from=a@example.com")
+            .expect_err("invalid");
+        assert!(errors.field("backup_relays").is_some(), "{errors}");
+    }
 
     #[test]
     fn reads_the_common_forms() {

@@ -142,6 +142,61 @@ async fn nothing_listening() {
     check(diagnose::verify(&s), Stage::Connect, "nothing is listening").await;
 }
 
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[tokio::test]
+async fn every_relay_down() {
+    let (primary, backup) = (closed_port(), closed_port());
+    let s = settings(primary, TlsMode::None)
+        .backup_relays([format!("127.0.0.1:{backup}")])
+        .build()
+        .expect("settings");
+    let r = check(diagnose::verify(&s), Stage::Connect, "every relay failed").await;
+    assert_eq!(r.failovers().len(), 1);
+    assert_eq!(r.failovers()[0].0.port(), primary);
+    assert!(r.relay().is_none());
+    let shown = r.to_string();
+    assert!(
+        shown.contains(&format!("relay 127.0.0.1:{primary} passed over at connect")),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn a_backup_relay_reached_is_named_in_the_report() {
+    let busy = server(ServerConfig::new().fault(Fault::on_greeting().reply("421 4.3.2 Shutting down"))).await;
+    let backup = server(ServerConfig::new()).await;
+    let s = settings(busy.port(), TlsMode::None)
+        .backup_relays([format!("127.0.0.1:{}", backup.port())])
+        .build()
+        .expect("settings");
+    let r = diagnose::send_test(&s, "ops@example.net", None).await;
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.relay().map(|r| r.port()), Some(backup.port()));
+    assert_eq!(
+        r.delivery().and_then(|d| d.relay()).map(|r| r.port()),
+        Some(backup.port())
+    );
+    let (passed, why) = &r.failovers()[0];
+    assert_eq!(passed.port(), busy.port());
+    assert_eq!(why.stage(), Some(Stage::Greeting));
+    let shown = r.to_string();
+    assert!(
+        shown.contains(&format!("relay used: 127.0.0.1:{}", backup.port())),
+        "{shown}"
+    );
+    assert!(shown.contains("passed over at greeting"), "{shown}");
+    let got = backup.messages();
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(
+        text.contains(&format!("Relay: 127.0.0.1:{}", backup.port())),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn a_name_that_does_not_resolve() {
     let s = SmtpSettings::builder()

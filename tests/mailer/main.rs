@@ -4,6 +4,7 @@
 mod destinations;
 mod policies;
 mod pool;
+mod relays;
 
 use std::time::Duration;
 
