@@ -159,10 +159,10 @@ impl SmtpSettings {
             destination: self.destination.url(),
             backup_relays: self.route.backups.iter().map(ToString::to_string).collect(),
             primary_retry_after: (self.route.primary_retry_after != super::DEFAULT_PRIMARY_RETRY_AFTER)
-                .then(|| self.route.primary_retry_after.as_secs_f64()),
+                .then_some(self.route.primary_retry_after.as_secs_f64()),
             source_address: self.route.source_address.map(|ip| ip.to_string()),
             connect_attempt_delay: (self.route.attempt_delay != super::DEFAULT_ATTEMPT_DELAY)
-                .then(|| self.route.attempt_delay.as_secs_f64()),
+                .then_some(self.route.attempt_delay.as_secs_f64()),
         }
     }
 }
