@@ -31,6 +31,7 @@ mod imp {
             worker,
             generation,
             peer = Empty,
+            relay = Empty,
             tls = Empty,
             auth = Empty,
             deliveries = Empty,
@@ -40,6 +41,7 @@ mod imp {
     pub(crate) fn connected(span: &ConnSpan, info: Option<&ConnectionInfo>) {
         if let Some(info) = info {
             span.0.record("peer", tracing::field::display(info.peer));
+            span.0.record("relay", tracing::field::display(&info.relay));
             let tls = info.tls.as_ref().map_or("none", |t| t.version.as_str());
             span.0.record("tls", tls);
             span.0
