@@ -154,7 +154,10 @@ async fn spans_carry_codes_and_timing_but_no_secret() {
     assert_eq!(transactions, 2, "{text}");
     assert!(text.contains("tls=TLSv1."), "{text}");
     assert!(text.contains("auth=PLAIN"), "{text}");
-    assert!(text.contains("relay=localhost:") || text.contains("relay=127.0.0.1:"), "{text}");
+    assert!(
+        text.contains("relay=localhost:") || text.contains("relay=127.0.0.1:"),
+        "{text}"
+    );
     assert!(
         lines
             .iter()

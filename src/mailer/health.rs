@@ -82,6 +82,7 @@ enum State {
     },
     Probing {
         period: Duration,
+        error: Error,
     },
 }
 
@@ -140,8 +141,8 @@ impl Health {
                 if now < *until {
                     return Gate::Closed(self.down_error(error, *until - now));
                 }
-                let period = *period;
-                *st = State::Probing { period };
+                let (period, error) = (*period, error.clone());
+                *st = State::Probing { period, error };
                 Gate::Probe
             }
         }
@@ -156,6 +157,20 @@ impl Health {
                 (now < *until).then(|| self.down_error(error, *until - now))
             }
             _ => None,
+        }
+    }
+
+    /// The probe ended without a connection attempt (its messages were
+    /// given up first): the next connection may probe.
+    pub(crate) fn abandon_probe(&self) {
+        let mut st = self.lock();
+        if let State::Probing { period, error } = &*st {
+            let (period, error) = (*period, error.clone());
+            *st = State::Down {
+                until: Instant::now(),
+                period,
+                error,
+            };
         }
     }
 
@@ -260,6 +275,9 @@ mod tests {
         assert!(h.refusal().is_none(), "a probe is due: messages wait for it");
         assert!(matches!(h.gate(), Gate::Probe));
         assert!(matches!(h.gate(), Gate::Wait), "one probe at a time");
+        // A probe that never connected hands the probe on.
+        h.abandon_probe();
+        assert!(matches!(h.gate(), Gate::Probe));
         // The probe fails: down again, for twice as long.
         assert!(h.connect_failed(&refused()).is_some());
         tokio::time::advance(Duration::from_secs(19)).await;

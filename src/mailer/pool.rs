@@ -398,15 +398,16 @@ impl<M: Manager> Pool<M> {
                 continue;
             }
             if st.workers < self.config.max_connections {
-                match self.health.gate() {
-                    Gate::Open | Gate::Probe => {}
+                let probe = match self.health.gate() {
+                    Gate::Open => false,
+                    Gate::Probe => true,
                     // Queued jobs wait for the probe's outcome.
                     Gate::Wait => break,
                     Gate::Closed(e) => {
                         self.fail_queue(st, &e);
                         break;
                     }
-                }
+                };
                 st.workers += 1;
                 let id = st.next_worker;
                 st.next_worker += 1;
@@ -414,7 +415,7 @@ impl<M: Manager> Pool<M> {
                 let generation = st.generation.clone();
                 let pool = self.clone();
                 let handle = tokio::spawn(async move {
-                    pool.clone().work(id, generation, batch).await;
+                    pool.clone().work(id, generation, batch, probe).await;
                 });
                 st.aborts.insert(id, handle.abort_handle());
                 continue;
@@ -491,7 +492,15 @@ impl<M: Manager> Pool<M> {
 
     /// One worker: opens a connection for its first batch and keeps using it
     /// until it must be retired.
-    async fn work(self: Arc<Self>, id: u64, generation: Arc<Generation<M>>, mut batch: Vec<Job>) {
+    /// `probe`: this worker's first connection is the probe of a relay
+    /// that was down.
+    async fn work(
+        self: Arc<Self>,
+        id: u64,
+        generation: Arc<Generation<M>>,
+        mut batch: Vec<Job>,
+        mut probe: bool,
+    ) {
         let span = trace::connection(id, generation.id);
         let mut conn: Option<Open<M::Conn>> = None;
         loop {
@@ -516,6 +525,7 @@ impl<M: Manager> Pool<M> {
                 }
             }
             if conn.is_none() && !batch.is_empty() {
+                probe = false;
                 match generation.manager.connect(cap).await {
                     Ok(c) => {
                         trace::connected(&span, c.info());
@@ -660,6 +670,11 @@ impl<M: Manager> Pool<M> {
         }
         if let Some(open) = conn.take() {
             self.quit(open, &span, "idle, reload or shutdown").await;
+        }
+        if probe {
+            // Its jobs were given up before it connected: the probe is due
+            // again, for the next worker.
+            self.health.abandon_probe();
         }
         let mut st = self.lock();
         st.workers -= 1;
