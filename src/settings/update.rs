@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::{Auth, FieldError, SettingsErrors, SmtpSettings, TlsMode};
 use crate::proto::auth::Credential;
@@ -18,15 +18,44 @@ use crate::proto::auth::Credential;
 pub enum PasswordChange {
     /// Keep it (the form's password field was left empty). The default.
     /// Only while the server stays the same: when the host, port, TLS mode,
-    /// plain-text AUTH, a `dangerous_*` flag, the trusted roots or the user
-    /// name change, `Keep` is a `password` field error ("enter the password
-    /// again: the server settings changed") — a form that never shows the
-    /// password must not let it be sent to a server someone just typed in.
+    /// plain-text AUTH, a `dangerous_*` flag, the trusted roots (system
+    /// roots included) or the user name change, `Keep` is a `password`
+    /// field error ("enter the password again: the server settings
+    /// changed") — a form that never shows the password must not let it be
+    /// sent to a server someone just typed in.
     #[default]
     Keep,
     /// Replace it with a newly typed one.
     Set(SecretString),
     /// Remove the credentials (no AUTH).
+    Clear,
+}
+
+/// What happens to the stored client certificate and its private key
+/// (mutual TLS). Like the password, the key is never echoed back to a form.
+#[derive(Clone, Debug, Default)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "keep, set and clear are every change a stored secret can have"
+)]
+pub enum ClientCertificateChange {
+    /// Keep it (the form's key field was left empty). The default. Only
+    /// while the server stays the same: when the host, port, TLS mode, the
+    /// trusted roots (system roots included) or a `dangerous_*` flag
+    /// change, `Keep` is a `client_key` field error ("enter the client
+    /// certificate and its private key again: the server settings
+    /// changed").
+    #[default]
+    Keep,
+    /// Replace it: the certificate chain and the private key, as PEM (see
+    /// [`SmtpSettingsBuilder::client_certificate_pem`](super::SmtpSettingsBuilder::client_certificate_pem)).
+    Set {
+        /// The client's certificate first, then any intermediates.
+        chain_pem: String,
+        /// The private key of the first certificate.
+        key_pem: SecretString,
+    },
+    /// Remove the client certificate.
     Clear,
 }
 
@@ -55,6 +84,11 @@ pub struct SettingsUpdate {
     pub timeout: Option<Duration>,
     /// Allow AUTH without TLS.
     pub allow_plaintext_auth: Option<bool>,
+    /// Trust the operating system's certificate store too (feature
+    /// `system-roots`).
+    pub system_roots: Option<bool>,
+    /// The client certificate and its private key.
+    pub client_certificate: ClientCertificateChange,
 }
 
 impl SettingsUpdate {
@@ -74,7 +108,12 @@ impl SmtpSettings {
     /// plain-text AUTH, `dangerous_*` flags, trusted roots, user name;
     /// otherwise a `password` field error asks for it again);
     /// [`PasswordChange::Set`] needs a user name (given or stored);
-    /// [`PasswordChange::Clear`] removes the credentials.
+    /// [`PasswordChange::Clear`] removes the credentials. The client
+    /// certificate's key follows the same rules
+    /// ([`ClientCertificateChange`]): kept only while the host, port, TLS
+    /// mode and trust settings stay the same (a `client_key` field error
+    /// otherwise). Turning the system roots on or off is a change of trust
+    /// settings for both.
     pub fn apply(&self, update: SettingsUpdate) -> Result<SmtpSettings, SettingsErrors> {
         let mut b = self.to_builder();
         let mut errors = Vec::new();
@@ -148,6 +187,17 @@ impl SmtpSettings {
         }
         if let Some(on) = update.allow_plaintext_auth {
             b = b.dangerous(|d| d.allow_plaintext_auth(on));
+        }
+        if let Some(on) = update.system_roots {
+            b = b.system_roots(on);
+        }
+        match update.client_certificate {
+            // Still marked as kept: build() refuses it when the server changed.
+            ClientCertificateChange::Keep => {}
+            ClientCertificateChange::Set { chain_pem, key_pem } => {
+                b = b.client_certificate_pem(chain_pem, key_pem.expose_secret())
+            }
+            ClientCertificateChange::Clear => b = b.no_client_certificate(),
         }
         b.build_reporting(errors)
     }
