@@ -395,6 +395,127 @@ mod tests {
         assert!(s.to_builder().host(" mail.example.com ").build().is_ok());
     }
 
+    /// Test keys made with openssl for these tests only (testdata/README.md).
+    const CERT: &str = include_str!("testdata/ec.crt");
+    const KEY: &str = include_str!("testdata/ec-sec1.key");
+    const RSA_CERT: &str = include_str!("testdata/rsa.crt");
+    const RSA_KEY: &str = include_str!("testdata/rsa-pkcs1.key");
+
+    fn subject(s: &SmtpSettings) -> Option<&str> {
+        s.tls_options().client_identity().map(|c| c.subject())
+    }
+
+    #[test]
+    fn client_certificate_keep_set_clear() {
+        let s = stored()
+            .to_builder()
+            .client_certificate_pem(CERT, KEY)
+            .build()
+            .expect("settings");
+        let kept = s
+            .apply(SettingsUpdate {
+                sender_name: Some(Some("Example App".into())),
+                host: Some("MAIL.example.com".into()),
+                ..SettingsUpdate::new()
+            })
+            .expect("kept");
+        assert_eq!(subject(&kept), subject(&s));
+        let set = s
+            .apply(SettingsUpdate {
+                client_certificate: ClientCertificateChange::Set {
+                    chain_pem: RSA_CERT.into(),
+                    key_pem: RSA_KEY.into(),
+                },
+                ..SettingsUpdate::new()
+            })
+            .expect("set");
+        assert_eq!(subject(&set), Some("CN=relaymail unit test RSA"));
+        let cleared = s
+            .apply(SettingsUpdate {
+                client_certificate: ClientCertificateChange::Clear,
+                ..SettingsUpdate::new()
+            })
+            .expect("cleared");
+        assert_eq!(subject(&cleared), None);
+        // A bad new pair is the form's field error, the key never shown.
+        let e = s
+            .apply(SettingsUpdate {
+                client_certificate: ClientCertificateChange::Set {
+                    chain_pem: CERT.into(),
+                    key_pem: RSA_KEY.into(),
+                },
+                ..SettingsUpdate::new()
+            })
+            .expect_err("mismatch");
+        assert!(e.field("client_key").is_some(), "{e}");
+        let update = SettingsUpdate {
+            client_certificate: ClientCertificateChange::Set {
+                chain_pem: CERT.into(),
+                key_pem: KEY.into(),
+            },
+            ..SettingsUpdate::new()
+        };
+        let key_line = KEY.lines().nth(1).expect("a key line");
+        assert!(!format!("{update:?}{e:?}").contains(key_line));
+    }
+
+    #[test]
+    fn a_kept_client_key_never_follows_a_server_change() {
+        let s = stored()
+            .apply(SettingsUpdate {
+                password: PasswordChange::Clear,
+                client_certificate: ClientCertificateChange::Set {
+                    chain_pem: CERT.into(),
+                    key_pem: KEY.into(),
+                },
+                ..SettingsUpdate::new()
+            })
+            .expect("settings");
+        let form = |f: fn(&mut SettingsUpdate)| {
+            let mut u = SettingsUpdate::new();
+            f(&mut u);
+            s.apply(u)
+        };
+        for (what, result) in [
+            ("host", form(|u| u.host = Some("attacker.example.net".into()))),
+            ("port", form(|u| u.port = Some(2525))),
+            ("tls", form(|u| u.tls = Some(TlsMode::Implicit))),
+            ("system_roots", form(|u| u.system_roots = Some(true))),
+        ] {
+            let e = result.expect_err(what);
+            assert_eq!(
+                e.field("client_key").map(FieldError::message),
+                Some(super::super::ENTER_CLIENT_KEY_AGAIN),
+                "{what}: {e}"
+            );
+        }
+        // Typed again with the change, it is accepted.
+        let moved = form(|u| {
+            u.host = Some("smtp.example.org".into());
+            u.client_certificate = ClientCertificateChange::Set {
+                chain_pem: CERT.into(),
+                key_pem: KEY.into(),
+            };
+        })
+        .expect("entered again");
+        assert_eq!(moved.host(), "smtp.example.org");
+    }
+
+    #[test]
+    fn turning_system_roots_on_asks_for_the_password_again() {
+        let e = stored()
+            .apply(SettingsUpdate {
+                system_roots: Some(true),
+                ..SettingsUpdate::new()
+            })
+            .expect_err("a trust change");
+        assert_eq!(
+            e.field("password").map(FieldError::message),
+            Some(ENTER_PASSWORD_AGAIN),
+            "{e}"
+        );
+    }
+
     #[test]
     fn tls_change_moves_a_default_port() {
         let s = stored()
