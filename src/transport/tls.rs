@@ -523,6 +523,93 @@ mod tests {
     }
 
     #[test]
+    fn client_certificate_alerts_name_the_fix() {
+        let alert = |a| std::io::Error::other(rustls::Error::AlertReceived(a));
+        let none = TlsOptions::default();
+        let with_identity = TlsOptions {
+            client_identity: Some(
+                crate::settings::ClientIdentity::from_pem(
+                    include_bytes!("../settings/testdata/ec.crt"),
+                    include_bytes!("../settings/testdata/ec-sec1.key"),
+                )
+                .expect("identity"),
+            ),
+            ..TlsOptions::default()
+        };
+        // In the handshake (TLS 1.2) and after it (TLS 1.3).
+        for (description, options, hint) in [
+            (
+                AlertDescription::CertificateRequired,
+                &none,
+                NEEDS_CLIENT_CERTIFICATE,
+            ),
+            (AlertDescription::HandshakeFailure, &none, ""),
+            (
+                AlertDescription::UnknownCA,
+                &with_identity,
+                REFUSED_CLIENT_CERTIFICATE,
+            ),
+            (
+                AlertDescription::CertificateExpired,
+                &with_identity,
+                REFUSED_CLIENT_CERTIFICATE,
+            ),
+            (AlertDescription::BadCertificate, &none, NEEDS_CLIENT_CERTIFICATE),
+            (AlertDescription::DecodeError, &with_identity, ""),
+        ] {
+            let e = handshake_error(alert(description), "smtp.example.com", 587, false, options);
+            assert!(e.is_tls() && e.stage() == Some(Stage::Tls), "{e}");
+            assert_eq!(e.hint().unwrap_or(""), hint, "{description:?}");
+            let after = refusal_after_handshake(&alert(description), options);
+            match after {
+                Some(e) => {
+                    assert!(!hint.is_empty(), "{description:?}: {e}");
+                    assert!(e.is_tls() && e.stage() == Some(Stage::Tls), "{e}");
+                    assert_eq!(e.hint(), Some(hint));
+                }
+                None => assert!(hint.is_empty(), "{description:?}"),
+            }
+        }
+        // Other read errors are not TLS refusals.
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(refusal_after_handshake(&reset, &none).is_none());
+        let other = std::io::Error::other(rustls::Error::DecryptError);
+        assert!(refusal_after_handshake(&other, &with_identity).is_none());
+    }
+
+    #[test]
+    fn names_are_read_without_panicking_on_any_input() {
+        // SET { SEQUENCE { OID 2.5.4.3, UTF8String "a\x1bb" } }, SET { SEQUENCE { OID 2.5.4.10, PrintableString "O" } }
+        let name = [
+            0x31, 0x0c, 0x30, 0x0a, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x03, b'a', 0x1b, b'b', 0x31, 0x0a,
+            0x30, 0x08, 0x06, 0x03, 0x55, 0x04, 0x0a, 0x13, 0x01, b'O',
+        ];
+        assert_eq!(distinguished_name(&name), "CN=a\\u{1b}b, O=O");
+        assert_eq!(distinguished_name(&[]), "(empty name)");
+        for cut in 1..name.len() {
+            let expected = if cut == 14 {
+                // The first attribute whole: a shorter name.
+                "CN=a\\u{1b}b"
+            } else {
+                "(unreadable name)"
+            };
+            assert_eq!(distinguished_name(&name[..cut]), expected, "{cut}");
+        }
+        // Long lengths claiming more than there is.
+        assert_eq!(
+            distinguished_name(&[0x31, 0x84, 0xff, 0xff, 0xff, 0xff]),
+            "(unreadable name)"
+        );
+        assert_eq!(distinguished_name(&[0x31, 0x80]), "(unreadable name)");
+        // Every short input: never a panic.
+        for a in 0..=255u8 {
+            for b in [0x00, 0x01, 0x7f, 0x80, 0x81, 0x84, 0x85, 0xff] {
+                let _ = distinguished_name(&[a, b, 0x30, 0x00]);
+            }
+        }
+    }
+
+    #[test]
     fn plain_text_answer_to_implicit_tls() {
         let inner = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
         let e = handshake_error(
