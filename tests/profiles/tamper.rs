@@ -236,7 +236,8 @@ async fn a_client_key_in_the_store_is_sealed_and_bound_to_the_record() {
     );
     // (what, the edit) — each caught by the store's tag, and without the
     // tag by the seal.
-    let edits: Vec<(&str, fn(&mut Value))> = vec![
+    type Edit = fn(&mut Value);
+    let edits: Vec<(&str, Edit)> = vec![
         ("the client key's nonce", |p| {
             p["client_key"]["nonce"] = json!("AAAAAAAAAAAAAAAA")
         }),
