@@ -34,6 +34,10 @@
 //!   stage, with the likely fix for the common misconfigurations.
 //! - `profiles` and sealed settings (feature `serde`): named settings sets in
 //!   a JSON file with encrypted passwords, followed live by the Mailer.
+//! - Trust and identity: the Mozilla roots, added roots, the operating
+//!   system's store ([`SmtpSettingsBuilder::system_roots`], feature
+//!   `system-roots`), and client certificates for relays that require them
+//!   ([`SmtpSettingsBuilder::client_certificate_pem`], mutual TLS).
 //! - `testing` (feature `test-server`): an in-process SMTP server with TLS,
 //!   AUTH, extension switches, fault injection and recorded sessions, for
 //!   this crate's tests and for the tests of applications that embed it.
