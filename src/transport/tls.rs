@@ -205,11 +205,11 @@ pub(crate) const NEEDS_CLIENT_CERTIFICATE: &str = "the server requires a client 
 pub(crate) const REFUSED_CLIENT_CERTIFICATE: &str = "the server refused the client certificate: check it is the one the relay's administrator issued and that it has not expired";
 
 /// A TLS alert about the client certificate that arrived after the
-/// handshake, on the first read of the TLS session: with TLS 1.3 the client
-/// finishes its handshake before the server has checked the certificate, so
-/// the server's refusal comes with what would have been the greeting (or
-/// the EHLO reply). A [`Stage::Tls`] error with the hint; `None` for any
-/// other read error.
+/// handshake: with TLS 1.3 the client finishes its handshake before the
+/// server has checked the certificate, so the server's refusal comes on the
+/// first read of the session, where the greeting (implicit TLS) or the EHLO
+/// reply (STARTTLS) would have been. A [`Stage::Tls`] error with the hint;
+/// `None` for any other read error.
 pub(crate) fn refusal_after_handshake(err: &std::io::Error, options: &TlsOptions) -> Option<Error> {
     let tls_error = err.get_ref()?.downcast_ref::<rustls::Error>()?;
     let rustls::Error::AlertReceived(alert) = tls_error else {
