@@ -2,8 +2,9 @@
 //! connections (never the pool; unsaved settings work) that report every
 //! stage — resolve, connect, greeting, EHLO, STARTTLS, TLS handshake, AUTH,
 //! MAIL, RCPT, DATA — with its duration, outcome and the server's replies,
-//! the TLS version and the certificate's names, and on failure the stage,
-//! the reply and a plain-language hint. No secret is ever in a report.
+//! the TLS version and the certificate's names, whether a client
+//! certificate was sent (and its subject), and on failure the stage, the
+//! reply and a plain-language hint. No secret is ever in a report.
 //!
 //! ```no_run
 //! # async fn demo(settings: relaymail::SmtpSettings) {
@@ -47,6 +48,7 @@ pub struct Report {
     port: u16,
     stages: Vec<StageReport>,
     tls: Option<TlsInfo>,
+    client_certificate: Option<String>,
     auth: Option<Mechanism>,
     extensions: Vec<String>,
     delivery: Option<Delivery>,
@@ -64,6 +66,12 @@ impl Report {
     /// The TLS parameters, when TLS was established.
     pub fn tls(&self) -> Option<&TlsInfo> {
         self.tls.as_ref()
+    }
+
+    /// The subject of the client certificate the settings hold, if any;
+    /// whether it was sent is [`TlsInfo::client_certificate`].
+    pub fn client_certificate(&self) -> Option<&str> {
+        self.client_certificate.as_deref()
     }
 
     /// The AUTH mechanism that succeeded.
@@ -130,6 +138,10 @@ impl Report {
             port: settings.port(),
             stages,
             tls: None,
+            client_certificate: settings
+                .tls_options()
+                .client_identity()
+                .map(|c| c.subject().to_owned()),
             auth: None,
             extensions: Vec::new(),
             delivery: None,
@@ -171,6 +183,21 @@ impl fmt::Display for Report {
                     Escaped(tls.certificate_names.join(", ")).to_string()
                 }
             )?;
+        }
+        match (&self.tls, &self.client_certificate) {
+            (
+                Some(TlsInfo {
+                    client_certificate: Some(sent),
+                    ..
+                }),
+                _,
+            ) => writeln!(f, "  client certificate: {} (sent)", Escaped(sent))?,
+            (Some(_), Some(configured)) => writeln!(
+                f,
+                "  client certificate: {} (not sent: the server did not ask for one)",
+                Escaped(configured)
+            )?,
+            _ => {}
         }
         if let Some(m) = self.auth {
             writeln!(f, "  AUTH: {}", m.name())?;
@@ -282,9 +309,15 @@ fn test_message(info: &crate::transport::ConnectionInfo, from: &str, to: &str) -
         format!("{} ({})", t.version, t.cipher_suite)
     });
     let auth = info.auth_mechanism.map_or("none", |m| m.name());
+    let client_certificate = info
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_certificate.as_deref())
+        .unwrap_or("none");
     let body = format!(
         "This is a test email sent to check the SMTP settings.\n\n\
-         Relay: {}\nTLS: {tls}\nAuthentication: {auth}\nSent at: {} seconds after 1970-01-01 UTC\n\n\
+         Relay: {}\nTLS: {tls}\nClient certificate: {client_certificate}\nAuthentication: {auth}\n\
+         Sent at: {} seconds after 1970-01-01 UTC\n\n\
          If you received it, outgoing email works.\n",
         info.relay,
         now.as_secs()

@@ -34,6 +34,10 @@
 //!   stage, with the likely fix for the common misconfigurations.
 //! - `profiles` and sealed settings (feature `serde`): named settings sets in
 //!   a JSON file with encrypted passwords, followed live by the Mailer.
+//! - Trust and identity: the Mozilla roots, added roots, the operating
+//!   system's store ([`SmtpSettingsBuilder::system_roots`], feature
+//!   `system-roots`), and client certificates for relays that require them
+//!   ([`SmtpSettingsBuilder::client_certificate_pem`], mutual TLS).
 //! - `testing` (feature `test-server`): an in-process SMTP server with TLS,
 //!   AUTH, extension switches, fault injection and recorded sessions, for
 //!   this crate's tests and for the tests of applications that embed it.
@@ -144,9 +148,9 @@ pub use proto::auth::{Credential, Mechanism, UnknownMechanism};
 pub use proto::reply::Reply;
 pub use proto::session::{Envelope, EnvelopeError, Recipient, RecipientReply};
 pub use settings::{
-    Auth, CredentialProvider, DangerousSettings, FieldError, PasswordChange, Relay, Sender, SettingsErrors,
-    SettingsUpdate, SmtpSettings, SmtpSettingsBuilder, SmtpUrl, Timeouts, TlsMode, TlsOptions,
-    UnknownTlsMode,
+    Auth, ClientCertificateChange, ClientIdentity, CredentialProvider, DangerousSettings, FieldError,
+    PasswordChange, Relay, Sender, SettingsErrors, SettingsUpdate, SmtpSettings, SmtpSettingsBuilder,
+    SmtpUrl, Timeouts, TlsMode, TlsOptions, UnknownTlsMode,
 };
 pub use transport::{probe, Connection, ConnectionInfo, Connector, Delivery, Resolver, TlsInfo};
 

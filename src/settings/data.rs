@@ -1,14 +1,16 @@
 //! Serde support (feature `serde`): settings as plain data, JSON or TOML.
 //!
 //! [`SettingsData`] is the stored form: every field of [`SmtpSettings`]
-//! except the password, which is never serialised. [`SmtpSettings`]
-//! serialises through it, and deserialises through it *and* the builder's
-//! validation. Settings with a user name need their password from
-//! elsewhere: [`SealedSettings`](super::SealedSettings) carries it
-//! encrypted, or [`SettingsData::into_settings`] takes it.
+//! except the password and a client certificate's private key, which are
+//! never serialised. [`SmtpSettings`] serialises through it, and
+//! deserialises through it *and* the builder's validation. Settings with a
+//! user name need their password from elsewhere, and settings with a client
+//! certificate its key: [`SealedSettings`](super::SealedSettings) carries
+//! them encrypted, or [`SettingsData::into_settings`] and
+//! [`SettingsData::into_settings_with_client_key`] take them.
 
 use base64::Engine;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Auth, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, Timeouts, TlsMode};
@@ -33,7 +35,7 @@ pub struct TimeoutsData {
     pub final_reply: f64,
 }
 
-/// [`SmtpSettings`] as plain data, without the password.
+/// [`SmtpSettings`] as plain data, without the password or a client key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -71,6 +73,14 @@ pub struct SettingsData {
     pub extra_roots_pem: Vec<String>,
     /// Trust the Mozilla roots.
     pub webpki_roots: bool,
+    /// Trust the operating system's certificate store too (feature
+    /// `system-roots`). Written only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub system_roots: bool,
+    /// The client certificate chain, PEM (public; its private key is stored
+    /// sealed, never here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_pem: Option<String>,
     /// Accept any certificate (dangerous).
     #[serde(default)]
     pub dangerous_accept_invalid_certs: bool,
@@ -119,7 +129,7 @@ fn pem(der: &[u8]) -> String {
 }
 
 impl SmtpSettings {
-    /// The settings as plain data, without the password.
+    /// The settings as plain data, without the password or a client key.
     pub fn to_data(&self) -> SettingsData {
         let (username, oauth2) = match &self.auth {
             Auth::Credential(Credential::Password { username, .. }) => (Some(username.clone()), false),
@@ -151,6 +161,8 @@ impl SmtpSettings {
             },
             extra_roots_pem: self.tls_options.extra_roots.iter().map(|c| pem(c)).collect(),
             webpki_roots: self.tls_options.webpki_roots,
+            system_roots: self.tls_options.system_roots,
+            client_certificate_pem: self.tls_options.client_identity.as_ref().map(|c| c.chain_pem()),
             dangerous_accept_invalid_certs: self.tls_options.dangerous_accept_invalid_certs,
             dangerous_accept_invalid_hostnames: self.tls_options.dangerous_accept_invalid_hostnames,
             pipelining: self.pipelining,
@@ -169,8 +181,21 @@ impl SmtpSettings {
 
 impl SettingsData {
     /// Validated settings, with `secret` as the password (or OAuth2 token)
-    /// when the data names a user. Every problem is reported by field.
+    /// when the data names a user. Every problem is reported by field. Data
+    /// with a client certificate needs its key:
+    /// [`into_settings_with_client_key`](Self::into_settings_with_client_key).
     pub fn into_settings(self, secret: Option<SecretString>) -> Result<SmtpSettings, SettingsErrors> {
+        self.into_settings_with_client_key(secret, None)
+    }
+
+    /// [`into_settings`](Self::into_settings), with `client_key_pem` as the
+    /// private key of the stored client certificate (PEM). A key without a
+    /// stored certificate, or a certificate without a key, is a field error.
+    pub fn into_settings_with_client_key(
+        self,
+        secret: Option<SecretString>,
+        client_key_pem: Option<SecretString>,
+    ) -> Result<SmtpSettings, SettingsErrors> {
         let mut errors = Vec::new();
         let tls = self.tls.parse::<TlsMode>().ok().unwrap_or_else(|| {
             errors.push(super::FieldError::new(
@@ -212,6 +237,7 @@ impl SettingsData {
             })
             .timeouts(timeouts)
             .webpki_roots(self.webpki_roots)
+            .system_roots(self.system_roots)
             .pipelining(self.pipelining)
             .chunking(self.chunking)
             .require_all_recipients(self.require_all_recipients);
@@ -259,6 +285,18 @@ impl SettingsData {
             }
             b = b.auth_mechanisms(&mechs);
         }
+        match (self.client_certificate_pem, client_key_pem) {
+            (Some(chain), Some(key)) => b = b.client_certificate_pem(chain, key.expose_secret()),
+            (Some(_), None) => errors.push(super::FieldError::new(
+                "client_key",
+                "a client certificate is stored but not its private key: settings with a client certificate are stored sealed",
+            )),
+            (None, Some(_)) => errors.push(super::FieldError::new(
+                "client_certificate",
+                "a client key is given but no client certificate is stored",
+            )),
+            (None, None) => {}
+        }
         match (self.username, secret) {
             (Some(username), Some(secret)) => {
                 b = b.credential(if self.oauth2 {
@@ -284,15 +322,16 @@ impl SettingsData {
 }
 
 impl Serialize for SmtpSettings {
-    /// Never the password.
+    /// Never the password or a client key.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.to_data().serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for SmtpSettings {
-    /// Validates like the builder; settings with a user name fail (their
-    /// password is not in plain data: use sealed settings).
+    /// Validates like the builder; settings with a user name or a client
+    /// certificate fail (their password or key is not in plain data: use
+    /// sealed settings).
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let data = SettingsData::deserialize(deserializer)?;
         data.into_settings(None).map_err(serde::de::Error::custom)
@@ -432,6 +471,69 @@ mod tests {
             let data: SettingsData = serde_json::from_value(json).expect("data");
             let errors = data.into_settings(None).expect_err("refused");
             assert!(errors.field("sender").is_some(), "{errors}");
+        }
+    }
+
+    /// Test keys made with openssl for these tests only (testdata/README.md).
+    const CERT: &str = include_str!("testdata/ec.crt");
+    const KEY: &str = include_str!("testdata/ec-sec1.key");
+
+    #[test]
+    fn a_client_certificate_is_data_and_its_key_never_is() {
+        let s = full()
+            .to_builder()
+            .tls(TlsMode::StartTls)
+            .client_certificate_pem(CERT, KEY)
+            .build()
+            .expect("settings");
+        let data = s.to_data();
+        let chain = data.client_certificate_pem.as_deref().expect("chain");
+        assert_eq!(chain.trim(), CERT.trim());
+        let key_line = KEY.lines().nth(1).expect("a key line");
+        let json = serde_json::to_string(&s).expect("json");
+        let toml_text = toml::to_string(&s).expect("toml");
+        for text in [&json, &toml_text] {
+            assert!(
+                !text.contains(key_line) && !text.contains("PRIVATE KEY"),
+                "{text}"
+            );
+        }
+        // Without the key the certificate cannot come back.
+        let e = serde_json::from_str::<SmtpSettings>(&json).expect_err("no key");
+        assert!(e.to_string().contains("client_key"), "{e}");
+        assert!(!e.to_string().contains(key_line), "{e}");
+        let data: SettingsData = serde_json::from_str(&json).expect("data");
+        let back = data
+            .clone()
+            .into_settings_with_client_key(None, Some(KEY.into()))
+            .expect("with the key");
+        assert_eq!(format!("{back:?}"), format!("{s:?}"));
+        // A key without a certificate is refused too.
+        let mut bare = data;
+        bare.client_certificate_pem = None;
+        let e = bare
+            .into_settings_with_client_key(None, Some(KEY.into()))
+            .expect_err("no certificate");
+        assert!(e.field("client_certificate").is_some(), "{e}");
+    }
+
+    #[test]
+    fn system_roots_are_written_only_when_on() {
+        let data = full().to_data();
+        let json = serde_json::to_value(&data).expect("json");
+        assert!(json.get("system_roots").is_none(), "{json}");
+        assert!(json.get("client_certificate_pem").is_none(), "{json}");
+        let mut on = data;
+        on.system_roots = true;
+        let json = serde_json::to_value(&on).expect("json");
+        assert_eq!(json["system_roots"], serde_json::Value::Bool(true));
+        let back: SettingsData = serde_json::from_value(json).expect("data");
+        assert!(back.system_roots);
+        let built = back.into_settings(None);
+        if cfg!(feature = "system-roots") {
+            assert!(built.expect("settings").tls_options().uses_system_roots());
+        } else {
+            assert!(built.expect_err("feature").field("system_roots").is_some());
         }
     }
 

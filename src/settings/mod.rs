@@ -37,6 +37,7 @@ use secrecy::SecretString;
 
 #[cfg(feature = "serde")]
 mod data;
+mod identity;
 mod route;
 #[cfg(feature = "serde")]
 mod sealed;
@@ -45,6 +46,7 @@ mod url;
 
 #[cfg(feature = "serde")]
 pub use data::{SettingsData, TimeoutsData};
+pub use identity::ClientIdentity;
 pub use route::{Relay, DEFAULT_ATTEMPT_DELAY, DEFAULT_PRIMARY_RETRY_AFTER};
 use route::{Route, RouteInput};
 #[cfg(all(test, feature = "serde"))]
@@ -53,7 +55,7 @@ pub(crate) use sealed::seal_version_1;
 pub(crate) use sealed::{push_field, tampered};
 #[cfg(feature = "serde")]
 pub use sealed::{SealedSecret, SealedSettings, SecretKey};
-pub use update::{PasswordChange, SettingsUpdate};
+pub use update::{ClientCertificateChange, PasswordChange, SettingsUpdate};
 pub use url::SmtpUrl;
 
 use crate::dev::Destination;
@@ -62,6 +64,7 @@ use crate::proto::address::{Address, AddressPolicy};
 use crate::proto::auth::{Credential, Mechanism};
 use crate::proto::command::check_helo_name;
 use crate::proto::grammar;
+use identity::PendingIdentity;
 
 /// How the connection to the relay is secured.
 ///
@@ -241,8 +244,10 @@ impl fmt::Debug for Auth {
 pub struct TlsOptions {
     pub(crate) extra_roots: Vec<CertificateDer<'static>>,
     pub(crate) webpki_roots: bool,
+    pub(crate) system_roots: bool,
     pub(crate) dangerous_accept_invalid_certs: bool,
     pub(crate) dangerous_accept_invalid_hostnames: bool,
+    pub(crate) client_identity: Option<ClientIdentity>,
 }
 
 impl TlsOptions {
@@ -255,6 +260,18 @@ impl TlsOptions {
     /// Whether the Mozilla (webpki-roots) root store is trusted.
     pub fn uses_webpki_roots(&self) -> bool {
         self.webpki_roots
+    }
+
+    /// Whether the operating system's trust store is trusted too (see
+    /// [`SmtpSettingsBuilder::system_roots`]).
+    pub fn uses_system_roots(&self) -> bool {
+        self.system_roots
+    }
+
+    /// The client certificate presented when the server asks for one
+    /// (mutual TLS), if any.
+    pub fn client_identity(&self) -> Option<&ClientIdentity> {
+        self.client_identity.as_ref()
     }
 
     /// Whether certificate verification is disabled.
@@ -273,6 +290,7 @@ impl fmt::Debug for TlsOptions {
         f.debug_struct("TlsOptions")
             .field("extra_roots", &self.extra_roots.len())
             .field("webpki_roots", &self.webpki_roots)
+            .field("system_roots", &self.system_roots)
             .field(
                 "dangerous_accept_invalid_certs",
                 &self.dangerous_accept_invalid_certs,
@@ -281,6 +299,7 @@ impl fmt::Debug for TlsOptions {
                 "dangerous_accept_invalid_hostnames",
                 &self.dangerous_accept_invalid_hostnames,
             )
+            .field("client_identity", &self.client_identity)
             .finish()
     }
 }
@@ -297,23 +316,58 @@ pub struct Sender {
     pub name: Option<String>,
 }
 
+/// The server a stored secret was entered for, and what decides which
+/// server that is: the host, port and TLS mode, and the trust settings
+/// (roots trusted, the `dangerous_*` switches). A secret carried over from
+/// stored settings is only kept while all of it stays the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ServerDestination {
+    host: String,
+    port: u16,
+    tls: TlsMode,
+    webpki_roots: bool,
+    system_roots: bool,
+    dangerous_accept_invalid_certs: bool,
+    dangerous_accept_invalid_hostnames: bool,
+    extra_roots: Vec<CertificateDer<'static>>,
+    /// The backup relays are servers the secret goes to too.
+    backups: Vec<Relay>,
+}
+
+impl ServerDestination {
+    fn new(
+        host: &str,
+        port: u16,
+        tls: TlsMode,
+        tls_options: &TlsOptions,
+        backups: &[Relay],
+    ) -> ServerDestination {
+        ServerDestination {
+            backups: backups
+                .iter()
+                .map(|r| Relay::new(r.host().to_ascii_lowercase(), r.port()))
+                .collect(),
+            host: host.to_ascii_lowercase(),
+            port,
+            tls,
+            webpki_roots: tls_options.webpki_roots,
+            system_roots: tls_options.system_roots,
+            dangerous_accept_invalid_certs: tls_options.dangerous_accept_invalid_certs,
+            dangerous_accept_invalid_hostnames: tls_options.dangerous_accept_invalid_hostnames,
+            extra_roots: tls_options.extra_roots.clone(),
+        }
+    }
+}
+
 /// Everything that decides where and how a credential is sent: a
 /// credential carried over from stored settings (by
 /// [`SmtpSettings::to_builder`] or [`SmtpSettings::apply`] with
 /// [`PasswordChange::Keep`]) is only kept while all of it stays the same.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct CredentialDestination {
-    host: String,
-    port: u16,
-    tls: TlsMode,
+    server: ServerDestination,
     allow_plaintext_auth: bool,
-    webpki_roots: bool,
-    dangerous_accept_invalid_certs: bool,
-    dangerous_accept_invalid_hostnames: bool,
-    extra_roots: Vec<CertificateDer<'static>>,
     username: String,
-    /// The backup relays receive the credential too.
-    backups: Vec<Relay>,
 }
 
 impl CredentialDestination {
@@ -331,19 +385,9 @@ impl CredentialDestination {
             return None;
         };
         Some(CredentialDestination {
-            host: host.to_ascii_lowercase(),
-            port,
-            tls,
+            server: ServerDestination::new(host, port, tls, tls_options, backups),
             allow_plaintext_auth,
-            webpki_roots: tls_options.webpki_roots,
-            dangerous_accept_invalid_certs: tls_options.dangerous_accept_invalid_certs,
-            dangerous_accept_invalid_hostnames: tls_options.dangerous_accept_invalid_hostnames,
-            extra_roots: tls_options.extra_roots.clone(),
             username: credential.username().to_owned(),
-            backups: backups
-                .iter()
-                .map(|r| Relay::new(r.host().to_ascii_lowercase(), r.port()))
-                .collect(),
         })
     }
 }
@@ -351,6 +395,11 @@ impl CredentialDestination {
 /// The `password` field error when a kept password would go to changed
 /// server settings.
 pub(crate) const ENTER_PASSWORD_AGAIN: &str = "enter the password again: the server settings changed";
+
+/// The `client_key` field error when a kept client key would be used with
+/// changed server settings.
+pub(crate) const ENTER_CLIENT_KEY_AGAIN: &str =
+    "enter the client certificate and its private key again: the server settings changed";
 
 /// Validated settings for one relay. Cheap to clone. `Debug` never shows
 /// the password or token (see [`Auth`]).
@@ -473,9 +522,26 @@ impl SmtpSettings {
     /// error ("enter the password again: the server settings changed")
     /// unless the credentials are given again. A stored password is never
     /// handed to a server it was not entered for.
+    ///
+    /// The same holds for a client certificate's private key: when the
+    /// host, port, backup relays, TLS mode or trust settings (roots, system roots, a
+    /// `dangerous_*` flag) change, `build` reports a `client_key` field
+    /// error unless [`client_certificate_pem`](SmtpSettingsBuilder::client_certificate_pem)
+    /// gives it again (or [`no_client_certificate`](SmtpSettingsBuilder::no_client_certificate)
+    /// removes it).
     pub fn to_builder(&self) -> SmtpSettingsBuilder {
         SmtpSettingsBuilder {
             kept_credential: self.credential_destination(),
+            kept_client_key: self.tls_options.client_identity.as_ref().map(|_| {
+                ServerDestination::new(
+                    &self.host,
+                    self.port,
+                    self.tls,
+                    &self.tls_options,
+                    &self.route.backups,
+                )
+            }),
+            client_identity_pem: None,
             host: Some(self.host.clone()),
             port: Some(u32::from(self.port)),
             tls: self.tls,
@@ -513,7 +579,8 @@ impl FieldError {
     }
 
     /// The field: `host`, `port`, `sender`, `sender_name`, `username`,
-    /// `password`, `helo_name`, `extra_roots`, `timeouts`, `auth_mechanisms`.
+    /// `password`, `helo_name`, `extra_roots`, `system_roots`,
+    /// `client_certificate`, `client_key`, `timeouts`, `auth_mechanisms`.
     pub fn field(&self) -> &'static str {
         self.field
     }
@@ -645,6 +712,11 @@ pub struct SmtpSettingsBuilder {
     /// Where the credential carried over by `to_builder` was to be sent;
     /// `None` once credentials are given anew.
     kept_credential: Option<CredentialDestination>,
+    /// A client certificate and key given as PEM, read by `build`.
+    client_identity_pem: Option<PendingIdentity>,
+    /// The server the client key carried over by `to_builder` was entered
+    /// for; `None` once a client certificate is given anew or removed.
+    kept_client_key: Option<ServerDestination>,
 }
 
 impl Default for SmtpSettingsBuilder {
@@ -671,6 +743,8 @@ impl Default for SmtpSettingsBuilder {
             destination: Destination::Relay,
             route: RouteInput::default(),
             kept_credential: None,
+            client_identity_pem: None,
+            kept_client_key: None,
         }
     }
 }
@@ -705,6 +779,73 @@ impl SmtpSettingsBuilder {
     /// turn it off to trust only the added roots (a private CA).
     pub fn webpki_roots(mut self, on: bool) -> Self {
         self.tls_options.webpki_roots = on;
+        self
+    }
+
+    /// Whether to trust the operating system's certificate store too, beside
+    /// the Mozilla roots (unless turned off) and the added roots: for a relay
+    /// whose CA an administrator installed on the machine. Default false.
+    ///
+    /// Needs the cargo feature `system-roots`; without it `build` reports a
+    /// `system_roots` field error. The store is read when a
+    /// [`Connector`](crate::Connector) or [`Mailer`](crate::Mailer) is built
+    /// from the settings (and on each reload), through
+    /// [rustls-native-certs](https://docs.rs/rustls-native-certs): on Linux
+    /// the distribution's CA bundle (as OpenSSL finds it), on macOS the
+    /// keychains' trust settings, on Windows the system certificate store.
+    /// On every platform the variables `SSL_CERT_FILE` (a PEM bundle) and
+    /// `SSL_CERT_DIR` replace the store when set, as in OpenSSL — the usual
+    /// way to give a container its CAs. Certificates the store has that
+    /// rustls cannot parse are skipped; a store with no usable certificate is
+    /// an error when the connector is built (with a hint), never a panic.
+    /// Every certificate is then verified by rustls alike on every platform
+    /// (the operating system's own verifier, its revocation checks and
+    /// policies, are not used).
+    ///
+    /// With [`webpki_roots(false)`](Self::webpki_roots), the system store
+    /// counts as the roots TLS needs.
+    pub fn system_roots(mut self, on: bool) -> Self {
+        self.tls_options.system_roots = on;
+        self
+    }
+
+    /// A client certificate for relays that authenticate clients by
+    /// certificate (mutual TLS): `chain_pem` holds the client's certificate
+    /// first, then any intermediate certificates; `key_pem` the private key
+    /// of the first certificate, unencrypted, in PKCS#8 (`BEGIN PRIVATE
+    /// KEY`), PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1 (`BEGIN EC PRIVATE
+    /// KEY`) form; RSA, ECDSA P-256/P-384 and Ed25519 keys are supported.
+    /// The certificate is sent in a TLS handshake (implicit or after
+    /// STARTTLS) only when the server asks for one.
+    ///
+    /// [`build`](Self::build) checks them: a certificate PEM without a
+    /// certificate, or one it cannot read, is a `client_certificate` field
+    /// error; a missing, encrypted or unusable key, or a key that does not
+    /// belong to the first certificate, a `client_key` field error. No error
+    /// message, `Debug` output, URL or trace ever shows the key; relaymail's
+    /// copies of it are wiped from memory when dropped (the key as loaded by
+    /// rustls and ring for signing lives as long as the settings). A client
+    /// certificate needs TLS: with [`TlsMode::None`] it is a
+    /// `client_certificate` field error.
+    ///
+    /// The URL form has no place for a client certificate; sealed settings
+    /// ([`SmtpSettings::seal`], feature `serde`) store the key sealed like
+    /// the password.
+    pub fn client_certificate_pem(mut self, chain_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) -> Self {
+        self.kept_client_key = None;
+        self.tls_options.client_identity = None;
+        self.client_identity_pem = Some(PendingIdentity {
+            chain_pem: chain_pem.as_ref().to_vec(),
+            key_pem: zeroize::Zeroizing::new(key_pem.as_ref().to_vec()),
+        });
+        self
+    }
+
+    /// No client certificate (the default).
+    pub fn no_client_certificate(mut self) -> Self {
+        self.kept_client_key = None;
+        self.tls_options.client_identity = None;
+        self.client_identity_pem = None;
         self
     }
 
@@ -962,10 +1103,34 @@ impl SmtpSettingsBuilder {
                 Err(message) => errors.push(FieldError::new("extra_roots", message)),
             }
         }
-        if !tls_options.webpki_roots && tls_options.extra_roots.is_empty() && self.tls != TlsMode::None {
+        if !tls_options.webpki_roots
+            && !tls_options.system_roots
+            && tls_options.extra_roots.is_empty()
+            && self.tls != TlsMode::None
+        {
             errors.push(FieldError::new(
                 "extra_roots",
-                "without the Mozilla roots, at least one root certificate is needed",
+                "without the Mozilla roots or the system's trust store, at least one root certificate is needed",
+            ));
+        }
+        if tls_options.system_roots && !cfg!(feature = "system-roots") {
+            errors.push(FieldError::new(
+                "system_roots",
+                "trusting the operating system's certificate store needs relaymail's cargo feature `system-roots`",
+            ));
+        }
+        if let Some(pending) = &self.client_identity_pem {
+            match ClientIdentity::from_pem(&pending.chain_pem, &pending.key_pem) {
+                Ok(identity) => tls_options.client_identity = Some(identity),
+                Err(problems) => errors.extend(problems),
+            }
+        }
+        let client_certificate_given =
+            tls_options.client_identity.is_some() || self.client_identity_pem.is_some();
+        if client_certificate_given && self.tls == TlsMode::None {
+            errors.push(FieldError::new(
+                "client_certificate",
+                "a client certificate is only sent over TLS: choose STARTTLS or implicit TLS, or remove the certificate",
             ));
         }
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
@@ -984,6 +1149,13 @@ impl SmtpSettingsBuilder {
             );
             if now.as_ref() != Some(kept) {
                 errors.push(FieldError::new("password", ENTER_PASSWORD_AGAIN));
+            }
+        }
+        if let Some(kept) = &self.kept_client_key {
+            if tls_options.client_identity.is_some()
+                && ServerDestination::new(&host, port, self.tls, &tls_options, &route.backups) != *kept
+            {
+                errors.push(FieldError::new("client_key", ENTER_CLIENT_KEY_AGAIN));
             }
         }
         let sender = match sender {
@@ -1266,6 +1438,141 @@ mod tests {
         let e = base().webpki_roots(false).build().expect_err("no roots");
         assert!(e.field("extra_roots").is_some());
         assert!(base().webpki_roots(false).tls(TlsMode::None).build().is_ok());
+    }
+
+    #[test]
+    fn system_roots_count_as_the_roots_tls_needs() {
+        let built = base().webpki_roots(false).system_roots(true).build();
+        if cfg!(feature = "system-roots") {
+            let s = built.expect("the system's store is a root store");
+            assert!(s.tls_options().uses_system_roots() && !s.tls_options().uses_webpki_roots());
+        } else {
+            let e = built.expect_err("needs the feature");
+            assert_eq!(e.len(), 1, "{e}");
+            let message = e.field("system_roots").expect("system_roots").message();
+            assert!(message.contains("`system-roots`"), "{message}");
+        }
+        assert!(!base().build().expect("valid").tls_options().uses_system_roots());
+    }
+
+    /// Test keys made with openssl for these tests only (testdata/README.md).
+    const CERT: &str = include_str!("testdata/ec.crt");
+    const KEY: &str = include_str!("testdata/ec-sec1.key");
+    const OTHER_KEY: &str = include_str!("testdata/rsa-pkcs1.key");
+
+    /// A line of the key that appears nowhere else.
+    fn key_line(key: &str) -> &str {
+        key.lines().nth(1).expect("a key line")
+    }
+
+    #[test]
+    fn a_client_certificate_is_checked_and_its_key_never_shown() {
+        let builder = base().client_certificate_pem(CERT, KEY);
+        let s = builder.clone().build().expect("valid");
+        let identity = s.tls_options().client_identity().expect("identity");
+        assert_eq!(identity.subject(), "CN=relaymail unit test EC, O=Example Org");
+        for shown in [
+            format!("{builder:?}"),
+            format!("{s:?}"),
+            format!("{:?}", s.tls_options()),
+            format!("{identity:?}"),
+            format!("{:?}", s.to_builder()),
+        ] {
+            assert!(!shown.contains(key_line(KEY)), "{shown}");
+        }
+        // A key of another certificate, with other problems: all reported,
+        // none showing a key.
+        let e = base()
+            .port(0)
+            .client_certificate_pem(CERT, OTHER_KEY)
+            .build()
+            .expect_err("mismatch");
+        let fields: Vec<&str> = e.iter().map(FieldError::field).collect();
+        assert_eq!(fields, ["port", "client_key"]);
+        let shown = format!("{e}\n{e:?}");
+        assert!(
+            !shown.contains(key_line(OTHER_KEY)) && !shown.contains(key_line(KEY)),
+            "{shown}"
+        );
+        // Only over TLS.
+        let e = base()
+            .tls(TlsMode::None)
+            .client_certificate_pem(CERT, KEY)
+            .build()
+            .expect_err("no TLS");
+        assert!(e.field("client_certificate").is_some(), "{e}");
+        // Removed again.
+        let s = s.to_builder().no_client_certificate().build().expect("valid");
+        assert!(s.tls_options().client_identity().is_none());
+    }
+
+    #[test]
+    fn a_kept_client_key_never_follows_a_server_change() {
+        let s = base().client_certificate_pem(CERT, KEY).build().expect("valid");
+        let cases: Vec<(&str, SmtpSettingsBuilder)> = vec![
+            ("host", s.to_builder().host("attacker.example.net")),
+            ("port", s.to_builder().port(2525)),
+            ("tls", s.to_builder().tls(TlsMode::Implicit)),
+            (
+                "webpki_roots",
+                s.to_builder().webpki_roots(false).add_root_certificates_pem(CERT),
+            ),
+            ("extra roots", s.to_builder().add_root_certificates_pem(CERT)),
+            ("system_roots", s.to_builder().system_roots(true)),
+            (
+                "dangerous_accept_invalid_certs",
+                s.to_builder().dangerous(|d| d.accept_invalid_certs(true)),
+            ),
+            (
+                "dangerous_accept_invalid_hostnames",
+                s.to_builder().dangerous(|d| d.accept_invalid_hostnames(true)),
+            ),
+        ];
+        for (what, builder) in cases {
+            let e = builder.build().expect_err(what);
+            assert_eq!(
+                e.field("client_key").map(FieldError::message),
+                Some(ENTER_CLIENT_KEY_AGAIN),
+                "{what}: {e}"
+            );
+        }
+        // What is not about the server keeps it; entering it again or
+        // removing it ends the rule.
+        assert!(s
+            .to_builder()
+            .sender_name("App")
+            .helo_name("h.example")
+            .build()
+            .is_ok());
+        assert!(s.to_builder().host(" SMTP.example.com ").build().is_ok());
+        assert!(s
+            .to_builder()
+            .dangerous(|d| d.allow_plaintext_auth(true))
+            .build()
+            .is_ok());
+        assert!(s
+            .to_builder()
+            .host("other.example.net")
+            .client_certificate_pem(CERT, KEY)
+            .build()
+            .is_ok());
+        assert!(s
+            .to_builder()
+            .host("other.example.net")
+            .no_client_certificate()
+            .build()
+            .is_ok());
+    }
+
+    #[test]
+    fn system_roots_are_a_trust_change_for_a_kept_password() {
+        let s = base().credentials("app", "kept-secret").build().expect("valid");
+        let e = s.to_builder().system_roots(true).build().expect_err("changed");
+        assert_eq!(
+            e.field("password").map(FieldError::message),
+            Some(ENTER_PASSWORD_AGAIN),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! [`Error::is_tampered`]. A wrong key or a changed byte is an error, never
 //! garbage.
 //!
+//! A client certificate's private key (mutual TLS) is sealed the same way,
+//! bound to the same data and marked as a client key, so that neither
+//! sealed secret opens in the other's place.
+//!
 //! Records sealed by earlier releases (version 1: bound to the profile name
 //! only) still open, and are sealed anew in the current format whenever they
 //! are sealed again (a [`ProfileStore`](crate::profiles::ProfileStore) does
@@ -209,16 +213,21 @@ fn profile_only_version() -> u32 {
     VERSION_PROFILE_ONLY
 }
 
-/// Settings whose password is sealed: safe to store as JSON or TOML.
+/// Settings whose password (and client key) is sealed: safe to store as
+/// JSON or TOML.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SealedSettings {
-    /// Everything but the password.
+    /// Everything but the password and the client key.
     pub settings: SettingsData,
     /// The password (or OAuth2 token), sealed; absent without credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<SealedSecret>,
+    /// The private key of the client certificate (PEM), sealed (always seal
+    /// version 2); absent without a client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<SealedSecret>,
 }
 
 /// Version 1 associated data (still read, never written).
@@ -297,6 +306,8 @@ fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
         timeouts,
         extra_roots_pem,
         webpki_roots,
+        system_roots,
+        client_certificate_pem,
         dangerous_accept_invalid_certs,
         dangerous_accept_invalid_hostnames,
         pipelining,
@@ -361,6 +372,22 @@ fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
     if let Some(secs) = connect_attempt_delay {
         c.seconds("connect_attempt_delay", *secs);
     }
+    if *system_roots {
+        c.flag("system_roots", true);
+    }
+    if let Some(chain) = client_certificate_pem {
+        c.text("client_certificate_pem", chain);
+    }
+    c.0
+}
+
+/// The associated data of a sealed client key: [`bound_aad`] and an item
+/// no password's data has, so that the sealed password and the sealed key
+/// cannot stand in for each other (a key opened as a password would be
+/// sent to the server).
+fn client_key_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
+    let mut c = Canonical(bound_aad(profile, settings));
+    c.text("sealed secret", "client key");
     c.0
 }
 
@@ -393,30 +420,46 @@ impl SmtpSettings {
         let settings = self.to_data();
         let password = match secret {
             None => None,
-            Some(plain) => {
-                let mut nonce = [0u8; NONCE_LEN];
-                SystemRandom::new()
-                    .fill(&mut nonce)
-                    .map_err(|_| key_error("the system random generator failed"))?;
-                let mut buf = sealing_buffer(plain.as_bytes());
-                key.aead()
-                    .seal_in_place_append_tag(
-                        Nonce::assume_unique_for_key(nonce),
-                        Aad::from(bound_aad(profile, &settings)),
-                        &mut *buf,
-                    )
-                    .map_err(|_| key_error("sealing the password failed"))?;
-                Some(SealedSecret {
-                    algorithm: ALGORITHM.to_owned(),
-                    version: VERSION_WHOLE_RECORD,
-                    nonce: B64.encode(nonce),
-                    ciphertext: B64.encode(&*buf),
-                    key_check: Some(key.key_check()),
-                })
+            Some(plain) => Some(seal_secret(key, bound_aad(profile, &settings), plain.as_bytes())?),
+        };
+        let client_key = match self.tls_options.client_identity() {
+            None => None,
+            Some(identity) => {
+                let pem = identity
+                    .key_pem()
+                    .ok_or_else(|| key_error("this form of client key cannot be stored"))?;
+                Some(seal_secret(
+                    key,
+                    client_key_aad(profile, &settings),
+                    pem.as_bytes(),
+                )?)
             }
         };
-        Ok(SealedSettings { settings, password })
+        Ok(SealedSettings {
+            settings,
+            password,
+            client_key,
+        })
     }
+}
+
+/// Seals `plain` under `key` with a random nonce (seal version 2).
+fn seal_secret(key: &SecretKey, aad: Vec<u8>, plain: &[u8]) -> Result<SealedSecret, Error> {
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| key_error("the system random generator failed"))?;
+    let mut buf = sealing_buffer(plain);
+    key.aead()
+        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut *buf)
+        .map_err(|_| key_error("sealing a secret failed"))?;
+    Ok(SealedSecret {
+        algorithm: ALGORITHM.to_owned(),
+        version: VERSION_WHOLE_RECORD,
+        nonce: B64.encode(nonce),
+        ciphertext: B64.encode(&*buf),
+        key_check: Some(key.key_check()),
+    })
 }
 
 fn unseal_error() -> Error {
@@ -437,33 +480,45 @@ impl SealedSettings {
     /// profile name and every setting (as the seal binds them), and the
     /// sealed password as stored, or its absence.
     pub(crate) fn authenticated_bytes(&self, profile: &str, out: &mut Vec<u8>) {
+        fn secret(out: &mut Vec<u8>, p: &SealedSecret) {
+            push_field(out, p.algorithm.as_bytes());
+            out.extend_from_slice(&p.version.to_be_bytes());
+            push_field(out, p.nonce.as_bytes());
+            push_field(out, p.ciphertext.as_bytes());
+            match &p.key_check {
+                None => out.push(0),
+                Some(check) => {
+                    out.push(1);
+                    push_field(out, check.as_bytes());
+                }
+            }
+        }
         push_field(out, &bound_aad(profile, &self.settings));
         match &self.password {
             None => out.push(0),
             Some(p) => {
                 out.push(1);
-                push_field(out, p.algorithm.as_bytes());
-                out.extend_from_slice(&p.version.to_be_bytes());
-                push_field(out, p.nonce.as_bytes());
-                push_field(out, p.ciphertext.as_bytes());
-                match &p.key_check {
-                    None => out.push(0),
-                    Some(check) => {
-                        out.push(1);
-                        push_field(out, check.as_bytes());
-                    }
-                }
+                secret(out, p);
             }
+        }
+        // Added later: present only with a client key, so that the bytes of
+        // stores written before stay the same. Its marker (2) cannot start
+        // what follows a record otherwise: the next profile's name length
+        // (8 bytes, big-endian, far below 2^57) or the end.
+        if let Some(k) = &self.client_key {
+            out.push(2);
+            secret(out, k);
         }
     }
 
     /// Whether the password was sealed under another key than `key` (its
     /// key check says so).
     pub(crate) fn sealed_with_other_key(&self, key: &SecretKey) -> bool {
-        self.password
-            .as_ref()
-            .and_then(|p| p.key_check.as_deref())
-            .is_some_and(|check| !key.is_key_check(check))
+        [&self.password, &self.client_key]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.key_check.as_deref())
+            .any(|check| !key.is_key_check(check))
     }
 
     /// Whether the password is sealed in the version-1 format of earlier
@@ -474,16 +529,51 @@ impl SealedSettings {
             .is_some_and(|p| p.version == VERSION_PROFILE_ONLY)
     }
 
-    /// Opens the password with `key` for `profile` and validates the
-    /// settings. A record changed since it was sealed (a setting, the
-    /// profile name, the seal version or the sealed bytes) is an error for
-    /// which [`Error::is_tampered`] holds, and no password is returned.
+    /// Opens the password (and the client key) with `key` for `profile` and
+    /// validates the settings. A record changed since it was sealed (a
+    /// setting, the profile name, the seal version or the sealed bytes) is
+    /// an error for which [`Error::is_tampered`] holds, and no password is
+    /// returned.
     pub fn unseal(&self, key: &SecretKey, profile: &str) -> Result<SmtpSettings, Error> {
         let secret = match &self.password {
             None => None,
             Some(sealed) => Some(self.open(sealed, key, profile)?),
         };
-        self.settings.clone().into_settings(secret).map_err(Error::from)
+        let client_key = match &self.client_key {
+            None => None,
+            Some(sealed) => Some(self.open_client_key(sealed, key, profile)?),
+        };
+        self.settings
+            .clone()
+            .into_settings_with_client_key(secret, client_key)
+            .map_err(Error::from)
+    }
+
+    /// Opens a sealed client key: seal version 2 only (no release sealed
+    /// one under version 1).
+    fn open_client_key(
+        &self,
+        sealed: &SealedSecret,
+        key: &SecretKey,
+        profile: &str,
+    ) -> Result<SecretString, Error> {
+        if sealed.algorithm != ALGORITHM {
+            return Err(key_error(format!(
+                "unknown sealing algorithm {:?}",
+                sealed.algorithm
+            )));
+        }
+        match (sealed.version, &sealed.key_check) {
+            (VERSION_WHOLE_RECORD, Some(check)) if !key.is_key_check(check) => return Err(unseal_error()),
+            (VERSION_WHOLE_RECORD, Some(_)) => {}
+            (VERSION_PROFILE_ONLY | VERSION_WHOLE_RECORD, _) => return Err(tampered()),
+            (other, _) => {
+                return Err(key_error(format!(
+                    "unknown seal version {other}: written by a newer relaymail?"
+                )))
+            }
+        }
+        open_secret(sealed, key, client_key_aad(profile, &self.settings)).ok_or_else(tampered)
     }
 
     fn open(&self, sealed: &SealedSecret, key: &SecretKey, profile: &str) -> Result<SecretString, Error> {
@@ -507,28 +597,29 @@ impl SealedSettings {
                 )))
             }
         };
-        let failed = || match sealed.version {
+        open_secret(sealed, key, aad).ok_or_else(|| match sealed.version {
             VERSION_WHOLE_RECORD => tampered(),
             _ => unseal_error(),
-        };
-        let nonce: [u8; NONCE_LEN] = B64
-            .decode(&sealed.nonce)
-            .ok()
-            .and_then(|n| n.try_into().ok())
-            .ok_or_else(failed)?;
-        let mut buf = Zeroizing::new(B64.decode(&sealed.ciphertext).map_err(|_| failed())?);
-        let plain = key
-            .aead()
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
-            .map_err(|_| failed())?;
-        let text = std::str::from_utf8(plain).map_err(|_| failed())?;
-        Ok(SecretString::from(text.to_owned()))
+        })
     }
 
     /// Re-seals with a new key (key rotation), in the current format.
     pub fn reseal(&self, old: &SecretKey, new: &SecretKey, profile: &str) -> Result<SealedSettings, Error> {
         self.unseal(old, profile)?.seal(new, profile)
     }
+}
+
+/// Opens one sealed secret with `aad`; `None` when it does not open (a
+/// wrong key, changed data, or not text).
+fn open_secret(sealed: &SealedSecret, key: &SecretKey, aad: Vec<u8>) -> Option<SecretString> {
+    let nonce: [u8; NONCE_LEN] = B64.decode(&sealed.nonce).ok()?.try_into().ok()?;
+    let mut buf = Zeroizing::new(B64.decode(&sealed.ciphertext).ok()?);
+    let plain = key
+        .aead()
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+        .ok()?;
+    let text = std::str::from_utf8(plain).ok()?;
+    Some(SecretString::from(text.to_owned()))
 }
 
 /// Sealed settings as earlier releases wrote them (seal version 1: the
@@ -774,6 +865,135 @@ mod tests {
                 "no copy left behind"
             );
         }
+    }
+
+    /// Test keys made with openssl for these tests only (testdata/README.md).
+    const CERT: &str = include_str!("testdata/ec.crt");
+    const KEY: &str = include_str!("testdata/ec-sec1.key");
+
+    fn key_line() -> &'static str {
+        KEY.lines().nth(1).expect("a key line")
+    }
+
+    fn with_client_key() -> SmtpSettings {
+        settings()
+            .to_builder()
+            .client_certificate_pem(CERT, KEY)
+            .build()
+            .expect("settings")
+    }
+
+    fn client_key_pem(s: &SmtpSettings) -> String {
+        let identity = s.tls_options().client_identity().expect("identity");
+        identity.key_pem().expect("pem").as_str().to_owned()
+    }
+
+    #[test]
+    fn a_client_key_is_sealed_like_the_password() {
+        let key = SecretKey::generate().expect("key");
+        let s = with_client_key();
+        let sealed = s.seal(&key, "primary").expect("sealed");
+        let json = serde_json::to_string(&sealed).expect("json");
+        assert!(!json.contains(key_line()), "{json}");
+        assert!(sealed.client_key.is_some() && sealed.password.is_some());
+        let back: SealedSettings = serde_json::from_str(&json).expect("parse");
+        let opened = back.unseal(&key, "primary").expect("unsealed");
+        assert_eq!(format!("{opened:?}"), format!("{s:?}"));
+        assert_eq!(client_key_pem(&opened), KEY);
+        // Key rotation carries it.
+        let new = SecretKey::generate().expect("key");
+        let rotated = sealed.reseal(&key, &new, "primary").expect("rotated");
+        assert_eq!(
+            client_key_pem(&rotated.unseal(&new, "primary").expect("new key")),
+            KEY
+        );
+        // A client key alone, without a password.
+        let alone = s.to_builder().no_auth().build().expect("settings");
+        let sealed = alone.seal(&key, "primary").expect("sealed");
+        assert!(sealed.password.is_none());
+        assert_eq!(
+            client_key_pem(&sealed.unseal(&key, "primary").expect("opens")),
+            KEY
+        );
+    }
+
+    #[test]
+    fn a_sealed_client_key_is_bound_to_the_record_and_is_no_password() {
+        let key = SecretKey::generate().expect("key");
+        let sealed = with_client_key().seal(&key, "primary").expect("sealed");
+        let mut cases: Vec<(&str, SealedSettings)> = Vec::new();
+        let mut moved = sealed.clone();
+        moved.settings.host = "attacker.example.net".into();
+        cases.push(("host", moved));
+        let mut other_chain = sealed.clone();
+        other_chain.settings.client_certificate_pem = Some(include_str!("testdata/rsa.crt").into());
+        cases.push(("client_certificate_pem", other_chain));
+        let mut system = sealed.clone();
+        system.settings.system_roots = true;
+        cases.push(("system_roots", system));
+        // The sealed password and the sealed key trade places: opened as a
+        // password, the key would be sent to the server.
+        let mut swapped = sealed.clone();
+        std::mem::swap(&mut swapped.password, &mut swapped.client_key);
+        cases.push(("swapped", swapped));
+        let mut key_as_password = sealed.clone();
+        key_as_password.password = sealed.client_key.clone();
+        cases.push(("the key as the password", key_as_password));
+        let mut version_1 = sealed.clone();
+        if let Some(k) = version_1.client_key.as_mut() {
+            k.version = VERSION_PROFILE_ONLY;
+            k.key_check = None;
+        }
+        cases.push(("a version-1 client key", version_1));
+        for (what, record) in cases {
+            let e = record.unseal(&key, "primary").expect_err(what);
+            assert!(e.is_tampered(), "{what}: {e}");
+            let shown = format!("{e}{e:?}");
+            assert!(
+                !shown.contains(key_line()) && !shown.contains("Sealed-Pa55word"),
+                "{what}: {shown}"
+            );
+        }
+        // The key removed from the record: the certificate needs it.
+        let mut no_key = sealed.clone();
+        no_key.client_key = None;
+        let e = no_key.unseal(&key, "primary").expect_err("no key");
+        assert!(e.to_string().contains("client_key"), "{e}");
+        // Another key: not a changed record.
+        let other = SecretKey::generate().expect("key");
+        assert!(!sealed
+            .unseal(&other, "primary")
+            .expect_err("wrong key")
+            .is_tampered());
+    }
+
+    #[test]
+    fn records_sealed_before_the_new_fields_still_open() {
+        // A profile store saved before client certificates and system
+        // roots existed (tests/profiles/fixtures), under this test key.
+        let store: serde_json::Value = serde_json::from_str(include_str!(
+            "../../tests/profiles/fixtures/store-0.1-password.json"
+        ))
+        .expect("fixture");
+        let record: SealedSettings =
+            serde_json::from_value(store["profiles"][0]["settings"].clone()).expect("record");
+        let key = SecretKey::from_base64("cmVsYXltYWlsIGNvbXBhdGliaWxpdHkgZml4dHVyZSE=").expect("key");
+        let s = record.unseal(&key, "primary").expect("opens");
+        assert_eq!(s.host(), "mail.example.com");
+        assert!(!s.tls_options().uses_system_roots() && s.tls_options().client_identity().is_none());
+        // Its associated data is the same as before: the new fields, at
+        // their defaults, add nothing.
+        assert_eq!(s.seal(&key, "primary").expect("sealed").settings, record.settings);
+        let mut with_defaults = record.settings.clone();
+        with_defaults.system_roots = false;
+        with_defaults.client_certificate_pem = None;
+        assert_eq!(
+            bound_aad("primary", &with_defaults),
+            bound_aad("primary", &record.settings)
+        );
+        let mut on = record.settings.clone();
+        on.system_roots = true;
+        assert_ne!(bound_aad("primary", &on), bound_aad("primary", &record.settings));
     }
 
     #[test]

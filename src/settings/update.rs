@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::{Auth, FieldError, SettingsErrors, SmtpSettings, TlsMode};
 use crate::proto::auth::Credential;
@@ -18,15 +18,44 @@ use crate::proto::auth::Credential;
 pub enum PasswordChange {
     /// Keep it (the form's password field was left empty). The default.
     /// Only while the server stays the same: when the host, port, TLS mode,
-    /// plain-text AUTH, a `dangerous_*` flag, the trusted roots or the user
-    /// name change, `Keep` is a `password` field error ("enter the password
-    /// again: the server settings changed") — a form that never shows the
-    /// password must not let it be sent to a server someone just typed in.
+    /// plain-text AUTH, a `dangerous_*` flag, the trusted roots (system
+    /// roots included) or the user name change, `Keep` is a `password`
+    /// field error ("enter the password again: the server settings
+    /// changed") — a form that never shows the password must not let it be
+    /// sent to a server someone just typed in.
     #[default]
     Keep,
     /// Replace it with a newly typed one.
     Set(SecretString),
     /// Remove the credentials (no AUTH).
+    Clear,
+}
+
+/// What happens to the stored client certificate and its private key
+/// (mutual TLS). Like the password, the key is never echoed back to a form.
+#[derive(Clone, Debug, Default)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "keep, set and clear are every change a stored secret can have"
+)]
+pub enum ClientCertificateChange {
+    /// Keep it (the form's key field was left empty). The default. Only
+    /// while the server stays the same: when the host, port, TLS mode, the
+    /// trusted roots (system roots included) or a `dangerous_*` flag
+    /// change, `Keep` is a `client_key` field error ("enter the client
+    /// certificate and its private key again: the server settings
+    /// changed").
+    #[default]
+    Keep,
+    /// Replace it: the certificate chain and the private key, as PEM (see
+    /// [`SmtpSettingsBuilder::client_certificate_pem`](super::SmtpSettingsBuilder::client_certificate_pem)).
+    Set {
+        /// The client's certificate first, then any intermediates.
+        chain_pem: String,
+        /// The private key of the first certificate.
+        key_pem: SecretString,
+    },
+    /// Remove the client certificate.
     Clear,
 }
 
@@ -61,6 +90,11 @@ pub struct SettingsUpdate {
     pub backup_relays: Option<Vec<String>>,
     /// The local source address (`Some(None)`: the system's choice).
     pub source_address: Option<Option<std::net::IpAddr>>,
+    /// Trust the operating system's certificate store too (feature
+    /// `system-roots`).
+    pub system_roots: Option<bool>,
+    /// The client certificate and its private key.
+    pub client_certificate: ClientCertificateChange,
 }
 
 impl SettingsUpdate {
@@ -80,7 +114,12 @@ impl SmtpSettings {
     /// plain-text AUTH, `dangerous_*` flags, trusted roots, user name;
     /// otherwise a `password` field error asks for it again);
     /// [`PasswordChange::Set`] needs a user name (given or stored);
-    /// [`PasswordChange::Clear`] removes the credentials.
+    /// [`PasswordChange::Clear`] removes the credentials. The client
+    /// certificate's key follows the same rules
+    /// ([`ClientCertificateChange`]): kept only while the host, port, TLS
+    /// mode and trust settings stay the same (a `client_key` field error
+    /// otherwise). Turning the system roots on or off is a change of trust
+    /// settings for both.
     pub fn apply(&self, update: SettingsUpdate) -> Result<SmtpSettings, SettingsErrors> {
         let mut b = self.to_builder();
         let mut errors = Vec::new();
@@ -160,6 +199,17 @@ impl SmtpSettings {
         }
         if let Some(ip) = update.source_address {
             b = b.source_address(ip);
+        }
+        if let Some(on) = update.system_roots {
+            b = b.system_roots(on);
+        }
+        match update.client_certificate {
+            // Still marked as kept: build() refuses it when the server changed.
+            ClientCertificateChange::Keep => {}
+            ClientCertificateChange::Set { chain_pem, key_pem } => {
+                b = b.client_certificate_pem(chain_pem, key_pem.expose_secret())
+            }
+            ClientCertificateChange::Clear => b = b.no_client_certificate(),
         }
         b.build_reporting(errors)
     }
@@ -363,6 +413,127 @@ mod tests {
         assert!(token.to_builder().timeout(Duration::from_secs(9)).build().is_ok());
         assert!(token.to_builder().port(2525).build().is_err());
         assert!(s.to_builder().host(" mail.example.com ").build().is_ok());
+    }
+
+    /// Test keys made with openssl for these tests only (testdata/README.md).
+    const CERT: &str = include_str!("testdata/ec.crt");
+    const KEY: &str = include_str!("testdata/ec-sec1.key");
+    const RSA_CERT: &str = include_str!("testdata/rsa.crt");
+    const RSA_KEY: &str = include_str!("testdata/rsa-pkcs1.key");
+
+    fn subject(s: &SmtpSettings) -> Option<&str> {
+        s.tls_options().client_identity().map(|c| c.subject())
+    }
+
+    #[test]
+    fn client_certificate_keep_set_clear() {
+        let s = stored()
+            .to_builder()
+            .client_certificate_pem(CERT, KEY)
+            .build()
+            .expect("settings");
+        let kept = s
+            .apply(SettingsUpdate {
+                sender_name: Some(Some("Example App".into())),
+                host: Some("MAIL.example.com".into()),
+                ..SettingsUpdate::new()
+            })
+            .expect("kept");
+        assert_eq!(subject(&kept), subject(&s));
+        let set = s
+            .apply(SettingsUpdate {
+                client_certificate: ClientCertificateChange::Set {
+                    chain_pem: RSA_CERT.into(),
+                    key_pem: RSA_KEY.into(),
+                },
+                ..SettingsUpdate::new()
+            })
+            .expect("set");
+        assert_eq!(subject(&set), Some("CN=relaymail unit test RSA"));
+        let cleared = s
+            .apply(SettingsUpdate {
+                client_certificate: ClientCertificateChange::Clear,
+                ..SettingsUpdate::new()
+            })
+            .expect("cleared");
+        assert_eq!(subject(&cleared), None);
+        // A bad new pair is the form's field error, the key never shown.
+        let e = s
+            .apply(SettingsUpdate {
+                client_certificate: ClientCertificateChange::Set {
+                    chain_pem: CERT.into(),
+                    key_pem: RSA_KEY.into(),
+                },
+                ..SettingsUpdate::new()
+            })
+            .expect_err("mismatch");
+        assert!(e.field("client_key").is_some(), "{e}");
+        let update = SettingsUpdate {
+            client_certificate: ClientCertificateChange::Set {
+                chain_pem: CERT.into(),
+                key_pem: KEY.into(),
+            },
+            ..SettingsUpdate::new()
+        };
+        let key_line = KEY.lines().nth(1).expect("a key line");
+        assert!(!format!("{update:?}{e:?}").contains(key_line));
+    }
+
+    #[test]
+    fn a_kept_client_key_never_follows_a_server_change() {
+        let s = stored()
+            .apply(SettingsUpdate {
+                password: PasswordChange::Clear,
+                client_certificate: ClientCertificateChange::Set {
+                    chain_pem: CERT.into(),
+                    key_pem: KEY.into(),
+                },
+                ..SettingsUpdate::new()
+            })
+            .expect("settings");
+        let form = |f: fn(&mut SettingsUpdate)| {
+            let mut u = SettingsUpdate::new();
+            f(&mut u);
+            s.apply(u)
+        };
+        for (what, result) in [
+            ("host", form(|u| u.host = Some("attacker.example.net".into()))),
+            ("port", form(|u| u.port = Some(2525))),
+            ("tls", form(|u| u.tls = Some(TlsMode::Implicit))),
+            ("system_roots", form(|u| u.system_roots = Some(true))),
+        ] {
+            let e = result.expect_err(what);
+            assert_eq!(
+                e.field("client_key").map(FieldError::message),
+                Some(super::super::ENTER_CLIENT_KEY_AGAIN),
+                "{what}: {e}"
+            );
+        }
+        // Typed again with the change, it is accepted.
+        let moved = form(|u| {
+            u.host = Some("smtp.example.org".into());
+            u.client_certificate = ClientCertificateChange::Set {
+                chain_pem: CERT.into(),
+                key_pem: KEY.into(),
+            };
+        })
+        .expect("entered again");
+        assert_eq!(moved.host(), "smtp.example.org");
+    }
+
+    #[test]
+    fn turning_system_roots_on_asks_for_the_password_again() {
+        let e = stored()
+            .apply(SettingsUpdate {
+                system_roots: Some(true),
+                ..SettingsUpdate::new()
+            })
+            .expect_err("a trust change");
+        assert_eq!(
+            e.field("password").map(FieldError::message),
+            Some(ENTER_PASSWORD_AGAIN),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The SMTP URL form of settings:
 //!
 //! ```text
-//! smtp://[user[:password]@]host[:port][?tls=starttls|starttls-opportunistic|none&helo=NAME&timeout=SECS&from=ADDR]
-//! smtps://[user[:password]@]host[:port][?helo=…&timeout=…&from=…]
+//! smtp://[user[:password]@]host[:port][?tls=starttls|starttls-opportunistic|none&helo=NAME&timeout=SECS&from=ADDR&system_roots=true]
+//! smtps://[user[:password]@]host[:port][?helo=…&timeout=…&from=…&system_roots=true]
 //! ```
 //!
 //! and, for development and tests (see [`crate::dev`]),
@@ -21,6 +21,15 @@
 //! `smtp://` means STARTTLS (required) unless `tls=` says otherwise;
 //! `smtps://` means implicit TLS. User name and password are
 //! percent-decoded. [`SmtpUrl`]'s `Display` never shows the password.
+//! `system_roots=true` trusts the operating system's certificate store too
+//! (feature `system-roots`; see [`SmtpSettingsBuilder::system_roots`]).
+//!
+//! A client certificate has no place in a URL: its private key is a secret,
+//! and URLs end up in logs, shell history and process lists. Parameters
+//! that try (`client_cert`, `client_certificate`, `client_key`, `cert`,
+//! `key`) are refused with a `url` field error that does not repeat them,
+//! and settings with a client certificate are written without it (the URL
+//! of such settings reads back without one).
 
 use std::fmt;
 use std::time::Duration;
@@ -257,9 +266,23 @@ impl SmtpSettingsBuilder {
                         "not a number of seconds",
                     )),
                 },
+                "system_roots" => match value.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" => b = b.system_roots(true),
+                    "false" | "0" | "no" | "off" => b = b.system_roots(false),
+                    _ => errors.push(FieldError::new(
+                        "system_roots",
+                        "system_roots is true or false",
+                    )),
+                },
+                "client_cert" | "client_certificate" | "client_key" | "cert" | "key" => {
+                    errors.push(FieldError::new(
+                        "url",
+                        "a client certificate and its private key do not belong in a URL (URLs end up in logs and shell history): set them with client_certificate_pem, or store the settings sealed",
+                    ))
+                }
                 _ => errors.push(FieldError::new(
                     "url",
-                    "unknown parameter: use tls, helo, timeout, from, backup, source_address, primary_retry_after or connect_attempt_delay",
+                    "unknown parameter: use tls, helo, timeout, from, system_roots, backup, source_address, primary_retry_after or connect_attempt_delay",
                 )),
             }
         }
@@ -325,7 +348,8 @@ impl SmtpSettings {
     }
 
     /// The settings as an SMTP URL; its `Display` shows the password as
-    /// `***`.
+    /// `***`. A client certificate is not part of it: a URL is no place for
+    /// its private key (see [`SmtpSettingsBuilder::client_certificate_pem`]).
     pub fn url(&self) -> SmtpUrl<'_> {
         SmtpUrl(self)
     }
@@ -414,6 +438,9 @@ impl SmtpUrl<'_> {
         }
         if r.attempt_delay != super::DEFAULT_ATTEMPT_DELAY {
             params.push(format!("connect_attempt_delay={}", r.attempt_delay.as_secs_f64()));
+        }
+        if s.tls_options.system_roots {
+            params.push("system_roots=true".to_owned());
         }
         out.push('?');
         out.push_str(&params.join("&"));
@@ -617,6 +644,64 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn system_roots_in_the_url() {
+        let url = "smtps://mail.example.com?from=a@example.com&system_roots=true";
+        let parsed = SmtpSettingsBuilder::from_url(url).expect("parses");
+        if cfg!(feature = "system-roots") {
+            let s = parsed.build().expect("settings");
+            assert!(s.tls_options().uses_system_roots());
+            assert_eq!(
+                s.url().to_string(),
+                "smtps://mail.example.com:465?from=a%40example.com&system_roots=true"
+            );
+            let again = SmtpSettings::from_url(&s.url().to_string()).expect("round trip");
+            assert!(again.tls_options().uses_system_roots());
+        } else {
+            assert!(parsed
+                .build()
+                .expect_err("feature")
+                .field("system_roots")
+                .is_some());
+        }
+        let s = SmtpSettings::from_url("smtps://mail.example.com?from=a@example.com&system_roots=false")
+            .expect("settings");
+        assert!(!s.tls_options().uses_system_roots());
+        assert!(!s.url().to_string().contains("system_roots"));
+        let e = SmtpSettings::from_url("smtps://mail.example.com?from=a@example.com&system_roots=maybe")
+            .expect_err("bad value");
+        assert!(e.field("system_roots").is_some(), "{e}");
+    }
+
+    #[test]
+    fn a_client_key_has_no_place_in_a_url() {
+        let key = "MHcCAQEEIKey-Material-Never-Echoed";
+        for param in ["client_key", "client_cert", "client_certificate", "key", "cert"] {
+            let url = format!("smtps://mail.example.com?from=a@example.com&{param}={key}");
+            let e = SmtpSettings::from_url(&url).expect_err(param);
+            let message = e.field("url").expect("url").message();
+            assert!(message.contains("do not belong in a URL"), "{param}: {message}");
+            assert!(!format!("{e}{e:?}").contains("Key-Material"), "{param}: {e}");
+        }
+        // Settings with a client certificate are written without it.
+        let s = SmtpSettings::builder()
+            .host("mail.example.com")
+            .sender("a@example.com")
+            .client_certificate_pem(
+                include_str!("testdata/ec.crt"),
+                include_str!("testdata/ec-sec1.key"),
+            )
+            .build()
+            .expect("settings");
+        let url = s.url().expose_password();
+        assert_eq!(url, "smtp://mail.example.com:587?from=a%40example.com");
+        assert!(SmtpSettings::from_url(&url)
+            .expect("reads back")
+            .tls_options()
+            .client_identity()
+            .is_none());
     }
 
     proptest! {

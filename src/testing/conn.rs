@@ -173,15 +173,39 @@ impl Conn {
     }
 
     /// Flushes, then runs the server side of the TLS handshake on the plain
-    /// stream. The caller discards buffered plain-text input first.
+    /// stream. The caller discards buffered plain-text input first. When the
+    /// handshake fails, the plain stream is kept (its alert already sent),
+    /// so that the session can close it lingering: closing with the
+    /// client's next bytes unread would reset the connection, which can
+    /// destroy the alert before the client reads it.
     pub(super) async fn start_tls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
         self.flush().await?;
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
             return Err(io::Error::other("TLS is already active"));
         };
-        let tls = acceptor.accept(tcp).await?;
-        self.stream = Stream::Tls(Box::new(tls));
-        Ok(())
+        match acceptor.accept(tcp).into_fallible().await {
+            Ok(tls) => {
+                self.stream = Stream::Tls(Box::new(tls));
+                Ok(())
+            }
+            Err((e, tcp)) => {
+                self.stream = Stream::Plain(tcp);
+                Err(e)
+            }
+        }
+    }
+
+    /// The subject of the client certificate presented in the TLS
+    /// handshake, if any.
+    pub(super) fn client_certificate(&self) -> Option<String> {
+        let Stream::Tls(tls) = &self.stream else {
+            return None;
+        };
+        let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+        Some(match webpki::EndEntityCert::try_from(leaf) {
+            Ok(cert) => crate::transport::tls::distinguished_name(cert.subject()),
+            Err(_) => "(unreadable certificate)".to_owned(),
+        })
     }
 
     /// Flushes, then reads and ignores everything until the peer closes.

@@ -3,8 +3,10 @@
 //! [`TestServer::start`] binds `127.0.0.1:0` and serves SMTP to real
 //! clients, relaymail's or any other: ESMTP with the extensions a
 //! [`ServerConfig`] turns on, STARTTLS and implicit TLS with a certificate
-//! signed by a CA generated for this server ([`TestServer::ca_pem`]), SMTP
-//! AUTH (PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256, XOAUTH2), DATA and BDAT.
+//! signed by a CA generated for this server ([`TestServer::ca_pem`]),
+//! client certificates issued by that CA when required
+//! ([`ServerConfig::require_client_cert`], [`TestServer::client_identity_pem`]),
+//! SMTP AUTH (PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256, XOAUTH2), DATA and BDAT.
 //!
 //! Tests observe what happened through records and events:
 //!
@@ -95,6 +97,8 @@ pub struct ServerConfig {
     pub(crate) require_auth: bool,
     pub(crate) cert_names: Vec<String>,
     pub(crate) untrusted_cert: bool,
+    pub(crate) require_client_cert: bool,
+    pub(crate) tls12_only: bool,
     pub(crate) ehlo: bool,
     pub(crate) ehlo_lines: Vec<String>,
     pub(crate) reject_senders: Vec<(String, String)>,
@@ -138,6 +142,8 @@ impl ServerConfig {
             require_auth: false,
             cert_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
             untrusted_cert: false,
+            require_client_cert: false,
+            tls12_only: false,
             ehlo: true,
             ehlo_lines: Vec::new(),
             reject_senders: Vec::new(),
@@ -264,6 +270,26 @@ impl ServerConfig {
     /// vouch for, so certificate verification fails. Default: off.
     pub fn untrusted_cert(mut self, on: bool) -> Self {
         self.untrusted_cert = on;
+        self
+    }
+
+    /// Require a client certificate (mutual TLS) issued by this server's CA
+    /// in every TLS handshake, implicit or after STARTTLS: get one with
+    /// [`TestServer::client_identity_pem`]. A handshake without one, or with
+    /// one from another CA ([`foreign_client_identity_pem`]), fails with a
+    /// TLS alert (with TLS 1.3 the client reads it after its side of the
+    /// handshake is done), and the session ends;
+    /// [`SessionRecord::tls_error`] says why. Default: off (no certificate
+    /// asked for).
+    pub fn require_client_cert(mut self, on: bool) -> Self {
+        self.require_client_cert = on;
+        self
+    }
+
+    /// Offer TLS 1.2 only (TLS 1.3 otherwise comes first): with TLS 1.2 a
+    /// refused client certificate fails the handshake itself. Default: off.
+    pub fn tls12_only(mut self, on: bool) -> Self {
+        self.tls12_only = on;
         self
     }
 
@@ -499,6 +525,14 @@ pub struct SessionRecord {
     /// before the TLS handshake; they were discarded (RFC 3207 §4.2). A
     /// correct client sends none.
     pub discarded_after_starttls: usize,
+    /// The subject of the client certificate presented in the TLS
+    /// handshake (e.g. `CN=relaymail test client`); `None` when none was
+    /// (or no handshake succeeded).
+    pub client_certificate: Option<String>,
+    /// Why a TLS handshake failed (rustls's words, e.g. that the client
+    /// sent no certificate, or one from an unknown issuer); `None` when none
+    /// did.
+    pub tls_error: Option<String>,
 }
 
 /// One command line received.
@@ -557,7 +591,7 @@ pub struct WaitTimeout;
 /// aborted and their connections closed.
 pub struct TestServer {
     addr: SocketAddr,
-    ca_pem: String,
+    certs: tls::Certificates,
     shared: Arc<Shared>,
     accept_task: JoinHandle<()>,
 }
@@ -572,14 +606,14 @@ impl TestServer {
     /// invalid name in [`ServerConfig::cert_names`], `InvalidInput`).
     pub async fn start(config: ServerConfig) -> std::io::Result<TestServer> {
         let certs = tls::Certificates::generate(&config.cert_names, config.untrusted_cert)?;
-        let acceptor = certs.acceptor()?;
+        let acceptor = certs.acceptor(config.require_client_cert, config.tls12_only)?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config, acceptor, addr.port()));
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Ok(TestServer {
             addr,
-            ca_pem: certs.ca_pem,
+            certs,
             shared,
             accept_task,
         })
@@ -599,7 +633,21 @@ impl TestServer {
     /// client's trusted roots. With [`ServerConfig::untrusted_cert`] the
     /// server's certificate is not signed by it.
     pub fn ca_pem(&self) -> &str {
-        &self.ca_pem
+        &self.certs.ca_pem
+    }
+
+    /// A new client certificate issued by this server's CA, for
+    /// [`ServerConfig::require_client_cert`]: `(certificate PEM, private key
+    /// PEM)`, an ECDSA P-256 key in PKCS#8 form, subject
+    /// `CN=relaymail test client` (as [`SessionRecord::client_certificate`]
+    /// records it). Give both to
+    /// [`SmtpSettingsBuilder::client_certificate_pem`](crate::SmtpSettingsBuilder::client_certificate_pem).
+    ///
+    /// # Errors
+    ///
+    /// The certificate could not be made (`InvalidInput`).
+    pub fn client_identity_pem(&self) -> std::io::Result<(String, String)> {
+        self.certs.client_identity()
     }
 
     /// A snapshot of the accepted messages, in acceptance order.
@@ -695,6 +743,18 @@ impl Drop for TestServer {
         // every session task.
         self.accept_task.abort();
     }
+}
+
+/// A client certificate and key that no [`TestServer`] accepts: issued by
+/// a CA made for this call (`CN=relaymail foreign test CA`), subject
+/// `CN=relaymail foreign client`. `(certificate PEM, private key PEM)`, as
+/// [`TestServer::client_identity_pem`].
+///
+/// # Errors
+///
+/// The certificate could not be made (`InvalidInput`).
+pub fn foreign_client_identity_pem() -> std::io::Result<(String, String)> {
+    tls::foreign_client_identity()
 }
 
 /// Accepts connections and spawns one session task each; the tasks live in

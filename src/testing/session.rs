@@ -290,8 +290,15 @@ impl Session {
     async fn serve(&mut self) -> io::Result<()> {
         if self.shared.config.implicit_tls {
             let acceptor = self.shared.acceptor.clone();
-            self.conn.start_tls(&acceptor).await?;
-            self.shared.update_session(self.id, |r| r.tls = true);
+            if let Err(e) = self.conn.start_tls(&acceptor).await {
+                self.tls_failed(&e);
+                return Ok(());
+            }
+            let client_certificate = self.conn.client_certificate();
+            self.shared.update_session(self.id, |r| {
+                r.tls = true;
+                r.client_certificate = client_certificate;
+            });
         }
         match self.fault(&Trigger::Greeting).await? {
             Fired::Normal => {
@@ -490,18 +497,30 @@ impl Session {
         // taken as coming over TLS.
         let discarded = self.conn.discard_input();
         let acceptor = self.shared.acceptor.clone();
-        if self.conn.start_tls(&acceptor).await.is_err() {
+        if let Err(e) = self.conn.start_tls(&acceptor).await {
+            self.tls_failed(&e);
             return Ok(Flow::Close);
         }
         self.greeted = false;
         self.esmtp = false;
         self.auth_user = None;
         self.tx = None;
+        let client_certificate = self.conn.client_certificate();
         self.shared.update_session(self.id, |r| {
             r.tls = true;
             r.discarded_after_starttls += discarded;
+            r.client_certificate = client_certificate;
         });
         Ok(Flow::Continue)
+    }
+
+    /// Records why a TLS handshake failed; the connection is then closed
+    /// lingering, so that the alert reaches the client.
+    fn tls_failed(&mut self, error: &io::Error) {
+        let reason = error.to_string();
+        self.shared
+            .update_session(self.id, |r| r.tls_error = Some(reason));
+        self.linger = true;
     }
 
     async fn auth(&mut self, args: &str) -> io::Result<Flow> {

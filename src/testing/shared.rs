@@ -103,6 +103,8 @@ impl Shared {
                 quit: false,
                 closed: false,
                 discarded_after_starttls: 0,
+                client_certificate: None,
+                tls_error: None,
             });
             state.open += 1;
             state.peak = state.peak.max(state.open);

@@ -165,6 +165,12 @@ pub struct TlsInfo {
     pub via_starttls: bool,
     /// The DNS names the server's certificate covers.
     pub certificate_names: Vec<String>,
+    /// The subject of the client certificate sent in this handshake (see
+    /// [`ClientIdentity::subject`](crate::settings::ClientIdentity::subject)):
+    /// `None` when the settings have none, or the server did not ask for
+    /// one (also on a resumed TLS session, where the server remembers the
+    /// certificate of the first).
+    pub client_certificate: Option<String>,
 }
 
 /// What a connection found out about the server.
@@ -691,7 +697,14 @@ impl Connection {
                 }
                 Err(e)
             }
-            Ok(Err(e)) => Err(self.session.io_failed(e).into()),
+            Ok(Err(e)) => match tls::refusal_after_handshake(&e, &self.settings().tls_options) {
+                // The wait in progress (greeting, EHLO) failed, at the TLS stage.
+                Some(refused) => {
+                    self.trace.close(false);
+                    Err(self.abort(refused))
+                }
+                None => Err(self.session.io_failed(e).into()),
+            },
             Ok(Ok(0)) => Ok(self.session.receive_eof()?),
             Ok(Ok(n)) => Ok(self.session.receive(&self.buf[..n])?),
         }
@@ -738,6 +751,7 @@ impl Connection {
             )));
         };
         self.trace.enter(Some(Stage::Tls));
+        let (config, client_certificate) = tls::for_connection(config, &self.settings().tls_options);
         let handshake = TlsConnector::from(config).connect(name, tcp);
         let (deadline, by_cap) = self.capped(Instant::now() + limit);
         match tokio::time::timeout_at(deadline, handshake).await {
@@ -760,6 +774,10 @@ impl Connection {
                         .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
                         .map(|cert| cert.valid_dns_names().map(str::to_owned).collect())
                         .unwrap_or_default(),
+                    client_certificate: client_certificate
+                        .filter(|c| c.was_sent())
+                        .and_then(|_| self.connector.settings.tls_options.client_identity())
+                        .map(|identity| identity.subject().to_owned()),
                 });
                 self.stream = Stream::Tls(Box::new(tls));
                 if via_starttls {
@@ -767,7 +785,10 @@ impl Connection {
                 }
                 Ok(())
             }
-            Ok(Err(e)) => Err(self.abort(tls::handshake_error(e, &host, port, !via_starttls))),
+            Ok(Err(e)) => {
+                let e = tls::handshake_error(e, &host, port, !via_starttls, &self.settings().tls_options);
+                Err(self.abort(e))
+            }
             Err(_) if by_cap => Err(self.abort(send_timeout_error(Some(Stage::Tls)))),
             Err(_) => {
                 let mut e = Error::new(Kind::Timeout, Some(Stage::Tls), "the TLS handshake timed out");

@@ -3,6 +3,7 @@
 //! timeout with the stage and the likely fix; and a working setup reports
 //! every stage.
 
+mod client_cert;
 mod kept_password;
 
 use std::time::Duration;

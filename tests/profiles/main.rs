@@ -3,6 +3,7 @@
 //! losing a message.
 #![cfg(feature = "serde")]
 
+mod compat;
 mod tamper;
 
 use std::collections::HashSet;

@@ -103,6 +103,12 @@ async fn every_stored_setting_is_bound_to_the_sealed_password() {
             "/settings/destination",
             json!("file:///tmp/captured"),
         ),
+        ("system_roots (turned on)", "/settings/system_roots", json!(true)),
+        (
+            "client_certificate_pem (added)",
+            "/settings/client_certificate_pem",
+            json!(our_ca),
+        ),
         ("the seal version (downgrade)", "/password/version", json!(1)),
         ("the nonce", "/password/nonce", json!("AAAAAAAAAAAAAAAA")),
     ];
@@ -188,4 +194,85 @@ async fn every_stored_setting_is_bound_to_the_sealed_password() {
         format!("{:?}", reopened.active().expect("active").settings()),
         format!("{:?}", stored_settings(&our_ca))
     );
+}
+
+#[tokio::test]
+async fn a_client_key_in_the_store_is_sealed_and_bound_to_the_record() {
+    let srv = relaymail::testing::TestServer::start(relaymail::testing::ServerConfig::new())
+        .await
+        .expect("server");
+    let (chain, client_key) = srv.client_identity_pem().expect("identity");
+    let key_line = client_key.lines().nth(1).expect("a key line").to_owned();
+    let settings = stored_settings(srv.ca_pem())
+        .to_builder()
+        .client_certificate_pem(&chain, &client_key)
+        .build()
+        .expect("settings");
+    let key = SecretKey::generate().expect("key");
+    let key_text = key.to_base64();
+    let path = super::temp_store("tamper-client-key");
+    let store = ProfileStore::new(&path, key);
+    let mut profiles = store.load().expect("load");
+    profiles.add("primary", settings.clone(), true).expect("add");
+    store.save(&mut profiles).expect("save");
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert!(!text.contains(&key_line) && !text.contains(PASSWORD), "{text}");
+    let original: Value = serde_json::from_str(&text).expect("json");
+    assert!(
+        original["profiles"][0]["settings"]["client_key"].is_object(),
+        "{original}"
+    );
+    let reopen = || {
+        ProfileStore::new(
+            &path,
+            SecretKey::from_base64(secrecy::ExposeSecret::expose_secret(&key_text)).expect("key"),
+        )
+        .load()
+    };
+    let reopened = reopen().expect("opens");
+    assert_eq!(
+        format!("{:?}", reopened.active().expect("active").settings()),
+        format!("{settings:?}")
+    );
+    // (what, the edit) — each caught by the store's tag, and without the
+    // tag by the seal.
+    type Edit = fn(&mut Value);
+    let edits: Vec<(&str, Edit)> = vec![
+        ("the client key's nonce", |p| {
+            p["client_key"]["nonce"] = json!("AAAAAAAAAAAAAAAA")
+        }),
+        ("the client key removed", |p| {
+            p.as_object_mut().expect("object").remove("client_key");
+        }),
+        ("the certificate replaced", |p| {
+            p["settings"]["client_certificate_pem"] =
+                json!(include_str!("../../src/settings/testdata/ec.crt"))
+        }),
+        ("the sealed secrets swapped", |p| {
+            let password = p["password"].clone();
+            p["password"] = p["client_key"].clone();
+            p["client_key"] = password;
+        }),
+        ("the host", |p| {
+            p["settings"]["host"] = json!("attacker.example.net")
+        }),
+    ];
+    for (what, edit) in edits {
+        let mut file = original.clone();
+        edit(&mut file["profiles"][0]["settings"]);
+        std::fs::write(&path, serde_json::to_vec_pretty(&file).expect("json")).expect("write");
+        let e = reopen().expect_err(what);
+        assert!(e.is_tampered(), "{what}: {e}");
+        file.as_object_mut().expect("object").remove("mac");
+        std::fs::write(&path, serde_json::to_vec_pretty(&file).expect("json")).expect("write");
+        let e = reopen().expect_err(what);
+        let shown = format!("{e}\n{e:?}");
+        assert!(
+            !shown.contains(&key_line) && !shown.contains(PASSWORD),
+            "{what}: {shown}"
+        );
+        if what != "the client key removed" {
+            assert!(e.is_tampered(), "{what}: {e}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 #![cfg(feature = "test-server")]
 
 mod auth;
+mod client_cert;
 mod delivery;
 mod messages;
 mod route;
