@@ -144,9 +144,9 @@ pub use proto::auth::{Credential, Mechanism, UnknownMechanism};
 pub use proto::reply::Reply;
 pub use proto::session::{Envelope, EnvelopeError, Recipient, RecipientReply};
 pub use settings::{
-    Auth, CredentialProvider, DangerousSettings, FieldError, PasswordChange, Sender, SettingsErrors,
-    SettingsUpdate, SmtpSettings, SmtpSettingsBuilder, SmtpUrl, Timeouts, TlsMode, TlsOptions,
-    UnknownTlsMode,
+    Auth, CredentialProvider, DangerousSettings, FieldError, PasswordChange, Proxy, ProxyKind, Sender,
+    SettingsErrors, SettingsUpdate, SmtpSettings, SmtpSettingsBuilder, SmtpUrl, Timeouts, TlsMode,
+    TlsOptions, UnknownTlsMode,
 };
 pub use transport::{probe, Connection, ConnectionInfo, Connector, Delivery, TlsInfo};
 

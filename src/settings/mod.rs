@@ -37,6 +37,7 @@ use secrecy::SecretString;
 
 #[cfg(feature = "serde")]
 mod data;
+mod proxy;
 #[cfg(feature = "serde")]
 mod sealed;
 mod update;
@@ -44,6 +45,8 @@ mod url;
 
 #[cfg(feature = "serde")]
 pub use data::{SettingsData, TimeoutsData};
+pub(crate) use proxy::{host_port, ProxyDestination, ProxyEndpoint, ENTER_PROXY_PASSWORD_AGAIN};
+pub use proxy::{Proxy, ProxyKind, UnknownProxyKind};
 #[cfg(all(test, feature = "serde"))]
 pub(crate) use sealed::seal_version_1;
 #[cfg(feature = "serde")]
@@ -309,6 +312,8 @@ struct CredentialDestination {
     dangerous_accept_invalid_hostnames: bool,
     extra_roots: Vec<CertificateDer<'static>>,
     username: String,
+    /// The proxy the connection goes through (kind, host, port), if any.
+    proxy: Option<ProxyEndpoint>,
 }
 
 impl CredentialDestination {
@@ -320,6 +325,7 @@ impl CredentialDestination {
         tls_options: &TlsOptions,
         allow_plaintext_auth: bool,
         auth: &Auth,
+        proxy: Option<&Proxy>,
     ) -> Option<CredentialDestination> {
         let Auth::Credential(credential) = auth else {
             return None;
@@ -334,6 +340,7 @@ impl CredentialDestination {
             dangerous_accept_invalid_hostnames: tls_options.dangerous_accept_invalid_hostnames,
             extra_roots: tls_options.extra_roots.clone(),
             username: credential.username().to_owned(),
+            proxy: proxy.map(Proxy::endpoint),
         })
     }
 }
@@ -360,6 +367,7 @@ pub struct SmtpSettings {
     pub(crate) chunking: bool,
     pub(crate) require_all_recipients: bool,
     pub(crate) destination: Destination,
+    pub(crate) proxy: Option<Proxy>,
 }
 
 impl SmtpSettings {
@@ -441,6 +449,11 @@ impl SmtpSettings {
         &self.destination
     }
 
+    /// The proxy connections go through, if any (see [`Proxy`]).
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
+    }
+
     fn credential_destination(&self) -> Option<CredentialDestination> {
         CredentialDestination::new(
             &self.host,
@@ -449,6 +462,7 @@ impl SmtpSettings {
             &self.tls_options,
             self.allow_plaintext_auth,
             &self.auth,
+            self.proxy.as_ref(),
         )
     }
 
@@ -456,14 +470,19 @@ impl SmtpSettings {
     ///
     /// The password (or token) is carried over only as long as the server
     /// stays the same: when the host, port, TLS mode, plain-text AUTH, a
-    /// `dangerous_*` flag, the trusted roots or the user name change,
+    /// `dangerous_*` flag, the trusted roots, the user name or the proxy
+    /// (its kind, host or port, or whether there is one) change,
     /// [`build`](SmtpSettingsBuilder::build) reports a `password` field
     /// error ("enter the password again: the server settings changed")
     /// unless the credentials are given again. A stored password is never
-    /// handed to a server it was not entered for.
+    /// handed to a server it was not entered for. Likewise the proxy's
+    /// password is kept only while the proxy's kind, host, port and user
+    /// name stay the same (else a `proxy_password` error).
     pub fn to_builder(&self) -> SmtpSettingsBuilder {
         SmtpSettingsBuilder {
             kept_credential: self.credential_destination(),
+            kept_proxy_credential: self.proxy.as_ref().and_then(Proxy::credential_destination),
+            proxy: self.proxy.clone(),
             host: Some(self.host.clone()),
             port: Some(u32::from(self.port)),
             tls: self.tls,
@@ -500,7 +519,9 @@ impl FieldError {
     }
 
     /// The field: `host`, `port`, `sender`, `sender_name`, `username`,
-    /// `password`, `helo_name`, `extra_roots`, `timeouts`, `auth_mechanisms`.
+    /// `password`, `helo_name`, `extra_roots`, `timeouts`, `auth_mechanisms`,
+    /// and for a [`Proxy`] `proxy`, `proxy_host`, `proxy_port`,
+    /// `proxy_username`, `proxy_password` (see the [`Proxy`] docs).
     pub fn field(&self) -> &'static str {
         self.field
     }
@@ -631,6 +652,10 @@ pub struct SmtpSettingsBuilder {
     /// Where the credential carried over by `to_builder` was to be sent;
     /// `None` once credentials are given anew.
     kept_credential: Option<CredentialDestination>,
+    proxy: Option<Proxy>,
+    /// Where the proxy password carried over by `to_builder` was to be
+    /// sent; `None` once a proxy is given anew.
+    kept_proxy_credential: Option<ProxyDestination>,
 }
 
 impl Default for SmtpSettingsBuilder {
@@ -656,6 +681,8 @@ impl Default for SmtpSettingsBuilder {
             require_all_recipients: false,
             destination: Destination::Relay,
             kept_credential: None,
+            proxy: None,
+            kept_proxy_credential: None,
         }
     }
 }
@@ -956,6 +983,7 @@ impl SmtpSettingsBuilder {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         // An internationalised host name is resolved and verified as A-labels.
         let host = grammar::to_ascii(&host).unwrap_or(host);
+        let proxy = self.proxy.map(|p| p.validated(&mut errors));
         if let Some(kept) = &self.kept_credential {
             let now = CredentialDestination::new(
                 &host,
@@ -964,9 +992,15 @@ impl SmtpSettingsBuilder {
                 &tls_options,
                 self.allow_plaintext_auth,
                 &self.auth,
+                proxy.as_ref(),
             );
             if now.as_ref() != Some(kept) {
                 errors.push(FieldError::new("password", ENTER_PASSWORD_AGAIN));
+            }
+        }
+        if let Some(kept) = &self.kept_proxy_credential {
+            if proxy.as_ref().and_then(Proxy::credential_destination).as_ref() != Some(kept) {
+                errors.push(FieldError::new("proxy_password", ENTER_PROXY_PASSWORD_AGAIN));
             }
         }
         let sender = match sender {
@@ -991,6 +1025,7 @@ impl SmtpSettingsBuilder {
             chunking: self.chunking,
             require_all_recipients: self.require_all_recipients,
             destination: self.destination,
+            proxy,
         })
     }
 }

@@ -22,6 +22,7 @@
 //! ```
 
 mod connect;
+mod proxy;
 pub(crate) mod tls;
 
 use std::net::SocketAddr;
@@ -168,7 +169,7 @@ pub struct TlsInfo {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ConnectionInfo {
-    /// The server's address.
+    /// The server's address (through a proxy: the proxy's).
     pub peer: SocketAddr,
     /// Our local address.
     pub local: SocketAddr,
@@ -284,7 +285,7 @@ impl Connector {
                 .min(d.saturating_duration_since(Instant::now())),
             None => s.timeouts.connect,
         };
-        let tcp = match connect::tcp(&s.host, s.port, limit, &mut trace).await {
+        let tcp = match proxy::tcp(s, &s.host, s.port, limit, &mut trace).await {
             Ok(tcp) => tcp,
             Err(e) => {
                 let e = match deadline {

@@ -6,6 +6,7 @@
 mod auth;
 mod delivery;
 mod messages;
+mod proxy;
 mod support;
 mod timeouts;
 mod tls;
