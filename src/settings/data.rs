@@ -1,7 +1,7 @@
 //! Serde support (feature `serde`): settings as plain data, JSON or TOML.
 //!
 //! [`SettingsData`] is the stored form: every field of [`SmtpSettings`]
-//! except the password, which is never serialised. [`SmtpSettings`]
+//! except the password (and a proxy's password), which is never serialised. [`SmtpSettings`]
 //! serialises through it, and deserialises through it *and* the builder's
 //! validation. Settings with a user name need their password from
 //! elsewhere: [`SealedSettings`](super::SealedSettings) carries it
@@ -11,7 +11,7 @@ use base64::Engine;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Auth, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, Timeouts, TlsMode};
+use super::{Auth, Proxy, ProxyKind, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, Timeouts, TlsMode};
 use crate::proto::auth::{Credential, Mechanism};
 
 /// Timeouts in seconds.
@@ -31,6 +31,23 @@ pub struct TimeoutsData {
     pub data: f64,
     /// The final reply after a message, seconds.
     pub final_reply: f64,
+}
+
+/// A [`Proxy`] as plain data, without its password.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ProxyData {
+    /// `socks5` or `http` (HTTP CONNECT).
+    pub kind: String,
+    /// The proxy's host name or IP address.
+    pub host: String,
+    /// The proxy's port.
+    pub port: u16,
+    /// The user name given to the proxy (its password is stored separately,
+    /// sealed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
 }
 
 /// [`SmtpSettings`] as plain data, without the password.
@@ -89,6 +106,9 @@ pub struct SettingsData {
     /// relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
+    /// The proxy connections go through; absent: a direct connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyData>,
 }
 
 fn pem(der: &[u8]) -> String {
@@ -141,6 +161,12 @@ impl SmtpSettings {
             chunking: self.chunking,
             require_all_recipients: self.require_all_recipients,
             destination: self.destination.url(),
+            proxy: self.proxy.as_ref().map(|p| ProxyData {
+                kind: p.kind.as_str().to_owned(),
+                host: p.host.clone(),
+                port: p.port,
+                username: p.username().map(str::to_owned),
+            }),
         }
     }
 }
@@ -148,7 +174,19 @@ impl SmtpSettings {
 impl SettingsData {
     /// Validated settings, with `secret` as the password (or OAuth2 token)
     /// when the data names a user. Every problem is reported by field.
+    /// Settings whose proxy has a user name need its password too: see
+    /// [`into_settings_with_proxy_password`](Self::into_settings_with_proxy_password).
     pub fn into_settings(self, secret: Option<SecretString>) -> Result<SmtpSettings, SettingsErrors> {
+        self.into_settings_with_proxy_password(secret, None)
+    }
+
+    /// [`into_settings`](Self::into_settings), with `proxy_password` as the
+    /// password of the proxy when the data names a proxy user.
+    pub fn into_settings_with_proxy_password(
+        self,
+        secret: Option<SecretString>,
+        proxy_password: Option<SecretString>,
+    ) -> Result<SmtpSettings, SettingsErrors> {
         let mut errors = Vec::new();
         let tls = self.tls.parse::<TlsMode>().ok().unwrap_or_else(|| {
             errors.push(super::FieldError::new(
@@ -220,6 +258,26 @@ impl SettingsData {
                 }
             }
             b = b.auth_mechanisms(&mechs);
+        }
+        if let Some(p) = self.proxy {
+            match p.kind.parse::<ProxyKind>() {
+                Ok(kind) => {
+                    let mut proxy = Proxy::new(kind, p.host, p.port);
+                    match (p.username, proxy_password) {
+                        (Some(user), Some(password)) => proxy = proxy.with_credentials(user, password),
+                        (Some(_), None) => errors.push(super::FieldError::new(
+                            "proxy_password",
+                            "a proxy user name is stored but no proxy password: settings with proxy credentials are stored sealed",
+                        )),
+                        (None, _) => {}
+                    }
+                    b = b.proxy(proxy);
+                }
+                Err(_) => errors.push(super::FieldError::new(
+                    "proxy",
+                    format!("unknown proxy kind {:?}: use socks5 or http", p.kind),
+                )),
+            }
         }
         match (self.username, secret) {
             (Some(username), Some(secret)) => {
@@ -315,6 +373,72 @@ mod tests {
             .into_settings(Some("Sup3r-Secret-Pw".into()))
             .expect("with the password");
         assert_eq!(format!("{back:?}"), format!("{s:?}"));
+    }
+
+    #[cfg(feature = "proxy")]
+    #[test]
+    fn a_proxy_round_trips_without_its_password() {
+        let plain = full()
+            .to_builder()
+            .proxy(Proxy::socks5("proxy.example", 1080))
+            .build()
+            .expect("settings");
+        let json = serde_json::to_string(&plain).expect("json");
+        assert!(
+            json.contains(r#""proxy":{"kind":"socks5","host":"proxy.example","port":1080}"#),
+            "{json}"
+        );
+        let back: SmtpSettings = serde_json::from_str(&json).expect("parse");
+        assert_eq!(format!("{back:?}"), format!("{plain:?}"));
+        let back: SmtpSettings = toml::from_str(&toml::to_string(&plain).expect("toml")).expect("parse");
+        assert_eq!(format!("{back:?}"), format!("{plain:?}"));
+
+        let s = full()
+            .to_builder()
+            .proxy(Proxy::http_connect("proxy.example", 3128).with_credentials("px", "Pr0xy-Pw-9"))
+            .build()
+            .expect("settings");
+        let json = serde_json::to_string(&s).expect("json");
+        let toml_text = toml::to_string(&s).expect("toml");
+        for text in [&json, &toml_text] {
+            assert!(!text.contains("Pr0xy-Pw-9") && text.contains("px"), "{text}");
+        }
+        let e = serde_json::from_str::<SmtpSettings>(&json).expect_err("no proxy password");
+        assert!(e.to_string().contains("proxy_password"), "{e}");
+        let data: SettingsData = serde_json::from_str(&json).expect("data");
+        let back = data
+            .into_settings_with_proxy_password(None, Some("Pr0xy-Pw-9".into()))
+            .expect("with the proxy password");
+        assert_eq!(format!("{back:?}"), format!("{s:?}"));
+    }
+
+    #[test]
+    fn a_stored_proxy_is_checked_like_a_typed_one() {
+        let mut data = full().to_data();
+        data.proxy = Some(ProxyData {
+            kind: "socks4".into(),
+            host: "proxy.example".into(),
+            port: 1080,
+            username: None,
+        });
+        let e = data.clone().into_settings(None).expect_err("unknown kind");
+        assert!(
+            e.field("proxy").is_some_and(|f| f.message().contains("socks4")),
+            "{e}"
+        );
+        data.proxy = Some(ProxyData {
+            kind: "http".into(),
+            host: "bad host".into(),
+            port: 0,
+            username: Some("px".into()),
+        });
+        let e = data.into_settings(None).expect_err("invalid");
+        for f in ["proxy_host", "proxy_port", "proxy_password"] {
+            assert!(e.field(f).is_some(), "{f}: {e}");
+        }
+        assert!(
+            serde_json::from_str::<ProxyData>(r#"{"kind":"http","host":"h","port":1,"colour":1}"#).is_err()
+        );
     }
 
     #[test]

@@ -44,7 +44,7 @@ mod update;
 mod url;
 
 #[cfg(feature = "serde")]
-pub use data::{SettingsData, TimeoutsData};
+pub use data::{ProxyData, SettingsData, TimeoutsData};
 pub(crate) use proxy::{host_port, ProxyDestination, ProxyEndpoint, ENTER_PROXY_PASSWORD_AGAIN};
 pub use proxy::{Proxy, ProxyKind, UnknownProxyKind};
 #[cfg(all(test, feature = "serde"))]

@@ -8,6 +8,11 @@
 //! [`Error::is_tampered`]. A wrong key or a changed byte is an error, never
 //! garbage.
 //!
+//! A proxy's password is sealed alike ([`SealedSettings::proxy_password`]),
+//! under associated data of its own: the two sealed passwords cannot be
+//! swapped. The proxy's settings are bound only when there is a proxy, so
+//! records sealed before proxies existed open unchanged.
+//!
 //! Records sealed by earlier releases (version 1: bound to the profile name
 //! only) still open, and are sealed anew in the current format whenever they
 //! are sealed again (a [`ProfileStore`](crate::profiles::ProfileStore) does
@@ -24,7 +29,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::data::{SettingsData, TimeoutsData};
+use super::data::{ProxyData, SettingsData, TimeoutsData};
 use super::{Auth, SmtpSettings};
 use crate::error::{Error, Kind};
 use crate::proto::auth::Credential;
@@ -219,6 +224,20 @@ pub struct SealedSettings {
     /// The password (or OAuth2 token), sealed; absent without credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<SealedSecret>,
+    /// The proxy's password, sealed (always version 2); absent without a
+    /// proxy user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_password: Option<SealedSecret>,
+}
+
+/// Which secret of a record a seal holds: each has associated data of its
+/// own, so that one sealed secret never opens as the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// The relay's password or token.
+    Relay,
+    /// The proxy's password.
+    Proxy,
 }
 
 /// Version 1 associated data (still read, never written).
@@ -283,6 +302,12 @@ impl Canonical {
 /// added to [`SettingsData`] or [`TimeoutsData`] does not compile until it is
 /// bound here too.
 fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
+    bound_aad_for(Purpose::Relay, profile, settings)
+}
+
+/// [`bound_aad`] for the secret of `purpose`: the relay's password's is the
+/// one records have always had; the proxy's starts with a label of its own.
+fn bound_aad_for(purpose: Purpose, profile: &str, settings: &SettingsData) -> Vec<u8> {
     let SettingsData {
         host,
         port,
@@ -303,6 +328,7 @@ fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
         chunking,
         require_all_recipients,
         destination,
+        proxy,
     } = settings;
     let TimeoutsData {
         connect,
@@ -312,7 +338,10 @@ fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
         data,
         final_reply,
     } = timeouts;
-    let mut c = Canonical(b"relaymail sealed settings v2\0".to_vec());
+    let mut c = Canonical(match purpose {
+        Purpose::Relay => b"relaymail sealed settings v2\0".to_vec(),
+        Purpose::Proxy => b"relaymail sealed proxy password v2\0".to_vec(),
+    });
     c.text("profile", profile);
     c.text("host", host);
     c.bytes("port", &port.to_be_bytes());
@@ -345,6 +374,19 @@ fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
     if let Some(destination) = destination {
         c.text("destination", destination);
     }
+    // Added later still, bound the same way.
+    if let Some(ProxyData {
+        kind,
+        host,
+        port,
+        username,
+    }) = proxy
+    {
+        c.text("proxy.kind", kind);
+        c.text("proxy.host", host);
+        c.bytes("proxy.port", &port.to_be_bytes());
+        c.optional("proxy.username", username.as_deref());
+    }
     c.0
 }
 
@@ -375,32 +417,47 @@ impl SmtpSettings {
             }
         };
         let settings = self.to_data();
-        let password = match secret {
-            None => None,
-            Some(plain) => {
-                let mut nonce = [0u8; NONCE_LEN];
-                SystemRandom::new()
-                    .fill(&mut nonce)
-                    .map_err(|_| key_error("the system random generator failed"))?;
-                let mut buf = sealing_buffer(plain.as_bytes());
-                key.aead()
-                    .seal_in_place_append_tag(
-                        Nonce::assume_unique_for_key(nonce),
-                        Aad::from(bound_aad(profile, &settings)),
-                        &mut *buf,
-                    )
-                    .map_err(|_| key_error("sealing the password failed"))?;
-                Some(SealedSecret {
-                    algorithm: ALGORITHM.to_owned(),
-                    version: VERSION_WHOLE_RECORD,
-                    nonce: B64.encode(nonce),
-                    ciphertext: B64.encode(&*buf),
-                    key_check: Some(key.key_check()),
-                })
-            }
-        };
-        Ok(SealedSettings { settings, password })
+        let password = secret
+            .map(|plain| seal_secret(key, plain, bound_aad(profile, &settings)))
+            .transpose()?;
+        let proxy_password = self
+            .proxy
+            .as_ref()
+            .and_then(|p| p.password())
+            .map(|plain| {
+                seal_secret(
+                    key,
+                    plain.expose_secret(),
+                    bound_aad_for(Purpose::Proxy, profile, &settings),
+                )
+            })
+            .transpose()?;
+        Ok(SealedSettings {
+            settings,
+            password,
+            proxy_password,
+        })
     }
+}
+
+/// `plain` sealed under `key` with associated data `aad` and a random
+/// nonce, in the current (version 2) format.
+fn seal_secret(key: &SecretKey, plain: &str, aad: Vec<u8>) -> Result<SealedSecret, Error> {
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| key_error("the system random generator failed"))?;
+    let mut buf = sealing_buffer(plain.as_bytes());
+    key.aead()
+        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut *buf)
+        .map_err(|_| key_error("sealing the password failed"))?;
+    Ok(SealedSecret {
+        algorithm: ALGORITHM.to_owned(),
+        version: VERSION_WHOLE_RECORD,
+        nonce: B64.encode(nonce),
+        ciphertext: B64.encode(&*buf),
+        key_check: Some(key.key_check()),
+    })
 }
 
 fn unseal_error() -> Error {
@@ -419,35 +476,42 @@ pub(crate) fn tampered() -> Error {
 impl SealedSettings {
     /// This record's canonical bytes for a store's authentication tag: the
     /// profile name and every setting (as the seal binds them), and the
-    /// sealed password as stored, or its absence.
+    /// sealed password as stored, or its absence, and the sealed proxy
+    /// password likewise. A record without a proxy password gives the bytes
+    /// it always gave (0: no password, 1: a password), so stores written
+    /// before proxies existed keep their tag; one with a proxy password is
+    /// marked 2 (without) or 3 (with a relay password) and has it last.
     pub(crate) fn authenticated_bytes(&self, profile: &str, out: &mut Vec<u8>) {
         push_field(out, &bound_aad(profile, &self.settings));
-        match &self.password {
-            None => out.push(0),
-            Some(p) => {
-                out.push(1);
-                push_field(out, p.algorithm.as_bytes());
-                out.extend_from_slice(&p.version.to_be_bytes());
-                push_field(out, p.nonce.as_bytes());
-                push_field(out, p.ciphertext.as_bytes());
-                match &p.key_check {
-                    None => out.push(0),
-                    Some(check) => {
-                        out.push(1);
-                        push_field(out, check.as_bytes());
-                    }
+        out.push(match (&self.password, &self.proxy_password) {
+            (None, None) => 0,
+            (Some(_), None) => 1,
+            (None, Some(_)) => 2,
+            (Some(_), Some(_)) => 3,
+        });
+        for p in [&self.password, &self.proxy_password].into_iter().flatten() {
+            push_field(out, p.algorithm.as_bytes());
+            out.extend_from_slice(&p.version.to_be_bytes());
+            push_field(out, p.nonce.as_bytes());
+            push_field(out, p.ciphertext.as_bytes());
+            match &p.key_check {
+                None => out.push(0),
+                Some(check) => {
+                    out.push(1);
+                    push_field(out, check.as_bytes());
                 }
             }
         }
     }
 
-    /// Whether the password was sealed under another key than `key` (its
+    /// Whether a password was sealed under another key than `key` (its
     /// key check says so).
     pub(crate) fn sealed_with_other_key(&self, key: &SecretKey) -> bool {
-        self.password
-            .as_ref()
-            .and_then(|p| p.key_check.as_deref())
-            .is_some_and(|check| !key.is_key_check(check))
+        [&self.password, &self.proxy_password]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.key_check.as_deref())
+            .any(|check| !key.is_key_check(check))
     }
 
     /// Whether the password is sealed in the version-1 format of earlier
@@ -465,12 +529,25 @@ impl SealedSettings {
     pub fn unseal(&self, key: &SecretKey, profile: &str) -> Result<SmtpSettings, Error> {
         let secret = match &self.password {
             None => None,
-            Some(sealed) => Some(self.open(sealed, key, profile)?),
+            Some(sealed) => Some(self.open(sealed, key, profile, Purpose::Relay)?),
         };
-        self.settings.clone().into_settings(secret).map_err(Error::from)
+        let proxy_secret = match &self.proxy_password {
+            None => None,
+            Some(sealed) => Some(self.open(sealed, key, profile, Purpose::Proxy)?),
+        };
+        self.settings
+            .clone()
+            .into_settings_with_proxy_password(secret, proxy_secret)
+            .map_err(Error::from)
     }
 
-    fn open(&self, sealed: &SealedSecret, key: &SecretKey, profile: &str) -> Result<SecretString, Error> {
+    fn open(
+        &self,
+        sealed: &SealedSecret,
+        key: &SecretKey,
+        profile: &str,
+        purpose: Purpose,
+    ) -> Result<SecretString, Error> {
         if sealed.algorithm != ALGORITHM {
             return Err(key_error(format!(
                 "unknown sealing algorithm {:?}",
@@ -479,10 +556,11 @@ impl SealedSettings {
         }
         // The version decides the associated data; a version-2 record read
         // under the version-1 rule does not open (its tag covers the v2 data).
+        // Proxy passwords were never sealed in version 1.
         let aad = match (sealed.version, &sealed.key_check) {
-            (VERSION_PROFILE_ONLY, None) => profile_only_aad(profile),
+            (VERSION_PROFILE_ONLY, None) if purpose == Purpose::Relay => profile_only_aad(profile),
             (VERSION_WHOLE_RECORD, Some(check)) if !key.is_key_check(check) => return Err(unseal_error()),
-            (VERSION_WHOLE_RECORD, Some(_)) => bound_aad(profile, &self.settings),
+            (VERSION_WHOLE_RECORD, Some(_)) => bound_aad_for(purpose, profile, &self.settings),
             // Only a record edited by hand has one without the other.
             (VERSION_PROFILE_ONLY | VERSION_WHOLE_RECORD, _) => return Err(tampered()),
             (other, _) => {
@@ -683,6 +761,116 @@ mod tests {
         );
         // A version-1 record is bound to its profile name.
         assert!(back.unseal(&key, "backup").is_err());
+    }
+
+    /// A record sealed by relaymail before proxies existed (written by that
+    /// code, with this key): it opens, and its associated data is what it
+    /// was.
+    const SEALED_BEFORE_PROXIES: &str = r#"{"settings": {"host": "mail.example.com", "port": 587, "tls": "starttls", "sender": "noreply@example.com", "username": "app", "allow_plaintext_auth": false, "timeouts": {"connect": 10.0, "greeting": 30.0, "tls_handshake": 30.0, "command": 30.0, "data": 60.0, "final_reply": 120.0}, "webpki_roots": true, "dangerous_accept_invalid_certs": false, "dangerous_accept_invalid_hostnames": false, "pipelining": true, "chunking": true, "require_all_recipients": false}, "password": {"algorithm": "chacha20-poly1305", "version": 2, "nonce": "WKn2wj6K5Uz1m2sp", "ciphertext": "H51hSdTdDB+pCkwyDd6eDiRGWgtyLZSBN1plig==", "key_check": "ypekqMMoTLFGCsSkkLR8qvziU54M+6RZA1ukD2bhciA="}}"#;
+    const KEY_BEFORE_PROXIES: &str = "cmVsYXltYWlsIHByb3h5IGNvbXBhdCBmaXh0dXJlIGs=";
+
+    #[test]
+    fn a_record_sealed_before_proxies_existed_still_opens() {
+        let key = SecretKey::from_base64(KEY_BEFORE_PROXIES).expect("key");
+        let sealed: SealedSettings = serde_json::from_str(SEALED_BEFORE_PROXIES).expect("parse");
+        assert!(sealed.proxy_password.is_none() && sealed.settings.proxy.is_none());
+        let s = sealed.unseal(&key, "primary").expect("opens");
+        match s.auth() {
+            Auth::Credential(Credential::Password { password, .. }) => {
+                assert_eq!(password.expose_secret(), "Pre-Proxy-Pw")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.proxy().is_none());
+        // Sealed again, the record has the same shape: no proxy fields.
+        let again = serde_json::to_value(s.seal(&key, "primary").expect("sealed")).expect("json");
+        assert!(again.get("proxy_password").is_none(), "{again}");
+        assert!(again["settings"].get("proxy").is_none(), "{again}");
+        // A proxy added to the stored record is a change.
+        let mut moved: serde_json::Value = serde_json::from_str(SEALED_BEFORE_PROXIES).expect("json");
+        moved["settings"]["proxy"] = serde_json::json!({"kind": "socks5", "host": "127.0.0.1", "port": 1080});
+        let moved: SealedSettings = serde_json::from_value(moved).expect("parse");
+        assert!(moved.unseal(&key, "primary").expect_err("changed").is_tampered());
+    }
+
+    #[cfg(feature = "proxy")]
+    fn with_proxy() -> SmtpSettings {
+        settings()
+            .to_builder()
+            .credentials("app", "Sealed-Pa55word")
+            .proxy(super::super::Proxy::socks5("proxy.example", 1080).with_credentials("px", "Pr0xy-Pa55"))
+            .build()
+            .expect("settings")
+    }
+
+    #[cfg(feature = "proxy")]
+    #[test]
+    fn the_proxy_password_is_sealed_bound_and_not_swappable() {
+        let key = SecretKey::generate().expect("key");
+        let sealed = with_proxy().seal(&key, "primary").expect("sealed");
+        let json = serde_json::to_string(&sealed).expect("json");
+        assert!(
+            !json.contains("Pr0xy-Pa55") && !json.contains("Sealed-Pa55word"),
+            "{json}"
+        );
+        assert_eq!(
+            sealed.settings.proxy.as_ref().and_then(|p| p.username.as_deref()),
+            Some("px")
+        );
+        let back: SealedSettings = serde_json::from_str(&json).expect("parse");
+        let s = back.unseal(&key, "primary").expect("opens");
+        assert_eq!(format!("{s:?}"), format!("{:?}", with_proxy()));
+        let p = s.proxy().expect("proxy");
+        assert_eq!(p.password().map(|s| s.expose_secret()), Some("Pr0xy-Pa55"));
+        // Swapped, neither opens as the other.
+        let mut swapped = sealed.clone();
+        std::mem::swap(&mut swapped.password, &mut swapped.proxy_password);
+        assert!(swapped
+            .unseal(&key, "primary")
+            .expect_err("swapped")
+            .is_tampered());
+        // The proxy's fields are bound to both passwords.
+        type Edit = fn(&mut SettingsData);
+        let edits: [(&str, Edit); 5] = [
+            ("host", |d| {
+                d.proxy.as_mut().expect("p").host = "attacker.example.net".into()
+            }),
+            ("port", |d| d.proxy.as_mut().expect("p").port = 9050),
+            ("kind", |d| d.proxy.as_mut().expect("p").kind = "http".into()),
+            ("username", |d| {
+                d.proxy.as_mut().expect("p").username = Some("root".into())
+            }),
+            ("removed", |d| d.proxy = None),
+        ];
+        for (what, edit) in edits {
+            let mut changed = sealed.clone();
+            edit(&mut changed.settings);
+            let e = changed.unseal(&key, "primary").expect_err(what);
+            assert!(e.is_tampered(), "{what}: {e}");
+            assert!(!format!("{e}{e:?}").contains("Pr0xy-Pa55"), "{what}");
+            // Also with the relay's password gone (only the proxy's is left).
+            changed.password = None;
+            changed.settings.username = None;
+            let e = changed.unseal(&key, "primary").expect_err(what);
+            assert!(e.is_tampered(), "{what} (proxy password alone): {e}");
+        }
+        // A proxy password in the version-1 format never existed.
+        let mut old = sealed.clone();
+        if let Some(p) = old.proxy_password.as_mut() {
+            p.version = VERSION_PROFILE_ONLY;
+            p.key_check = None;
+        }
+        assert!(old.unseal(&key, "primary").expect_err("v1 proxy").is_tampered());
+        // Under another key: the key check tells.
+        let other = SecretKey::generate().expect("key");
+        let proxy_only = with_proxy().to_builder().no_auth().build().expect("settings");
+        let sealed = proxy_only.seal(&key, "primary").expect("sealed");
+        assert!(sealed.password.is_none() && sealed.proxy_password.is_some());
+        assert!(sealed.sealed_with_other_key(&other));
+        assert!(!sealed.sealed_with_other_key(&key));
+        sealed
+            .unseal(&key, "primary")
+            .expect("the proxy password alone opens");
     }
 
     #[test]

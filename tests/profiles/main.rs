@@ -3,6 +3,7 @@
 //! losing a message.
 #![cfg(feature = "serde")]
 
+mod proxy;
 mod tamper;
 
 use std::collections::HashSet;

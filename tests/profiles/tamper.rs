@@ -103,6 +103,11 @@ async fn every_stored_setting_is_bound_to_the_sealed_password() {
             "/settings/destination",
             json!("file:///tmp/captured"),
         ),
+        (
+            "a proxy (added: the connection would go through it)",
+            "/settings/proxy",
+            json!({"kind": "socks5", "host": "proxy.attacker.example", "port": 1080}),
+        ),
         ("the seal version (downgrade)", "/password/version", json!(1)),
         ("the nonce", "/password/nonce", json!("AAAAAAAAAAAAAAAA")),
     ];
