@@ -1,7 +1,8 @@
 //! "Test connection" and "Send test email" for a settings page: one-off
 //! connections (never the pool; unsaved settings work) that report every
-//! stage — resolve, connect, greeting, EHLO, STARTTLS, TLS handshake, AUTH,
-//! MAIL, RCPT, DATA — with its duration, outcome and the server's replies,
+//! stage — resolve, connect (or, through a proxy, the proxy stage instead of
+//! both), greeting, EHLO, STARTTLS, TLS handshake, AUTH, MAIL, RCPT, DATA —
+//! with its duration, outcome and the server's replies,
 //! the TLS version and the certificate's names, and on failure the stage,
 //! the reply and a plain-language hint. No secret is ever in a report.
 //!
@@ -45,6 +46,8 @@ pub struct StageReport {
 pub struct Report {
     host: String,
     port: u16,
+    /// The proxy, as `Display` shows it (never its credentials).
+    proxy: Option<String>,
     stages: Vec<StageReport>,
     tls: Option<TlsInfo>,
     auth: Option<Mechanism>,
@@ -107,6 +110,9 @@ impl Report {
         Report {
             host: settings.host().to_owned(),
             port: settings.port(),
+            proxy: settings
+                .proxy()
+                .map(|p| format!("{} proxy {}", p.kind().label(), p.address())),
             stages,
             tls: None,
             auth: None,
@@ -119,7 +125,15 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "SMTP check of {}:{}", self.host, self.port)?;
+        write!(
+            f,
+            "SMTP check of {}",
+            crate::settings::host_port(&self.host, self.port)
+        )?;
+        if let Some(proxy) = &self.proxy {
+            write!(f, " via the {proxy}")?;
+        }
+        writeln!(f)?;
         for s in &self.stages {
             write!(
                 f,
@@ -253,12 +267,16 @@ fn test_message(
         format!("{} ({})", t.version, t.cipher_suite)
     });
     let auth = info.auth_mechanism.map_or("none", |m| m.name());
+    // The proxy's kind and address only, never its credentials.
+    let proxy = settings
+        .proxy()
+        .map(|p| format!("Proxy: {} {}\n", p.kind().label(), p.address()))
+        .unwrap_or_default();
     let body = format!(
         "This is a test email sent to check the SMTP settings.\n\n\
-         Relay: {}:{}\nTLS: {tls}\nAuthentication: {auth}\nSent at: {} seconds after 1970-01-01 UTC\n\n\
+         Relay: {}\n{proxy}TLS: {tls}\nAuthentication: {auth}\nSent at: {} seconds after 1970-01-01 UTC\n\n\
          If you received it, outgoing email works.\n",
-        settings.host(),
-        settings.port(),
+        crate::settings::host_port(settings.host(), settings.port()),
         now.as_secs()
     );
     mail_builder::MessageBuilder::new()

@@ -4,6 +4,7 @@
 //! every stage.
 
 mod kept_password;
+mod proxy;
 
 use std::time::Duration;
 
