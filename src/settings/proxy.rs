@@ -1,31 +1,5 @@
-//! [`Proxy`]: reaching the relay through a SOCKS5 or HTTP CONNECT proxy.
-//!
-//! The proxy is part of the settings ([`SmtpSettingsBuilder::proxy`],
-//! [`SmtpSettings::proxy`](super::SmtpSettings::proxy)) and is checked by
-//! [`build`](SmtpSettingsBuilder::build) with the other fields. Its field
-//! errors are named:
-//!
-//! | field | what is wrong |
-//! |---|---|
-//! | `proxy` | the crate was built without its `proxy` feature, or (URL form) the `proxy=` value is not a proxy URL |
-//! | `proxy_host` | empty, or not a host name or IP address |
-//! | `proxy_port` | 0 (or, in the URL form, not a number from 1 to 65535) |
-//! | `proxy_username` | empty, with control characters, over 255 bytes (SOCKS5), or with a `:` (HTTP Basic) |
-//! | `proxy_password` | with control characters, empty or over 255 bytes (SOCKS5), or kept across a change of the proxy (see below) |
-//!
-//! The proxy's password is a secret: it lives in a [`SecretString`], and no
-//! `Debug`, `Display`, error or trace shows it. A password carried over by
-//! [`SmtpSettings::to_builder`](super::SmtpSettings::to_builder) (or kept by
-//! a [`SettingsUpdate`](super::SettingsUpdate)) is only kept while the
-//! proxy's kind, host, port and user name stay the same; otherwise `build`
-//! reports a `proxy_password` error ("enter the proxy password again").
-//!
-//! The relay's host **name** is sent to the proxy, which resolves it (as
-//! `socks5h://` does): the client never resolves the relay's name itself, so
-//! a relay only the proxy's network knows is reachable, and no DNS query for
-//! it leaves this machine. Implicit TLS and STARTTLS then run through the
-//! tunnel, end to end with the relay, whose certificate is verified for the
-//! relay's name (never the proxy's): the proxy sees only encrypted bytes.
+//! [`Proxy`]: reaching the relay through a SOCKS5 or HTTP CONNECT proxy
+//! (the rules and field names are in its docs).
 
 use std::fmt;
 
@@ -93,8 +67,38 @@ impl std::str::FromStr for ProxyKind {
     }
 }
 
-/// A proxy to reach the relay through. `Debug` and `Display` never show the
-/// password; see the [module docs](self) for the rules and field names.
+/// A proxy to reach the relay through (feature `proxy`).
+///
+/// The proxy is part of the settings ([`SmtpSettingsBuilder::proxy`],
+/// [`SmtpSettings::proxy`](super::SmtpSettings::proxy), the URL form's
+/// `proxy=` parameter, [`ProxyData`](super::ProxyData) with the `serde`
+/// feature) and is checked by [`build`](SmtpSettingsBuilder::build) with
+/// the other fields. Its field errors are named:
+///
+/// | field | what is wrong |
+/// |---|---|
+/// | `proxy` | relaymail was built without its `proxy` feature (never a silent direct connection), or the URL form's `proxy=` value is not a proxy URL |
+/// | `proxy_host` | empty, or not a host name or IP address |
+/// | `proxy_port` | 0 (or, in the URL form, not a number from 1 to 65535) |
+/// | `proxy_username` | empty, with control characters, over 255 bytes (SOCKS5), or with a `:` (HTTP Basic) |
+/// | `proxy_password` | with control characters, empty or over 255 bytes (SOCKS5), or kept across a change of the proxy (see below) |
+///
+/// The proxy's password is a secret: it lives in a [`SecretString`], and no
+/// `Debug`, `Display`, error, report or trace shows it. A password carried
+/// over by [`SmtpSettings::to_builder`](super::SmtpSettings::to_builder)
+/// (or kept by a [`SettingsUpdate`](super::SettingsUpdate)) is only kept
+/// while the proxy's kind, host, port and user name stay the same;
+/// otherwise `build` reports a `proxy_password` error ("enter the proxy
+/// password again"). The relay's password is kept only while the proxy's
+/// kind, host and port (and whether there is one) stay the same.
+///
+/// The relay's host **name** is sent to the proxy, which resolves it (as
+/// `socks5h://` does): this machine never resolves the relay's name, so a
+/// relay only the proxy's network knows is reachable, and no DNS query for
+/// it leaves here. Implicit TLS and STARTTLS then run through the tunnel,
+/// end to end with the relay, whose certificate is verified for the
+/// relay's name (never the proxy's): the proxy sees only encrypted bytes.
+/// Connection failures on the way are at [`Stage::Proxy`](crate::Stage::Proxy).
 ///
 /// ```
 /// use relaymail::settings::Proxy;

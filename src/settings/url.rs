@@ -100,10 +100,18 @@ impl SmtpSettingsBuilder {
     /// Reads an SMTP URL into a builder:
     /// `smtp[s]://[user:password@]host[:port][?tls=starttls|starttls-opportunistic|none&helo=NAME&timeout=SECS&proxy=PROXY&from=ADDR]`
     /// (`smtp://` is STARTTLS unless `tls=` says otherwise, `smtps://` is
-    /// implicit TLS; user and password percent-decoded; `proxy=` as in the
-    /// [module docs](self), e.g. `proxy=socks5://proxy.internal:1080`). Set
-    /// anything else (sender, roots …) on it, then [`build`](Self::build).
-    /// Every problem is reported at once, by field.
+    /// implicit TLS; user and password percent-decoded). Set anything else
+    /// (sender, roots …) on it, then [`build`](Self::build). Every problem
+    /// is reported at once, by field.
+    ///
+    /// `proxy=` names a [`Proxy`]: `socks5://[user:password@]host[:port]`
+    /// (port 1080 by default; `socks5h://` is read alike: the relay's name
+    /// is always resolved by the proxy) or `http://[user:password@]host:port`
+    /// (HTTP CONNECT), e.g. `proxy=socks5://proxy.internal:1080`. The value
+    /// is one query parameter, percent-decoded once (a `&`, `#` or `%` in it
+    /// is written `%26`, `%23`, `%25`); the proxy's user name and password
+    /// in it are percent-decoded once more. [`SmtpUrl`]'s `Display` shows
+    /// the proxy's password as `***`, and no error quotes the value.
     pub fn from_url(url: &str) -> Result<SmtpSettingsBuilder, SettingsErrors> {
         let mut errors = Vec::new();
         let url = url.trim();
