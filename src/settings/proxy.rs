@@ -97,7 +97,8 @@ impl std::str::FromStr for ProxyKind {
 /// relay only the proxy's network knows is reachable, and no DNS query for
 /// it leaves here. Implicit TLS and STARTTLS then run through the tunnel,
 /// end to end with the relay, whose certificate is verified for the
-/// relay's name (never the proxy's): the proxy sees only encrypted bytes.
+/// relay's name (never the proxy's): the proxy sees only encrypted bytes
+/// (with [`TlsMode::None`](super::TlsMode::None) it sees the whole session).
 /// Connection failures on the way are at [`Stage::Proxy`](crate::Stage::Proxy).
 ///
 /// ```
