@@ -1,10 +1,12 @@
 //! "Test connection" and "Send test email" for a settings page: one-off
 //! connections (never the pool; unsaved settings work) that report every
-//! stage — resolve, connect, greeting, EHLO, STARTTLS, TLS handshake, AUTH,
-//! MAIL, RCPT, DATA — with its duration, outcome and the server's replies,
-//! the TLS version and the certificate's names, whether a client
-//! certificate was sent (and its subject), and on failure the stage, the
-//! reply and a plain-language hint. No secret is ever in a report.
+//! stage — resolve, connect (or, through a proxy, the proxy stage instead of
+//! both), greeting, EHLO, STARTTLS, TLS handshake, AUTH, MAIL, RCPT, DATA —
+//! with its duration, outcome and the server's replies, the TLS version and
+//! the certificate's names, whether a client certificate was sent (and its
+//! subject), the relay reached (a backup, when the primary could not be),
+//! and on failure the stage, the reply and a plain-language hint. No secret
+//! is ever in a report.
 //!
 //! ```no_run
 //! # async fn demo(settings: relaymail::SmtpSettings) {
@@ -46,6 +48,8 @@ pub struct StageReport {
 pub struct Report {
     host: String,
     port: u16,
+    /// The proxy, as `Display` shows it (never its credentials).
+    proxy: Option<String>,
     stages: Vec<StageReport>,
     tls: Option<TlsInfo>,
     client_certificate: Option<String>,
@@ -136,6 +140,9 @@ impl Report {
         Report {
             host: settings.host().to_owned(),
             port: settings.port(),
+            proxy: settings
+                .proxy()
+                .map(|p| format!("{} proxy {}", p.kind().label(), p.address())),
             stages,
             tls: None,
             client_certificate: settings
@@ -154,7 +161,15 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "SMTP check of {}:{}", self.host, self.port)?;
+        write!(
+            f,
+            "SMTP check of {}",
+            crate::settings::host_port(&self.host, self.port)
+        )?;
+        if let Some(proxy) = &self.proxy {
+            write!(f, " via the {proxy}")?;
+        }
+        writeln!(f)?;
         for s in &self.stages {
             write!(
                 f,
@@ -265,7 +280,7 @@ async fn run(settings: &SmtpSettings, test: Option<(&str, Option<&str>)>) -> Rep
         let sent = match addresses {
             Ok((from, to)) => {
                 let from_text = from.as_ref().map(Address::to_smtp).unwrap_or_default();
-                let body = test_message(&info, &from_text, &to.to_smtp());
+                let body = test_message(settings, &info, &from_text, &to.to_smtp());
                 match Envelope::new(from, vec![to]) {
                     Ok(envelope) => conn.send(envelope, body).await,
                     Err(e) => Err(e.into()),
@@ -303,7 +318,12 @@ async fn run(settings: &SmtpSettings, test: Option<(&str, Option<&str>)>) -> Rep
     r
 }
 
-fn test_message(info: &crate::transport::ConnectionInfo, from: &str, to: &str) -> Vec<u8> {
+fn test_message(
+    settings: &SmtpSettings,
+    info: &crate::transport::ConnectionInfo,
+    from: &str,
+    to: &str,
+) -> Vec<u8> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let tls = info.tls.as_ref().map_or("none (clear text)".to_owned(), |t| {
         format!("{} ({})", t.version, t.cipher_suite)
@@ -314,9 +334,14 @@ fn test_message(info: &crate::transport::ConnectionInfo, from: &str, to: &str) -
         .as_ref()
         .and_then(|t| t.client_certificate.as_deref())
         .unwrap_or("none");
+    // The proxy's kind and address only, never its credentials.
+    let proxy = settings
+        .proxy()
+        .map(|p| format!("Proxy: {} {}\n", p.kind().label(), p.address()))
+        .unwrap_or_default();
     let body = format!(
         "This is a test email sent to check the SMTP settings.\n\n\
-         Relay: {}\nTLS: {tls}\nClient certificate: {client_certificate}\nAuthentication: {auth}\n\
+         Relay: {}\n{proxy}TLS: {tls}\nClient certificate: {client_certificate}\nAuthentication: {auth}\n\
          Sent at: {} seconds after 1970-01-01 UTC\n\n\
          If you received it, outgoing email works.\n",
         info.relay,

@@ -149,8 +149,8 @@ pub use proto::reply::Reply;
 pub use proto::session::{Envelope, EnvelopeError, Recipient, RecipientReply};
 pub use settings::{
     Auth, ClientCertificateChange, ClientIdentity, CredentialProvider, DangerousSettings, FieldError,
-    PasswordChange, Relay, Sender, SettingsErrors, SettingsUpdate, SmtpSettings, SmtpSettingsBuilder,
-    SmtpUrl, Timeouts, TlsMode, TlsOptions, UnknownTlsMode,
+    PasswordChange, Proxy, ProxyKind, Relay, Sender, SettingsErrors, SettingsUpdate, SmtpSettings,
+    SmtpSettingsBuilder, SmtpUrl, Timeouts, TlsMode, TlsOptions, UnknownTlsMode,
 };
 pub use transport::{probe, Connection, ConnectionInfo, Connector, Delivery, Resolver, TlsInfo};
 

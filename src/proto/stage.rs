@@ -6,8 +6,9 @@ use std::fmt;
 ///
 /// The session names the SMTP steps (and [`Tls`](Stage::Tls) while the shell
 /// runs a STARTTLS handshake); [`Resolve`](Stage::Resolve),
-/// [`Connect`](Stage::Connect) and [`Queue`](Stage::Queue) come from the
-/// layers above. Also `relaymail::Stage`.
+/// [`Connect`](Stage::Connect), [`Proxy`](Stage::Proxy) and
+/// [`Queue`](Stage::Queue) come from the layers above. Also
+/// `relaymail::Stage`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Stage {
@@ -15,6 +16,12 @@ pub enum Stage {
     Resolve,
     /// Opening the TCP connection.
     Connect,
+    /// Reaching the relay through the configured proxy (SOCKS5 or HTTP
+    /// CONNECT): resolving and connecting to the proxy, authenticating to
+    /// it, and its connection to the relay. With a proxy this stage stands
+    /// where [`Resolve`](Stage::Resolve) and [`Connect`](Stage::Connect)
+    /// would: the relay's name is resolved by the proxy.
+    Proxy,
     /// Waiting for the server's 220 greeting.
     Greeting,
     /// EHLO (or HELO).
@@ -51,6 +58,7 @@ impl Stage {
         match self {
             Stage::Resolve => "resolve",
             Stage::Connect => "connect",
+            Stage::Proxy => "proxy",
             Stage::Greeting => "greeting",
             Stage::Ehlo => "ehlo",
             Stage::StartTls => "starttls",

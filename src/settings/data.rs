@@ -1,19 +1,19 @@
 //! Serde support (feature `serde`): settings as plain data, JSON or TOML.
 //!
 //! [`SettingsData`] is the stored form: every field of [`SmtpSettings`]
-//! except the password and a client certificate's private key, which are
-//! never serialised. [`SmtpSettings`] serialises through it, and
-//! deserialises through it *and* the builder's validation. Settings with a
-//! user name need their password from elsewhere, and settings with a client
-//! certificate its key: [`SealedSettings`](super::SealedSettings) carries
-//! them encrypted, or [`SettingsData::into_settings`] and
-//! [`SettingsData::into_settings_with_client_key`] take them.
+//! except the password, a proxy's password and a client certificate's
+//! private key, which are never serialised. [`SmtpSettings`] serialises
+//! through it, and deserialises through it *and* the builder's validation.
+//! Settings with a user name need their password from elsewhere, and
+//! settings with a client certificate its key:
+//! [`SealedSettings`](super::SealedSettings) carries them encrypted, or
+//! [`SettingsData::into_settings_with_secrets`] takes them.
 
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Auth, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, Timeouts, TlsMode};
+use super::{Auth, Proxy, ProxyKind, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, Timeouts, TlsMode};
 use crate::proto::auth::{Credential, Mechanism};
 
 /// Timeouts in seconds.
@@ -33,6 +33,23 @@ pub struct TimeoutsData {
     pub data: f64,
     /// The final reply after a message, seconds.
     pub final_reply: f64,
+}
+
+/// A [`Proxy`] as plain data, without its password.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ProxyData {
+    /// `socks5` or `http` (HTTP CONNECT).
+    pub kind: String,
+    /// The proxy's host name or IP address.
+    pub host: String,
+    /// The proxy's port.
+    pub port: u16,
+    /// The user name given to the proxy (its password is stored separately,
+    /// sealed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
 }
 
 /// [`SmtpSettings`] as plain data, without the password or a client key.
@@ -115,6 +132,9 @@ pub struct SettingsData {
     /// attempts. Absent: 0.25.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_attempt_delay: Option<f64>,
+    /// The proxy connections go through; absent: a direct connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyData>,
 }
 
 fn pem(der: &[u8]) -> String {
@@ -175,6 +195,12 @@ impl SmtpSettings {
             source_address: self.route.source_address.map(|ip| ip.to_string()),
             connect_attempt_delay: (self.route.attempt_delay != super::DEFAULT_ATTEMPT_DELAY)
                 .then_some(self.route.attempt_delay.as_secs_f64()),
+            proxy: self.proxy.as_ref().map(|p| ProxyData {
+                kind: p.kind.as_str().to_owned(),
+                host: p.host.clone(),
+                port: p.port,
+                username: p.username().map(str::to_owned),
+            }),
         }
     }
 }
@@ -182,10 +208,10 @@ impl SmtpSettings {
 impl SettingsData {
     /// Validated settings, with `secret` as the password (or OAuth2 token)
     /// when the data names a user. Every problem is reported by field. Data
-    /// with a client certificate needs its key:
-    /// [`into_settings_with_client_key`](Self::into_settings_with_client_key).
+    /// with a client certificate needs its key, and data with a proxy user
+    /// its password: [`into_settings_with_secrets`](Self::into_settings_with_secrets).
     pub fn into_settings(self, secret: Option<SecretString>) -> Result<SmtpSettings, SettingsErrors> {
-        self.into_settings_with_client_key(secret, None)
+        self.into_settings_with_secrets(secret, None, None)
     }
 
     /// [`into_settings`](Self::into_settings), with `client_key_pem` as the
@@ -194,6 +220,28 @@ impl SettingsData {
     pub fn into_settings_with_client_key(
         self,
         secret: Option<SecretString>,
+        client_key_pem: Option<SecretString>,
+    ) -> Result<SmtpSettings, SettingsErrors> {
+        self.into_settings_with_secrets(secret, None, client_key_pem)
+    }
+
+    /// [`into_settings`](Self::into_settings), with `proxy_password` as the
+    /// password of the proxy when the data names a proxy user.
+    pub fn into_settings_with_proxy_password(
+        self,
+        secret: Option<SecretString>,
+        proxy_password: Option<SecretString>,
+    ) -> Result<SmtpSettings, SettingsErrors> {
+        self.into_settings_with_secrets(secret, proxy_password, None)
+    }
+
+    /// [`into_settings`](Self::into_settings) with every secret a record may
+    /// need: the relay's password (or token), the proxy's password and the
+    /// client certificate's key (PEM).
+    pub fn into_settings_with_secrets(
+        self,
+        secret: Option<SecretString>,
+        proxy_password: Option<SecretString>,
         client_key_pem: Option<SecretString>,
     ) -> Result<SmtpSettings, SettingsErrors> {
         let mut errors = Vec::new();
@@ -296,6 +344,26 @@ impl SettingsData {
                 "a client key is given but no client certificate is stored",
             )),
             (None, None) => {}
+        }
+        if let Some(p) = self.proxy {
+            match p.kind.parse::<ProxyKind>() {
+                Ok(kind) => {
+                    let mut proxy = Proxy::new(kind, p.host, p.port);
+                    match (p.username, proxy_password) {
+                        (Some(user), Some(password)) => proxy = proxy.with_credentials(user, password),
+                        (Some(_), None) => errors.push(super::FieldError::new(
+                            "proxy_password",
+                            "a proxy user name is stored but no proxy password: settings with proxy credentials are stored sealed",
+                        )),
+                        (None, _) => {}
+                    }
+                    b = b.proxy(proxy);
+                }
+                Err(_) => errors.push(super::FieldError::new(
+                    "proxy",
+                    format!("unknown proxy kind {:?}: use socks5 or http", p.kind),
+                )),
+            }
         }
         match (self.username, secret) {
             (Some(username), Some(secret)) => {
@@ -437,6 +505,72 @@ mod tests {
             .into_settings(Some("Sup3r-Secret-Pw".into()))
             .expect("with the password");
         assert_eq!(format!("{back:?}"), format!("{s:?}"));
+    }
+
+    #[cfg(feature = "proxy")]
+    #[test]
+    fn a_proxy_round_trips_without_its_password() {
+        let plain = full()
+            .to_builder()
+            .proxy(Proxy::socks5("proxy.example", 1080))
+            .build()
+            .expect("settings");
+        let json = serde_json::to_string(&plain).expect("json");
+        assert!(
+            json.contains(r#""proxy":{"kind":"socks5","host":"proxy.example","port":1080}"#),
+            "{json}"
+        );
+        let back: SmtpSettings = serde_json::from_str(&json).expect("parse");
+        assert_eq!(format!("{back:?}"), format!("{plain:?}"));
+        let back: SmtpSettings = toml::from_str(&toml::to_string(&plain).expect("toml")).expect("parse");
+        assert_eq!(format!("{back:?}"), format!("{plain:?}"));
+
+        let s = full()
+            .to_builder()
+            .proxy(Proxy::http_connect("proxy.example", 3128).with_credentials("px", "Pr0xy-Pw-9"))
+            .build()
+            .expect("settings");
+        let json = serde_json::to_string(&s).expect("json");
+        let toml_text = toml::to_string(&s).expect("toml");
+        for text in [&json, &toml_text] {
+            assert!(!text.contains("Pr0xy-Pw-9") && text.contains("px"), "{text}");
+        }
+        let e = serde_json::from_str::<SmtpSettings>(&json).expect_err("no proxy password");
+        assert!(e.to_string().contains("proxy_password"), "{e}");
+        let data: SettingsData = serde_json::from_str(&json).expect("data");
+        let back = data
+            .into_settings_with_proxy_password(None, Some("Pr0xy-Pw-9".into()))
+            .expect("with the proxy password");
+        assert_eq!(format!("{back:?}"), format!("{s:?}"));
+    }
+
+    #[test]
+    fn a_stored_proxy_is_checked_like_a_typed_one() {
+        let mut data = full().to_data();
+        data.proxy = Some(ProxyData {
+            kind: "socks4".into(),
+            host: "proxy.example".into(),
+            port: 1080,
+            username: None,
+        });
+        let e = data.clone().into_settings(None).expect_err("unknown kind");
+        assert!(
+            e.field("proxy").is_some_and(|f| f.message().contains("socks4")),
+            "{e}"
+        );
+        data.proxy = Some(ProxyData {
+            kind: "http".into(),
+            host: "bad host".into(),
+            port: 0,
+            username: Some("px".into()),
+        });
+        let e = data.into_settings(None).expect_err("invalid");
+        for f in ["proxy_host", "proxy_port", "proxy_password"] {
+            assert!(e.field(f).is_some(), "{f}: {e}");
+        }
+        assert!(
+            serde_json::from_str::<ProxyData>(r#"{"kind":"http","host":"h","port":1,"colour":1}"#).is_err()
+        );
     }
 
     #[test]

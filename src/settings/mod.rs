@@ -38,6 +38,7 @@ use secrecy::SecretString;
 #[cfg(feature = "serde")]
 mod data;
 mod identity;
+mod proxy;
 mod route;
 #[cfg(feature = "serde")]
 mod sealed;
@@ -45,8 +46,10 @@ mod update;
 mod url;
 
 #[cfg(feature = "serde")]
-pub use data::{SettingsData, TimeoutsData};
+pub use data::{ProxyData, SettingsData, TimeoutsData};
 pub use identity::ClientIdentity;
+pub(crate) use proxy::{host_port, ProxyDestination, ProxyEndpoint, ENTER_PROXY_PASSWORD_AGAIN};
+pub use proxy::{Proxy, ProxyKind, UnknownProxyKind};
 pub use route::{Relay, DEFAULT_ATTEMPT_DELAY, DEFAULT_PRIMARY_RETRY_AFTER};
 use route::{Route, RouteInput};
 #[cfg(all(test, feature = "serde"))]
@@ -368,26 +371,26 @@ struct CredentialDestination {
     server: ServerDestination,
     allow_plaintext_auth: bool,
     username: String,
+    /// The proxy the connection goes through (kind, host, port), if any.
+    proxy: Option<ProxyEndpoint>,
 }
 
 impl CredentialDestination {
     /// `None` without a fixed credential (nothing stored to protect).
     fn new(
-        host: &str,
-        port: u16,
-        tls: TlsMode,
-        tls_options: &TlsOptions,
+        server: ServerDestination,
         allow_plaintext_auth: bool,
         auth: &Auth,
-        backups: &[Relay],
+        proxy: Option<&Proxy>,
     ) -> Option<CredentialDestination> {
         let Auth::Credential(credential) = auth else {
             return None;
         };
         Some(CredentialDestination {
-            server: ServerDestination::new(host, port, tls, tls_options, backups),
+            server,
             allow_plaintext_auth,
             username: credential.username().to_owned(),
+            proxy: proxy.map(Proxy::endpoint),
         })
     }
 }
@@ -420,6 +423,7 @@ pub struct SmtpSettings {
     pub(crate) require_all_recipients: bool,
     pub(crate) destination: Destination,
     pub(crate) route: Route,
+    pub(crate) proxy: Option<Proxy>,
 }
 
 impl SmtpSettings {
@@ -501,14 +505,27 @@ impl SmtpSettings {
         &self.destination
     }
 
+    /// The proxy connections go through, if any (see [`Proxy`]).
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
+    }
+
     fn credential_destination(&self) -> Option<CredentialDestination> {
         CredentialDestination::new(
+            self.server_destination(),
+            self.allow_plaintext_auth,
+            &self.auth,
+            self.proxy.as_ref(),
+        )
+    }
+
+    /// The server a secret of these settings goes to.
+    fn server_destination(&self) -> ServerDestination {
+        ServerDestination::new(
             &self.host,
             self.port,
             self.tls,
             &self.tls_options,
-            self.allow_plaintext_auth,
-            &self.auth,
             &self.route.backups,
         )
     }
@@ -516,32 +533,33 @@ impl SmtpSettings {
     /// A builder holding these settings (to change some and build again).
     ///
     /// The password (or token) is carried over only as long as the server
-    /// stays the same: when the host, port, backup relays, TLS mode, plain-text AUTH, a
-    /// `dangerous_*` flag, the trusted roots or the user name change,
-    /// [`build`](SmtpSettingsBuilder::build) reports a `password` field
-    /// error ("enter the password again: the server settings changed")
-    /// unless the credentials are given again. A stored password is never
-    /// handed to a server it was not entered for.
+    /// stays the same: when the host, port, backup relays, TLS mode,
+    /// plain-text AUTH, a `dangerous_*` flag, the trusted roots, the user
+    /// name or the proxy (its kind, host or port, or whether there is one)
+    /// change, [`build`](SmtpSettingsBuilder::build) reports a `password`
+    /// field error ("enter the password again: the server settings
+    /// changed") unless the credentials are given again. A stored password
+    /// is never handed to a server it was not entered for. Likewise the
+    /// proxy's password is kept only while the proxy's kind, host, port and
+    /// user name stay the same (else a `proxy_password` error).
     ///
     /// The same holds for a client certificate's private key: when the
-    /// host, port, backup relays, TLS mode or trust settings (roots, system roots, a
-    /// `dangerous_*` flag) change, `build` reports a `client_key` field
-    /// error unless [`client_certificate_pem`](SmtpSettingsBuilder::client_certificate_pem)
+    /// host, port, backup relays, TLS mode or trust settings (roots, system
+    /// roots, a `dangerous_*` flag) change, `build` reports a `client_key`
+    /// field error unless [`client_certificate_pem`](SmtpSettingsBuilder::client_certificate_pem)
     /// gives it again (or [`no_client_certificate`](SmtpSettingsBuilder::no_client_certificate)
     /// removes it).
     pub fn to_builder(&self) -> SmtpSettingsBuilder {
         SmtpSettingsBuilder {
             kept_credential: self.credential_destination(),
-            kept_client_key: self.tls_options.client_identity.as_ref().map(|_| {
-                ServerDestination::new(
-                    &self.host,
-                    self.port,
-                    self.tls,
-                    &self.tls_options,
-                    &self.route.backups,
-                )
-            }),
+            kept_client_key: self
+                .tls_options
+                .client_identity
+                .as_ref()
+                .map(|_| self.server_destination()),
             client_identity_pem: None,
+            kept_proxy_credential: self.proxy.as_ref().and_then(Proxy::credential_destination),
+            proxy: self.proxy.clone(),
             host: Some(self.host.clone()),
             port: Some(u32::from(self.port)),
             tls: self.tls,
@@ -580,7 +598,11 @@ impl FieldError {
 
     /// The field: `host`, `port`, `sender`, `sender_name`, `username`,
     /// `password`, `helo_name`, `extra_roots`, `system_roots`,
-    /// `client_certificate`, `client_key`, `timeouts`, `auth_mechanisms`.
+    /// `client_certificate`, `client_key`, `timeouts`, `auth_mechanisms`,
+    /// `backup_relays`, `primary_retry_after`, `source_address`,
+    /// `connect_attempt_delay`, and for a [`Proxy`] `proxy`, `proxy_host`,
+    /// `proxy_port`, `proxy_username`, `proxy_password` (see the [`Proxy`]
+    /// docs).
     pub fn field(&self) -> &'static str {
         self.field
     }
@@ -717,6 +739,10 @@ pub struct SmtpSettingsBuilder {
     /// The server the client key carried over by `to_builder` was entered
     /// for; `None` once a client certificate is given anew or removed.
     kept_client_key: Option<ServerDestination>,
+    proxy: Option<Proxy>,
+    /// Where the proxy password carried over by `to_builder` was to be
+    /// sent; `None` once a proxy is given anew.
+    kept_proxy_credential: Option<ProxyDestination>,
 }
 
 impl Default for SmtpSettingsBuilder {
@@ -745,6 +771,8 @@ impl Default for SmtpSettingsBuilder {
             kept_credential: None,
             client_identity_pem: None,
             kept_client_key: None,
+            proxy: None,
+            kept_proxy_credential: None,
         }
     }
 }
@@ -1137,15 +1165,13 @@ impl SmtpSettingsBuilder {
         // An internationalised host name is resolved and verified as A-labels.
         let host = grammar::to_ascii(&host).unwrap_or(host);
         let route = self.route.validate(&Relay::new(host.clone(), port), &mut errors);
+        let proxy = self.proxy.map(|p| p.validated(&mut errors));
         if let Some(kept) = &self.kept_credential {
             let now = CredentialDestination::new(
-                &host,
-                port,
-                self.tls,
-                &tls_options,
+                ServerDestination::new(&host, port, self.tls, &tls_options, &route.backups),
                 self.allow_plaintext_auth,
                 &self.auth,
-                &route.backups,
+                proxy.as_ref(),
             );
             if now.as_ref() != Some(kept) {
                 errors.push(FieldError::new("password", ENTER_PASSWORD_AGAIN));
@@ -1156,6 +1182,11 @@ impl SmtpSettingsBuilder {
                 && ServerDestination::new(&host, port, self.tls, &tls_options, &route.backups) != *kept
             {
                 errors.push(FieldError::new("client_key", ENTER_CLIENT_KEY_AGAIN));
+            }
+        }
+        if let Some(kept) = &self.kept_proxy_credential {
+            if proxy.as_ref().and_then(Proxy::credential_destination).as_ref() != Some(kept) {
+                errors.push(FieldError::new("proxy_password", ENTER_PROXY_PASSWORD_AGAIN));
             }
         }
         let sender = match sender {
@@ -1181,6 +1212,7 @@ impl SmtpSettingsBuilder {
             require_all_recipients: self.require_all_recipients,
             destination: self.destination,
             route,
+            proxy,
         })
     }
 }

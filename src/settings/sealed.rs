@@ -8,9 +8,13 @@
 //! [`Error::is_tampered`]. A wrong key or a changed byte is an error, never
 //! garbage.
 //!
-//! A client certificate's private key (mutual TLS) is sealed the same way,
-//! bound to the same data and marked as a client key, so that neither
-//! sealed secret opens in the other's place.
+//! A client certificate's private key (mutual TLS,
+//! [`SealedSettings::client_key`]) and a proxy's password
+//! ([`SealedSettings::proxy_password`]) are sealed the same way, bound to
+//! the same data under a label of their own, so that no sealed secret
+//! opens in another's place. The proxy's settings, like every field added
+//! after version 2 shipped, are bound only when set, so records sealed
+//! before they existed open unchanged.
 //!
 //! Records sealed by earlier releases (version 1: bound to the profile name
 //! only) still open, and are sealed anew in the current format whenever they
@@ -28,7 +32,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::data::{SettingsData, TimeoutsData};
+use super::data::{ProxyData, SettingsData, TimeoutsData};
 use super::{Auth, SmtpSettings};
 use crate::error::{Error, Kind};
 use crate::proto::auth::Credential;
@@ -228,6 +232,22 @@ pub struct SealedSettings {
     /// version 2); absent without a client certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key: Option<SealedSecret>,
+    /// The proxy's password, sealed (always version 2); absent without a
+    /// proxy user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_password: Option<SealedSecret>,
+}
+
+/// Which secret of a record a seal holds: each has associated data of its
+/// own, so that one sealed secret never opens as the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// The relay's password or token.
+    Relay,
+    /// The proxy's password.
+    Proxy,
+    /// A client certificate's private key (PEM).
+    ClientKey,
 }
 
 /// Version 1 associated data (still read, never written).
@@ -292,6 +312,12 @@ impl Canonical {
 /// added to [`SettingsData`] or [`TimeoutsData`] does not compile until it is
 /// bound here too.
 fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
+    bound_aad_for(Purpose::Relay, profile, settings)
+}
+
+/// [`bound_aad`] for the secret of `purpose`: the relay's password's is the
+/// one records have always had; the proxy's starts with a label of its own.
+fn bound_aad_for(purpose: Purpose, profile: &str, settings: &SettingsData) -> Vec<u8> {
     let SettingsData {
         host,
         port,
@@ -318,6 +344,7 @@ fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
         primary_retry_after,
         source_address,
         connect_attempt_delay,
+        proxy,
     } = settings;
     let TimeoutsData {
         connect,
@@ -327,7 +354,11 @@ fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
         data,
         final_reply,
     } = timeouts;
-    let mut c = Canonical(b"relaymail sealed settings v2\0".to_vec());
+    let mut c = Canonical(match purpose {
+        Purpose::Relay => b"relaymail sealed settings v2\0".to_vec(),
+        Purpose::Proxy => b"relaymail sealed proxy password v2\0".to_vec(),
+        Purpose::ClientKey => b"relaymail sealed client key v2\0".to_vec(),
+    });
     c.text("profile", profile);
     c.text("host", host);
     c.bytes("port", &port.to_be_bytes());
@@ -378,16 +409,19 @@ fn bound_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
     if let Some(chain) = client_certificate_pem {
         c.text("client_certificate_pem", chain);
     }
-    c.0
-}
-
-/// The associated data of a sealed client key: [`bound_aad`] and an item
-/// no password's data has, so that the sealed password and the sealed key
-/// cannot stand in for each other (a key opened as a password would be
-/// sent to the server).
-fn client_key_aad(profile: &str, settings: &SettingsData) -> Vec<u8> {
-    let mut c = Canonical(bound_aad(profile, settings));
-    c.text("sealed secret", "client key");
+    // Added later still, bound the same way.
+    if let Some(ProxyData {
+        kind,
+        host,
+        port,
+        username,
+    }) = proxy
+    {
+        c.text("proxy.kind", kind);
+        c.text("proxy.host", host);
+        c.bytes("proxy.port", &port.to_be_bytes());
+        c.optional("proxy.username", username.as_deref());
+    }
     c.0
 }
 
@@ -418,10 +452,21 @@ impl SmtpSettings {
             }
         };
         let settings = self.to_data();
-        let password = match secret {
-            None => None,
-            Some(plain) => Some(seal_secret(key, bound_aad(profile, &settings), plain.as_bytes())?),
-        };
+        let password = secret
+            .map(|plain| seal_secret(key, plain.as_bytes(), bound_aad(profile, &settings)))
+            .transpose()?;
+        let proxy_password = self
+            .proxy
+            .as_ref()
+            .and_then(|p| p.password())
+            .map(|plain| {
+                seal_secret(
+                    key,
+                    plain.expose_secret().as_bytes(),
+                    bound_aad_for(Purpose::Proxy, profile, &settings),
+                )
+            })
+            .transpose()?;
         let client_key = match self.tls_options.client_identity() {
             None => None,
             Some(identity) => {
@@ -430,21 +475,23 @@ impl SmtpSettings {
                     .ok_or_else(|| key_error("this form of client key cannot be stored"))?;
                 Some(seal_secret(
                     key,
-                    client_key_aad(profile, &settings),
                     pem.as_bytes(),
+                    bound_aad_for(Purpose::ClientKey, profile, &settings),
                 )?)
             }
         };
         Ok(SealedSettings {
             settings,
             password,
+            proxy_password,
             client_key,
         })
     }
 }
 
-/// Seals `plain` under `key` with a random nonce (seal version 2).
-fn seal_secret(key: &SecretKey, aad: Vec<u8>, plain: &[u8]) -> Result<SealedSecret, Error> {
+/// `plain` sealed under `key` with associated data `aad` and a random
+/// nonce, in the current (version 2) format.
+fn seal_secret(key: &SecretKey, plain: &[u8], aad: Vec<u8>) -> Result<SealedSecret, Error> {
     let mut nonce = [0u8; NONCE_LEN];
     SystemRandom::new()
         .fill(&mut nonce)
@@ -478,7 +525,11 @@ pub(crate) fn tampered() -> Error {
 impl SealedSettings {
     /// This record's canonical bytes for a store's authentication tag: the
     /// profile name and every setting (as the seal binds them), and the
-    /// sealed password as stored, or its absence.
+    /// sealed password as stored, or its absence, and the sealed proxy
+    /// password likewise. A record without a proxy password gives the bytes
+    /// it always gave (0: no password, 1: a password), so stores written
+    /// before proxies existed keep their tag; one with a proxy password is
+    /// marked 2 (without) or 3 (with a relay password) and has it last.
     pub(crate) fn authenticated_bytes(&self, profile: &str, out: &mut Vec<u8>) {
         fn secret(out: &mut Vec<u8>, p: &SealedSecret) {
             push_field(out, p.algorithm.as_bytes());
@@ -494,12 +545,14 @@ impl SealedSettings {
             }
         }
         push_field(out, &bound_aad(profile, &self.settings));
-        match &self.password {
-            None => out.push(0),
-            Some(p) => {
-                out.push(1);
-                secret(out, p);
-            }
+        out.push(match (&self.password, &self.proxy_password) {
+            (None, None) => 0,
+            (Some(_), None) => 1,
+            (None, Some(_)) => 2,
+            (Some(_), Some(_)) => 3,
+        });
+        for p in [&self.password, &self.proxy_password].into_iter().flatten() {
+            secret(out, p);
         }
         // Added later: present only with a client key, so that the bytes of
         // stores written before stay the same. Its marker (2) cannot start
@@ -511,10 +564,10 @@ impl SealedSettings {
         }
     }
 
-    /// Whether the password was sealed under another key than `key` (its
+    /// Whether a password was sealed under another key than `key` (its
     /// key check says so).
     pub(crate) fn sealed_with_other_key(&self, key: &SecretKey) -> bool {
-        [&self.password, &self.client_key]
+        [&self.password, &self.proxy_password, &self.client_key]
             .into_iter()
             .flatten()
             .filter_map(|p| p.key_check.as_deref())
@@ -537,46 +590,29 @@ impl SealedSettings {
     pub fn unseal(&self, key: &SecretKey, profile: &str) -> Result<SmtpSettings, Error> {
         let secret = match &self.password {
             None => None,
-            Some(sealed) => Some(self.open(sealed, key, profile)?),
+            Some(sealed) => Some(self.open(sealed, key, profile, Purpose::Relay)?),
+        };
+        let proxy_secret = match &self.proxy_password {
+            None => None,
+            Some(sealed) => Some(self.open(sealed, key, profile, Purpose::Proxy)?),
         };
         let client_key = match &self.client_key {
             None => None,
-            Some(sealed) => Some(self.open_client_key(sealed, key, profile)?),
+            Some(sealed) => Some(self.open(sealed, key, profile, Purpose::ClientKey)?),
         };
         self.settings
             .clone()
-            .into_settings_with_client_key(secret, client_key)
+            .into_settings_with_secrets(secret, proxy_secret, client_key)
             .map_err(Error::from)
     }
 
-    /// Opens a sealed client key: seal version 2 only (no release sealed
-    /// one under version 1).
-    fn open_client_key(
+    fn open(
         &self,
         sealed: &SealedSecret,
         key: &SecretKey,
         profile: &str,
+        purpose: Purpose,
     ) -> Result<SecretString, Error> {
-        if sealed.algorithm != ALGORITHM {
-            return Err(key_error(format!(
-                "unknown sealing algorithm {:?}",
-                sealed.algorithm
-            )));
-        }
-        match (sealed.version, &sealed.key_check) {
-            (VERSION_WHOLE_RECORD, Some(check)) if !key.is_key_check(check) => return Err(unseal_error()),
-            (VERSION_WHOLE_RECORD, Some(_)) => {}
-            (VERSION_PROFILE_ONLY | VERSION_WHOLE_RECORD, _) => return Err(tampered()),
-            (other, _) => {
-                return Err(key_error(format!(
-                    "unknown seal version {other}: written by a newer relaymail?"
-                )))
-            }
-        }
-        open_secret(sealed, key, client_key_aad(profile, &self.settings)).ok_or_else(tampered)
-    }
-
-    fn open(&self, sealed: &SealedSecret, key: &SecretKey, profile: &str) -> Result<SecretString, Error> {
         if sealed.algorithm != ALGORITHM {
             return Err(key_error(format!(
                 "unknown sealing algorithm {:?}",
@@ -585,10 +621,11 @@ impl SealedSettings {
         }
         // The version decides the associated data; a version-2 record read
         // under the version-1 rule does not open (its tag covers the v2 data).
+        // Proxy passwords were never sealed in version 1.
         let aad = match (sealed.version, &sealed.key_check) {
-            (VERSION_PROFILE_ONLY, None) => profile_only_aad(profile),
+            (VERSION_PROFILE_ONLY, None) if purpose == Purpose::Relay => profile_only_aad(profile),
             (VERSION_WHOLE_RECORD, Some(check)) if !key.is_key_check(check) => return Err(unseal_error()),
-            (VERSION_WHOLE_RECORD, Some(_)) => bound_aad(profile, &self.settings),
+            (VERSION_WHOLE_RECORD, Some(_)) => bound_aad_for(purpose, profile, &self.settings),
             // Only a record edited by hand has one without the other.
             (VERSION_PROFILE_ONLY | VERSION_WHOLE_RECORD, _) => return Err(tampered()),
             (other, _) => {
@@ -815,6 +852,116 @@ mod tests {
         );
         // A version-1 record is bound to its profile name.
         assert!(back.unseal(&key, "backup").is_err());
+    }
+
+    /// A record sealed by relaymail before proxies existed (written by that
+    /// code, with this key): it opens, and its associated data is what it
+    /// was.
+    const SEALED_BEFORE_PROXIES: &str = r#"{"settings": {"host": "mail.example.com", "port": 587, "tls": "starttls", "sender": "noreply@example.com", "username": "app", "allow_plaintext_auth": false, "timeouts": {"connect": 10.0, "greeting": 30.0, "tls_handshake": 30.0, "command": 30.0, "data": 60.0, "final_reply": 120.0}, "webpki_roots": true, "dangerous_accept_invalid_certs": false, "dangerous_accept_invalid_hostnames": false, "pipelining": true, "chunking": true, "require_all_recipients": false}, "password": {"algorithm": "chacha20-poly1305", "version": 2, "nonce": "WKn2wj6K5Uz1m2sp", "ciphertext": "H51hSdTdDB+pCkwyDd6eDiRGWgtyLZSBN1plig==", "key_check": "ypekqMMoTLFGCsSkkLR8qvziU54M+6RZA1ukD2bhciA="}}"#;
+    const KEY_BEFORE_PROXIES: &str = "cmVsYXltYWlsIHByb3h5IGNvbXBhdCBmaXh0dXJlIGs=";
+
+    #[test]
+    fn a_record_sealed_before_proxies_existed_still_opens() {
+        let key = SecretKey::from_base64(KEY_BEFORE_PROXIES).expect("key");
+        let sealed: SealedSettings = serde_json::from_str(SEALED_BEFORE_PROXIES).expect("parse");
+        assert!(sealed.proxy_password.is_none() && sealed.settings.proxy.is_none());
+        let s = sealed.unseal(&key, "primary").expect("opens");
+        match s.auth() {
+            Auth::Credential(Credential::Password { password, .. }) => {
+                assert_eq!(password.expose_secret(), "Pre-Proxy-Pw")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.proxy().is_none());
+        // Sealed again, the record has the same shape: no proxy fields.
+        let again = serde_json::to_value(s.seal(&key, "primary").expect("sealed")).expect("json");
+        assert!(again.get("proxy_password").is_none(), "{again}");
+        assert!(again["settings"].get("proxy").is_none(), "{again}");
+        // A proxy added to the stored record is a change.
+        let mut moved: serde_json::Value = serde_json::from_str(SEALED_BEFORE_PROXIES).expect("json");
+        moved["settings"]["proxy"] = serde_json::json!({"kind": "socks5", "host": "127.0.0.1", "port": 1080});
+        let moved: SealedSettings = serde_json::from_value(moved).expect("parse");
+        assert!(moved.unseal(&key, "primary").expect_err("changed").is_tampered());
+    }
+
+    #[cfg(feature = "proxy")]
+    fn with_proxy() -> SmtpSettings {
+        settings()
+            .to_builder()
+            .credentials("app", "Sealed-Pa55word")
+            .proxy(super::super::Proxy::socks5("proxy.example", 1080).with_credentials("px", "Pr0xy-Pa55"))
+            .build()
+            .expect("settings")
+    }
+
+    #[cfg(feature = "proxy")]
+    #[test]
+    fn the_proxy_password_is_sealed_bound_and_not_swappable() {
+        let key = SecretKey::generate().expect("key");
+        let sealed = with_proxy().seal(&key, "primary").expect("sealed");
+        let json = serde_json::to_string(&sealed).expect("json");
+        assert!(
+            !json.contains("Pr0xy-Pa55") && !json.contains("Sealed-Pa55word"),
+            "{json}"
+        );
+        assert_eq!(
+            sealed.settings.proxy.as_ref().and_then(|p| p.username.as_deref()),
+            Some("px")
+        );
+        let back: SealedSettings = serde_json::from_str(&json).expect("parse");
+        let s = back.unseal(&key, "primary").expect("opens");
+        assert_eq!(format!("{s:?}"), format!("{:?}", with_proxy()));
+        let p = s.proxy().expect("proxy");
+        assert_eq!(p.password().map(|s| s.expose_secret()), Some("Pr0xy-Pa55"));
+        // Swapped, neither opens as the other.
+        let mut swapped = sealed.clone();
+        std::mem::swap(&mut swapped.password, &mut swapped.proxy_password);
+        assert!(swapped
+            .unseal(&key, "primary")
+            .expect_err("swapped")
+            .is_tampered());
+        // The proxy's fields are bound to both passwords.
+        type Edit = fn(&mut SettingsData);
+        let edits: [(&str, Edit); 5] = [
+            ("host", |d| {
+                d.proxy.as_mut().expect("p").host = "attacker.example.net".into()
+            }),
+            ("port", |d| d.proxy.as_mut().expect("p").port = 9050),
+            ("kind", |d| d.proxy.as_mut().expect("p").kind = "http".into()),
+            ("username", |d| {
+                d.proxy.as_mut().expect("p").username = Some("root".into())
+            }),
+            ("removed", |d| d.proxy = None),
+        ];
+        for (what, edit) in edits {
+            let mut changed = sealed.clone();
+            edit(&mut changed.settings);
+            let e = changed.unseal(&key, "primary").expect_err(what);
+            assert!(e.is_tampered(), "{what}: {e}");
+            assert!(!format!("{e}{e:?}").contains("Pr0xy-Pa55"), "{what}");
+            // Also with the relay's password gone (only the proxy's is left).
+            changed.password = None;
+            changed.settings.username = None;
+            let e = changed.unseal(&key, "primary").expect_err(what);
+            assert!(e.is_tampered(), "{what} (proxy password alone): {e}");
+        }
+        // A proxy password in the version-1 format never existed.
+        let mut old = sealed.clone();
+        if let Some(p) = old.proxy_password.as_mut() {
+            p.version = VERSION_PROFILE_ONLY;
+            p.key_check = None;
+        }
+        assert!(old.unseal(&key, "primary").expect_err("v1 proxy").is_tampered());
+        // Under another key: the key check tells.
+        let other = SecretKey::generate().expect("key");
+        let proxy_only = with_proxy().to_builder().no_auth().build().expect("settings");
+        let sealed = proxy_only.seal(&key, "primary").expect("sealed");
+        assert!(sealed.password.is_none() && sealed.proxy_password.is_some());
+        assert!(sealed.sealed_with_other_key(&other));
+        assert!(!sealed.sealed_with_other_key(&key));
+        sealed
+            .unseal(&key, "primary")
+            .expect("the proxy password alone opens");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Auth, FieldError, SettingsErrors, SmtpSettings, TlsMode};
+use super::{Auth, FieldError, Proxy, ProxyKind, SettingsErrors, SmtpSettings, TlsMode};
 use crate::proto::auth::Credential;
 
 /// What happens to the stored password.
@@ -19,10 +19,13 @@ pub enum PasswordChange {
     /// Keep it (the form's password field was left empty). The default.
     /// Only while the server stays the same: when the host, port, TLS mode,
     /// plain-text AUTH, a `dangerous_*` flag, the trusted roots (system
-    /// roots included) or the user name change, `Keep` is a `password`
-    /// field error ("enter the password again: the server settings
-    /// changed") — a form that never shows the password must not let it be
-    /// sent to a server someone just typed in.
+    /// roots included), the user name, the backup relays or the proxy
+    /// change, `Keep` is a `password` field error ("enter the password
+    /// again: the server settings changed") — a form that never shows the
+    /// password must not let it be sent to a server someone just typed in.
+    /// For the proxy's password ([`SettingsUpdate::proxy_password`]) the
+    /// same holds of the proxy's kind, host, port and user name (a
+    /// `proxy_password` error).
     #[default]
     Keep,
     /// Replace it with a newly typed one.
@@ -95,6 +98,22 @@ pub struct SettingsUpdate {
     pub system_roots: Option<bool>,
     /// The client certificate and its private key.
     pub client_certificate: ClientCertificateChange,
+    /// The proxy: `Some(Some(kind))` connects through a proxy of this kind
+    /// (with `proxy_host`, `proxy_port` and the stored values for what is
+    /// not given), `Some(None)` removes the proxy (the other `proxy_*`
+    /// fields are then ignored), `None` leaves the kind as it is.
+    pub proxy_kind: Option<Option<ProxyKind>>,
+    /// The proxy's host.
+    pub proxy_host: Option<String>,
+    /// The proxy's port (when neither given nor stored: 1080 for SOCKS5).
+    pub proxy_port: Option<u16>,
+    /// The proxy's user name (kept with its password unless changed; empty:
+    /// no proxy credentials).
+    pub proxy_username: Option<String>,
+    /// The proxy's password, kept only while the proxy's kind, host, port
+    /// and user name stay the same (otherwise a `proxy_password` field
+    /// error asks for it again).
+    pub proxy_password: PasswordChange,
 }
 
 impl SettingsUpdate {
@@ -120,6 +139,8 @@ impl SmtpSettings {
     /// mode and trust settings stay the same (a `client_key` field error
     /// otherwise). Turning the system roots on or off is a change of trust
     /// settings for both.
+    /// The proxy's password follows the same rules with the proxy's fields
+    /// (`proxy_username`, `proxy_password`; see [`SettingsUpdate`]).
     pub fn apply(&self, update: SettingsUpdate) -> Result<SmtpSettings, SettingsErrors> {
         let mut b = self.to_builder();
         let mut errors = Vec::new();
@@ -210,6 +231,82 @@ impl SmtpSettings {
                 b = b.client_certificate_pem(chain_pem, key_pem.expose_secret())
             }
             ClientCertificateChange::Clear => b = b.no_client_certificate(),
+        }
+        let stored = self.proxy.as_ref();
+        let kind = match update.proxy_kind {
+            Some(kind) => kind,
+            None => stored.map(Proxy::kind),
+        };
+        match kind {
+            None => {
+                let wants_one = update.proxy_host.is_some()
+                    || update.proxy_port.is_some()
+                    || update
+                        .proxy_username
+                        .as_deref()
+                        .is_some_and(|u| !u.trim().is_empty())
+                    || matches!(update.proxy_password, PasswordChange::Set(_));
+                if wants_one && update.proxy_kind.is_none() {
+                    errors.push(FieldError::new(
+                        "proxy",
+                        "choose the proxy's kind (SOCKS5 or HTTP CONNECT) for its host, port and user name",
+                    ));
+                }
+                b = b.no_proxy();
+            }
+            Some(kind) => {
+                let host = update
+                    .proxy_host
+                    .or_else(|| stored.map(|p| p.host.clone()))
+                    .unwrap_or_default();
+                let port = update
+                    .proxy_port
+                    .or_else(|| stored.map(Proxy::port))
+                    .unwrap_or(match kind {
+                        ProxyKind::Socks5 => 1080,
+                        _ => 0,
+                    });
+                let mut proxy = Proxy::new(kind, host, port);
+                let stored_credentials = stored.and_then(|p| p.credentials.clone());
+                let mut typed = false;
+                match (update.proxy_password, update.proxy_username) {
+                    (PasswordChange::Clear, Some(user)) if !user.trim().is_empty() => {
+                        errors.push(FieldError::new(
+                            "proxy_password",
+                            "a proxy user name needs a password: set one, or clear the proxy user name too",
+                        ))
+                    }
+                    (PasswordChange::Clear, _) => typed = true,
+                    (PasswordChange::Set(password), user) => {
+                        typed = true;
+                        match user.or_else(|| stored_credentials.map(|(user, _)| user)) {
+                            Some(user) => proxy = proxy.with_credentials(user, password),
+                            None => errors.push(FieldError::new(
+                                "proxy_username",
+                                "a proxy password needs a user name",
+                            )),
+                        }
+                    }
+                    (PasswordChange::Keep, Some(user)) => {
+                        match (stored_credentials, user.trim().is_empty()) {
+                            (_, true) => typed = true,
+                            // Still marked as kept: build() refuses it when the
+                            // proxy or the user name changed.
+                            (Some((_, password)), false) => proxy.credentials = Some((user, password)),
+                            (None, false) => errors.push(FieldError::new(
+                                "proxy_password",
+                                "no proxy password is stored: type one for this proxy user name",
+                            )),
+                        }
+                    }
+                    (PasswordChange::Keep, None) => proxy.credentials = stored_credentials,
+                }
+                let kept = std::mem::take(&mut b.kept_proxy_credential);
+                b = b.proxy(proxy);
+                if !typed {
+                    b.kept_proxy_credential = kept;
+                }
+            }
         }
         b.build_reporting(errors)
     }
@@ -360,7 +457,18 @@ mod tests {
                 "backup_relays",
                 form(|u| u.backup_relays = Some(vec!["attacker.example.net".into()])),
             ),
+            (
+                "proxy (added)",
+                form(|u| {
+                    u.proxy_kind = Some(Some(ProxyKind::Socks5));
+                    u.proxy_host = Some("proxy.attacker.example".into());
+                }),
+            ),
             ("builder: host", builder(|b| b.host("attacker.example.net"))),
+            (
+                "builder: proxy",
+                builder(|b| b.proxy(Proxy::http_connect("proxy.attacker.example", 3128))),
+            ),
             ("builder: port", builder(|b| b.port(2525))),
             ("builder: tls", builder(|b| b.tls(TlsMode::Implicit))),
             (
@@ -534,6 +642,184 @@ mod tests {
             Some(ENTER_PASSWORD_AGAIN),
             "{e}"
         );
+    }
+
+    #[cfg(feature = "proxy")]
+    fn stored_with_proxy() -> SmtpSettings {
+        stored()
+            .to_builder()
+            .credentials("app", "old-secret")
+            .proxy(Proxy::socks5("proxy.example", 1080).with_credentials("px", "old-proxy-pw"))
+            .build()
+            .expect("settings")
+    }
+
+    #[cfg(feature = "proxy")]
+    fn proxy_password(s: &SmtpSettings) -> Option<(String, String)> {
+        let p = s.proxy()?;
+        Some((p.username()?.to_owned(), p.password()?.expose_secret().to_owned()))
+    }
+
+    #[cfg(feature = "proxy")]
+    #[test]
+    fn proxy_password_keep_set_clear() {
+        use super::super::ENTER_PROXY_PASSWORD_AGAIN;
+        let s = stored_with_proxy();
+        // The form sends the proxy's fields back unchanged: both kept.
+        let kept = s
+            .apply(SettingsUpdate {
+                sender_name: Some(Some("Example App".into())),
+                proxy_kind: Some(Some(ProxyKind::Socks5)),
+                proxy_host: Some("PROXY.example".into()),
+                proxy_port: Some(1080),
+                proxy_username: Some("px".into()),
+                ..SettingsUpdate::new()
+            })
+            .expect("valid");
+        assert_eq!(proxy_password(&kept), Some(("px".into(), "old-proxy-pw".into())));
+        assert_eq!(password(&kept), Some(("app".into(), "old-secret".into())));
+        // A relay change keeps the proxy's password (it is the proxy's).
+        let e = s
+            .apply(SettingsUpdate {
+                host: Some("smtp.example.org".into()),
+                ..SettingsUpdate::new()
+            })
+            .expect_err("relay password");
+        assert!(
+            e.field("password").is_some() && e.field("proxy_password").is_none(),
+            "{e}"
+        );
+
+        type Edit = fn(&mut SettingsUpdate);
+        // (what, edit, relay password refused too)
+        let cases: [(&str, Edit, bool); 5] = [
+            (
+                "proxy host",
+                |u| u.proxy_host = Some("proxy.attacker.example".into()),
+                true,
+            ),
+            ("proxy port", |u| u.proxy_port = Some(9050), true),
+            (
+                "proxy kind",
+                |u| u.proxy_kind = Some(Some(ProxyKind::HttpConnect)),
+                true,
+            ),
+            ("proxy user", |u| u.proxy_username = Some("root".into()), false),
+            (
+                "proxy user and host",
+                |u| {
+                    u.proxy_username = Some("root".into());
+                    u.proxy_host = Some("127.0.0.1".into());
+                },
+                true,
+            ),
+        ];
+        for (what, edit, relay_too) in cases {
+            let mut u = SettingsUpdate::new();
+            edit(&mut u);
+            let e = s.apply(u).expect_err(what);
+            assert_eq!(
+                e.field("proxy_password").map(FieldError::message),
+                Some(ENTER_PROXY_PASSWORD_AGAIN),
+                "{what}: {e}"
+            );
+            assert_eq!(e.field("password").is_some(), relay_too, "{what}: {e}");
+            assert!(!format!("{e}{e:?}").contains("old-proxy-pw"), "{what}");
+            // Typed again, it is accepted (and the relay's, when asked for).
+            let mut u = SettingsUpdate::new();
+            edit(&mut u);
+            u.proxy_password = PasswordChange::Set("new-proxy-pw".into());
+            if relay_too {
+                u.password = PasswordChange::Set("typed-again".into());
+            }
+            let moved = s.apply(u).expect(what);
+            assert_eq!(
+                proxy_password(&moved).map(|p| p.1),
+                Some("new-proxy-pw".into()),
+                "{what}"
+            );
+        }
+        // The builder's way: a new proxy carries its own credentials.
+        let e = s
+            .to_builder()
+            .proxy(Proxy::socks5("proxy.example", 1081))
+            .build()
+            .expect_err("relay password");
+        assert!(
+            e.field("password").is_some() && e.field("proxy_password").is_none(),
+            "{e}"
+        );
+        assert!(s.to_builder().timeout(Duration::from_secs(9)).build().is_ok());
+
+        let cleared = s
+            .apply(SettingsUpdate {
+                proxy_password: PasswordChange::Clear,
+                ..SettingsUpdate::new()
+            })
+            .expect("valid");
+        let p = cleared.proxy().expect("still a proxy");
+        assert!(p.username().is_none() && p.password().is_none());
+        assert_eq!(password(&cleared), Some(("app".into(), "old-secret".into())));
+        let e = s
+            .apply(SettingsUpdate {
+                proxy_password: PasswordChange::Clear,
+                proxy_username: Some("px".into()),
+                ..SettingsUpdate::new()
+            })
+            .expect_err("a user without a password");
+        assert!(e.field("proxy_password").is_some(), "{e}");
+
+        // Removing the proxy sends the relay's password on another path.
+        let direct = SettingsUpdate {
+            proxy_kind: Some(None),
+            proxy_host: Some("ignored.example".into()),
+            ..SettingsUpdate::new()
+        };
+        let e = s.apply(direct).expect_err("relay password");
+        assert!(e.field("password").is_some(), "{e}");
+        let direct = s
+            .apply(SettingsUpdate {
+                proxy_kind: Some(None),
+                password: PasswordChange::Set("typed-again".into()),
+                ..SettingsUpdate::new()
+            })
+            .expect("direct");
+        assert!(direct.proxy().is_none());
+    }
+
+    #[test]
+    fn proxy_fields_without_a_kind_are_a_field_error() {
+        let s = stored();
+        let e = s
+            .apply(SettingsUpdate {
+                proxy_host: Some("proxy.example".into()),
+                password: PasswordChange::Clear,
+                ..SettingsUpdate::new()
+            })
+            .expect_err("no kind");
+        assert!(
+            e.field("proxy").is_some_and(|f| f.message().contains("kind")),
+            "{e}"
+        );
+        let e = s
+            .apply(SettingsUpdate {
+                proxy_kind: Some(Some(ProxyKind::HttpConnect)),
+                proxy_host: Some("proxy.example".into()),
+                password: PasswordChange::Set("typed-again".into()),
+                ..SettingsUpdate::new()
+            })
+            .expect_err("an HTTP proxy needs a port");
+        assert!(e.field("proxy_port").is_some(), "{e}");
+        let e = s
+            .apply(SettingsUpdate {
+                proxy_kind: Some(Some(ProxyKind::Socks5)),
+                proxy_host: Some("proxy.example".into()),
+                proxy_password: PasswordChange::Set("pw".into()),
+                password: PasswordChange::Set("typed-again".into()),
+                ..SettingsUpdate::new()
+            })
+            .expect_err("a proxy password needs a user");
+        assert!(e.field("proxy_username").is_some(), "{e}");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The SMTP URL form of settings:
 //!
 //! ```text
-//! smtp://[user[:password]@]host[:port][?tls=starttls|starttls-opportunistic|none&helo=NAME&timeout=SECS&from=ADDR&system_roots=true]
-//! smtps://[user[:password]@]host[:port][?helo=…&timeout=…&from=…&system_roots=true]
+//! smtp://[user[:password]@]host[:port][?tls=starttls|starttls-opportunistic|none&helo=NAME&timeout=SECS&proxy=PROXY&from=ADDR&system_roots=true]
+//! smtps://[user[:password]@]host[:port][?helo=…&timeout=…&proxy=…&from=…&system_roots=true]
 //! ```
 //!
 //! and, for development and tests (see [`crate::dev`]),
@@ -30,13 +30,30 @@
 //! `key`) are refused with a `url` field error that does not repeat them,
 //! and settings with a client certificate are written without it (the URL
 //! of such settings reads back without one).
+//!
+//! `proxy=` names a [`Proxy`](super::Proxy) (feature `proxy`):
+//!
+//! ```text
+//! proxy=socks5://[user:password@]host[:port]     SOCKS5, port 1080 by default (socks5h:// is read alike)
+//! proxy=http://[user:password@]host:port          HTTP CONNECT, port required
+//! ```
+//!
+//! The whole value is one query parameter, percent-decoded once (so a `&`,
+//! `#` or `%` in it is written `%26`, `%23`, `%25`); the proxy's user name
+//! and password inside it are percent-decoded once more (relaymail writes a
+//! `%40` in a proxy password as `%2540`). The relay's host name is always
+//! resolved by the proxy. As for the relay, `Display` shows the proxy
+//! password as `***`, and no error quotes any part of the `proxy=` value.
 
 use std::fmt;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
 
-use super::{Auth, FieldError, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, TlsMode, MAX_TIMEOUT};
+use super::{
+    Auth, FieldError, Proxy, ProxyKind, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, TlsMode,
+    MAX_TIMEOUT,
+};
 use crate::dev::Destination;
 use crate::proto::auth::Credential;
 
@@ -85,21 +102,31 @@ fn misplaced_userinfo(authority: &str, query: Option<&str>) -> bool {
         && authority
             .split_once(':')
             .is_some_and(|(_, port)| !port.bytes().all(|b| b.is_ascii_digit()));
-    // In a well-formed URL an '@' after the '?' can only be in a sender address.
+    // In a well-formed URL an '@' after the '?' can only be in a sender
+    // address or a proxy's user information.
     let stray_at = query.is_some_and(|q| {
         q.split('&')
-            .any(|pair| pair.contains('@') && !pair.starts_with("from="))
+            .any(|pair| pair.contains('@') && !pair.starts_with("from=") && !pair.starts_with("proxy="))
     });
     bad_port || stray_at
 }
 
 impl SmtpSettingsBuilder {
     /// Reads an SMTP URL into a builder:
-    /// `smtp[s]://[user:password@]host[:port][?tls=starttls|starttls-opportunistic|none&helo=NAME&timeout=SECS&from=ADDR]`
+    /// `smtp[s]://[user:password@]host[:port][?tls=starttls|starttls-opportunistic|none&helo=NAME&timeout=SECS&proxy=PROXY&from=ADDR]`
     /// (`smtp://` is STARTTLS unless `tls=` says otherwise, `smtps://` is
     /// implicit TLS; user and password percent-decoded). Set anything else
-    /// (sender, roots …) on it, then [`build`](Self::build).
-    /// Every problem is reported at once, by field.
+    /// (sender, roots …) on it, then [`build`](Self::build). Every problem
+    /// is reported at once, by field.
+    ///
+    /// `proxy=` names a [`Proxy`]: `socks5://[user:password@]host[:port]`
+    /// (port 1080 by default; `socks5h://` is read alike: the relay's name
+    /// is always resolved by the proxy) or `http://[user:password@]host:port`
+    /// (HTTP CONNECT), e.g. `proxy=socks5://proxy.internal:1080`. The value
+    /// is one query parameter, percent-decoded once (a `&`, `#` or `%` in it
+    /// is written `%26`, `%23`, `%25`); the proxy's user name and password
+    /// in it are percent-decoded once more. [`SmtpUrl`]'s `Display` shows
+    /// the proxy's password as `***`, and no error quotes the value.
     pub fn from_url(url: &str) -> Result<SmtpSettingsBuilder, SettingsErrors> {
         let mut errors = Vec::new();
         let url = url.trim();
@@ -280,9 +307,13 @@ impl SmtpSettingsBuilder {
                         "a client certificate and its private key do not belong in a URL (URLs end up in logs and shell history): set them with client_certificate_pem, or store the settings sealed",
                     ))
                 }
+                "proxy" => match proxy_from_url(&value) {
+                    Ok(proxy) => b = b.proxy(proxy),
+                    Err(more) => errors.extend(more),
+                },
                 _ => errors.push(FieldError::new(
                     "url",
-                    "unknown parameter: use tls, helo, timeout, from, system_roots, backup, source_address, primary_retry_after or connect_attempt_delay",
+                    "unknown parameter: use tls, helo, timeout, from, proxy, system_roots, backup, source_address, primary_retry_after or connect_attempt_delay",
                 )),
             }
         }
@@ -296,6 +327,126 @@ impl SmtpSettingsBuilder {
             Err(SettingsErrors(errors))
         }
     }
+}
+
+/// The `proxy=` value (already percent-decoded once): see the module docs.
+/// No error quotes any part of it: it may hold a password.
+fn proxy_from_url(value: &str) -> Result<Proxy, Vec<FieldError>> {
+    let not_a_proxy = || {
+        vec![FieldError::new(
+            "proxy",
+            "not a proxy URL: use socks5://host:port or http://host:port",
+        )]
+    };
+    let Some((scheme, rest)) = value.trim().split_once("://") else {
+        return Err(not_a_proxy());
+    };
+    let kind = match scheme.to_ascii_lowercase().as_str() {
+        "socks5" | "socks5h" => ProxyKind::Socks5,
+        "http" => ProxyKind::HttpConnect,
+        "https" => {
+            return Err(vec![FieldError::new(
+                "proxy",
+                "a proxy reached over TLS (https://) is not supported: use http:// (the relay's own TLS runs inside the tunnel)",
+            )])
+        }
+        "socks4" | "socks4a" => {
+            return Err(vec![FieldError::new(
+                "proxy",
+                "SOCKS4 is not supported: use socks5://",
+            )])
+        }
+        _ => return Err(not_a_proxy()),
+    };
+    let mut errors = Vec::new();
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (userinfo, hostport) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    if hostport.contains(['/', '?', '#']) {
+        return Err(vec![FieldError::new(
+            "proxy",
+            "a proxy URL has no path, query or fragment: percent-encode any '?', '#', '/' or '@' in the proxy's user name and password",
+        )]);
+    }
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, after)) if after.is_empty() || after.starts_with(':') => {
+                (h.to_owned(), after.strip_prefix(':'))
+            }
+            _ => (String::new(), None),
+        },
+        None => match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (hostport.to_owned(), None),
+        },
+    };
+    if super::validate_host(&host).is_err() {
+        errors.push(FieldError::new(
+            "proxy_host",
+            "the proxy URL holds no valid host name or IP address",
+        ));
+    }
+    let port = match (port, kind) {
+        (Some(p), _) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                errors.push(FieldError::new(
+                    "proxy_port",
+                    "the proxy URL's port is not a number from 1 to 65535",
+                ));
+                0
+            }
+        },
+        (None, ProxyKind::Socks5) => SOCKS5_PORT,
+        (None, _) => {
+            errors.push(FieldError::new(
+                "proxy_port",
+                "give the HTTP proxy's port, as in http://host:3128",
+            ));
+            0
+        }
+    };
+    let mut proxy = Proxy::new(kind, host, port);
+    if let Some(info) = userinfo {
+        match info.split_once(':') {
+            None => errors.push(FieldError::new(
+                "proxy_password",
+                "a proxy user name without a password; give user:password (percent-encoded)",
+            )),
+            Some((user, password)) => match (
+                percent_decode("proxy_username", user),
+                percent_decode("proxy_password", password),
+            ) {
+                (Ok(user), Ok(password)) => proxy = proxy.with_credentials(user, password),
+                (user, password) => errors.extend(user.err().into_iter().chain(password.err())),
+            },
+        }
+    }
+    if errors.is_empty() {
+        Ok(proxy)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The usual SOCKS port (RFC 1928 §3), the default of `socks5://` URLs.
+const SOCKS5_PORT: u16 = 1080;
+
+/// A query value, readable: what a URL's query allows as it is stays as it
+/// is (`:`, `/`, `@`, `*` and brackets included), the rest is
+/// percent-encoded (`%`, `&`, `#`, `+`, `=`, spaces, non-ASCII …).
+fn percent_encode_query_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:/@[]*".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `file:///dir?from=…` and `memory://name?from=…` (see [`crate::dev`]).
@@ -347,9 +498,10 @@ impl SmtpSettings {
         SmtpSettingsBuilder::from_url(url)?.build()
     }
 
-    /// The settings as an SMTP URL; its `Display` shows the password as
-    /// `***`. A client certificate is not part of it: a URL is no place for
-    /// its private key (see [`SmtpSettingsBuilder::client_certificate_pem`]).
+    /// The settings as an SMTP URL; its `Display` shows the password (and
+    /// a proxy's password) as `***`. A client certificate is not part of
+    /// it: a URL is no place for its private key (see
+    /// [`SmtpSettingsBuilder::client_certificate_pem`]).
     pub fn url(&self) -> SmtpUrl<'_> {
         SmtpUrl(self)
     }
@@ -361,7 +513,8 @@ impl SmtpSettings {
 pub struct SmtpUrl<'a>(&'a SmtpSettings);
 
 impl SmtpUrl<'_> {
-    /// The URL with the password in it, for storing where secrets belong.
+    /// The URL with the password (and a proxy's password) in it, for
+    /// storing where secrets belong.
     pub fn expose_password(&self) -> String {
         self.render(true)
     }
@@ -421,6 +574,21 @@ impl SmtpUrl<'_> {
             .all(|d| *d == t.connect)
         {
             params.push(format!("timeout={}", t.connect.as_secs_f64()));
+        }
+        if let Some(p) = &s.proxy {
+            let mut value = format!("{}://", p.kind.as_str());
+            if let Some((user, password)) = &p.credentials {
+                value.push_str(&percent_encode(user));
+                value.push(':');
+                if with_password {
+                    value.push_str(&percent_encode(password.expose_secret()));
+                } else {
+                    value.push_str("***");
+                }
+                value.push('@');
+            }
+            value.push_str(&p.address());
+            params.push(format!("proxy={}", percent_encode_query_value(&value)));
         }
         params.push(format!("from={}", percent_encode(&s.sender.address.to_string())));
         let r = &s.route;
@@ -702,6 +870,107 @@ mod tests {
             .tls_options()
             .client_identity()
             .is_none());
+    }
+
+    fn proxy_of(url: &str) -> Proxy {
+        SmtpSettingsBuilder::from_url(url)
+            .expect("parses")
+            .proxy
+            .expect("a proxy")
+    }
+
+    #[test]
+    fn reads_proxies() {
+        let p = proxy_of("smtp://mail.example.com?proxy=socks5://proxy.internal&from=a@example.com");
+        assert_eq!(
+            (p.kind(), p.host(), p.port(), p.username()),
+            (ProxyKind::Socks5, "proxy.internal", 1080, None)
+        );
+        let p = proxy_of("smtps://mail.example.com?proxy=SOCKS5H://bob:p%2540ss%253Aw@[2001:db8::8]:9050");
+        assert_eq!(
+            (p.kind(), p.host(), p.port()),
+            (ProxyKind::Socks5, "2001:db8::8", 9050)
+        );
+        assert_eq!(p.username(), Some("bob"));
+        assert_eq!(p.password().map(|s| s.expose_secret()), Some("p@ss:w"));
+        // An '@' and ':' in the password unencoded but for the outer layer.
+        let p = proxy_of("smtp://mail.example.com?proxy=http://bob:p%40ss@proxy.example:3128");
+        assert_eq!((p.kind(), p.port()), (ProxyKind::HttpConnect, 3128));
+        assert_eq!(p.password().map(|s| s.expose_secret()), Some("p@ss"));
+        // The whole value percent-encoded, as some tools write query values.
+        let p = proxy_of("smtp://mail.example.com?proxy=http%3A%2F%2Fproxy.example%3A8080%2F");
+        assert_eq!((p.host(), p.port()), ("proxy.example", 8080));
+    }
+
+    #[test]
+    fn proxy_errors_by_field_and_never_quoting_the_value() {
+        for (value, field) in [
+            ("proxy.example:1080", "proxy"),
+            ("https://proxy.example:443", "proxy"),
+            ("socks4://proxy.example:1080", "proxy"),
+            ("ftp://proxy.example:21", "proxy"),
+            ("http://proxy.example", "proxy_port"),
+            ("http://proxy.example:0", "proxy_port"),
+            ("socks5://proxy.example:99999", "proxy_port"),
+            ("socks5://proxy.example:Qz9k", "proxy_port"),
+            ("socks5://pr oxy:1080", "proxy_host"),
+            ("socks5://[::1:1080", "proxy_host"),
+            ("socks5://:1080", "proxy_host"),
+            ("socks5://Zkqv@proxy.example:1080", "proxy_password"),
+            ("socks5://Zkqv:Xy7%25ZZQz@proxy.example:1080", "proxy_password"),
+            ("socks5://Zk%25ZZqv:Xy7Qz@proxy.example:1080", "proxy_username"),
+            ("socks5://Zkqv:Xy7%ZZQz@proxy.example:1080", "url"),
+            ("socks5://proxy.example:1080/path", "proxy"),
+        ] {
+            let url = format!("smtp://mail.example.com?proxy={value}&from=a@example.com");
+            let e = SmtpSettingsBuilder::from_url(&url).expect_err(value);
+            assert!(e.field(field).is_some(), "{value}: {e}");
+            let text = format!("{e}\n{e:?}");
+            for piece in ["Zkqv", "Xy7", "Qz", "proxy.example", "pr oxy", "99999"] {
+                assert!(!text.contains(piece), "{value}: {piece:?} in {text}");
+            }
+        }
+        let e = SmtpSettingsBuilder::from_url("smtp://mail.example.com?proxy=https://p.example:443")
+            .expect_err("https");
+        assert!(e.to_string().contains("use http://"), "{e}");
+    }
+
+    #[cfg(feature = "proxy")]
+    #[test]
+    fn proxies_round_trip_and_display_hides_their_password() {
+        let s = SmtpSettings::builder()
+            .host("mail.example.com")
+            .sender("a@example.com")
+            .credentials("relay-user", "Relay-Pw-1")
+            .proxy(Proxy::socks5("proxy.example", 1080).with_credentials("b@b", "Pr0xy%&#@:pw/?"))
+            .build()
+            .expect("settings");
+        let shown = s.url().to_string();
+        assert_eq!(
+            shown,
+            "smtp://relay-user:***@mail.example.com:587?proxy=socks5://b%2540b:***@proxy.example:1080&from=a%40example.com"
+        );
+        assert!(!format!("{shown}{:?}", s.url()).contains("Pr0xy"));
+        let again = SmtpSettings::from_url(&s.url().expose_password()).expect("parses");
+        assert_eq!(again.url().expose_password(), s.url().expose_password());
+        assert_eq!(format!("{again:?}"), format!("{s:?}"));
+        let p = again.proxy().expect("proxy");
+        assert_eq!(p.password().map(|s| s.expose_secret()), Some("Pr0xy%&#@:pw/?"));
+        let http = s
+            .to_builder()
+            .proxy(Proxy::http_connect("2001:db8::3", 3128))
+            .credentials("relay-user", "Relay-Pw-1")
+            .build()
+            .expect("settings");
+        assert!(
+            http.url()
+                .to_string()
+                .contains("?proxy=http://[2001:db8::3]:3128&"),
+            "{}",
+            http.url()
+        );
+        let again = SmtpSettings::from_url(&http.url().expose_password()).expect("parses");
+        assert_eq!(format!("{again:?}"), format!("{http:?}"));
     }
 
     proptest! {

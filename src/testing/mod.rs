@@ -23,6 +23,10 @@
 //! stalled connection, or extra bytes after a reply (the STARTTLS injection
 //! case of RFC 3207 §6).
 //!
+//! [`TestProxy`] ([`proxy`]) is a SOCKS5 and HTTP CONNECT proxy on
+//! `127.0.0.1` that tunnels to loopback targets only and records what it
+//! was asked, to test connections through a proxy.
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use std::time::Duration;
@@ -48,6 +52,7 @@
 
 mod conformance;
 mod conn;
+pub mod proxy;
 mod sasl;
 mod session;
 mod shared;
@@ -57,6 +62,7 @@ mod tls;
 mod tests;
 
 pub use conformance::{check_outbox, ConformanceFailure, CHECKS};
+pub use proxy::{ProxyAuth, ProxyConfig, ProxyRequest, TestProxy};
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;

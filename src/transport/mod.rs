@@ -22,6 +22,7 @@
 //! ```
 
 mod connect;
+mod proxy;
 pub(crate) mod tls;
 
 use std::net::SocketAddr;
@@ -177,7 +178,7 @@ pub struct TlsInfo {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ConnectionInfo {
-    /// The server's address.
+    /// The server's address (through a proxy: the proxy's).
     pub peer: SocketAddr,
     /// Our local address.
     pub local: SocketAddr,
@@ -396,7 +397,7 @@ impl Connector {
             source: s.source_address(),
             resolver: self.resolver.as_ref(),
         };
-        let tcp = match connect::tcp(relay.host(), relay.port(), dial, &mut trace).await {
+        let tcp = match proxy::tcp(s, relay.host(), relay.port(), dial, &mut trace).await {
             Ok(tcp) => tcp,
             Err(e) => {
                 let e = match deadline {
@@ -1028,7 +1029,9 @@ pub async fn probe(settings: &SmtpSettings) -> Result<ConnectionInfo, Error> {
 pub(crate) fn relay_unreachable(e: &Error) -> bool {
     match e.stage() {
         Some(Stage::Resolve | Stage::Connect) => !e.is_config(),
-        Some(Stage::Greeting | Stage::Ehlo) => e.is_transient(),
+        // Through a proxy: the proxy could not be reached or could not
+        // reach the relay (not refused credentials or a refused target).
+        Some(Stage::Proxy | Stage::Greeting | Stage::Ehlo) => e.is_transient(),
         _ => false,
     }
 }

@@ -47,7 +47,7 @@ async fn a_kept_password_is_not_sent_to_a_changed_server() {
     let listener = server(ServerConfig::new().auth_mechanisms(&["PLAIN", "LOGIN"])).await;
     // (the field, the stored settings: the attack with that field as it was,
     //  the form's edit back to the attack with the password left "unchanged")
-    let cases: Vec<(&str, SmtpSettingsBuilder, Edit)> = vec![
+    let mut cases: Vec<(&str, SmtpSettingsBuilder, Edit)> = vec![
         ("host", attack(&listener).host("localhost"), |s, _| {
             form(s, |u| {
                 u.host = Some("127.0.0.1".into());
@@ -101,6 +101,19 @@ async fn a_kept_password_is_not_sent_to_a_changed_server() {
                 .build()
         }),
     ];
+    if cfg!(feature = "proxy") {
+        // Stored behind a proxy; the edit removes it, so the password would
+        // go straight to the listener.
+        cases.push((
+            "proxy (removed)",
+            attack(&listener).proxy(relaymail::Proxy::http_connect("127.0.0.1", 3128)),
+            |s, _| {
+                form(s, |u| {
+                    u.proxy_kind = Some(None);
+                })
+            },
+        ));
+    }
     for (what, stored, edit) in cases {
         let stored = stored.build().expect(what);
         let edited = edit(&stored, &listener);

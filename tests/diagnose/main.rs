@@ -5,6 +5,7 @@
 
 mod client_cert;
 mod kept_password;
+mod proxy;
 
 use std::time::Duration;
 

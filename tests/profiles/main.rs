@@ -4,6 +4,7 @@
 #![cfg(feature = "serde")]
 
 mod compat;
+mod proxy;
 mod tamper;
 
 use std::collections::HashSet;

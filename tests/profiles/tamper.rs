@@ -109,6 +109,11 @@ async fn every_stored_setting_is_bound_to_the_sealed_password() {
             "/settings/client_certificate_pem",
             json!(our_ca),
         ),
+        (
+            "a proxy (added: the connection would go through it)",
+            "/settings/proxy",
+            json!({"kind": "socks5", "host": "proxy.attacker.example", "port": 1080}),
+        ),
         ("the seal version (downgrade)", "/password/version", json!(1)),
         ("the nonce", "/password/nonce", json!("AAAAAAAAAAAAAAAA")),
     ];

@@ -7,6 +7,7 @@ mod auth;
 mod client_cert;
 mod delivery;
 mod messages;
+mod proxy;
 mod route;
 mod support;
 mod timeouts;
