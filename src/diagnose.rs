@@ -50,6 +50,8 @@ pub struct Report {
     port: u16,
     /// The proxy, as `Display` shows it (never its credentials).
     proxy: Option<String>,
+    /// The local source address, when the settings set one.
+    source: Option<std::net::IpAddr>,
     stages: Vec<StageReport>,
     tls: Option<TlsInfo>,
     client_certificate: Option<String>,
@@ -143,6 +145,7 @@ impl Report {
             proxy: settings
                 .proxy()
                 .map(|p| format!("{} proxy {}", p.kind().label(), p.address())),
+            source: settings.source_address(),
             stages,
             tls: None,
             client_certificate: settings
@@ -168,6 +171,9 @@ impl fmt::Display for Report {
         )?;
         if let Some(proxy) = &self.proxy {
             write!(f, " via the {proxy}")?;
+        }
+        if let Some(source) = &self.source {
+            write!(f, " from {source}")?;
         }
         writeln!(f)?;
         for s in &self.stages {

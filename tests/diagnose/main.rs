@@ -191,6 +191,21 @@ async fn a_backup_relay_reached_is_named_in_the_report() {
         "{shown}"
     );
     assert!(shown.contains("passed over at greeting"), "{shown}");
+    let from = relaymail::diagnose::verify(
+        &s.to_builder()
+            .source_address(std::net::IpAddr::from([127, 0, 0, 3]))
+            .build()
+            .expect("settings"),
+    )
+    .await;
+    assert!(
+        from.to_string()
+            .lines()
+            .next()
+            .expect("header")
+            .ends_with(" from 127.0.0.3"),
+        "{from}"
+    );
     let got = backup.messages();
     let text = String::from_utf8_lossy(&got[0].data);
     assert!(
