@@ -48,6 +48,11 @@ async fn hanging_address() -> (SocketAddr, tokio::net::TcpListener, Vec<TcpStrea
     (addr, listener, fillers)
 }
 
+/// Opens a connection with these settings.
+async fn connect(s: relaymail::SmtpSettings) -> Result<relaymail::Connection, relaymail::Error> {
+    Connector::new(s).expect("connector").connect().await
+}
+
 fn resolver(addrs: Vec<SocketAddr>) -> Resolver {
     Resolver::new(move |_host, _port| {
         let addrs = addrs.clone();
@@ -121,11 +126,7 @@ async fn connections_come_from_the_source_address() {
         .source_address(from)
         .build()
         .expect("settings");
-    let conn = Connector::new(settings)
-        .expect("connector")
-        .connect()
-        .await
-        .expect("connected");
+    let conn = connect(settings).await.expect("connected");
     assert_eq!(conn.info().local.ip(), from);
     conn.quit().await.expect("quit");
     srv.wait_for_closed_sessions(1, WAIT).await.expect("closed");
@@ -142,11 +143,7 @@ async fn a_source_address_that_is_not_ours_or_of_the_wrong_family_is_explained()
         .source_address(foreign)
         .build()
         .expect("settings");
-    let e = Connector::new(s)
-        .expect("connector")
-        .connect()
-        .await
-        .expect_err("cannot bind");
+    let e = connect(s).await.expect_err("cannot bind");
     assert_eq!(e.stage(), Some(Stage::Connect));
     assert!(e.hint().expect("hint").contains("198.51.100.7"), "{e}");
     assert!(e.hint().expect("hint").contains("address of this machine"), "{e}");
@@ -156,11 +153,7 @@ async fn a_source_address_that_is_not_ours_or_of_the_wrong_family_is_explained()
         .source_address(v6)
         .build()
         .expect("settings");
-    let e = Connector::new(s)
-        .expect("connector")
-        .connect()
-        .await
-        .expect_err("family");
+    let e = connect(s).await.expect_err("family");
     assert!(e.is_config(), "{e}");
     assert!(e.to_string().contains("only IPv4 addresses"), "{e}");
     assert_eq!(srv.connections_total(), 0);
@@ -174,11 +167,7 @@ async fn a_backup_relay_takes_over_when_the_primary_refuses_connections() {
         .backup_relays([format!("127.0.0.1:{}", backup.port())])
         .build()
         .expect("settings");
-    let mut conn = Connector::new(settings)
-        .expect("connector")
-        .connect()
-        .await
-        .expect("via the backup");
+    let mut conn = connect(settings).await.expect("via the backup");
     assert_eq!(conn.info().relay.port(), backup.port());
     conn.send(envelope(&["ops@example.net"]), MESSAGE.to_vec())
         .await
@@ -200,11 +189,7 @@ async fn a_backup_relay_takes_over_from_a_421_greeting_but_not_from_a_554() {
             .build()
             .expect("settings")
     };
-    let conn = Connector::new(via(&busy))
-        .expect("connector")
-        .connect()
-        .await
-        .expect("via the backup");
+    let conn = connect(via(&busy)).await.expect("via the backup");
     assert_eq!(
         conn.info().relay.to_string(),
         format!("localhost:{}", backup.port())
@@ -213,9 +198,7 @@ async fn a_backup_relay_takes_over_from_a_421_greeting_but_not_from_a_554() {
     conn.quit().await.expect("quit");
     assert_eq!(busy.connections_total(), 1);
 
-    let e = Connector::new(via(&refusing))
-        .expect("connector")
-        .connect()
+    let e = connect(via(&refusing))
         .await
         .expect_err("a permanent refusal is not the relay being away");
     assert_eq!(e.stage(), Some(Stage::Greeting));
@@ -234,11 +217,7 @@ async fn when_every_relay_is_down_the_error_names_each() {
         .timeout(Duration::from_secs(5))
         .build()
         .expect("settings");
-    let e = Connector::new(settings)
-        .expect("connector")
-        .connect()
-        .await
-        .expect_err("all down");
+    let e = connect(settings).await.expect_err("all down");
     assert_eq!(e.stage(), Some(Stage::Connect));
     let hint = e.hint().expect("hint");
     assert!(
