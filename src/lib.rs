@@ -152,6 +152,8 @@ pub use message::Message;
 pub use proto::auth::{Credential, Mechanism, UnknownMechanism};
 pub use proto::reply::Reply;
 pub use proto::session::{Envelope, EnvelopeError, Recipient, RecipientReply};
+#[cfg(feature = "dkim")]
+pub use settings::DkimKeyChange;
 pub use settings::{
     Auth, ClientCertificateChange, ClientIdentity, CredentialProvider, DangerousSettings, FieldError,
     PasswordChange, Proxy, ProxyKind, Relay, Sender, SettingsErrors, SettingsUpdate, SmtpSettings,

@@ -46,7 +46,7 @@ mod update;
 mod url;
 
 #[cfg(feature = "serde")]
-pub use data::{ProxyData, SettingsData, TimeoutsData};
+pub use data::{DkimData, ProxyData, SettingsData, TimeoutsData};
 #[cfg(all(feature = "serde", feature = "dkim"))]
 pub(crate) use identity::secret_pem;
 pub use identity::ClientIdentity;
@@ -60,6 +60,8 @@ pub(crate) use sealed::seal_version_1;
 pub(crate) use sealed::{push_field, tampered};
 #[cfg(feature = "serde")]
 pub use sealed::{SealedSecret, SealedSettings, SecretKey};
+#[cfg(feature = "dkim")]
+pub use update::DkimKeyChange;
 pub use update::{ClientCertificateChange, PasswordChange, SettingsUpdate};
 pub use url::SmtpUrl;
 

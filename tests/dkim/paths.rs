@@ -315,3 +315,40 @@ async fn a_bare_connection_signs_what_it_sends() {
     assert_eq!(got.len(), 1);
     assert_signed("connection", &got[0].data, &signer).await;
 }
+
+#[cfg(feature = "serde")]
+#[test]
+fn the_key_is_in_no_debug_error_or_serialised_form() {
+    let key_lines: Vec<&str> = RSA.lines().filter(|l| !l.starts_with("-----")).collect();
+    let settings = signing(base(25), RSA, "mail2024");
+    let mailer_debug = {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let _guard = rt.enter();
+        format!("{:?}", Mailer::new(settings.clone()).expect("mailer"))
+    };
+    let bad = SmtpSettings::builder()
+        .host("127.0.0.1")
+        .sender("a@example.com")
+        .dkim(DkimConfig::new("bad domain", "s", RSA.replace("MII", "M!I")))
+        .build()
+        .expect_err("invalid");
+    let shown = [
+        format!("{settings:?}"),
+        format!("{:?}", settings.to_builder()),
+        mailer_debug,
+        serde_json::to_string(&settings).expect("json"),
+        serde_json::to_string(&settings.to_data()).expect("json"),
+        settings.url().expose_password(),
+        format!("{bad}{bad:?}"),
+    ];
+    for text in &shown {
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+        for line in &key_lines {
+            assert!(!text.contains(line), "{text}");
+        }
+    }
+    // The public settings are there.
+    assert!(shown[3].contains(r#""dkim":{"domain":"example.com","selector":"mail2024","algorithm":"rsa-sha256","canonicalization":"relaxed/relaxed"}"#), "{}", shown[3]);
+}
