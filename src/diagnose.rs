@@ -346,7 +346,7 @@ async fn run(settings: &SmtpSettings, test: Option<(&str, Option<&str>)>) -> Rep
                 #[cfg(feature = "dkim")]
                 let body = match settings.dkim() {
                     None => Ok(body),
-                    Some(signer) => signer.sign(&body).map(|signed| {
+                    Some(signer) => signer.sign(&body).inspect(|_| {
                         let from_domain = from.as_ref().map(|a| a.domain().to_owned()).unwrap_or_default();
                         dkim = Some(DkimReport {
                             domain: signer.domain().to_owned(),
@@ -356,7 +356,6 @@ async fn run(settings: &SmtpSettings, test: Option<(&str, Option<&str>)>) -> Rep
                             aligned: signer.aligns_with(&from_domain),
                             from_domain,
                         });
-                        signed
                     }),
                 };
                 #[cfg(not(feature = "dkim"))]
