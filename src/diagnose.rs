@@ -5,8 +5,10 @@
 //! with its duration, outcome and the server's replies, the TLS version and
 //! the certificate's names, whether a client certificate was sent (and its
 //! subject), the relay reached (a backup, when the primary could not be),
-//! and on failure the stage, the reply and a plain-language hint. No secret
-//! is ever in a report.
+//! whether the test email was DKIM-signed (feature `dkim`: domain, selector,
+//! algorithm, and a warning when its `From` domain is not under the signing
+//! domain), and on failure the stage, the reply and a plain-language hint.
+//! No secret is ever in a report.
 //!
 //! ```no_run
 //! # async fn demo(settings: relaymail::SmtpSettings) {
@@ -43,6 +45,28 @@ pub struct StageReport {
     pub replies: Vec<Reply>,
 }
 
+/// How the test email was DKIM-signed (feature `dkim`; see
+/// [`Report::dkim`]).
+#[cfg(feature = "dkim")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DkimReport {
+    /// The signing domain (`d=`).
+    pub domain: String,
+    /// The selector (`s=`).
+    pub selector: String,
+    /// The algorithm (`a=`).
+    pub algorithm: crate::dkim::DkimAlgorithm,
+    /// Where receivers look the public key up: `selector._domainkey.domain`.
+    pub dns_name: String,
+    /// The domain of the test email's `From` address.
+    pub from_domain: String,
+    /// Whether the `From` domain is the signing domain or under it (see
+    /// [`DkimSigner::aligns_with`](crate::dkim::DkimSigner::aligns_with)):
+    /// when not, DMARC may not count the signature.
+    pub aligned: bool,
+}
+
 /// What a diagnostic connection found. `Display` prints it for people.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -61,6 +85,8 @@ pub struct Report {
     error: Option<Error>,
     relay: Option<Relay>,
     failovers: Vec<(Relay, Error)>,
+    #[cfg(feature = "dkim")]
+    dkim: Option<DkimReport>,
 }
 
 impl Report {
@@ -107,6 +133,14 @@ impl Report {
     /// or EHLO.
     pub fn failovers(&self) -> &[(Relay, Error)] {
         &self.failovers
+    }
+
+    /// For a test email with DKIM signing in the settings (feature
+    /// `dkim`): how it was signed. `None` when it was not signed (no DKIM
+    /// settings, or the test never got as far as the message).
+    #[cfg(feature = "dkim")]
+    pub fn dkim(&self) -> Option<&DkimReport> {
+        self.dkim.as_ref()
     }
 
     /// The failure, if any: its stage, reply and hint.
@@ -158,6 +192,8 @@ impl Report {
             error: None,
             relay: None,
             failovers,
+            #[cfg(feature = "dkim")]
+            dkim: None,
         }
     }
 }
@@ -223,6 +259,23 @@ impl fmt::Display for Report {
         if let Some(m) = self.auth {
             writeln!(f, "  AUTH: {}", m.name())?;
         }
+        #[cfg(feature = "dkim")]
+        if let Some(d) = &self.dkim {
+            write!(
+                f,
+                "  DKIM: signed as d={} s={} a={} (public key at {})",
+                d.domain, d.selector, d.algorithm, d.dns_name
+            )?;
+            if !d.aligned {
+                write!(
+                    f,
+                    "; the From domain {} is not {} or under it: DMARC may not count this signature",
+                    Escaped(&d.from_domain),
+                    d.domain
+                )?;
+            }
+            writeln!(f)?;
+        }
         for (relay, e) in &self.failovers {
             writeln!(
                 f,
@@ -274,6 +327,8 @@ async fn run(settings: &SmtpSettings, test: Option<(&str, Option<&str>)>) -> Rep
     let info = conn.info().clone();
     let mut delivery = None;
     let mut error = None;
+    #[cfg(feature = "dkim")]
+    let mut dkim = None;
     if let Some((recipient, from)) = test {
         // The form's text is read as address books write it; a bad address
         // is reported like any other failure of the test.
@@ -287,9 +342,31 @@ async fn run(settings: &SmtpSettings, test: Option<(&str, Option<&str>)>) -> Rep
             Ok((from, to)) => {
                 let from_text = from.as_ref().map(Address::to_smtp).unwrap_or_default();
                 let body = test_message(settings, &info, &from_text, &to.to_smtp());
-                match Envelope::new(from, vec![to]) {
-                    Ok(envelope) => conn.send(envelope, body).await,
-                    Err(e) => Err(e.into()),
+                // Signed here rather than by `send`, to report how.
+                #[cfg(feature = "dkim")]
+                let body = match settings.dkim() {
+                    None => Ok(body),
+                    Some(signer) => signer.sign(&body).inspect(|_| {
+                        let from_domain = from.as_ref().map(|a| a.domain().to_owned()).unwrap_or_default();
+                        dkim = Some(DkimReport {
+                            domain: signer.domain().to_owned(),
+                            selector: signer.selector().to_owned(),
+                            algorithm: signer.algorithm(),
+                            dns_name: signer.dns_name(),
+                            aligned: signer.aligns_with(&from_domain),
+                            from_domain,
+                        });
+                    }),
+                };
+                #[cfg(not(feature = "dkim"))]
+                let body: Result<Vec<u8>, Error> = Ok(body);
+                match (body, Envelope::new(from, vec![to])) {
+                    (Ok(body), Ok(envelope)) => match conn.submit(envelope, body.into()) {
+                        Ok(id) => conn.outcome(id).await,
+                        Err(e) => Err(e),
+                    },
+                    (Err(e), _) => Err(e),
+                    (_, Err(e)) => Err(e.into()),
                 }
             }
             Err(e) => Err(e),
@@ -321,6 +398,10 @@ async fn run(settings: &SmtpSettings, test: Option<(&str, Option<&str>)>) -> Rep
         .collect();
     r.delivery = delivery;
     r.error = error;
+    #[cfg(feature = "dkim")]
+    {
+        r.dkim = dkim;
+    }
     r
 }
 

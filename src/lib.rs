@@ -38,6 +38,9 @@
 //!   system's store ([`SmtpSettingsBuilder::system_roots`], feature
 //!   `system-roots`), and client certificates for relays that require them
 //!   ([`SmtpSettingsBuilder::client_certificate_pem`], mutual TLS).
+//! - `dkim` (feature `dkim`): DKIM signing (RFC 6376) of every message
+//!   sent, with an RSA or Ed25519 key from the settings
+//!   (`SmtpSettingsBuilder::dkim`), once per message before any attempt.
 //! - `testing` (feature `test-server`): an in-process SMTP server with TLS,
 //!   AUTH, extension switches, fault injection and recorded sessions, for
 //!   this crate's tests and for the tests of applications that embed it.
@@ -116,6 +119,8 @@ pub mod address;
 mod backoff;
 pub mod dev;
 pub mod diagnose;
+#[cfg(feature = "dkim")]
+pub mod dkim;
 pub mod email;
 pub mod error;
 mod fsutil;
@@ -147,6 +152,8 @@ pub use message::Message;
 pub use proto::auth::{Credential, Mechanism, UnknownMechanism};
 pub use proto::reply::Reply;
 pub use proto::session::{Envelope, EnvelopeError, Recipient, RecipientReply};
+#[cfg(feature = "dkim")]
+pub use settings::DkimKeyChange;
 pub use settings::{
     Auth, ClientCertificateChange, ClientIdentity, CredentialProvider, DangerousSettings, FieldError,
     PasswordChange, Proxy, ProxyKind, Relay, Sender, SettingsErrors, SettingsUpdate, SmtpSettings,

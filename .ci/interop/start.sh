@@ -143,6 +143,7 @@ maillog_file_prefixes = $DIR
 EOF
 cat >"$conf/recipient_access" <<'EOF'
 reject@example.net 550 5.1.1 refused for relaymail interop tests
+dkim-hold@example.net HOLD relaymail DKIM interop: kept in the hold queue to be read back
 EOF
 cat >"$conf/master.cf" <<EOF
 # service type  private unpriv  chroot  wakeup  maxproc command + args

@@ -51,6 +51,12 @@
 //! - **Redirect**: with a [`Redirect`] switched on, every message goes only to
 //!   the enabled report addresses; the original recipients are kept in an
 //!   `X-Relaymail-Original-Recipients` header.
+//! - **DKIM** (feature `dkim`): with [`SmtpSettingsBuilder::dkim`](crate::SmtpSettingsBuilder::dkim)
+//!   set, each message is signed once when it is handed over (after a
+//!   redirect, before the first attempt; retries resend the same bytes).
+//!   A message that cannot be signed (no `From` field) is refused with a
+//!   config error, nothing sent. Outbox drafts are stored unsigned and
+//!   signed when delivered, with the settings in force then.
 //! - **Shutdown**: [`Mailer::shutdown`] stops accepting, delivers what is
 //!   queued until its deadline, fails the rest with
 //!   [`Error::is_shutdown`], and QUITs every connection.
@@ -754,6 +760,13 @@ impl Mailer {
         if redirect.enabled {
             redirect.apply(&mut envelope, &mut content)?;
         }
+        // DKIM: once per message, after the redirect rewrote it and before
+        // any attempt (retries send these bytes), with the settings in force.
+        #[cfg(feature = "dkim")]
+        let content = crate::dkim::sign_content(
+            self.inner.pool.generation().manager.connector.settings().dkim(),
+            content,
+        )?;
         let (tx, rx) = oneshot::channel();
         let expiry = self
             .inner

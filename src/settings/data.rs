@@ -1,8 +1,8 @@
 //! Serde support (feature `serde`): settings as plain data, JSON or TOML.
 //!
 //! [`SettingsData`] is the stored form: every field of [`SmtpSettings`]
-//! except the password, a proxy's password and a client certificate's
-//! private key, which are never serialised. [`SmtpSettings`] serialises
+//! except the password, a proxy's password, a client certificate's private
+//! key and a DKIM private key, which are never serialised. [`SmtpSettings`] serialises
 //! through it, and deserialises through it *and* the builder's validation.
 //! Settings with a user name need their password from elsewhere, and
 //! settings with a client certificate its key:
@@ -50,6 +50,28 @@ pub struct ProxyData {
     /// sealed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+}
+
+/// DKIM signing settings as plain data, without the private key (which is
+/// stored sealed, never here). Read by a build without the cargo feature
+/// `dkim`, they are a `dkim` field error: never settings that send unsigned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DkimData {
+    /// The signing domain (`d=`).
+    pub domain: String,
+    /// The selector (`s=`).
+    pub selector: String,
+    /// `rsa-sha256` or `ed25519-sha256`: the key's algorithm, checked
+    /// against the key when it is given back.
+    pub algorithm: String,
+    /// `header/body`, each `relaxed` or `simple` (a single name is the
+    /// header's, with `simple` for the body, as in the `c=` tag).
+    pub canonicalization: String,
+    /// The header fields signed when present; absent: the default list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<String>>,
 }
 
 /// [`SmtpSettings`] as plain data, without the password or a client key.
@@ -135,6 +157,9 @@ pub struct SettingsData {
     /// The proxy connections go through; absent: a direct connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyData>,
+    /// DKIM signing (feature `dkim`); absent: messages are not signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<DkimData>,
 }
 
 fn pem(der: &[u8]) -> String {
@@ -201,6 +226,19 @@ impl SmtpSettings {
                 port: p.port,
                 username: p.username().map(str::to_owned),
             }),
+            #[cfg(feature = "dkim")]
+            dkim: self.dkim.as_ref().map(|d| {
+                let (header, body) = d.canonicalization();
+                DkimData {
+                    domain: d.domain().to_owned(),
+                    selector: d.selector().to_owned(),
+                    algorithm: d.algorithm().as_str().to_owned(),
+                    canonicalization: format!("{header}/{body}"),
+                    headers: (!d.has_default_headers()).then(|| d.signed_headers().to_vec()),
+                }
+            }),
+            #[cfg(not(feature = "dkim"))]
+            dkim: None,
         }
     }
 }
@@ -243,6 +281,29 @@ impl SettingsData {
         secret: Option<SecretString>,
         proxy_password: Option<SecretString>,
         client_key_pem: Option<SecretString>,
+    ) -> Result<SmtpSettings, SettingsErrors> {
+        self.into_settings_with_every_secret(secret, proxy_password, client_key_pem, None)
+    }
+
+    /// [`into_settings`](Self::into_settings), with `dkim_key_pem` as the
+    /// private key of the stored DKIM settings (PEM; feature `dkim`). A key
+    /// without stored DKIM settings, DKIM settings without a key, or a key
+    /// of another algorithm than the stored one is a `dkim_key` field error.
+    pub fn into_settings_with_dkim_key(
+        self,
+        secret: Option<SecretString>,
+        dkim_key_pem: Option<SecretString>,
+    ) -> Result<SmtpSettings, SettingsErrors> {
+        self.into_settings_with_every_secret(secret, None, None, dkim_key_pem)
+    }
+
+    /// Every secret a record may need, for unsealing.
+    pub(crate) fn into_settings_with_every_secret(
+        self,
+        secret: Option<SecretString>,
+        proxy_password: Option<SecretString>,
+        client_key_pem: Option<SecretString>,
+        dkim_key_pem: Option<SecretString>,
     ) -> Result<SmtpSettings, SettingsErrors> {
         let mut errors = Vec::new();
         let tls = self.tls.parse::<TlsMode>().ok().unwrap_or_else(|| {
@@ -365,6 +426,7 @@ impl SettingsData {
                 )),
             }
         }
+        b = dkim_from_data(b, self.dkim, dkim_key_pem, &mut errors);
         match (self.username, secret) {
             (Some(username), Some(secret)) => {
                 b = b.credential(if self.oauth2 {
@@ -387,6 +449,93 @@ impl SettingsData {
         }
         b.build_reporting(errors)
     }
+}
+
+/// The stored DKIM settings and their key into the builder, or the field
+/// errors that keep them out.
+#[cfg(feature = "dkim")]
+fn dkim_from_data(
+    b: SmtpSettingsBuilder,
+    data: Option<DkimData>,
+    key_pem: Option<SecretString>,
+    errors: &mut Vec<super::FieldError>,
+) -> SmtpSettingsBuilder {
+    use crate::dkim::{Canonicalization, DkimAlgorithm, DkimConfig};
+    let data = match (data, key_pem) {
+        (None, None) => return b,
+        (None, Some(_)) => {
+            errors.push(super::FieldError::new(
+                "dkim_key",
+                "a DKIM key is given but no DKIM settings are stored",
+            ));
+            return b;
+        }
+        (Some(_), None) => {
+            errors.push(super::FieldError::new(
+                "dkim_key",
+                "DKIM settings are stored but not their private key: settings with DKIM signing are stored sealed",
+            ));
+            return b;
+        }
+        (Some(data), Some(key)) => (data, key),
+    };
+    let (data, key) = data;
+    let Some((header, body)) = Canonicalization::pair_from_name(&data.canonicalization) else {
+        errors.push(super::FieldError::new(
+            "dkim",
+            format!(
+                "unknown DKIM canonicalization {:?}: use relaxed/relaxed, relaxed/simple, simple/relaxed or simple/simple",
+                data.canonicalization
+            ),
+        ));
+        return b;
+    };
+    let Some(algorithm) = DkimAlgorithm::from_name(&data.algorithm) else {
+        errors.push(super::FieldError::new(
+            "dkim",
+            format!(
+                "unknown DKIM algorithm {:?}: use rsa-sha256 or ed25519-sha256",
+                data.algorithm
+            ),
+        ));
+        return b;
+    };
+    let mut config = DkimConfig::new(data.domain, data.selector, key.expose_secret().as_bytes())
+        .canonicalization(header, body);
+    if let Some(headers) = data.headers {
+        config = config.signed_headers(headers);
+    }
+    // The stored algorithm names the key's: another key's is refused.
+    if let Ok(signer) = config.validate() {
+        if signer.algorithm() != algorithm {
+            errors.push(super::FieldError::new(
+                "dkim_key",
+                format!(
+                    "the DKIM key is an {} key, but the stored settings sign with {algorithm}",
+                    signer.algorithm()
+                ),
+            ));
+        }
+    }
+    b.dkim(config)
+}
+
+/// Stored DKIM settings need the cargo feature `dkim`: without it they are
+/// a field error, never settings that send unsigned.
+#[cfg(not(feature = "dkim"))]
+fn dkim_from_data(
+    b: SmtpSettingsBuilder,
+    data: Option<DkimData>,
+    key_pem: Option<SecretString>,
+    errors: &mut Vec<super::FieldError>,
+) -> SmtpSettingsBuilder {
+    if data.is_some() || key_pem.is_some() {
+        errors.push(super::FieldError::new(
+            "dkim",
+            "these settings DKIM-sign messages, which needs relaymail's cargo feature `dkim`",
+        ));
+    }
+    b
 }
 
 impl Serialize for SmtpSettings {
@@ -669,6 +818,128 @@ mod tests {
         } else {
             assert!(built.expect_err("feature").field("system_roots").is_some());
         }
+    }
+
+    #[cfg(feature = "dkim")]
+    mod dkim {
+        use super::*;
+        use crate::dkim::{Canonicalization, DkimConfig};
+
+        /// Test keys (tests/dkim/keys/README.md).
+        const RSA: &str = include_str!("../../tests/dkim/keys/rsa2048.pem");
+        const ED25519: &str = include_str!("../../tests/dkim/keys/ed25519.pem");
+
+        fn signing(config: DkimConfig) -> SmtpSettings {
+            full().to_builder().dkim(config).build().expect("settings")
+        }
+
+        #[test]
+        fn dkim_settings_are_data_and_the_key_never_is() {
+            let s = signing(
+                DkimConfig::new("example.com", "mail2024", RSA)
+                    .canonicalization(Canonicalization::Relaxed, Canonicalization::Simple),
+            );
+            let data = s.to_data();
+            assert_eq!(
+                data.dkim,
+                Some(DkimData {
+                    domain: "example.com".into(),
+                    selector: "mail2024".into(),
+                    algorithm: "rsa-sha256".into(),
+                    canonicalization: "relaxed/simple".into(),
+                    headers: None,
+                })
+            );
+            let key_line = RSA.lines().nth(1).expect("a key line");
+            let json = serde_json::to_string(&s).expect("json");
+            let toml_text = toml::to_string(&s).expect("toml");
+            for text in [&json, &toml_text] {
+                assert!(
+                    !text.contains(key_line) && !text.contains("PRIVATE KEY"),
+                    "{text}"
+                );
+                assert!(text.contains("mail2024"), "{text}");
+            }
+            // Without the key the settings cannot come back (never unsigned).
+            let e = serde_json::from_str::<SmtpSettings>(&json).expect_err("no key");
+            assert!(
+                e.to_string().contains("dkim_key") && !e.to_string().contains(key_line),
+                "{e}"
+            );
+            let data: SettingsData = serde_json::from_str(&json).expect("data");
+            let back = data
+                .clone()
+                .into_settings_with_dkim_key(None, Some(RSA.into()))
+                .expect("with the key");
+            assert_eq!(format!("{back:?}"), format!("{s:?}"));
+            // Another algorithm's key than the stored one is refused.
+            let e = data
+                .clone()
+                .into_settings_with_dkim_key(None, Some(ED25519.into()))
+                .expect_err("another algorithm");
+            let message = e.field("dkim_key").expect("dkim_key").message();
+            assert!(
+                message.contains("Ed25519") || message.contains("ed25519"),
+                "{message}"
+            );
+            // A key without DKIM settings, and bad stored values.
+            let mut bare = data.clone();
+            bare.dkim = None;
+            let e = bare
+                .into_settings_with_dkim_key(None, Some(RSA.into()))
+                .expect_err("no settings");
+            assert!(e.field("dkim_key").is_some(), "{e}");
+            let mut bad = data;
+            if let Some(d) = bad.dkim.as_mut() {
+                d.canonicalization = "nowsp".into();
+            }
+            let e = bad
+                .into_settings_with_dkim_key(None, Some(RSA.into()))
+                .expect_err("bad");
+            assert!(e.field("dkim").is_some(), "{e}");
+        }
+
+        #[test]
+        fn custom_signed_headers_round_trip_and_defaults_are_not_written() {
+            let plain =
+                serde_json::to_value(signing(DkimConfig::new("example.com", "s1", ED25519))).expect("json");
+            assert_eq!(
+                plain["dkim"],
+                serde_json::json!({"domain": "example.com", "selector": "s1", "algorithm": "ed25519-sha256", "canonicalization": "relaxed/relaxed"})
+            );
+            let s =
+                signing(DkimConfig::new("example.com", "s1", ED25519).signed_headers(["Subject", "List-Id"]));
+            let data = s.to_data();
+            assert_eq!(
+                data.dkim.as_ref().and_then(|d| d.headers.clone()),
+                Some(vec!["from".to_owned(), "subject".into(), "list-id".into()])
+            );
+            let toml_text = toml::to_string(&data).expect("toml");
+            let data: SettingsData = toml::from_str(&toml_text).expect("parse");
+            let back = data
+                .into_settings_with_dkim_key(None, Some(ED25519.into()))
+                .expect("settings");
+            assert_eq!(format!("{back:?}"), format!("{s:?}"));
+            assert!(serde_json::from_value::<DkimData>(serde_json::json!({"domain": "d", "selector": "s", "algorithm": "a", "canonicalization": "c", "key": "x"})).is_err(), "no room for a key");
+        }
+    }
+
+    /// A build without the feature refuses stored DKIM settings: never
+    /// settings that would send unsigned.
+    #[cfg(not(feature = "dkim"))]
+    #[test]
+    fn stored_dkim_settings_need_the_feature() {
+        let mut data = full().to_data();
+        data.dkim = Some(DkimData {
+            domain: "example.com".into(),
+            selector: "s1".into(),
+            algorithm: "ed25519-sha256".into(),
+            canonicalization: "relaxed/relaxed".into(),
+            headers: None,
+        });
+        let e = data.into_settings(None).expect_err("needs the feature");
+        let message = e.field("dkim").expect("dkim").message();
+        assert!(message.contains("`dkim`"), "{message}");
     }
 
     #[test]

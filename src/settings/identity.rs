@@ -159,13 +159,7 @@ impl ClientIdentity {
             PrivateKeyDer::Sec1(k) => ("EC PRIVATE KEY", k.secret_sec1_der()),
             _ => return None,
         };
-        // Room for the lines reserved first: no reallocation leaves a copy.
-        let encoded_len = der.len().div_ceil(3) * 4;
-        let mut out = Zeroizing::new(String::with_capacity(
-            encoded_len + encoded_len / 64 + 2 * label.len() + 40,
-        ));
-        push_pem(&mut out, label, der);
-        Some(out)
+        Some(secret_pem(label, der))
     }
 
     /// The chain and key loaded for signing.
@@ -182,6 +176,19 @@ impl fmt::Debug for ClientIdentity {
             .field("key", &"[redacted]")
             .finish()
     }
+}
+
+/// A private key's DER as one PEM block, in memory wiped when dropped (for
+/// sealing): room for the lines is reserved first, so no reallocation
+/// leaves a copy behind.
+#[cfg(feature = "serde")]
+pub(crate) fn secret_pem(label: &str, der: &[u8]) -> Zeroizing<String> {
+    let encoded_len = der.len().div_ceil(3) * 4;
+    let mut out = Zeroizing::new(String::with_capacity(
+        encoded_len + encoded_len / 64 + 2 * label.len() + 40,
+    ));
+    push_pem(&mut out, label, der);
+    out
 }
 
 /// Appends one PEM block. The base64 text is written a line at a time into

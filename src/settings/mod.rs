@@ -46,7 +46,9 @@ mod update;
 mod url;
 
 #[cfg(feature = "serde")]
-pub use data::{ProxyData, SettingsData, TimeoutsData};
+pub use data::{DkimData, ProxyData, SettingsData, TimeoutsData};
+#[cfg(all(feature = "serde", feature = "dkim"))]
+pub(crate) use identity::secret_pem;
 pub use identity::ClientIdentity;
 pub(crate) use proxy::{host_port, ProxyDestination, ProxyEndpoint, ENTER_PROXY_PASSWORD_AGAIN};
 pub use proxy::{Proxy, ProxyKind, UnknownProxyKind};
@@ -58,6 +60,8 @@ pub(crate) use sealed::seal_version_1;
 pub(crate) use sealed::{push_field, tampered};
 #[cfg(feature = "serde")]
 pub use sealed::{SealedSecret, SealedSettings, SecretKey};
+#[cfg(feature = "dkim")]
+pub use update::DkimKeyChange;
 pub use update::{ClientCertificateChange, PasswordChange, SettingsUpdate};
 pub use url::SmtpUrl;
 
@@ -424,6 +428,9 @@ pub struct SmtpSettings {
     pub(crate) destination: Destination,
     pub(crate) route: Route,
     pub(crate) proxy: Option<Proxy>,
+    /// DKIM signing (feature `dkim`).
+    #[cfg(feature = "dkim")]
+    pub(crate) dkim: Option<crate::dkim::DkimSigner>,
 }
 
 impl SmtpSettings {
@@ -510,6 +517,13 @@ impl SmtpSettings {
         self.proxy.as_ref()
     }
 
+    /// How messages are DKIM-signed, if they are (see
+    /// [`SmtpSettingsBuilder::dkim`]).
+    #[cfg(feature = "dkim")]
+    pub fn dkim(&self) -> Option<&crate::dkim::DkimSigner> {
+        self.dkim.as_ref()
+    }
+
     fn credential_destination(&self) -> Option<CredentialDestination> {
         CredentialDestination::new(
             self.server_destination(),
@@ -577,6 +591,8 @@ impl SmtpSettings {
             require_all_recipients: self.require_all_recipients,
             destination: self.destination.clone(),
             route: RouteInput::from_route(&self.route),
+            #[cfg(feature = "dkim")]
+            dkim: self.dkim.as_ref().map(crate::dkim::DkimSigner::to_config),
         }
     }
 }
@@ -600,9 +616,11 @@ impl FieldError {
     /// `password`, `helo_name`, `extra_roots`, `system_roots`,
     /// `client_certificate`, `client_key`, `timeouts`, `auth_mechanisms`,
     /// `backup_relays`, `primary_retry_after`, `source_address`,
-    /// `connect_attempt_delay`, and for a [`Proxy`] `proxy`, `proxy_host`,
+    /// `connect_attempt_delay`, for a [`Proxy`] `proxy`, `proxy_host`,
     /// `proxy_port`, `proxy_username`, `proxy_password` (see the [`Proxy`]
-    /// docs).
+    /// docs), and for DKIM signing (feature `dkim`) `dkim` (stored DKIM
+    /// settings without the feature), `dkim_domain`, `dkim_selector`,
+    /// `dkim_key`, `dkim_headers`.
     pub fn field(&self) -> &'static str {
         self.field
     }
@@ -743,6 +761,9 @@ pub struct SmtpSettingsBuilder {
     /// Where the proxy password carried over by `to_builder` was to be
     /// sent; `None` once a proxy is given anew.
     kept_proxy_credential: Option<ProxyDestination>,
+    /// DKIM signing as given, checked by `build` (feature `dkim`).
+    #[cfg(feature = "dkim")]
+    dkim: Option<crate::dkim::DkimConfig>,
 }
 
 impl Default for SmtpSettingsBuilder {
@@ -773,6 +794,8 @@ impl Default for SmtpSettingsBuilder {
             kept_client_key: None,
             proxy: None,
             kept_proxy_credential: None,
+            #[cfg(feature = "dkim")]
+            dkim: None,
         }
     }
 }
@@ -874,6 +897,41 @@ impl SmtpSettingsBuilder {
         self.kept_client_key = None;
         self.tls_options.client_identity = None;
         self.client_identity_pem = None;
+        self
+    }
+
+    /// DKIM-signs every message sent with these settings (feature `dkim`):
+    /// the signing domain, the selector and the private key (see
+    /// [`DkimConfig`](crate::dkim::DkimConfig) and the [`dkim`](crate::dkim)
+    /// module for what is signed, when, and what to publish in DNS).
+    ///
+    /// [`build`](Self::build) checks it: a domain that is not a valid domain
+    /// name is a `dkim_domain` field error, a selector that is not DNS
+    /// labels a `dkim_selector` one, and a key that is missing, encrypted,
+    /// unreadable, neither RSA nor Ed25519, or an RSA key under 2048 (or
+    /// over 4096) bits a `dkim_key` one; bad names in a list of signed
+    /// fields are a `dkim_headers` one. No error message, `Debug` output,
+    /// URL or trace ever shows the key, and relaymail's copies of it are
+    /// wiped from memory when dropped.
+    ///
+    /// The key belongs to the domain, not to the relay: it is kept when the
+    /// server settings change. A key carried over ([`SmtpSettings::to_builder`],
+    /// [`SmtpSettings::apply`]) is refused when the DKIM domain or selector
+    /// changes (a `dkim_key` field error asks for it again).
+    ///
+    /// The URL form has no place for a DKIM key; sealed settings
+    /// ([`SmtpSettings::seal`], feature `serde`) store it sealed like the
+    /// password.
+    #[cfg(feature = "dkim")]
+    pub fn dkim(mut self, config: crate::dkim::DkimConfig) -> Self {
+        self.dkim = Some(config);
+        self
+    }
+
+    /// No DKIM signing (the default; feature `dkim`).
+    #[cfg(feature = "dkim")]
+    pub fn no_dkim(mut self) -> Self {
+        self.dkim = None;
         self
     }
 
@@ -1189,6 +1247,15 @@ impl SmtpSettingsBuilder {
                 errors.push(FieldError::new("proxy_password", ENTER_PROXY_PASSWORD_AGAIN));
             }
         }
+        #[cfg(feature = "dkim")]
+        let dkim = match self.dkim.as_ref().map(crate::dkim::DkimConfig::validate) {
+            None => None,
+            Some(Ok(signer)) => Some(signer),
+            Some(Err(problems)) => {
+                errors.extend(problems);
+                None
+            }
+        };
         let sender = match sender {
             Some(sender) if errors.is_empty() => sender,
             _ => return Err(SettingsErrors(errors)),
@@ -1213,6 +1280,8 @@ impl SmtpSettingsBuilder {
             destination: self.destination,
             route,
             proxy,
+            #[cfg(feature = "dkim")]
+            dkim,
         })
     }
 }

@@ -12,7 +12,8 @@
 //! [`SealedSettings::client_key`]) and a proxy's password
 //! ([`SealedSettings::proxy_password`]) are sealed the same way, bound to
 //! the same data under a label of their own, so that no sealed secret
-//! opens in another's place. The proxy's settings, like every field added
+//! opens in another's place. A DKIM private key ([`SealedSettings::dkim_key`],
+//! feature `dkim`) too. The proxy's settings, like every field added
 //! after version 2 shipped, are bound only when set, so records sealed
 //! before they existed open unchanged.
 //!
@@ -32,7 +33,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::data::{ProxyData, SettingsData, TimeoutsData};
+use super::data::{DkimData, ProxyData, SettingsData, TimeoutsData};
 use super::{Auth, SmtpSettings};
 use crate::error::{Error, Kind};
 use crate::proto::auth::Credential;
@@ -236,6 +237,10 @@ pub struct SealedSettings {
     /// proxy user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_password: Option<SealedSecret>,
+    /// The DKIM private key (PEM), sealed (always version 2); absent
+    /// without DKIM signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim_key: Option<SealedSecret>,
 }
 
 /// Which secret of a record a seal holds: each has associated data of its
@@ -248,6 +253,8 @@ enum Purpose {
     Proxy,
     /// A client certificate's private key (PEM).
     ClientKey,
+    /// The DKIM private key (PEM).
+    DkimKey,
 }
 
 /// Version 1 associated data (still read, never written).
@@ -345,6 +352,7 @@ fn bound_aad_for(purpose: Purpose, profile: &str, settings: &SettingsData) -> Ve
         source_address,
         connect_attempt_delay,
         proxy,
+        dkim,
     } = settings;
     let TimeoutsData {
         connect,
@@ -358,6 +366,7 @@ fn bound_aad_for(purpose: Purpose, profile: &str, settings: &SettingsData) -> Ve
         Purpose::Relay => b"relaymail sealed settings v2\0".to_vec(),
         Purpose::Proxy => b"relaymail sealed proxy password v2\0".to_vec(),
         Purpose::ClientKey => b"relaymail sealed client key v2\0".to_vec(),
+        Purpose::DkimKey => b"relaymail sealed dkim key v2\0".to_vec(),
     });
     c.text("profile", profile);
     c.text("host", host);
@@ -422,6 +431,21 @@ fn bound_aad_for(purpose: Purpose, profile: &str, settings: &SettingsData) -> Ve
         c.bytes("proxy.port", &port.to_be_bytes());
         c.optional("proxy.username", username.as_deref());
     }
+    // DKIM signing, bound the same way (only when set).
+    if let Some(DkimData {
+        domain,
+        selector,
+        algorithm,
+        canonicalization,
+        headers,
+    }) = dkim
+    {
+        c.text("dkim.domain", domain);
+        c.text("dkim.selector", selector);
+        c.text("dkim.algorithm", algorithm);
+        c.text("dkim.canonicalization", canonicalization);
+        c.list("dkim.headers", headers.as_deref());
+    }
     c.0
 }
 
@@ -480,11 +504,28 @@ impl SmtpSettings {
                 )?)
             }
         };
+        #[cfg(feature = "dkim")]
+        let dkim_key = match &self.dkim {
+            None => None,
+            Some(signer) => {
+                let pem = signer
+                    .key_pem()
+                    .ok_or_else(|| key_error("this form of DKIM key cannot be stored"))?;
+                Some(seal_secret(
+                    key,
+                    pem.as_bytes(),
+                    bound_aad_for(Purpose::DkimKey, profile, &settings),
+                )?)
+            }
+        };
+        #[cfg(not(feature = "dkim"))]
+        let dkim_key = None;
         Ok(SealedSettings {
             settings,
             password,
             proxy_password,
             client_key,
+            dkim_key,
         })
     }
 }
@@ -562,16 +603,26 @@ impl SealedSettings {
             out.push(2);
             secret(out, k);
         }
+        // Added later still, likewise: marker 3, after the client key.
+        if let Some(k) = &self.dkim_key {
+            out.push(3);
+            secret(out, k);
+        }
     }
 
     /// Whether a password was sealed under another key than `key` (its
     /// key check says so).
     pub(crate) fn sealed_with_other_key(&self, key: &SecretKey) -> bool {
-        [&self.password, &self.proxy_password, &self.client_key]
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.key_check.as_deref())
-            .any(|check| !key.is_key_check(check))
+        [
+            &self.password,
+            &self.proxy_password,
+            &self.client_key,
+            &self.dkim_key,
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.key_check.as_deref())
+        .any(|check| !key.is_key_check(check))
     }
 
     /// Whether the password is sealed in the version-1 format of earlier
@@ -600,9 +651,13 @@ impl SealedSettings {
             None => None,
             Some(sealed) => Some(self.open(sealed, key, profile, Purpose::ClientKey)?),
         };
+        let dkim_key = match &self.dkim_key {
+            None => None,
+            Some(sealed) => Some(self.open(sealed, key, profile, Purpose::DkimKey)?),
+        };
         self.settings
             .clone()
-            .into_settings_with_secrets(secret, proxy_secret, client_key)
+            .into_settings_with_every_secret(secret, proxy_secret, client_key, dkim_key)
             .map_err(Error::from)
     }
 
@@ -1157,5 +1212,146 @@ mod tests {
         let rotated = sealed.reseal(&key, &new, "p").expect("rotated");
         rotated.unseal(&new, "p").expect("new key opens it");
         assert!(rotated.unseal(&key, "p").is_err(), "old key does not");
+    }
+
+    #[cfg(feature = "dkim")]
+    mod dkim {
+        use super::*;
+        use crate::dkim::DkimConfig;
+
+        /// A test key (tests/dkim/keys/README.md).
+        const DKIM_KEY: &str = include_str!("../../tests/dkim/keys/rsa2048.pem");
+
+        fn key_line() -> &'static str {
+            DKIM_KEY.lines().nth(1).expect("a key line")
+        }
+
+        fn signing() -> SmtpSettings {
+            settings()
+                .to_builder()
+                .dkim(DkimConfig::new("example.com", "mail2024", DKIM_KEY))
+                .build()
+                .expect("settings")
+        }
+
+        #[test]
+        fn a_dkim_key_is_sealed_like_the_password() {
+            let key = SecretKey::generate().expect("key");
+            let s = signing();
+            let sealed = s.seal(&key, "primary").expect("sealed");
+            assert!(sealed.dkim_key.is_some() && sealed.password.is_some());
+            let json = serde_json::to_string(&sealed).expect("json");
+            assert!(
+                !json.contains(key_line()) && !json.contains("PRIVATE KEY"),
+                "{json}"
+            );
+            let back: SealedSettings = serde_json::from_str(&json).expect("parse");
+            let opened = back.unseal(&key, "primary").expect("opens");
+            assert_eq!(format!("{opened:?}"), format!("{s:?}"));
+            let signer = opened.dkim().expect("dkim");
+            assert_eq!(signer.dns_record(), s.dkim().expect("dkim").dns_record());
+            // Key rotation carries it; alone, without a password, it opens.
+            let new = SecretKey::generate().expect("key");
+            let rotated = sealed.reseal(&key, &new, "primary").expect("rotated");
+            assert!(rotated.unseal(&new, "primary").expect("opens").dkim().is_some());
+            let alone = s.to_builder().no_auth().build().expect("settings");
+            let sealed = alone.seal(&key, "primary").expect("sealed");
+            assert!(sealed.password.is_none());
+            assert!(sealed.unseal(&key, "primary").expect("opens").dkim().is_some());
+            // The wrong key is not a changed record.
+            let other = SecretKey::generate().expect("key");
+            assert!(sealed.sealed_with_other_key(&other));
+            assert!(!sealed
+                .unseal(&other, "primary")
+                .expect_err("wrong key")
+                .is_tampered());
+        }
+
+        #[test]
+        fn a_sealed_dkim_key_is_bound_to_the_record_and_is_no_other_secret() {
+            let key = SecretKey::generate().expect("key");
+            let sealed = signing().seal(&key, "primary").expect("sealed");
+            type Edit = fn(&mut SealedSettings);
+            let edits: [(&str, Edit); 10] = [
+                ("domain", |r| {
+                    r.settings.dkim.as_mut().expect("d").domain = "attacker.example".into()
+                }),
+                ("selector", |r| {
+                    r.settings.dkim.as_mut().expect("d").selector = "s2".into()
+                }),
+                ("algorithm", |r| {
+                    r.settings.dkim.as_mut().expect("d").algorithm = "ed25519-sha256".into()
+                }),
+                ("canonicalization", |r| {
+                    r.settings.dkim.as_mut().expect("d").canonicalization = "simple/simple".into()
+                }),
+                ("headers", |r| {
+                    r.settings.dkim.as_mut().expect("d").headers = Some(vec!["from".into()])
+                }),
+                ("dkim settings removed", |r| r.settings.dkim = None),
+                ("host", |r| r.settings.host = "attacker.example.net".into()),
+                ("swapped with the password", |r| {
+                    std::mem::swap(&mut r.password, &mut r.dkim_key)
+                }),
+                ("the key as the password", |r| r.password = r.dkim_key.clone()),
+                ("the key as a client key", |r| r.client_key = r.dkim_key.clone()),
+            ];
+            for (what, edit) in edits {
+                let mut record = sealed.clone();
+                edit(&mut record);
+                let e = record.unseal(&key, "primary").expect_err(what);
+                assert!(e.is_tampered(), "{what}: {e}");
+                let shown = format!("{e}{e:?}");
+                assert!(
+                    !shown.contains(key_line()) && !shown.contains("Sealed-Pa55word"),
+                    "{what}"
+                );
+            }
+            // A version-1 DKIM key never existed.
+            let mut old = sealed.clone();
+            if let Some(k) = old.dkim_key.as_mut() {
+                k.version = VERSION_PROFILE_ONLY;
+                k.key_check = None;
+            }
+            assert!(old.unseal(&key, "primary").expect_err("v1").is_tampered());
+            // The key removed from the record: the settings need it.
+            let mut no_key = sealed.clone();
+            no_key.dkim_key = None;
+            let e = no_key.unseal(&key, "primary").expect_err("no key");
+            assert!(e.to_string().contains("dkim_key"), "{e}");
+        }
+
+        #[test]
+        fn records_without_dkim_keep_their_bytes_and_records_with_it_authenticate_it() {
+            let key = SecretKey::generate().expect("key");
+            let plain = settings().seal(&key, "primary").expect("sealed");
+            // Absent DKIM settings add nothing to the associated data.
+            let mut data = plain.settings.clone();
+            data.dkim = None;
+            assert_eq!(bound_aad("primary", &data), bound_aad("primary", &plain.settings));
+            let json = serde_json::to_value(&plain).expect("json");
+            assert!(
+                json.get("dkim_key").is_none() && json["settings"].get("dkim").is_none(),
+                "{json}"
+            );
+            // With a DKIM key, the store's bytes cover it (marker 3).
+            let sealed = signing().seal(&key, "primary").expect("sealed");
+            let mut bytes = Vec::new();
+            sealed.authenticated_bytes("primary", &mut bytes);
+            let mut changed = sealed.clone();
+            if let Some(k) = changed.dkim_key.as_mut() {
+                k.nonce = B64.encode([1u8; NONCE_LEN]);
+            }
+            let mut other = Vec::new();
+            changed.authenticated_bytes("primary", &mut other);
+            assert_ne!(bytes, other);
+            let mut without = Vec::new();
+            SealedSettings {
+                dkim_key: None,
+                ..sealed.clone()
+            }
+            .authenticated_bytes("primary", &mut without);
+            assert!(bytes.starts_with(&without) && bytes[without.len()] == 3);
+        }
     }
 }

@@ -62,6 +62,31 @@ pub enum ClientCertificateChange {
     Clear,
 }
 
+/// What happens to the stored DKIM private key (feature `dkim`). Like the
+/// password, the key is never echoed back to a form.
+#[cfg(feature = "dkim")]
+#[derive(Clone, Debug, Default)]
+#[allow(
+    clippy::exhaustive_enums,
+    reason = "keep, set and clear are every change a stored secret can have"
+)]
+pub enum DkimKeyChange {
+    /// Keep it (the form's key field was left empty). The default. Only
+    /// while the DKIM domain and selector stay the same: the key belongs to
+    /// the DNS record at `selector._domainkey.domain` that publishes its
+    /// public half, so when either changes, `Keep` is a `dkim_key` field
+    /// error ("enter the DKIM private key again"). Changing the relay does
+    /// not matter: the key belongs to the domain, not to the server.
+    #[default]
+    Keep,
+    /// Replace it with a newly given key (PEM, see
+    /// [`DkimConfig::new`](crate::dkim::DkimConfig::new)). Needs a DKIM
+    /// domain and selector, given or stored.
+    Set(SecretString),
+    /// Stop DKIM signing (the other `dkim_*` fields are then ignored).
+    Clear,
+}
+
 /// A partial change to [`SmtpSettings`]: `None` leaves a field as it is;
 /// `Some(None)` on an optional field removes it.
 #[derive(Clone, Debug, Default)]
@@ -114,6 +139,20 @@ pub struct SettingsUpdate {
     /// and user name stay the same (otherwise a `proxy_password` field
     /// error asks for it again).
     pub proxy_password: PasswordChange,
+    /// The DKIM signing domain (feature `dkim`). A kept key is refused when
+    /// it changes.
+    #[cfg(feature = "dkim")]
+    pub dkim_domain: Option<String>,
+    /// The DKIM selector (feature `dkim`). A kept key is refused when it
+    /// changes.
+    #[cfg(feature = "dkim")]
+    pub dkim_selector: Option<String>,
+    /// The DKIM header and body canonicalization (feature `dkim`).
+    #[cfg(feature = "dkim")]
+    pub dkim_canonicalization: Option<(crate::dkim::Canonicalization, crate::dkim::Canonicalization)>,
+    /// The DKIM private key (feature `dkim`).
+    #[cfg(feature = "dkim")]
+    pub dkim_key: DkimKeyChange,
 }
 
 impl SettingsUpdate {
@@ -140,7 +179,9 @@ impl SmtpSettings {
     /// otherwise). Turning the system roots on or off is a change of trust
     /// settings for both.
     /// The proxy's password follows the same rules with the proxy's fields
-    /// (`proxy_username`, `proxy_password`; see [`SettingsUpdate`]).
+    /// (`proxy_username`, `proxy_password`; see [`SettingsUpdate`]). A DKIM
+    /// key (feature `dkim`) is kept while the DKIM domain and selector stay
+    /// the same, whatever happens to the server ([`DkimKeyChange`]).
     pub fn apply(&self, update: SettingsUpdate) -> Result<SmtpSettings, SettingsErrors> {
         let mut b = self.to_builder();
         let mut errors = Vec::new();
@@ -232,6 +273,19 @@ impl SmtpSettings {
             }
             ClientCertificateChange::Clear => b = b.no_client_certificate(),
         }
+        #[cfg(feature = "dkim")]
+        {
+            b.dkim = dkim_update(
+                self.dkim.as_ref(),
+                DkimFields {
+                    domain: update.dkim_domain,
+                    selector: update.dkim_selector,
+                    canonicalization: update.dkim_canonicalization,
+                    key: update.dkim_key,
+                },
+                &mut errors,
+            );
+        }
         let stored = self.proxy.as_ref();
         let kind = match update.proxy_kind {
             Some(kind) => kind,
@@ -310,6 +364,85 @@ impl SmtpSettings {
         }
         b.build_reporting(errors)
     }
+}
+
+/// The `dkim_*` fields of an update.
+#[cfg(feature = "dkim")]
+struct DkimFields {
+    domain: Option<String>,
+    selector: Option<String>,
+    canonicalization: Option<(crate::dkim::Canonicalization, crate::dkim::Canonicalization)>,
+    key: DkimKeyChange,
+}
+
+/// The DKIM settings after an update of the stored ones (`stored`): a kept
+/// key stays marked as kept, so that `build` refuses it for another domain
+/// or selector.
+#[cfg(feature = "dkim")]
+fn dkim_update(
+    stored: Option<&crate::dkim::DkimSigner>,
+    update: DkimFields,
+    errors: &mut Vec<FieldError>,
+) -> Option<crate::dkim::DkimConfig> {
+    use crate::dkim::DkimConfig;
+    let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+    let config = match update.key {
+        DkimKeyChange::Clear => {
+            if given(&update.domain) || given(&update.selector) {
+                errors.push(FieldError::new(
+                    "dkim_key",
+                    "a DKIM domain and selector need a private key: set one, or clear the domain and selector too",
+                ));
+            }
+            return None;
+        }
+        DkimKeyChange::Set(pem) => {
+            let domain = update
+                .domain
+                .clone()
+                .or_else(|| stored.map(|s| s.domain().to_owned()))
+                .unwrap_or_default();
+            let selector = update
+                .selector
+                .clone()
+                .or_else(|| stored.map(|s| s.selector().to_owned()))
+                .unwrap_or_default();
+            match stored {
+                // The stored list of signed fields and canonicalization stay.
+                Some(s) => s
+                    .to_config()
+                    .domain(domain)
+                    .selector(selector)
+                    .private_key_pem(pem.expose_secret()),
+                None => DkimConfig::new(domain, selector, pem.expose_secret()),
+            }
+        }
+        DkimKeyChange::Keep => match stored {
+            Some(s) => {
+                let mut config = s.to_config();
+                if let Some(domain) = update.domain {
+                    config = config.domain(domain);
+                }
+                if let Some(selector) = update.selector {
+                    config = config.selector(selector);
+                }
+                config
+            }
+            None => {
+                if given(&update.domain) || given(&update.selector) {
+                    errors.push(FieldError::new(
+                        "dkim_key",
+                        "no DKIM key is stored: give one for this domain and selector",
+                    ));
+                }
+                return None;
+            }
+        },
+    };
+    Some(match update.canonicalization {
+        Some((header, body)) => config.canonicalization(header, body),
+        None => config,
+    })
 }
 
 #[cfg(test)]
@@ -850,5 +983,166 @@ mod tests {
             })
             .expect("valid");
         assert_eq!(custom.port(), 2525, "a custom port stays");
+    }
+
+    #[cfg(feature = "dkim")]
+    mod dkim {
+        use super::*;
+        use crate::dkim::{Canonicalization, DkimConfig, ENTER_DKIM_KEY_AGAIN};
+
+        /// Test keys (tests/dkim/keys/README.md).
+        const RSA: &str = include_str!("../../tests/dkim/keys/rsa2048.pem");
+        const ED25519: &str = include_str!("../../tests/dkim/keys/ed25519.pem");
+
+        fn signing() -> SmtpSettings {
+            stored()
+                .to_builder()
+                .dkim(DkimConfig::new("example.com", "mail2024", RSA))
+                .build()
+                .expect("settings")
+        }
+
+        fn dkim_of(s: &SmtpSettings) -> Option<(String, String, String)> {
+            s.dkim()
+                .map(|d| (d.domain().to_owned(), d.selector().to_owned(), d.dns_record()))
+        }
+
+        #[test]
+        fn dkim_key_keep_set_clear() {
+            let s = signing();
+            let before = dkim_of(&s).expect("dkim");
+            // Kept across a form save that sends the DKIM fields back, and
+            // across a relay change: the key belongs to the domain.
+            let kept = s
+                .apply(SettingsUpdate {
+                    dkim_domain: Some("EXAMPLE.com".into()),
+                    dkim_selector: Some("mail2024".into()),
+                    dkim_canonicalization: Some((Canonicalization::Simple, Canonicalization::Relaxed)),
+                    host: Some("smtp.example.org".into()),
+                    password: PasswordChange::Set("typed-again".into()),
+                    ..SettingsUpdate::new()
+                })
+                .expect("kept");
+            assert_eq!(dkim_of(&kept), Some(before.clone()));
+            assert_eq!(
+                kept.dkim().expect("dkim").canonicalization(),
+                (Canonicalization::Simple, Canonicalization::Relaxed)
+            );
+            // Set: a new key, the stored domain and selector.
+            let set = s
+                .apply(SettingsUpdate {
+                    dkim_key: DkimKeyChange::Set(ED25519.into()),
+                    ..SettingsUpdate::new()
+                })
+                .expect("set");
+            let (domain, selector, record) = dkim_of(&set).expect("dkim");
+            assert_eq!((domain.as_str(), selector.as_str()), ("example.com", "mail2024"));
+            assert!(record.contains("k=ed25519"), "{record}");
+            // Clear: no signing.
+            let cleared = s
+                .apply(SettingsUpdate {
+                    dkim_key: DkimKeyChange::Clear,
+                    ..SettingsUpdate::new()
+                })
+                .expect("cleared");
+            assert!(cleared.dkim().is_none());
+            let e = s
+                .apply(SettingsUpdate {
+                    dkim_key: DkimKeyChange::Clear,
+                    dkim_domain: Some("example.com".into()),
+                    ..SettingsUpdate::new()
+                })
+                .expect_err("a domain without a key");
+            assert!(e.field("dkim_key").is_some(), "{e}");
+            // From nothing: Set needs a domain and a selector; Keep has none.
+            let e = stored()
+                .apply(SettingsUpdate {
+                    dkim_key: DkimKeyChange::Set(ED25519.into()),
+                    ..SettingsUpdate::new()
+                })
+                .expect_err("no domain");
+            assert!(
+                e.field("dkim_domain").is_some() && e.field("dkim_selector").is_some(),
+                "{e}"
+            );
+            let e = stored()
+                .apply(SettingsUpdate {
+                    dkim_domain: Some("example.com".into()),
+                    dkim_selector: Some("s1".into()),
+                    ..SettingsUpdate::new()
+                })
+                .expect_err("no key stored");
+            assert!(e.field("dkim_key").is_some(), "{e}");
+            let new = stored()
+                .apply(SettingsUpdate {
+                    dkim_domain: Some("example.com".into()),
+                    dkim_selector: Some("s1".into()),
+                    dkim_key: DkimKeyChange::Set(ED25519.into()),
+                    ..SettingsUpdate::new()
+                })
+                .expect("new");
+            assert_eq!(new.dkim().expect("dkim").selector(), "s1");
+            // A bad key is the form's field error, the key never shown.
+            let e = s
+                .apply(SettingsUpdate {
+                    dkim_key: DkimKeyChange::Set(
+                        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----".into(),
+                    ),
+                    ..SettingsUpdate::new()
+                })
+                .expect_err("bad key");
+            assert!(e.field("dkim_key").is_some(), "{e}");
+            let update = SettingsUpdate {
+                dkim_key: DkimKeyChange::Set(RSA.into()),
+                ..SettingsUpdate::new()
+            };
+            assert!(!format!("{update:?}").contains(RSA.lines().nth(1).expect("line")));
+        }
+
+        #[test]
+        fn a_kept_dkim_key_never_signs_for_another_domain_or_selector() {
+            let s = signing();
+            for (what, update) in [
+                (
+                    "domain",
+                    SettingsUpdate {
+                        dkim_domain: Some("other.example".into()),
+                        ..SettingsUpdate::new()
+                    },
+                ),
+                (
+                    "selector",
+                    SettingsUpdate {
+                        dkim_selector: Some("mail2025".into()),
+                        ..SettingsUpdate::new()
+                    },
+                ),
+            ] {
+                let e = s.apply(update).expect_err(what);
+                assert_eq!(
+                    e.field("dkim_key").map(FieldError::message),
+                    Some(ENTER_DKIM_KEY_AGAIN),
+                    "{what}: {e}"
+                );
+            }
+            // Given again with the change, it is accepted.
+            let moved = s
+                .apply(SettingsUpdate {
+                    dkim_selector: Some("mail2025".into()),
+                    dkim_key: DkimKeyChange::Set(RSA.into()),
+                    ..SettingsUpdate::new()
+                })
+                .expect("given again");
+            assert_eq!(moved.dkim().expect("dkim").selector(), "mail2025");
+            // The builder's way follows the same rule.
+            let config = s.dkim().expect("dkim").to_config().domain("other.example");
+            let e = s.to_builder().dkim(config).build().expect_err("moved");
+            assert_eq!(
+                e.field("dkim_key").map(FieldError::message),
+                Some(ENTER_DKIM_KEY_AGAIN)
+            );
+            // What is not about the DKIM record keeps it, relay changes too.
+            assert!(s.to_builder().port(2525).credentials("app", "x").build().is_ok());
+        }
     }
 }

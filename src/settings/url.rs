@@ -29,7 +29,11 @@
 //! that try (`client_cert`, `client_certificate`, `client_key`, `cert`,
 //! `key`) are refused with a `url` field error that does not repeat them,
 //! and settings with a client certificate are written without it (the URL
-//! of such settings reads back without one).
+//! of such settings reads back without one). DKIM signing likewise: its
+//! private key has no place in a URL, so every `dkim` parameter (`dkim`,
+//! `dkim_key`, `dkim_private_key`, `dkim_domain`, `dkim_selector`, …) is
+//! refused the same way, and the URL of settings that sign is written
+//! without their DKIM settings.
 //!
 //! `proxy=` names a [`Proxy`](super::Proxy) (feature `proxy`):
 //!
@@ -307,6 +311,10 @@ impl SmtpSettingsBuilder {
                         "a client certificate and its private key do not belong in a URL (URLs end up in logs and shell history): set them with client_certificate_pem, or store the settings sealed",
                     ))
                 }
+                k if k == "dkim" || k.starts_with("dkim_") || k.starts_with("dkim-") => errors.push(FieldError::new(
+                    "url",
+                    "DKIM signing is not set in a URL: its private key does not belong in one (URLs end up in logs and shell history); set it with SmtpSettingsBuilder::dkim, or store the settings sealed",
+                )),
                 "proxy" => match proxy_from_url(&value) {
                     Ok(proxy) => b = b.proxy(proxy),
                     Err(more) => errors.extend(more),
@@ -870,6 +878,45 @@ mod tests {
             .tls_options()
             .client_identity()
             .is_none());
+    }
+
+    #[test]
+    fn dkim_settings_have_no_place_in_a_url() {
+        let key = "MC4CAQAwBQYDK2VwBCIEIKey-Material-Never-Echoed";
+        for param in [
+            "dkim",
+            "dkim_key",
+            "dkim_private_key",
+            "dkim_domain",
+            "dkim_selector",
+            "dkim-key",
+        ] {
+            let url = format!("smtps://mail.example.com?from=a@example.com&{param}={key}");
+            let e = SmtpSettings::from_url(&url).expect_err(param);
+            let message = e.field("url").expect("url").message();
+            assert!(
+                message.contains("DKIM signing is not set in a URL"),
+                "{param}: {message}"
+            );
+            assert!(!format!("{e}{e:?}").contains("Key-Material"), "{param}: {e}");
+        }
+        // Settings that sign are written without it.
+        #[cfg(feature = "dkim")]
+        {
+            let s = SmtpSettings::builder()
+                .host("mail.example.com")
+                .sender("a@example.com")
+                .dkim(crate::dkim::DkimConfig::new(
+                    "example.com",
+                    "s1",
+                    include_str!("../../tests/dkim/keys/ed25519.pem"),
+                ))
+                .build()
+                .expect("settings");
+            let url = s.url().expose_password();
+            assert_eq!(url, "smtp://mail.example.com:587?from=a%40example.com");
+            assert!(SmtpSettings::from_url(&url).expect("reads back").dkim().is_none());
+        }
     }
 
     fn proxy_of(url: &str) -> Proxy {

@@ -900,12 +900,19 @@ impl Connection {
     /// after which the connection is still in step (a refused sender, every
     /// recipient refused, a refused message) leaves it usable; timeouts and
     /// protocol errors break it.
+    ///
+    /// With DKIM signing in the settings (feature `dkim`), the message is
+    /// signed first; one that cannot be (no `From` field) is a config
+    /// error and nothing is sent.
     pub async fn send(
         &mut self,
         envelope: Envelope,
         message: impl Into<Arc<[u8]>>,
     ) -> Result<Delivery, Error> {
-        let id = self.submit(envelope, message.into())?;
+        let message = message.into();
+        #[cfg(feature = "dkim")]
+        let message = crate::dkim::sign_content(self.settings().dkim(), message)?;
+        let id = self.submit(envelope, message)?;
         self.outcome(id).await
     }
 

@@ -8,6 +8,11 @@
 //! never pass without having talked to the real servers.
 
 mod aiosmtpd;
+#[cfg(feature = "dkim")]
+mod dkim;
+#[cfg(feature = "dkim")]
+#[path = "../support/dkim_verify.rs"]
+mod dkim_support;
 mod postfix;
 
 use std::path::PathBuf;
