@@ -211,11 +211,31 @@ impl Timeouts {
 use crate::future::BoxFuture;
 
 /// Supplies credentials when a connection is opened — for example a fresh
-/// OAuth2 access token for XOAUTH2, or credentials from a secret store
-/// ("default credentials").
+/// OAuth2 access token for OAUTHBEARER or XOAUTH2 (see `OAuth2Provider`,
+/// feature `oauth2`), or credentials from a secret store ("default
+/// credentials").
+///
+/// One provider serves every connection of a [`Mailer`](crate::Mailer):
+/// several may ask at once.
 pub trait CredentialProvider: Send + Sync + fmt::Debug {
     /// Returns the credential to authenticate the next connection with.
     fn credential(&self) -> BoxFuture<'_, Result<Credential, Error>>;
+
+    /// Called when the server refused `rejected`, a bearer token this
+    /// provider gave, as expired or invalid ([`Error::is_token_rejected`]:
+    /// a `535`, or an error challenge saying `invalid_token`).
+    ///
+    /// Return `true` when the next [`credential`](Self::credential) call
+    /// will give a renewed credential (a cached token forgotten, say):
+    /// relaymail then calls it and tries AUTH once more — on the same
+    /// connection when the server still allows it, else on a new one. A
+    /// second refusal is reported as the authentication error it is. The
+    /// default returns `false`: nothing is renewed and the refusal is
+    /// reported at once.
+    fn token_rejected(&self, rejected: &Credential) -> bool {
+        let _ = rejected;
+        false
+    }
 }
 
 /// How the client authenticates.
