@@ -290,6 +290,14 @@ impl Error {
         self.0.reauthorize
     }
 
+    /// Marks the error as needing the user to sign in again
+    /// ([`needs_reauthorization`](Error::needs_reauthorization)).
+    #[cfg_attr(not(feature = "oauth2"), allow(dead_code))]
+    pub(crate) fn reauthorization(mut self) -> Error {
+        self.0.reauthorize = true;
+        self
+    }
+
     /// A plain-language suggestion for fixing a likely misconfiguration.
     pub fn hint(&self) -> Option<&str> {
         self.0.hint.as_deref()

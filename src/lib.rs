@@ -122,6 +122,8 @@ mod fsutil;
 mod future;
 pub mod mailer;
 pub mod message;
+#[cfg(feature = "oauth2")]
+pub mod oauth2;
 pub mod outbox;
 #[cfg(feature = "serde")]
 pub mod profiles;

@@ -38,6 +38,7 @@ use secrecy::SecretString;
 #[cfg(feature = "serde")]
 mod data;
 mod identity;
+mod oauth2;
 mod proxy;
 mod route;
 #[cfg(feature = "serde")]
@@ -46,8 +47,9 @@ mod update;
 mod url;
 
 #[cfg(feature = "serde")]
-pub use data::{ProxyData, SettingsData, TimeoutsData};
+pub use data::{OAuth2Data, ProxyData, SettingsData, StoredSecrets, TimeoutsData};
 pub use identity::ClientIdentity;
+pub(crate) use oauth2::{OAuth2Parts, OAuth2Source};
 pub(crate) use proxy::{host_port, ProxyDestination, ProxyEndpoint, ENTER_PROXY_PASSWORD_AGAIN};
 pub use proxy::{Proxy, ProxyKind, UnknownProxyKind};
 pub use route::{Relay, DEFAULT_ATTEMPT_DELAY, DEFAULT_PRIMARY_RETRY_AFTER};
@@ -393,24 +395,35 @@ struct CredentialDestination {
     username: String,
     /// The proxy the connection goes through (kind, host, port), if any.
     proxy: Option<ProxyEndpoint>,
+    /// OAuth2 sign-in: the authorization server its refresh token (and
+    /// client secret) belong to, as the token endpoint URL and client id.
+    authorization: Option<(String, String)>,
 }
 
 impl CredentialDestination {
-    /// `None` without a fixed credential (nothing stored to protect).
+    /// `None` without a fixed credential or OAuth2 sign-in (nothing stored
+    /// to protect).
     fn new(
         server: ServerDestination,
         allow_plaintext_auth: bool,
         auth: &Auth,
+        oauth2: Option<&OAuth2Source>,
         proxy: Option<&Proxy>,
     ) -> Option<CredentialDestination> {
-        let Auth::Credential(credential) = auth else {
-            return None;
+        let (username, authorization) = match (auth, oauth2) {
+            (Auth::Provider(_), Some(source)) => {
+                let parts = source.parts();
+                (parts.username, Some((parts.token_url, parts.client_id)))
+            }
+            (Auth::Credential(credential), _) => (credential.username().to_owned(), None),
+            _ => return None,
         };
         Some(CredentialDestination {
             server,
             allow_plaintext_auth,
-            username: credential.username().to_owned(),
+            username,
             proxy: proxy.map(Proxy::endpoint),
+            authorization,
         })
     }
 }
@@ -418,6 +431,12 @@ impl CredentialDestination {
 /// The `password` field error when a kept password would go to changed
 /// server settings.
 pub(crate) const ENTER_PASSWORD_AGAIN: &str = "enter the password again: the server settings changed";
+
+/// The `oauth2_refresh_token` field error when a kept refresh token would
+/// give access tokens to changed server settings, or be sent to another
+/// authorization server.
+pub(crate) const SIGN_IN_AGAIN: &str =
+    "sign in again: the server settings or the authorization server (token endpoint, client id) changed";
 
 /// The `client_key` field error when a kept client key would be used with
 /// changed server settings.
@@ -434,6 +453,8 @@ pub struct SmtpSettings {
     pub(crate) tls_options: TlsOptions,
     pub(crate) sender: Sender,
     pub(crate) auth: Auth,
+    /// With OAuth2 sign-in: the same provider as `auth`, for storing.
+    pub(crate) oauth2: Option<Arc<OAuth2Source>>,
     pub(crate) auth_mechanisms: Option<Vec<Mechanism>>,
     pub(crate) allow_plaintext_auth: bool,
     pub(crate) helo_name: Option<String>,
@@ -530,11 +551,19 @@ impl SmtpSettings {
         self.proxy.as_ref()
     }
 
+    /// The provider of OAuth2 sign-in ([`SmtpSettingsBuilder::oauth2`]),
+    /// if the settings use it: its rotated refresh token, its counters.
+    #[cfg(feature = "oauth2")]
+    pub fn oauth2_provider(&self) -> Option<&Arc<crate::oauth2::OAuth2Provider>> {
+        self.oauth2.as_ref()
+    }
+
     fn credential_destination(&self) -> Option<CredentialDestination> {
         CredentialDestination::new(
             self.server_destination(),
             self.allow_plaintext_auth,
             &self.auth,
+            self.oauth2.as_deref(),
             self.proxy.as_ref(),
         )
     }
@@ -588,6 +617,7 @@ impl SmtpSettings {
             sender: Some(self.sender.address.to_string()),
             sender_name: self.sender.name.clone(),
             auth: self.auth.clone(),
+            oauth2: self.oauth2.clone(),
             auth_mechanisms: self.auth_mechanisms.clone(),
             allow_plaintext_auth: self.allow_plaintext_auth,
             helo_name: self.helo_name.clone(),
@@ -619,6 +649,8 @@ impl FieldError {
     /// The field: `host`, `port`, `sender`, `sender_name`, `username`,
     /// `password`, `helo_name`, `extra_roots`, `system_roots`,
     /// `client_certificate`, `client_key`, `timeouts`, `auth_mechanisms`,
+    /// for OAuth2 sign-in `oauth2`, `oauth2_token_url`, `oauth2_client_id`,
+    /// `oauth2_scopes`, `oauth2_refresh_token`, `oauth2_client_secret`,
     /// `backup_relays`, `primary_retry_after`, `source_address`,
     /// `connect_attempt_delay`, and for a [`Proxy`] `proxy`, `proxy_host`,
     /// `proxy_port`, `proxy_username`, `proxy_password` (see the [`Proxy`]
@@ -742,6 +774,7 @@ pub struct SmtpSettingsBuilder {
     sender: Option<String>,
     sender_name: Option<String>,
     auth: Auth,
+    oauth2: Option<Arc<OAuth2Source>>,
     auth_mechanisms: Option<Vec<Mechanism>>,
     allow_plaintext_auth: bool,
     helo_name: Option<String>,
@@ -779,6 +812,7 @@ impl Default for SmtpSettingsBuilder {
             sender: None,
             sender_name: None,
             auth: Auth::None,
+            oauth2: None,
             auth_mechanisms: None,
             allow_plaintext_auth: false,
             helo_name: None,
@@ -940,6 +974,7 @@ impl SmtpSettingsBuilder {
     /// User name and password for AUTH.
     pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
         self.kept_credential = None;
+        self.oauth2 = None;
         self.auth = Auth::Credential(Credential::Password {
             username: username.into(),
             password: SecretString::from(password.into()),
@@ -950,6 +985,7 @@ impl SmtpSettingsBuilder {
     /// User name and an OAuth2 access token for XOAUTH2.
     pub fn oauth2_token(mut self, username: impl Into<String>, token: impl Into<String>) -> Self {
         self.kept_credential = None;
+        self.oauth2 = None;
         self.auth = Auth::Credential(Credential::OAuth2 {
             username: username.into(),
             token: SecretString::from(token.into()),
@@ -960,6 +996,7 @@ impl SmtpSettingsBuilder {
     /// A credential, e.g. with a password already in a [`SecretString`].
     pub fn credential(mut self, credential: Credential) -> Self {
         self.kept_credential = None;
+        self.oauth2 = None;
         self.auth = Auth::Credential(credential);
         self
     }
@@ -967,13 +1004,36 @@ impl SmtpSettingsBuilder {
     /// Credentials fetched from a provider for every new connection.
     pub fn credential_provider(mut self, provider: Arc<dyn CredentialProvider>) -> Self {
         self.kept_credential = None;
+        self.oauth2 = None;
         self.auth = Auth::Provider(provider);
+        self
+    }
+
+    /// OAuth2 sign-in with access tokens that renew themselves (feature
+    /// `oauth2`): `provider` renews them from a refresh token, for every
+    /// connection (OAUTHBEARER when the server offers it, else XOAUTH2).
+    /// Unlike another [`credential_provider`](Self::credential_provider),
+    /// its configuration can be stored: [`to_data`](SmtpSettings::to_data)
+    /// keeps the token endpoint, client id, scopes and user name, and
+    /// [`seal`](SmtpSettings::seal) the refresh token and client secret
+    /// (feature `serde`).
+    ///
+    /// Like a password, the refresh token is kept by
+    /// [`to_builder`](SmtpSettings::to_builder) only while the server
+    /// settings stay the same (else an `oauth2_refresh_token` field error:
+    /// sign in again).
+    #[cfg(feature = "oauth2")]
+    pub fn oauth2(mut self, provider: Arc<crate::oauth2::OAuth2Provider>) -> Self {
+        self.kept_credential = None;
+        self.auth = Auth::Provider(provider.clone());
+        self.oauth2 = Some(provider);
         self
     }
 
     /// No authentication (the default).
     pub fn no_auth(mut self) -> Self {
         self.kept_credential = None;
+        self.oauth2 = None;
         self.auth = Auth::None;
         self
     }
@@ -1191,10 +1251,15 @@ impl SmtpSettingsBuilder {
                 ServerDestination::new(&host, port, self.tls, &tls_options, &route.backups),
                 self.allow_plaintext_auth,
                 &self.auth,
+                self.oauth2.as_deref(),
                 proxy.as_ref(),
             );
             if now.as_ref() != Some(kept) {
-                errors.push(FieldError::new("password", ENTER_PASSWORD_AGAIN));
+                errors.push(if kept.authorization.is_some() {
+                    FieldError::new("oauth2_refresh_token", SIGN_IN_AGAIN)
+                } else {
+                    FieldError::new("password", ENTER_PASSWORD_AGAIN)
+                });
             }
         }
         if let Some(kept) = &self.kept_client_key {
@@ -1223,6 +1288,7 @@ impl SmtpSettingsBuilder {
                 name: self.sender_name.filter(|n| !n.trim().is_empty()),
             },
             auth: self.auth,
+            oauth2: self.oauth2,
             auth_mechanisms: self.auth_mechanisms,
             allow_plaintext_auth: self.allow_plaintext_auth,
             helo_name: self.helo_name.map(|n| n.trim().to_owned()),

@@ -31,6 +31,15 @@
 //! and settings with a client certificate are written without it (the URL
 //! of such settings reads back without one).
 //!
+//! OAuth2 has no place in a URL either: neither an access token, nor a
+//! refresh token, nor the client secret, nor the public half of OAuth2
+//! sign-in (token endpoint, client id), which is of no use without them.
+//! Parameters that try (`oauth2`, `refresh_token`, `access_token`,
+//! `token`, `client_secret`, `client_id`, `token_url`) are refused with a
+//! `url` field error that does not repeat them; settings with OAuth2
+//! sign-in are written without any credentials (the URL reads back without
+//! AUTH).
+//!
 //! `proxy=` names a [`Proxy`](super::Proxy) (feature `proxy`):
 //!
 //! ```text
@@ -307,6 +316,11 @@ impl SmtpSettingsBuilder {
                         "a client certificate and its private key do not belong in a URL (URLs end up in logs and shell history): set them with client_certificate_pem, or store the settings sealed",
                     ))
                 }
+                "oauth2" | "refresh_token" | "access_token" | "token" | "client_secret" | "client_id"
+                | "token_url" => errors.push(FieldError::new(
+                    "url",
+                    "OAuth2 sign-in does not belong in a URL (its tokens and client secret are secrets, and URLs end up in logs and shell history): set it with SmtpSettingsBuilder::oauth2, or store the settings sealed",
+                )),
                 "proxy" => match proxy_from_url(&value) {
                     Ok(proxy) => b = b.proxy(proxy),
                     Err(more) => errors.extend(more),
