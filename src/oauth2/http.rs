@@ -339,7 +339,10 @@ mod tests {
             (400, &b"{\"a\":1}"[..])
         );
         // Each prefix is incomplete, never an error.
-        for cut in 0..chunked.len() - 12 {
+        // Complete once the last chunk (size 0) is read: trailers are not
+        // waited for.
+        let last_chunk = chunked.windows(5).position(|w| w == b"\r\n0\r\n").expect("last") + 4;
+        for cut in 0..last_chunk {
             assert!(
                 parse_response(&chunked[..cut], false)
                     .expect("no error")

@@ -247,10 +247,16 @@ impl SmtpSettings {
                     kept => kept,
                 },
             };
+            // The user name given, else the stored one (of OAuth2 sign-in,
+            // or of the password it replaces).
             let username = update
                 .username
                 .clone()
                 .or_else(|| stored.map(|p| p.username.clone()))
+                .or_else(|| match &self.auth {
+                    Auth::Credential(c) => Some(c.username().to_owned()),
+                    _ => None,
+                })
                 .unwrap_or_default();
             if let (Some(refresh_token), true) = (refresh_token, parts_ok) {
                 let parts = OAuth2Parts {

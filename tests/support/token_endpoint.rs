@@ -6,7 +6,7 @@
 //! them. Every loop is bounded by the test's lifetime: dropping the
 //! endpoint aborts its task.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
