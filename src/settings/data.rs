@@ -126,7 +126,9 @@ pub struct SettingsData {
     /// AUTH user name (the password is stored separately, sealed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// Whether the credential is an OAuth2 token (XOAUTH2) rather than a password.
+    /// Whether the credential is a fixed OAuth2 access token (OAUTHBEARER or
+    /// XOAUTH2) rather than a password. OAuth2 sign-in with a refresh token
+    /// is [`oauth2_client`](Self::oauth2_client).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub oauth2: bool,
     /// AUTH mechanisms allowed, by name.
@@ -322,7 +324,7 @@ impl SettingsData {
     /// need ([`StoredSecrets`]): data with OAuth2 sign-in
     /// ([`oauth2_client`](Self::oauth2_client)) needs its refresh token
     /// (and the client secret of a confidential client) and makes a new
-    /// [`OAuth2Provider`](crate::oauth2::OAuth2Provider) (feature `oauth2`;
+    /// `OAuth2Provider` (feature `oauth2`;
     /// without it, an `oauth2` field error).
     pub fn into_settings_with(self, secrets: StoredSecrets) -> Result<SmtpSettings, SettingsErrors> {
         let StoredSecrets {

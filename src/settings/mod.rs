@@ -982,7 +982,9 @@ impl SmtpSettingsBuilder {
         self
     }
 
-    /// User name and an OAuth2 access token for XOAUTH2.
+    /// User name and a fixed OAuth2 access token for OAUTHBEARER or XOAUTH2
+    /// (see `oauth2`, feature `oauth2`, for tokens that
+    /// renew themselves).
     pub fn oauth2_token(mut self, username: impl Into<String>, token: impl Into<String>) -> Self {
         self.kept_credential = None;
         self.oauth2 = None;
@@ -1039,8 +1041,8 @@ impl SmtpSettingsBuilder {
     }
 
     /// Restricts AUTH to these mechanisms, in this order of preference.
-    /// Default: SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN for passwords; XOAUTH2
-    /// for tokens.
+    /// Default: SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN for passwords;
+    /// OAUTHBEARER, then XOAUTH2, for tokens.
     pub fn auth_mechanisms(mut self, mechanisms: &[Mechanism]) -> Self {
         self.auth_mechanisms = Some(mechanisms.to_vec());
         self

@@ -1,4 +1,4 @@
-//! OAuth2 sign-in in settings: the [`OAuth2Provider`](crate::oauth2::OAuth2Provider)
+//! OAuth2 sign-in in settings: the `OAuth2Provider`
 //! of settings that renew their own access tokens (feature `oauth2`), as
 //! the rest of the settings code sees it. Without the feature the type is
 //! empty: settings cannot hold one, and stored settings that ask for one

@@ -824,8 +824,15 @@ impl Connection {
             Err(e) if e.is_token_rejected() => e,
             other => return other,
         };
-        if !self.session.is_ready() || !provider.token_rejected(&credential) {
+        if !provider.token_rejected(&credential) {
             return Err(refused);
+        }
+        if !self.session.is_ready() {
+            // The server ended the session: the renewed token is for the
+            // next connection, which a retry opens.
+            return Err(refused.transient(true).with_hint(
+                "the server refused the OAuth2 access token and ended the session: the next attempt uses a renewed token",
+            ));
         }
         #[cfg(feature = "tracing")]
         tracing::debug!("the server refused the access token; retrying AUTH once with a renewed one");
