@@ -2069,7 +2069,8 @@ mod tests {
 
     #[test]
     fn bearer_errors_are_read_from_json() {
-        let cases: &[(&str, Option<(&str, Option<&str>)>)] = &[
+        type Expected<'a> = Option<(&'a str, Option<&'a str>)>;
+        let cases: &[(&str, Expected<'_>)] = &[
             (r#"{"status":"invalid_token"}"#, Some(("invalid_token", None))),
             (
                 " {\n \"scope\" : \"a b\" , \"status\":\"insufficient_scope\" } \r\n",

@@ -345,13 +345,17 @@ mod tests {
             assert_clean(&json);
             let e = serde_json::from_str::<SmtpSettings>(&json).expect_err("no refresh token");
             assert!(e.to_string().contains("oauth2_refresh_token"), "{e}");
-            let mut secrets = StoredSecrets::default();
-            secrets.oauth2_refresh_token = Some(REFRESH.into());
-            secrets.oauth2_client_secret = Some(CLIENT_SECRET.into());
+            let secrets = StoredSecrets {
+                oauth2_refresh_token: Some(REFRESH.into()),
+                oauth2_client_secret: Some(CLIENT_SECRET.into()),
+                ..StoredSecrets::default()
+            };
             let back = data.clone().into_settings_with(secrets).expect("settings");
             assert_eq!(format!("{back:?}"), format!("{s:?}"));
-            let mut stray = StoredSecrets::default();
-            stray.oauth2_refresh_token = Some(REFRESH.into());
+            let stray = StoredSecrets {
+                oauth2_refresh_token: Some(REFRESH.into()),
+                ..StoredSecrets::default()
+            };
             let mut plain = data;
             plain.oauth2_client = None;
             assert!(plain

@@ -681,12 +681,13 @@ impl SealedSettings {
             None => None,
             Some(sealed) => Some(self.open(sealed, key, profile, Purpose::OAuth2ClientSecret)?),
         };
-        let mut secrets = StoredSecrets::default();
-        secrets.password = secret;
-        secrets.proxy_password = proxy_secret;
-        secrets.client_key_pem = client_key;
-        secrets.oauth2_refresh_token = oauth2_refresh_token;
-        secrets.oauth2_client_secret = oauth2_client_secret;
+        let secrets = StoredSecrets {
+            password: secret,
+            proxy_password: proxy_secret,
+            client_key_pem: client_key,
+            oauth2_refresh_token,
+            oauth2_client_secret,
+        };
         self.settings
             .clone()
             .into_settings_with(secrets)
