@@ -420,6 +420,11 @@ impl OAuth2Provider {
     /// to a task of yours). It replaces an earlier hook.
     /// [`take_rotated_refresh_token`](Self::take_rotated_refresh_token)
     /// still gives the token too.
+    ///
+    /// Settings read from storage make a provider of their own each time
+    /// (each load of a profile store, each reload of a mailer from it):
+    /// register the hook on the one a mailer uses now,
+    /// `mailer.settings().oauth2_provider()`.
     pub fn on_refresh_token_rotated(&self, hook: impl Fn(&SecretString) + Send + Sync + 'static) {
         *self.on_rotated.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(hook));
     }
