@@ -641,6 +641,19 @@ impl OAuth2Provider {
                     ),
                 }
             }
+            RequestTokenError::Request(HttpError::Io(io))
+                if io
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some() =>
+            {
+                Error::new(
+                    Kind::Tls,
+                    Some(Stage::Auth),
+                    format!("cannot get an OAuth2 access token from {endpoint}: TLS failed: {io}"),
+                )
+                .with_hint("the token endpoint's certificate does not verify: check the URL, or trust its CA with add_root_certificates_pem")
+            }
             RequestTokenError::Request(http) => {
                 let kind = match http {
                     HttpError::Timeout(_) => Kind::Timeout,

@@ -423,6 +423,39 @@ async fn a_hostile_token_endpoint_is_an_error_not_a_panic() {
 }
 
 #[tokio::test]
+async fn an_https_token_endpoint_is_verified() {
+    let tokens = BearerTokens::new();
+    let endpoint = TokenEndpoint::start_tls(REFRESH, USER, &tokens).await;
+    assert!(endpoint.url().starts_with("https://localhost:"));
+    let client = || OAuth2Client::new(endpoint.url(), "relaymail-test-client");
+    // Its CA is not a Mozilla root: refused, and nothing was sent.
+    let untrusted = OAuth2Provider::new(client(), USER, REFRESH).expect("provider");
+    let e = untrusted.access_token().await.expect_err("unknown issuer");
+    assert!(
+        e.is_tls() && e.is_permanent() && e.to_string().contains("certificate"),
+        "{e}"
+    );
+    assert!(
+        e.hint().is_some_and(|h| h.contains("add_root_certificates_pem")),
+        "{e}"
+    );
+    assert_clean_error(&e);
+    assert_eq!(endpoint.requests(), 0);
+    // Trusted: the token comes over TLS.
+    let trusted = OAuth2Provider::new(client(), USER, REFRESH)
+        .expect("provider")
+        .add_root_certificates_pem(endpoint.ca_pem())
+        .expect("root");
+    let token = trusted.access_token().await.expect("token over https");
+    assert!(token.expose_secret().starts_with("ya29.access-"));
+    assert_eq!(endpoint.requests(), 1);
+    assert!(OAuth2Provider::new(client(), USER, REFRESH)
+        .expect("provider")
+        .add_root_certificates_pem("no pem here")
+        .is_err());
+}
+
+#[tokio::test]
 async fn token_endpoints_must_be_https() {
     let client = OAuth2Client::new("http://oauth2.example.com/token", "id");
     let e = OAuth2Provider::new(client, USER, REFRESH).expect_err("refused");

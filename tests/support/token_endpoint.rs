@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use relaymail::testing::BearerTokens;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -42,6 +42,8 @@ struct State {
 
 pub(crate) struct TokenEndpoint {
     addr: SocketAddr,
+    /// With TLS: the CA that issued the endpoint's certificate (PEM).
+    ca_pem: Option<String>,
     state: Arc<Mutex<State>>,
     count: watch::Sender<usize>,
     open: watch::Sender<bool>,
@@ -58,6 +60,28 @@ impl TokenEndpoint {
     /// Accepts `refresh_token`; issued access tokens are valid on `smtp`
     /// for `username`.
     pub(crate) async fn start(refresh_token: &str, username: &str, smtp: &BearerTokens) -> TokenEndpoint {
+        TokenEndpoint::start_with(refresh_token, username, smtp, None).await
+    }
+
+    /// [`start`](Self::start), over TLS (`https://localhost:port`) with a
+    /// certificate from a CA made for it ([`ca_pem`](Self::ca_pem)).
+    pub(crate) async fn start_tls(refresh_token: &str, username: &str, smtp: &BearerTokens) -> TokenEndpoint {
+        let (ca_pem, acceptor) = tls_acceptor();
+        let mut endpoint = TokenEndpoint::start_with(refresh_token, username, smtp, Some(acceptor)).await;
+        endpoint.ca_pem = Some(ca_pem);
+        endpoint
+    }
+
+    pub(crate) fn ca_pem(&self) -> &str {
+        self.ca_pem.as_deref().expect("a TLS endpoint")
+    }
+
+    async fn start_with(
+        refresh_token: &str,
+        username: &str,
+        smtp: &BearerTokens,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> TokenEndpoint {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State {
@@ -78,9 +102,11 @@ impl TokenEndpoint {
             open.subscribe(),
             username.to_owned(),
             smtp.clone(),
+            tls,
         ));
         TokenEndpoint {
             addr,
+            ca_pem: None,
             state,
             count,
             open,
@@ -89,7 +115,10 @@ impl TokenEndpoint {
     }
 
     pub(crate) fn url(&self) -> String {
-        format!("http://{}/oauth2/token", self.addr)
+        match self.ca_pem {
+            Some(_) => format!("https://localhost:{}/oauth2/token", self.addr.port()),
+            None => format!("http://{}/oauth2/token", self.addr),
+        }
     }
 
     /// Each answer carries a new refresh token; the old one stops working.
@@ -155,23 +184,63 @@ async fn serve(
     open: watch::Receiver<bool>,
     username: String,
     smtp: BearerTokens,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     while let Ok((stream, _)) = listener.accept().await {
         while tasks.try_join_next().is_some() {}
-        tasks.spawn(handle(
-            stream,
+        let (state, count, open, username, smtp) = (
             state.clone(),
             count.clone(),
             open.clone(),
             username.clone(),
             smtp.clone(),
-        ));
+        );
+        let tls = tls.clone();
+        tasks.spawn(async move {
+            match tls {
+                None => handle(stream, state, count, open, username, smtp).await,
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        handle(stream, state, count, open, username, smtp).await;
+                    }
+                }
+            }
+        });
     }
 }
 
-async fn handle(
-    mut stream: TcpStream,
+/// A CA, and a TLS acceptor with a certificate it issued for `localhost`
+/// and 127.0.0.1.
+fn tls_acceptor() -> (String, tokio_rustls::TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("leaf");
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .expect("server config");
+    (
+        ca_cert.pem(),
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+    )
+}
+
+async fn handle<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
     state: Arc<Mutex<State>>,
     count: watch::Sender<usize>,
     mut open: watch::Receiver<bool>,
@@ -242,7 +311,7 @@ fn respond(status: u16, json: &str) -> Vec<u8> {
 }
 
 /// The body of one request (head up to 16 KiB, body by Content-Length).
-async fn read_request(stream: &mut TcpStream) -> Option<Vec<u8>> {
+async fn read_request<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

@@ -103,7 +103,10 @@ async fn xoauth2_token() {
     // expired or revoked).
     assert!(e.is_auth() && e.is_token_rejected(), "{e:?}");
     assert!(!format!("{e} {e:?}").contains("stale-Token"), "{e}");
-    assert!(e.hint().is_some_and(|h| h.contains("expired or was revoked")), "{e}");
+    assert!(
+        e.hint().is_some_and(|h| h.contains("expired or was revoked")),
+        "{e}"
+    );
 }
 
 #[tokio::test]
