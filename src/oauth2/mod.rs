@@ -489,7 +489,7 @@ impl OAuth2Provider {
                     let lifetime = lifetime(fresh.expires_in, self.margin);
                     state.cached = Some(Cached {
                         token: fresh.access_token.clone(),
-                        until: started + lifetime,
+                        until: started.checked_add(lifetime).unwrap_or(started),
                     });
                     #[cfg(feature = "tracing")]
                     tracing::debug!(
@@ -687,13 +687,20 @@ impl OAuth2Provider {
 /// The hint when the refresh token is refused.
 const SIGN_IN_AGAIN: &str = "the refresh token was revoked or has expired (or the user changed their password or withdrew consent): sign in again to grant access anew, and store the new refresh token";
 
+/// The longest an access token is reused, whatever the endpoint says
+/// (a hostile `expires_in` of 2^64 s must not overflow the clock).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// How long an access token is used: until `margin` before it expires,
-/// and at least half of its lifetime; when the endpoint does not say,
-/// [`UNKNOWN_LIFETIME`].
+/// and at least half of its lifetime, at most [`MAX_LIFETIME`]; when the
+/// endpoint does not say, [`UNKNOWN_LIFETIME`].
 fn lifetime(expires_in: Option<Duration>, margin: Duration) -> Duration {
     match expires_in {
         None => UNKNOWN_LIFETIME,
-        Some(expires_in) => expires_in.saturating_sub(margin).max(expires_in / 2),
+        Some(expires_in) => expires_in
+            .saturating_sub(margin)
+            .max(expires_in / 2)
+            .min(MAX_LIFETIME),
     }
 }
 
@@ -777,6 +784,7 @@ mod tests {
         );
         assert_eq!(lifetime(Some(Duration::ZERO), margin), Duration::ZERO);
         assert_eq!(lifetime(None, margin), UNKNOWN_LIFETIME);
+        assert_eq!(lifetime(Some(Duration::MAX), margin), MAX_LIFETIME);
         assert_eq!(
             lifetime(Some(Duration::from_secs(100)), Duration::ZERO),
             Duration::from_secs(100)

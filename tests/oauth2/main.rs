@@ -411,6 +411,15 @@ async fn a_hostile_token_endpoint_is_an_error_not_a_panic() {
         assert!(e.to_string().contains(expected), "{expected}: {e}");
         assert_clean_error(&e);
     }
+    // An absurd lifetime is capped, not an overflow.
+    endpoint.answer_raw(&http(
+        "200 OK",
+        "application/json",
+        r#"{"access_token":"ya29.access-long","token_type":"bearer","expires_in":18446744073709551615}"#,
+    ));
+    let p = provider(&endpoint);
+    p.access_token().await.expect("a token");
+    p.access_token().await.expect("cached");
     // An endpoint that never answers: the provider's timeout.
     endpoint.hold();
     let p = Arc::new(
