@@ -22,6 +22,7 @@
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
+use crate::proto::auth::BearerError;
 use crate::proto::ehlo::Extension;
 use crate::proto::reply::{EscapeWriter, Escaped, Reply};
 use crate::proto::SessionError;
@@ -70,6 +71,11 @@ struct Inner {
     reply: Option<Reply>,
     hint: Option<String>,
     body_sent: bool,
+    /// The server refused an OAuth2 access token as expired or invalid.
+    token_rejected: bool,
+    /// The OAuth2 authorization server refused the refresh token (revoked,
+    /// expired, consent withdrawn): the user must sign in again.
+    reauthorize: bool,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -88,6 +94,8 @@ impl Error {
             reply: None,
             hint: None,
             body_sent: false,
+            token_rejected: false,
+            reauthorize: false,
             source: None,
         }))
     }
@@ -262,6 +270,34 @@ impl Error {
         self.0.kind == Kind::Full
     }
 
+    /// The server refused the OAuth2 access token (XOAUTH2 or OAUTHBEARER)
+    /// as expired, revoked or unknown ([`SessionError::is_token_rejected`]):
+    /// a renewed token may succeed. A [`CredentialProvider`](crate::CredentialProvider)
+    /// that can renew its token is asked to
+    /// ([`token_rejected`](crate::CredentialProvider::token_rejected)) and
+    /// AUTH is tried once more with the new one before such an error is
+    /// reported. [`is_auth`](Error::is_auth) holds too.
+    pub fn is_token_rejected(&self) -> bool {
+        self.0.token_rejected
+    }
+
+    /// The OAuth2 authorization server refused the refresh token (it was
+    /// revoked, expired, or the user withdrew consent: `invalid_grant`):
+    /// no new access token can be had until the user signs in again and
+    /// grants access anew, which gives a new refresh token.
+    /// [`is_auth`](Error::is_auth) holds too.
+    pub fn needs_reauthorization(&self) -> bool {
+        self.0.reauthorize
+    }
+
+    /// Marks the error as needing the user to sign in again
+    /// ([`needs_reauthorization`](Error::needs_reauthorization)).
+    #[cfg_attr(not(feature = "oauth2"), allow(dead_code))]
+    pub(crate) fn reauthorization(mut self) -> Error {
+        self.0.reauthorize = true;
+        self
+    }
+
     /// A plain-language suggestion for fixing a likely misconfiguration.
     pub fn hint(&self) -> Option<&str> {
         self.0.hint.as_deref()
@@ -376,11 +412,18 @@ impl From<SessionError> for Error {
             S::PlaintextAuthRefused => Error::new(Kind::Auth, stage, message).with_hint(
                 "use STARTTLS (required) or implicit TLS, or allow plain-text AUTH explicitly if the network is trusted",
             ),
-            S::AuthRejected { reply, detail, .. } => {
-                let error = Error::new(Kind::Auth, stage, message)
+            S::AuthRejected {
+                mechanism,
+                reply,
+                detail,
+            } => {
+                let mut error = Error::new(Kind::Auth, stage, message)
                     .with_reply(reply.clone())
                     .transient(reply.is_transient());
-                if let Some(detail) = detail {
+                error.0.token_rejected = e.is_token_rejected();
+                if mechanism.takes_token() {
+                    error.with_hint(token_hint(&e, detail.as_deref()))
+                } else if let Some(detail) = detail {
                     // Server text: escaped here too, so `Error::hint` is safe to print.
                     error.with_hint(format!("the server said: {}", Escaped(detail)))
                 } else if reply.code().value() == 535 {
@@ -460,6 +503,27 @@ impl From<SessionError> for Error {
     }
 }
 
+/// The likely fix when the server refused an OAuth2 bearer token; the
+/// server's own words (escaped) come last.
+fn token_hint(e: &SessionError, detail: Option<&str>) -> String {
+    let said = detail.map(|d| format!(" (the server said: {})", Escaped(d)));
+    let said = said.as_deref().unwrap_or_default();
+    let bearer = e.bearer_error();
+    if e.is_token_rejected() {
+        format!(
+            "the OAuth2 access token was refused: it expired or was revoked, or was issued for another user or application; get a new one (a token source renews it by itself){said}"
+        )
+    } else if bearer.as_ref().is_some_and(BearerError::is_insufficient_scope) {
+        format!(
+            "the OAuth2 access token lacks the scope the server needs (https://mail.google.com/ for Gmail, https://outlook.office.com/SMTP.Send for Microsoft 365): sign in again granting it{said}"
+        )
+    } else {
+        format!(
+            "the server refused the OAuth2 login: check the user name (the mailbox the token was issued for) and that the account may use SMTP AUTH{said}"
+        )
+    }
+}
+
 /// The error (and likely fix) for an extension the server does not offer.
 fn not_offered(extension: Extension, secure: bool, stage: Option<Stage>, message: String) -> Error {
     match extension {
@@ -525,6 +589,12 @@ impl fmt::Debug for Error {
         }
         if self.0.body_sent {
             d.field("body_sent", &true);
+        }
+        if self.0.token_rejected {
+            d.field("token_rejected", &true);
+        }
+        if self.0.reauthorize {
+            d.field("reauthorize", &true);
         }
         if let Some(source) = &self.0.source {
             d.field("source", &format_args!("{}", Escaped(source)));

@@ -240,7 +240,13 @@ fn error_leaks(e: &SessionError, server_input: &[u8]) -> bool {
 }
 
 /// SASL clients: arbitrary server challenges never panic, and no error text
-/// contains the password.
+/// contains the password. The bearer mechanisms (OAUTHBEARER, XOAUTH2)
+/// answer the challenge after their message — the error challenge — with
+/// exactly `\x01` or an empty response, and its JSON reader never panics.
+///
+/// Input: a selector byte (low six bits: the mechanism; 0x80: no initial
+/// response; 0x40: challenges are base64 text), then challenges separated
+/// by 0xff.
 pub fn sasl(input: &[u8]) {
     let Some((&selector, rest)) = input.split_first() else {
         return;
@@ -251,11 +257,12 @@ pub fn sasl(input: &[u8]) {
         Mechanism::Plain,
         Mechanism::Login,
         Mechanism::XOAuth2,
+        Mechanism::OAuthBearer,
     ];
-    let mech = mechs[usize::from(selector) % mechs.len()];
-    let cred = if mech == Mechanism::XOAuth2 {
+    let mech = mechs[usize::from(selector & 0x3f) % mechs.len()];
+    let cred = if mech.takes_token() {
         Credential::OAuth2 {
-            username: "user@example.com".into(),
+            username: "user,name=@example.com".into(),
             token: SecretString::from(FUZZ_PASSWORD),
         }
     } else {
@@ -267,8 +274,11 @@ pub fn sasl(input: &[u8]) {
     let Ok(mut client) = SaslClient::new(mech, &cred, "fyko+d2lbbFgONRv9qkxdawL") else {
         return;
     };
+    // Whether the bearer message went out: the next challenge is the error
+    // challenge.
+    let mut message_sent = false;
     if selector & 0x80 == 0 {
-        let _ = client.initial_response();
+        message_sent = client.initial_response().is_some();
     }
     for challenge in rest.split(|&b| b == 0xff).take(6) {
         // Challenges arrive base64-encoded in 334 replies; fuzz both layers.
@@ -276,16 +286,35 @@ pub fn sasl(input: &[u8]) {
             Ok(t) if selector & 0x40 != 0 => auth::decode_challenge(t),
             _ => Ok(challenge.to_vec()),
         };
+        if let Ok(raw) = &decoded {
+            let _ = auth::BearerError::parse(&String::from_utf8_lossy(raw));
+        }
+        let error_challenge = mech.takes_token() && message_sent && client.server_error().is_none();
         let result = decoded.and_then(|c| client.respond(&c));
-        if let Err(e) = result {
-            assert!(!leaks(&e.to_string(), input));
-            assert!(!leaks(&format!("{e:?}"), input));
-            break;
+        match result {
+            Ok(response) if error_challenge => {
+                let expected: &[u8] = if mech == Mechanism::OAuthBearer {
+                    b"\x01"
+                } else {
+                    b""
+                };
+                assert_eq!(&response[..], expected, "the error challenge's answer");
+            }
+            Ok(_) => message_sent = true,
+            Err(e) => {
+                assert!(!leaks(&e.to_string(), input));
+                assert!(!leaks(&format!("{e:?}"), input));
+                break;
+            }
         }
     }
     if let Err(e) = client.finish() {
         assert!(!leaks(&e.to_string(), input));
     }
+    if let Some(detail) = client.server_error() {
+        assert!(!leaks(detail, input));
+    }
+    let _ = client.bearer_error();
     assert!(!format!("{client:?}").contains(FUZZ_PASSWORD));
 }
 

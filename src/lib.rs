@@ -32,6 +32,9 @@
 //!   the relay is down or the settings are wrong, and survives a restart.
 //! - [`diagnose`]: "test connection" and "send test email" reports, stage by
 //!   stage, with the likely fix for the common misconfigurations.
+//! - `oauth2` (feature `oauth2`): OAuth2 sign-in whose access tokens renew
+//!   themselves from a refresh token, for OAUTHBEARER and XOAUTH2 (Microsoft
+//!   365, Google Workspace).
 //! - `profiles` and sealed settings (feature `serde`): named settings sets in
 //!   a JSON file with encrypted passwords, followed live by the Mailer.
 //! - Trust and identity: the Mozilla roots, added roots, the operating
@@ -127,6 +130,8 @@ mod fsutil;
 mod future;
 pub mod mailer;
 pub mod message;
+#[cfg(feature = "oauth2")]
+pub mod oauth2;
 pub mod outbox;
 #[cfg(feature = "serde")]
 pub mod profiles;

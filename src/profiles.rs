@@ -452,6 +452,58 @@ impl ProfileStore {
         Ok(())
     }
 
+    /// Stores `refresh_token`, sealed, as the OAuth2 refresh token of
+    /// `profile` (feature `oauth2`): the one an
+    /// [`OAuth2Provider`](crate::oauth2::OAuth2Provider) rotated to
+    /// ([`on_refresh_token_rotated`](crate::oauth2::OAuth2Provider::on_refresh_token_rotated),
+    /// [`take_rotated_refresh_token`](crate::oauth2::OAuth2Provider::take_rotated_refresh_token)).
+    /// Nothing else of the profile changes, and the following mailers are
+    /// not reloaded: the provider that rotated the token uses it already.
+    /// Profiles loaded before are then out of date: saving them is a
+    /// [conflict](Error::is_conflict) (load them again), so the old refresh
+    /// token cannot be written back over the new one.
+    ///
+    /// # Errors
+    ///
+    /// No such profile, a profile without OAuth2 sign-in (config errors),
+    /// or the store could not be written.
+    #[cfg(feature = "oauth2")]
+    pub fn save_refresh_token(
+        &self,
+        profile: &str,
+        refresh_token: secrecy::SecretString,
+    ) -> Result<(), Error> {
+        use crate::settings::Auth;
+        // A save by someone else between the load and the write is a
+        // conflict: load again and retry, a few times.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut profiles = self.load()?;
+            let i = profiles.index(profile)?;
+            let settings = &profiles.list[i].settings;
+            let Some(source) = settings.oauth2.as_ref() else {
+                return Err(Error::config(format!(
+                    "profile {profile:?} does not use OAuth2 sign-in: there is no refresh token to store"
+                )));
+            };
+            let mut parts = source.parts();
+            parts.refresh_token = refresh_token.clone();
+            let provider = parts.provider().map_err(|errors| {
+                let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                Error::config(text.join("; "))
+            })?;
+            let mut updated = settings.clone();
+            updated.auth = Auth::Provider(provider.clone());
+            updated.oauth2 = Some(provider);
+            profiles.list[i].settings = updated;
+            match self.write(&mut profiles, &self.key) {
+                Err(e) if e.is_conflict() && attempts < 3 => continue,
+                other => return other,
+            }
+        }
+    }
+
     /// Re-seals every password with `new` (key rotation) in one save; the
     /// store then uses `new`.
     pub fn rotate_key(&mut self, new: SecretKey) -> Result<(), Error> {

@@ -179,6 +179,68 @@ async fn spans_carry_codes_and_timing_but_no_secret() {
     assert!(!text.contains("AUTH"), "no command is recorded: {text}");
 
     outbox_errors_are_events(&recorder).await;
+    #[cfg(feature = "oauth2")]
+    oauth2_renewals_are_traced_without_secrets(&recorder).await;
+}
+
+#[cfg(feature = "oauth2")]
+#[path = "support/token_endpoint.rs"]
+mod token_endpoint;
+
+/// Renewing an OAuth2 access token, and renewing it again after the SMTP
+/// server refused it, are events — with no access token, refresh token or
+/// client secret in any line.
+#[cfg(feature = "oauth2")]
+async fn oauth2_renewals_are_traced_without_secrets(recorder: &Recorder) {
+    use relaymail::oauth2::{OAuth2Client, OAuth2Provider};
+    use relaymail::testing::BearerTokens;
+
+    const REFRESH: &str = "1//Trace-Refresh-Secret";
+    const CLIENT_SECRET: &str = "Trace-Client-S3cret";
+    let tokens = BearerTokens::new();
+    let srv = TestServer::start(
+        ServerConfig::new()
+            .auth_mechanisms(&["OAUTHBEARER"])
+            .bearer_tokens(&tokens),
+    )
+    .await
+    .expect("server");
+    let endpoint = token_endpoint::TokenEndpoint::start(REFRESH, "app@example.com", &tokens).await;
+    endpoint.rotate(true);
+    let client = OAuth2Client::new(endpoint.url(), "trace-client").client_secret(CLIENT_SECRET);
+    let provider = OAuth2Provider::new(client, "app@example.com", REFRESH).expect("provider");
+    let s = SmtpSettings::builder()
+        .host("127.0.0.1")
+        .port(u32::from(srv.port()))
+        .tls(TlsMode::None)
+        .dangerous(|d| d.allow_plaintext_auth(true))
+        .sender("alerts@example.com")
+        .oauth2(std::sync::Arc::new(provider))
+        .build()
+        .expect("settings");
+    let mailer = Mailer::builder(s)
+        .max_deliveries_per_connection(1)
+        .build()
+        .expect("mailer");
+    mailer
+        .send(message("ops@example.net", "oauth2 one"))
+        .await
+        .expect("sent");
+    tokens.expire_all();
+    mailer
+        .send(message("ops@example.net", "oauth2 two"))
+        .await
+        .expect("sent after a renewal");
+    mailer.shutdown(WAIT).await;
+    assert_eq!(endpoint.requests(), 2);
+    let text = recorder.lines.lock().unwrap().join("\n");
+    assert!(text.contains("OAuth2 access token renewed"), "{text}");
+    assert!(text.contains("rotated=true"), "{text}");
+    assert!(text.contains("refused the OAuth2 access token"), "{text}");
+    assert!(text.contains("auth=OAUTHBEARER"), "{text}");
+    for secret in [REFRESH, CLIENT_SECRET, "ya29.access", "1//rotated-refresh", "1//"] {
+        assert!(!text.contains(secret), "{secret}: {text}");
+    }
 }
 
 /// The outbox deliverer's failed operations are warnings with the

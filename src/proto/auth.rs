@@ -13,7 +13,11 @@
 //! * `CRAM-MD5` (RFC 2195): challenge/response, the password is not sent.
 //! * `PLAIN` (RFC 4616) and `LOGIN` (draft-murchison-sasl-login): the password
 //!   is sent in a recoverable form and must only be used over TLS.
-//! * `XOAUTH2` (Google/Microsoft): an OAuth2 bearer token, also recoverable.
+//! * `OAUTHBEARER` (RFC 7628) and `XOAUTH2` (its Google/Microsoft
+//!   predecessor): an OAuth2 bearer token, also recoverable. When the server
+//!   refuses the token it sends an error challenge (a `334` with a JSON
+//!   object, [`BearerError`]) that the client answers (`\x01` for
+//!   OAUTHBEARER, an empty line for XOAUTH2) before the final `5yz`.
 //!
 //! Secret material (passwords, tokens, SCRAM keys and proofs, responses that
 //! carry them) is held in zeroizing buffers and dropped as soon as the
@@ -46,19 +50,24 @@ pub enum Mechanism {
     Login,
     /// `XOAUTH2`: OAuth2 bearer token (Google and Microsoft mail services).
     XOAuth2,
+    /// `OAUTHBEARER` (RFC 7628): OAuth2 bearer token, the standard form of
+    /// XOAUTH2 (Google; preferred when the server offers both).
+    OAuthBearer,
 }
 
 impl Mechanism {
     /// Every mechanism, in declaration order.
-    const ALL: [Mechanism; 5] = [
+    const ALL: [Mechanism; 6] = [
         Mechanism::ScramSha256,
         Mechanism::CramMd5,
         Mechanism::Plain,
         Mechanism::Login,
         Mechanism::XOAuth2,
+        Mechanism::OAuthBearer,
     ];
 
-    /// Wire name: "SCRAM-SHA-256", "CRAM-MD5", "PLAIN", "LOGIN", "XOAUTH2".
+    /// Wire name: "SCRAM-SHA-256", "CRAM-MD5", "PLAIN", "LOGIN", "XOAUTH2",
+    /// "OAUTHBEARER".
     pub fn name(self) -> &'static str {
         match self {
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
@@ -66,6 +75,7 @@ impl Mechanism {
             Mechanism::Plain => "PLAIN",
             Mechanism::Login => "LOGIN",
             Mechanism::XOAuth2 => "XOAUTH2",
+            Mechanism::OAuthBearer => "OAUTHBEARER",
         }
     }
 
@@ -76,18 +86,19 @@ impl Mechanism {
     }
 
     /// Whether this mechanism sends the secret in a recoverable form:
-    /// `true` for PLAIN, LOGIN and XOAUTH2 (a bearer token), `false` for
-    /// CRAM-MD5 and SCRAM-SHA-256.
+    /// `true` for PLAIN, LOGIN, XOAUTH2 and OAUTHBEARER (a bearer token),
+    /// `false` for CRAM-MD5 and SCRAM-SHA-256.
     pub fn exposes_secret(self) -> bool {
         match self {
-            Mechanism::Plain | Mechanism::Login | Mechanism::XOAuth2 => true,
+            Mechanism::Plain | Mechanism::Login | Mechanism::XOAuth2 | Mechanism::OAuthBearer => true,
             Mechanism::ScramSha256 | Mechanism::CramMd5 => false,
         }
     }
 
-    /// Which kind of credential the mechanism needs.
-    fn takes_token(self) -> bool {
-        matches!(self, Mechanism::XOAuth2)
+    /// Whether the mechanism authenticates with an OAuth2 bearer token
+    /// ([`Credential::OAuth2`]): XOAUTH2 and OAUTHBEARER.
+    pub fn takes_token(self) -> bool {
+        matches!(self, Mechanism::XOAuth2 | Mechanism::OAuthBearer)
     }
 }
 
@@ -99,7 +110,9 @@ impl fmt::Display for Mechanism {
 
 /// A SASL mechanism name relaymail does not implement.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown or unsupported AUTH mechanism: use SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN or XOAUTH2")]
+#[error(
+    "unknown or unsupported AUTH mechanism: use SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN, OAUTHBEARER or XOAUTH2"
+)]
 #[non_exhaustive]
 pub struct UnknownMechanism;
 
@@ -120,8 +133,9 @@ pub const PASSWORD_PREFERENCE: &[Mechanism] = &[
     Mechanism::Login,
 ];
 
-/// Token mechanisms, strongest first.
-pub const TOKEN_PREFERENCE: &[Mechanism] = &[Mechanism::XOAuth2];
+/// Token mechanisms, in order of preference: the standard OAUTHBEARER
+/// (RFC 7628) when the server offers it, else XOAUTH2.
+pub const TOKEN_PREFERENCE: &[Mechanism] = &[Mechanism::OAuthBearer, Mechanism::XOAuth2];
 
 /// What the client authenticates with.
 #[derive(Clone)]
@@ -134,7 +148,7 @@ pub enum Credential {
         /// The password.
         password: SecretString,
     },
-    /// User name and an OAuth2 bearer token (XOAUTH2).
+    /// User name and an OAuth2 bearer token (OAUTHBEARER or XOAUTH2).
     OAuth2 {
         /// The user name the token was issued for.
         username: String,
@@ -206,7 +220,7 @@ pub fn select<'a>(preference: &[Mechanism], offered: impl IntoIterator<Item = &'
 #[non_exhaustive]
 pub enum SaslError {
     /// The mechanism cannot be used with this kind of credential (e.g.
-    /// XOAUTH2 with a password).
+    /// XOAUTH2 or OAUTHBEARER with a password).
     #[error("{mechanism} cannot be used with a {credential} credential")]
     WrongCredential {
         /// The mechanism that was asked for.
@@ -270,7 +284,7 @@ pub enum SaslError {
     },
     /// SASLprep refused the user name or password (prohibited characters),
     /// or the credential contains a character the mechanism cannot carry
-    /// (e.g. NUL for PLAIN, `\x01` for XOAUTH2).
+    /// (e.g. NUL for PLAIN, `\x01` for XOAUTH2 and OAUTHBEARER).
     #[error("the user name or secret contains characters {mechanism} cannot carry")]
     InvalidCredentialText {
         /// The mechanism that refused the text.
@@ -295,6 +309,265 @@ impl SaslError {
                 | SaslError::MalformedServerMessage { .. }
                 | SaslError::IterationCount { .. }
         )
+    }
+}
+
+/// The error an OAuth2 server reports when it refuses a bearer token: the
+/// JSON object of the error challenge that ends a failed OAUTHBEARER
+/// (RFC 7628 §3.2.2) or XOAUTH2 exchange, e.g.
+/// `{"status":"invalid_token","scope":"https://mail.google.com/"}`.
+///
+/// Read by a small reader of the object's top-level members (no JSON
+/// library in the sans-IO core): anything but an object with a `status`
+/// gives `None`. Server text, never a secret.
+///
+/// ```
+/// use relaymail::proto::auth::BearerError;
+///
+/// let e = BearerError::parse(r#"{"status":"invalid_token","scope":"example_scope"}"#).unwrap();
+/// assert_eq!(e.status, "invalid_token");
+/// assert_eq!(e.scope.as_deref(), Some("example_scope"));
+/// assert!(e.is_invalid_token());
+/// // XOAUTH2 servers send an HTTP status code instead.
+/// assert!(BearerError::parse(r#"{"status":"401","schemes":"bearer"}"#).unwrap().is_invalid_token());
+/// assert!(!BearerError::parse(r#"{"status":"400"}"#).unwrap().is_invalid_token());
+/// assert_eq!(BearerError::parse("not json"), None);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BearerError {
+    /// The `status` member: `invalid_token`, `insufficient_scope` or
+    /// `invalid_request` (RFC 6750 §3.1, as RFC 7628 uses them), or for
+    /// XOAUTH2 an HTTP status code such as `401` or `400`. A number is
+    /// kept as its text.
+    pub status: String,
+    /// The `scope` member: the scope a token needs, when the server says.
+    pub scope: Option<String>,
+}
+
+impl BearerError {
+    /// Longest error challenge read; longer text is no error object any
+    /// server sends.
+    const MAX_LEN: usize = 16 * 1024;
+
+    /// Reads the JSON text of an error challenge. `None` unless it is a
+    /// JSON object (of at most 16 KiB) whose top-level `status` member is a
+    /// string or a number. Never panics, whatever the text.
+    pub fn parse(json: &str) -> Option<BearerError> {
+        if json.len() > Self::MAX_LEN {
+            return None;
+        }
+        let mut status = None;
+        let mut scope = None;
+        let mut reader = JsonReader {
+            text: json,
+            bytes: json.as_bytes(),
+            pos: 0,
+        };
+        reader.members(|name, value| match name {
+            "status" => status = Some(value),
+            "scope" => scope = Some(value),
+            _ => {}
+        })?;
+        Some(BearerError {
+            status: status??,
+            scope: scope.flatten(),
+        })
+    }
+
+    /// Whether the token itself was refused: it expired, was revoked, or is
+    /// unknown to the server (`invalid_token`, or XOAUTH2's `401`). A
+    /// renewed token may succeed; for any other status (a missing scope, a
+    /// malformed request) it would not.
+    pub fn is_invalid_token(&self) -> bool {
+        matches!(self.status.as_str(), "invalid_token" | "401")
+    }
+
+    /// Whether the token lacks a scope the server needs
+    /// (`insufficient_scope`, or XOAUTH2's `403`): the user must authorize
+    /// the application again with that scope.
+    pub fn is_insufficient_scope(&self) -> bool {
+        matches!(self.status.as_str(), "insufficient_scope" | "403")
+    }
+}
+
+/// Deepest nesting [`JsonReader`] follows.
+const JSON_MAX_DEPTH: usize = 32;
+
+/// A reader of just enough JSON for [`BearerError`]: the top-level members
+/// of an object whose values are strings or numbers are given to the
+/// caller, every other value is checked and skipped.
+struct JsonReader<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl JsonReader<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\r' | b'\n')) {
+            self.pos += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> bool {
+        self.whitespace();
+        let found = self.peek() == Some(byte);
+        if found {
+            self.pos += 1;
+        }
+        found
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.pos.checked_add(word.len())?;
+        (self.bytes.get(self.pos..end)? == word).then(|| self.pos = end)
+    }
+
+    /// The whole text: one object, then only whitespace. `each` gets the
+    /// name of every top-level member and its value when that is a string
+    /// or a number (else `None`).
+    fn members(&mut self, mut each: impl FnMut(&str, Option<String>)) -> Option<()> {
+        if !self.eat(b'{') {
+            return None;
+        }
+        if !self.eat(b'}') {
+            loop {
+                self.whitespace();
+                let name = self.string()?;
+                if !self.eat(b':') {
+                    return None;
+                }
+                self.whitespace();
+                let value = match self.peek()? {
+                    b'"' => Some(self.string()?),
+                    b'-' | b'0'..=b'9' => Some(self.number()?),
+                    _ => {
+                        self.skip_value(1)?;
+                        None
+                    }
+                };
+                each(&name, value);
+                if self.eat(b',') {
+                    continue;
+                }
+                if self.eat(b'}') {
+                    break;
+                }
+                return None;
+            }
+        }
+        self.whitespace();
+        (self.pos == self.bytes.len()).then_some(())
+    }
+
+    /// A string, unescaped (an unpaired surrogate becomes U+FFFD). Control
+    /// characters are tolerated inside it: the text is only ever shown
+    /// escaped.
+    fn string(&mut self) -> Option<String> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        self.pos += 1;
+        let mut out = String::new();
+        // UTF-16 units of consecutive \u escapes (surrogate pairs).
+        let mut units: Vec<u16> = Vec::new();
+        loop {
+            let byte = self.peek()?;
+            if byte == b'\\' && self.bytes.get(self.pos + 1) == Some(&b'u') {
+                let hex = self.bytes.get(self.pos + 2..self.pos + 6)?;
+                let unit = hex
+                    .iter()
+                    .try_fold(0u32, |n, &b| Some(n * 16 + char::from(b).to_digit(16)?))?;
+                units.push(u16::try_from(unit).ok()?);
+                self.pos += 6;
+                continue;
+            }
+            out.extend(char::decode_utf16(units.drain(..)).map(|c| c.unwrap_or('\u{fffd}')));
+            match byte {
+                b'"' => {
+                    self.pos += 1;
+                    return Some(out);
+                }
+                b'\\' => {
+                    let escape = *self.bytes.get(self.pos + 1)?;
+                    self.pos += 2;
+                    out.push(match escape {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        _ => return None,
+                    });
+                }
+                _ => {
+                    // One whole character: `pos` only ever stops on a
+                    // character boundary, and `get` says so if not.
+                    let c = self.text.get(self.pos..)?.chars().next()?;
+                    out.push(c);
+                    self.pos += c.len_utf8();
+                }
+            }
+        }
+    }
+
+    /// A number, as its text (`-`, digits, `.`, exponent).
+    fn number(&mut self) -> Option<String> {
+        let start = self.pos;
+        while matches!(self.peek(), Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')) {
+            self.pos += 1;
+        }
+        let text = self.text.get(start..self.pos)?;
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        digits
+            .starts_with(|c: char| c.is_ascii_digit())
+            .then(|| text.to_owned())
+    }
+
+    /// Any value, skipped (objects and arrays at most [`JSON_MAX_DEPTH`]
+    /// deep).
+    fn skip_value(&mut self, depth: usize) -> Option<()> {
+        if depth > JSON_MAX_DEPTH {
+            return None;
+        }
+        self.whitespace();
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'-' | b'0'..=b'9' => self.number().map(drop),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            open @ (b'{' | b'[') => {
+                self.pos += 1;
+                let close = if open == b'{' { b'}' } else { b']' };
+                if self.eat(close) {
+                    return Some(());
+                }
+                loop {
+                    if open == b'{' {
+                        self.whitespace();
+                        self.string()?;
+                        if !self.eat(b':') {
+                            return None;
+                        }
+                    }
+                    self.skip_value(depth + 1)?;
+                    if self.eat(b',') {
+                        continue;
+                    }
+                    return self.eat(close).then_some(());
+                }
+            }
+            _ => None,
+        }
     }
 }
 
@@ -432,8 +705,10 @@ enum State {
         /// Until the challenge has been answered.
         password: Option<Zeroizing<Vec<u8>>>,
     },
-    XOAuth2 {
-        /// `user=..\x01auth=Bearer ..\x01\x01`, until sent.
+    /// XOAUTH2 and OAUTHBEARER (the mechanism tells them apart).
+    Bearer {
+        /// `user=..\x01auth=Bearer ..\x01\x01` (XOAUTH2) or
+        /// `n,a=..,\x01auth=Bearer ..\x01\x01` (OAUTHBEARER), until sent.
         message: Option<Zeroizing<Vec<u8>>>,
         /// The server's JSON error, once received.
         server_error: Option<String>,
@@ -493,7 +768,7 @@ impl SaslClient {
     /// [`SaslError::WrongCredential`] when the mechanism does not fit the
     /// credential kind, [`SaslError::InvalidCredentialText`] when the user
     /// name or secret cannot be carried (SASLprep refusal for SCRAM, NUL for
-    /// PLAIN, `\x01` for XOAUTH2, empty SCRAM user name) and
+    /// PLAIN, `\x01` for XOAUTH2 and OAUTHBEARER, empty SCRAM user name) and
     /// [`SaslError::InvalidNonce`] for a bad SCRAM client nonce.
     pub fn new(
         mechanism: Mechanism,
@@ -526,7 +801,7 @@ impl SaslClient {
                         password: Some(Zeroizing::new(password.as_bytes().to_vec())),
                     },
                     Mechanism::ScramSha256 => State::Scram(Scram::new(username, password, client_nonce)?),
-                    Mechanism::XOAuth2 => return Err(wrong()),
+                    Mechanism::XOAuth2 | Mechanism::OAuthBearer => return Err(wrong()),
                 }
             }
             (Credential::OAuth2 { username, token }, true) => {
@@ -534,8 +809,13 @@ impl SaslClient {
                 if username.contains('\x01') || token.contains('\x01') {
                     return Err(invalid_text);
                 }
-                State::XOAuth2 {
-                    message: Some(xoauth2_message(username, token)),
+                let message = if mechanism == Mechanism::OAuthBearer {
+                    oauthbearer_message(username, token)
+                } else {
+                    xoauth2_message(username, token)
+                };
+                State::Bearer {
+                    message: Some(message),
                     server_error: None,
                 }
             }
@@ -553,13 +833,14 @@ impl SaslClient {
     /// `AUTH <mech> <initial>`.
     ///
     /// `Some` for PLAIN (`\0user\0pass`), XOAUTH2
-    /// (`user=U\x01auth=Bearer T\x01\x01`) and SCRAM (client-first
+    /// (`user=U\x01auth=Bearer T\x01\x01`), OAUTHBEARER
+    /// (`n,a=U,\x01auth=Bearer T\x01\x01`, RFC 7628 §3.1) and SCRAM (client-first
     /// `n,,n=<saslname>,r=<nonce>`); `None` for LOGIN and CRAM-MD5 (they wait
     /// for a challenge). Call once, before any [`respond`](Self::respond);
     /// later calls return `None`.
     pub fn initial_response(&mut self) -> Option<Zeroizing<Vec<u8>>> {
         match &mut self.state {
-            State::Plain { message } | State::XOAuth2 { message, .. } => message.take(),
+            State::Plain { message } | State::Bearer { message, .. } => message.take(),
             State::Login { .. } | State::CramMd5 { .. } => None,
             State::Scram(scram) => scram.client_first(),
         }
@@ -575,10 +856,13 @@ impl SaslClient {
     /// * PLAIN: if the initial response was already given, any challenge is
     ///   unexpected; otherwise the challenge (usually empty) is answered with
     ///   the PLAIN message.
-    /// * XOAUTH2: without an initial response yet, the challenge is answered
-    ///   with the XOAUTH2 message; after it, the challenge is the server's
-    ///   JSON error, answered with an empty response and kept for
-    ///   [`server_error`](Self::server_error). Anything further is unexpected.
+    /// * XOAUTH2 and OAUTHBEARER: without an initial response yet, the
+    ///   challenge is answered with the mechanism's message; after it, the
+    ///   challenge is the server's JSON error (the error challenge, RFC 7628
+    ///   §3.2.3), answered with `\x01` (OAUTHBEARER) or an empty response
+    ///   (XOAUTH2) and kept for [`server_error`](Self::server_error) and
+    ///   [`bearer_error`](Self::bearer_error). The server then ends the
+    ///   exchange with a `5yz`. Anything further is unexpected.
     /// * SCRAM-SHA-256: an empty challenge before the initial response is
     ///   answered with client-first; server-first is answered with
     ///   client-final (with the proof); server-final `v=` is verified in
@@ -621,7 +905,7 @@ impl SaslClient {
                 let password = password.take().ok_or(unexpected)?;
                 cram_md5_response(username, &password, challenge)
             }
-            State::XOAuth2 {
+            State::Bearer {
                 message,
                 server_error,
             } => {
@@ -632,7 +916,14 @@ impl SaslClient {
                     return Err(unexpected);
                 }
                 *server_error = Some(String::from_utf8_lossy(challenge).into_owned());
-                Ok(Zeroizing::new(Vec::new()))
+                // RFC 7628 §3.2.3: the client answers the error challenge
+                // with a lone %x01; XOAUTH2 with an empty response.
+                let answer = if mechanism == Mechanism::OAuthBearer {
+                    vec![0x01]
+                } else {
+                    Vec::new()
+                };
+                Ok(Zeroizing::new(answer))
             }
             State::Scram(scram) => return scram.step(challenge),
         };
@@ -671,19 +962,27 @@ impl SaslClient {
             State::Scram(_) => Err(SaslError::IncompleteExchange {
                 mechanism: self.mechanism,
             }),
-            State::Plain { .. } | State::Login { .. } | State::CramMd5 { .. } | State::XOAuth2 { .. } => {
+            State::Plain { .. } | State::Login { .. } | State::CramMd5 { .. } | State::Bearer { .. } => {
                 Ok(())
             }
         }
     }
 
-    /// XOAUTH2 only: the server's JSON error detail, if one was received
-    /// (server text, never a secret). `None` for every other mechanism.
+    /// XOAUTH2 and OAUTHBEARER only: the server's JSON error detail (the
+    /// error challenge), if one was received (server text, never a secret).
+    /// `None` for every other mechanism.
     pub fn server_error(&self) -> Option<&str> {
         match &self.state {
-            State::XOAuth2 { server_error, .. } => server_error.as_deref(),
+            State::Bearer { server_error, .. } => server_error.as_deref(),
             _ => None,
         }
+    }
+
+    /// XOAUTH2 and OAUTHBEARER only: the error challenge read as a
+    /// [`BearerError`], when one was received and is a JSON object with a
+    /// `status`.
+    pub fn bearer_error(&self) -> Option<BearerError> {
+        self.server_error().and_then(BearerError::parse)
     }
 
     /// A short, non-secret description of where the exchange is.
@@ -702,11 +1001,11 @@ impl SaslClient {
                 password: Some(_), ..
             } => "awaiting challenge",
             State::CramMd5 { .. } => "done",
-            State::XOAuth2 { message: Some(_), .. } => "initial",
-            State::XOAuth2 {
+            State::Bearer { message: Some(_), .. } => "initial",
+            State::Bearer {
                 server_error: None, ..
             } => "sent",
-            State::XOAuth2 { .. } => "error answered",
+            State::Bearer { .. } => "error answered",
             State::Scram(scram) => match scram.step {
                 ScramStep::Start { .. } => "initial",
                 ScramStep::ClientFirstSent { .. } => "client-first sent",
@@ -744,6 +1043,26 @@ fn xoauth2_message(username: &str, token: &str) -> Zeroizing<Vec<u8>> {
     message
 }
 
+/// `n,a=U,\x01auth=Bearer T\x01\x01` (RFC 7628 §3.1): the GS2 header
+/// with the user name as authorization identity (`,` and `=` escaped as
+/// `=2C` and `=3D`), then the `auth` key/value pair. No `host` and `port`
+/// pairs: they are optional, and the servers that use OAUTHBEARER for SMTP
+/// do not need them.
+fn oauthbearer_message(username: &str, token: &str) -> Zeroizing<Vec<u8>> {
+    const GS2: &[u8] = b"n,a=";
+    const AUTH: &[u8] = b",\x01auth=Bearer ";
+    const END: &[u8] = b"\x01\x01";
+    let authzid = saslname(username);
+    let len = GS2.len() + authzid.len() + AUTH.len() + token.len() + END.len();
+    let mut message = Zeroizing::new(Vec::with_capacity(len));
+    message.extend_from_slice(GS2);
+    message.extend_from_slice(authzid.as_bytes());
+    message.extend_from_slice(AUTH);
+    message.extend_from_slice(token.as_bytes());
+    message.extend_from_slice(END);
+    message
+}
+
 /// `username SP lowercase-hex(HMAC-MD5(password, challenge))` (RFC 2195).
 fn cram_md5_response(
     username: &str,
@@ -772,7 +1091,8 @@ fn is_nonce_byte(byte: u8) -> bool {
     (0x21..=0x7e).contains(&byte) && byte != b','
 }
 
-/// SCRAM `saslname`: `,` → `=2C`, `=` → `=3D` (RFC 5802 §5.1).
+/// SCRAM and GS2 `saslname`: `,` → `=2C`, `=` → `=3D` (RFC 5802 §5.1,
+/// RFC 5801 §4; OAUTHBEARER's authorization identity).
 fn saslname(username: &str) -> String {
     let mut escaped = String::with_capacity(username.len());
     for c in username.chars() {
@@ -1654,6 +1974,159 @@ mod tests {
         }
     }
 
+    fn oauthbearer_client(user: &str) -> SaslClient {
+        SaslClient::new(Mechanism::OAuthBearer, &token(user, XOAUTH2_TOKEN), "").unwrap()
+    }
+
+    #[test]
+    fn oauthbearer_initial_response() {
+        let mut client = oauthbearer_client("user@example.com");
+        let initial = client.initial_response().unwrap();
+        assert_eq!(
+            &initial[..],
+            b"n,a=user@example.com,\x01auth=Bearer ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg\x01\x01"
+        );
+        assert_eq!(
+            &encode_initial_response(&initial)[..],
+            b"bixhPXVzZXJAZXhhbXBsZS5jb20sAWF1dGg9QmVhcmVyIHlhMjkudkY5ZGZ0NHFtVGMyTnZiM1JsY2tCaGRIUmhkbWx6ZEdFdVkyOXRDZwEB"
+        );
+        assert!(client.initial_response().is_none());
+        assert_eq!(client.server_error(), None);
+        assert_eq!(client.finish(), Ok(()));
+    }
+
+    #[test]
+    fn oauthbearer_escapes_the_authorization_identity() {
+        let mut client = oauthbearer_client("a,b=c,=d@example.com");
+        let initial = client.initial_response().unwrap();
+        assert!(
+            initial.starts_with(b"n,a=a=2Cb=3Dc=2C=3Dd@example.com,\x01auth=Bearer "),
+            "{:?}",
+            String::from_utf8_lossy(&initial)
+        );
+        assert!(initial.ends_with(b"\x01\x01"));
+        // The separator cannot be carried.
+        for (user, tok) in [("some\x01user", "tok"), ("user", "to\x01k")] {
+            assert_eq!(
+                SaslClient::new(Mechanism::OAuthBearer, &token(user, tok), "").map(|_| ()),
+                Err(SaslError::InvalidCredentialText {
+                    mechanism: Mechanism::OAuthBearer
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn oauthbearer_error_challenge_is_answered_with_0x01() {
+        let json = r#"{"status":"invalid_token","scope":"example_scope","openid-configuration":"https://example.com/.well-known/openid-configuration"}"#;
+        let mut client = oauthbearer_client("user@example.com");
+        client.initial_response().unwrap();
+        let challenge = decode_challenge(&STANDARD.encode(json)).unwrap();
+        let response = client.respond(&challenge).unwrap();
+        assert_eq!(&response[..], b"\x01");
+        assert_eq!(&encode_continuation(&response)[..], b"AQ==");
+        assert_eq!(client.server_error(), Some(json));
+        let error = client.bearer_error().unwrap();
+        assert_eq!(error.status, "invalid_token");
+        assert_eq!(error.scope.as_deref(), Some("example_scope"));
+        assert!(error.is_invalid_token() && !error.is_insufficient_scope());
+        // Only one error challenge.
+        assert_eq!(
+            client.respond(&challenge),
+            Err(SaslError::UnexpectedChallenge {
+                mechanism: Mechanism::OAuthBearer
+            })
+        );
+        // Without an initial response, the first (empty) challenge asks for
+        // the message.
+        let mut client = oauthbearer_client("u");
+        assert!(client
+            .respond(b"")
+            .unwrap()
+            .starts_with(b"n,a=u,\x01auth=Bearer "));
+        assert_eq!(
+            &client.respond(b"{\"status\":\"invalid_request\"}").unwrap()[..],
+            b"\x01"
+        );
+        assert!(!client.bearer_error().unwrap().is_invalid_token());
+    }
+
+    #[test]
+    fn oauthbearer_is_preferred_to_xoauth2() {
+        assert_eq!(
+            select(TOKEN_PREFERENCE, ["XOAUTH2", "OAUTHBEARER", "PLAIN"]),
+            Some(Mechanism::OAuthBearer)
+        );
+        assert_eq!(
+            select(TOKEN_PREFERENCE, ["PLAIN", "xoauth2"]),
+            Some(Mechanism::XOAuth2)
+        );
+        assert_eq!(select(TOKEN_PREFERENCE, ["PLAIN", "LOGIN"]), None);
+        assert_eq!("oauthbearer".parse(), Ok(Mechanism::OAuthBearer));
+        assert!(Mechanism::OAuthBearer.exposes_secret() && Mechanism::OAuthBearer.takes_token());
+        assert!(!Mechanism::Plain.takes_token());
+    }
+
+    #[test]
+    fn bearer_errors_are_read_from_json() {
+        type Expected<'a> = Option<(&'a str, Option<&'a str>)>;
+        let cases: &[(&str, Expected<'_>)] = &[
+            (r#"{"status":"invalid_token"}"#, Some(("invalid_token", None))),
+            (
+                " {\n \"scope\" : \"a b\" , \"status\":\"insufficient_scope\" } \r\n",
+                Some(("insufficient_scope", Some("a b"))),
+            ),
+            (r#"{"status":401,"schemes":"bearer"}"#, Some(("401", None))),
+            (
+                r#"{"x":{"y":[1,-2.5e3,true,false,null,{"z":"}"}]},"status":"400"}"#,
+                Some(("400", None)),
+            ),
+            (
+                r#"{"status":"in\u0076alid_\"token\\\/"}"#,
+                Some(("invalid_\"token\\/", None)),
+            ),
+            (
+                r#"{"status":"\ud83d\ude00 \ud800"}"#,
+                Some(("\u{1f600} \u{fffd}", None)),
+            ),
+            (
+                r#"{"status":"caf\u00e9 \u00e9t\u00e9"}"#,
+                Some(("café été", None)),
+            ),
+            (r#"{"status":null}"#, None),
+            (r#"{"status":{"nested":"x"}}"#, None),
+            (r#"{"scope":"s"}"#, None),
+            (r#"{"status":"x""#, None),
+            (r#"{"status":"x"} trailing"#, None),
+            (r#"{"status":"x",}"#, None),
+            (r#"{"status" "x"}"#, None),
+            (r#"{"status":"\q"}"#, None),
+            (r#"{"status":"\u12"}"#, None),
+            (r#"{"status":-}"#, None),
+            (r#"{"status":tru}"#, None),
+            (r#"["status","x"]"#, None),
+            ("", None),
+            ("{", None),
+            ("401", None),
+        ];
+        for (json, expected) in cases {
+            let parsed = BearerError::parse(json);
+            let got = parsed.as_ref().map(|e| (e.status.as_str(), e.scope.as_deref()));
+            assert_eq!(got, *expected, "{json:?}");
+        }
+        // Nesting is bounded, not recursed into without end.
+        let deep = format!(
+            "{{\"a\":{}1{},\"status\":\"s\"}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(BearerError::parse(&deep), None);
+        let fine = format!("{{\"a\":{}1{},\"status\":\"s\"}}", "[".repeat(20), "]".repeat(20));
+        assert!(BearerError::parse(&fine).is_some());
+        let huge = format!("{{\"status\":\"{}\"}}", "x".repeat(20_000));
+        assert_eq!(BearerError::parse(&huge), None);
+    }
+
     #[test]
     fn server_error_is_xoauth2_only() {
         let mut client = SaslClient::new(Mechanism::Login, &password("u", "p"), "").unwrap();
@@ -1724,7 +2197,7 @@ mod tests {
         );
 
         for mechanism in Mechanism::ALL {
-            let credential = if mechanism == Mechanism::XOAuth2 {
+            let credential = if mechanism.takes_token() {
                 &credentials[1]
             } else {
                 &credentials[0]
@@ -1825,7 +2298,7 @@ mod tests {
             send_initial in any::<bool>(),
             challenges in prop::collection::vec(challenge_strategy(), 0..=4),
         ) {
-            let credential = if (mechanism == Mechanism::XOAuth2) != mismatch {
+            let credential = if mechanism.takes_token() != mismatch {
                 token("user", &secret)
             } else {
                 password("user", &secret)
@@ -1860,7 +2333,7 @@ mod tests {
             mechanism in mechanism_strategy(),
             lines in prop::collection::vec(".{0,64}", 0..=4),
         ) {
-            let credential = if mechanism == Mechanism::XOAuth2 {
+            let credential = if mechanism.takes_token() {
                 token("user", "tok")
             } else {
                 password("user", "pass")
@@ -1872,6 +2345,14 @@ mod tests {
                 }
             }
             let _ = client.finish();
+        }
+
+        #[test]
+        fn bearer_error_never_panics(text in ".{0,64}", raw in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = BearerError::parse(&text);
+            let _ = BearerError::parse(&String::from_utf8_lossy(&raw));
+            let wrapped = format!("{{\"status\":\"{text}\",\"k\":[{text}]}}");
+            let _ = BearerError::parse(&wrapped);
         }
 
         #[test]

@@ -11,7 +11,7 @@
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
-use super::auth::{Mechanism, SaslError};
+use super::auth::{BearerError, Mechanism, SaslError};
 use super::command::CommandError;
 use super::ehlo::Extension;
 use super::reply::{EscapeWriter, Reply, ReplyError};
@@ -130,8 +130,9 @@ pub enum SessionError {
         mechanism: Mechanism,
         /// The server's final reply.
         reply: Reply,
-        /// The error the server reported inside the exchange (SCRAM's
-        /// `e=`), as it sent it.
+        /// The error the server reported inside the exchange (the JSON
+        /// error challenge of XOAUTH2 and OAUTHBEARER, see
+        /// [`bearer_error`](SessionError::bearer_error)), as it sent it.
         detail: Option<String>,
     },
     /// The client side of the exchange gave up (the challenge was invalid,
@@ -342,6 +343,40 @@ impl SessionError {
             | E::Closing { reply, .. }
             | E::AuthRejected { reply, .. } => Some(reply),
             E::RecipientsRefused { reply, .. } | E::Protocol { reply, .. } => reply.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the server refused an OAuth2 bearer token as such — expired,
+    /// revoked or unknown — so that a renewed token may succeed: an
+    /// [`AuthRejected`](SessionError::AuthRejected) of XOAUTH2 or
+    /// OAUTHBEARER whose error challenge says `invalid_token` (or `401`),
+    /// or, when the server sent no error it could read, whose final reply
+    /// is `535` (the usual reply to an expired token). A token refused for
+    /// a missing scope or a malformed request is not: a new token would be
+    /// refused the same way.
+    pub fn is_token_rejected(&self) -> bool {
+        match self {
+            SessionError::AuthRejected { mechanism, reply, .. } if mechanism.takes_token() => {
+                match self.bearer_error() {
+                    Some(error) => error.is_invalid_token(),
+                    None => reply.code().value() == 535,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// The server's error challenge of a refused XOAUTH2 or OAUTHBEARER
+    /// exchange, read as a [`BearerError`] (when it is a JSON object with a
+    /// `status`).
+    pub fn bearer_error(&self) -> Option<BearerError> {
+        match self {
+            SessionError::AuthRejected {
+                mechanism,
+                detail: Some(detail),
+                ..
+            } if mechanism.takes_token() => BearerError::parse(detail),
             _ => None,
         }
     }

@@ -14,7 +14,7 @@
 //! | [`ehlo`] | EHLO capabilities |
 //! | [`command`] | command encoder that refuses unsafe arguments |
 //! | [`data`] | DATA dot-stuffing and BDAT chunking with CRLF normalisation |
-//! | [`auth`] | SASL client mechanisms (SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN, XOAUTH2) |
+//! | [`auth`] | SASL client mechanisms (SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN, OAUTHBEARER, XOAUTH2) |
 //! | [`session`] | the session state machine from greeting to QUIT |
 //! | [`SessionError`], [`Stage`] | what went wrong in a session, and where |
 //!

@@ -8,12 +8,19 @@
 //! settings with a client certificate its key:
 //! [`SealedSettings`](super::SealedSettings) carries them encrypted, or
 //! [`SettingsData::into_settings_with_secrets`] takes them.
+//!
+//! OAuth2 sign-in ([`SmtpSettingsBuilder::oauth2`], feature `oauth2`) is
+//! stored the same way: the token endpoint, client id, scopes and user name
+//! as data ([`OAuth2Data`]), the refresh token and client secret sealed
+//! (or given to [`SettingsData::into_settings_with`]).
 
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Auth, Proxy, ProxyKind, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, Timeouts, TlsMode};
+use super::{
+    Auth, OAuth2Parts, Proxy, ProxyKind, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, Timeouts, TlsMode,
+};
 use crate::proto::auth::{Credential, Mechanism};
 
 /// Timeouts in seconds.
@@ -74,6 +81,56 @@ pub struct DkimData {
     pub headers: Option<Vec<String>>,
 }
 
+/// OAuth2 sign-in as plain data: the public half. The refresh token and
+/// the client secret are stored sealed, never here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct OAuth2Data {
+    /// The token endpoint, e.g. `https://oauth2.googleapis.com/token`.
+    pub token_url: String,
+    /// The application's client id.
+    pub client_id: String,
+    /// The scopes asked for with each renewal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+impl OAuth2Data {
+    /// OAuth2 sign-in data: token endpoint, client id, scopes.
+    pub fn new(
+        token_url: impl Into<String>,
+        client_id: impl Into<String>,
+        scopes: Vec<String>,
+    ) -> OAuth2Data {
+        OAuth2Data {
+            token_url: token_url.into(),
+            client_id: client_id.into(),
+            scopes,
+        }
+    }
+}
+
+/// Every secret a stored record may need, for
+/// [`SettingsData::into_settings_with`]. Start from `StoredSecrets::default()`
+/// and set those the record has.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct StoredSecrets {
+    /// The relay's password (or OAuth2 access token, for `oauth2` data).
+    pub password: Option<SecretString>,
+    /// The proxy's password.
+    pub proxy_password: Option<SecretString>,
+    /// The client certificate's private key, PEM.
+    pub client_key_pem: Option<SecretString>,
+    /// OAuth2 sign-in's refresh token.
+    pub oauth2_refresh_token: Option<SecretString>,
+    /// OAuth2 sign-in's client secret (none for a public client).
+    pub oauth2_client_secret: Option<SecretString>,
+    /// The DKIM private key, PEM (feature `dkim`).
+    pub dkim_key_pem: Option<SecretString>,
+}
+
 /// [`SmtpSettings`] as plain data, without the password or a client key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,7 +150,9 @@ pub struct SettingsData {
     /// AUTH user name (the password is stored separately, sealed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// Whether the credential is an OAuth2 token (XOAUTH2) rather than a password.
+    /// Whether the credential is a fixed OAuth2 access token (OAUTHBEARER or
+    /// XOAUTH2) rather than a password. OAuth2 sign-in with a refresh token
+    /// is [`oauth2_client`](Self::oauth2_client).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub oauth2: bool,
     /// AUTH mechanisms allowed, by name.
@@ -160,6 +219,10 @@ pub struct SettingsData {
     /// DKIM signing (feature `dkim`); absent: messages are not signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dkim: Option<DkimData>,
+    /// OAuth2 sign-in with a refresh token (feature `oauth2`), for the user
+    /// in `username`; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_client: Option<OAuth2Data>,
 }
 
 fn pem(der: &[u8]) -> String {
@@ -176,10 +239,12 @@ fn pem(der: &[u8]) -> String {
 impl SmtpSettings {
     /// The settings as plain data, without the password or a client key.
     pub fn to_data(&self) -> SettingsData {
+        let oauth2_parts = self.oauth2.as_ref().map(|source| source.parts());
         let (username, oauth2) = match &self.auth {
             Auth::Credential(Credential::Password { username, .. }) => (Some(username.clone()), false),
             Auth::Credential(Credential::OAuth2 { username, .. }) => (Some(username.clone()), true),
-            Auth::None | Auth::Provider(_) => (None, false),
+            Auth::Provider(_) => (oauth2_parts.as_ref().map(|p| p.username.clone()), false),
+            Auth::None => (None, false),
         };
         let t = &self.timeouts;
         SettingsData {
@@ -239,6 +304,11 @@ impl SmtpSettings {
             }),
             #[cfg(not(feature = "dkim"))]
             dkim: None,
+            oauth2_client: oauth2_parts.map(|p| OAuth2Data {
+                token_url: p.token_url,
+                client_id: p.client_id,
+                scopes: p.scopes,
+            }),
         }
     }
 }
@@ -282,7 +352,12 @@ impl SettingsData {
         proxy_password: Option<SecretString>,
         client_key_pem: Option<SecretString>,
     ) -> Result<SmtpSettings, SettingsErrors> {
-        self.into_settings_with_every_secret(secret, proxy_password, client_key_pem, None)
+        self.into_settings_with(StoredSecrets {
+            password: secret,
+            proxy_password,
+            client_key_pem,
+            ..StoredSecrets::default()
+        })
     }
 
     /// [`into_settings`](Self::into_settings), with `dkim_key_pem` as the
@@ -294,17 +369,28 @@ impl SettingsData {
         secret: Option<SecretString>,
         dkim_key_pem: Option<SecretString>,
     ) -> Result<SmtpSettings, SettingsErrors> {
-        self.into_settings_with_every_secret(secret, None, None, dkim_key_pem)
+        self.into_settings_with(StoredSecrets {
+            password: secret,
+            dkim_key_pem,
+            ..StoredSecrets::default()
+        })
     }
 
-    /// Every secret a record may need, for unsealing.
-    pub(crate) fn into_settings_with_every_secret(
-        self,
-        secret: Option<SecretString>,
-        proxy_password: Option<SecretString>,
-        client_key_pem: Option<SecretString>,
-        dkim_key_pem: Option<SecretString>,
-    ) -> Result<SmtpSettings, SettingsErrors> {
+    /// [`into_settings`](Self::into_settings) with every secret a record may
+    /// need ([`StoredSecrets`]): data with OAuth2 sign-in
+    /// ([`oauth2_client`](Self::oauth2_client)) needs its refresh token
+    /// (and the client secret of a confidential client) and makes a new
+    /// `OAuth2Provider` (feature `oauth2`;
+    /// without it, an `oauth2` field error); DKIM settings need their key.
+    pub fn into_settings_with(self, secrets: StoredSecrets) -> Result<SmtpSettings, SettingsErrors> {
+        let StoredSecrets {
+            password: secret,
+            proxy_password,
+            client_key_pem,
+            oauth2_refresh_token,
+            oauth2_client_secret,
+            dkim_key_pem,
+        } = secrets;
         let mut errors = Vec::new();
         let tls = self.tls.parse::<TlsMode>().ok().unwrap_or_else(|| {
             errors.push(super::FieldError::new(
@@ -427,7 +513,55 @@ impl SettingsData {
             }
         }
         b = dkim_from_data(b, self.dkim, dkim_key_pem, &mut errors);
-        match (self.username, secret) {
+        let username = match (self.oauth2_client, self.username, oauth2_refresh_token) {
+            (Some(client), username, refresh_token) => {
+                if secret.is_some() {
+                    errors.push(super::FieldError::new(
+                        "password",
+                        "a password and OAuth2 sign-in cannot both be stored",
+                    ));
+                }
+                match (username, refresh_token) {
+                    (Some(username), Some(refresh_token)) => {
+                        let parts = OAuth2Parts {
+                            token_url: client.token_url,
+                            client_id: client.client_id,
+                            scopes: client.scopes,
+                            username,
+                            refresh_token,
+                            client_secret: oauth2_client_secret,
+                        };
+                        match parts.provider() {
+                            Ok(provider) => {
+                                b.kept_credential = None;
+                                b.auth = Auth::Provider(provider.clone());
+                                b.oauth2 = Some(provider);
+                            }
+                            Err(more) => errors.extend(more),
+                        }
+                    }
+                    (None, _) => errors.push(super::FieldError::new(
+                        "username",
+                        "OAuth2 sign-in is stored without the user name it is for",
+                    )),
+                    (Some(_), None) => errors.push(super::FieldError::new(
+                        "oauth2_refresh_token",
+                        "OAuth2 sign-in is stored but not its refresh token: settings with OAuth2 sign-in are stored sealed",
+                    )),
+                }
+                None
+            }
+            (None, username, refresh_token) => {
+                if refresh_token.is_some() || oauth2_client_secret.is_some() {
+                    errors.push(super::FieldError::new(
+                        "oauth2",
+                        "an OAuth2 refresh token or client secret is given but no OAuth2 client is stored",
+                    ));
+                }
+                username
+            }
+        };
+        match (username, secret) {
             (Some(username), Some(secret)) => {
                 b = b.credential(if self.oauth2 {
                     Credential::OAuth2 {

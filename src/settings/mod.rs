@@ -38,6 +38,7 @@ use secrecy::SecretString;
 #[cfg(feature = "serde")]
 mod data;
 mod identity;
+mod oauth2;
 mod proxy;
 mod route;
 #[cfg(feature = "serde")]
@@ -46,10 +47,11 @@ mod update;
 mod url;
 
 #[cfg(feature = "serde")]
-pub use data::{DkimData, ProxyData, SettingsData, TimeoutsData};
+pub use data::{DkimData, OAuth2Data, ProxyData, SettingsData, StoredSecrets, TimeoutsData};
 #[cfg(all(feature = "serde", feature = "dkim"))]
 pub(crate) use identity::secret_pem;
 pub use identity::ClientIdentity;
+pub(crate) use oauth2::{OAuth2Parts, OAuth2Source};
 pub(crate) use proxy::{host_port, ProxyDestination, ProxyEndpoint, ENTER_PROXY_PASSWORD_AGAIN};
 pub use proxy::{Proxy, ProxyKind, UnknownProxyKind};
 pub use route::{Relay, DEFAULT_ATTEMPT_DELAY, DEFAULT_PRIMARY_RETRY_AFTER};
@@ -215,11 +217,31 @@ impl Timeouts {
 use crate::future::BoxFuture;
 
 /// Supplies credentials when a connection is opened — for example a fresh
-/// OAuth2 access token for XOAUTH2, or credentials from a secret store
-/// ("default credentials").
+/// OAuth2 access token for OAUTHBEARER or XOAUTH2 (see `OAuth2Provider`,
+/// feature `oauth2`), or credentials from a secret store ("default
+/// credentials").
+///
+/// One provider serves every connection of a [`Mailer`](crate::Mailer):
+/// several may ask at once.
 pub trait CredentialProvider: Send + Sync + fmt::Debug {
     /// Returns the credential to authenticate the next connection with.
     fn credential(&self) -> BoxFuture<'_, Result<Credential, Error>>;
+
+    /// Called when the server refused `rejected`, a bearer token this
+    /// provider gave, as expired or invalid ([`Error::is_token_rejected`]:
+    /// a `535`, or an error challenge saying `invalid_token`).
+    ///
+    /// Return `true` when the next [`credential`](Self::credential) call
+    /// will give a renewed credential (a cached token forgotten, say):
+    /// relaymail then calls it and tries AUTH once more — on the same
+    /// connection when the server still allows it, else on a new one. A
+    /// second refusal is reported as the authentication error it is. The
+    /// default returns `false`: nothing is renewed and the refusal is
+    /// reported at once.
+    fn token_rejected(&self, rejected: &Credential) -> bool {
+        let _ = rejected;
+        false
+    }
 }
 
 /// How the client authenticates.
@@ -377,24 +399,35 @@ struct CredentialDestination {
     username: String,
     /// The proxy the connection goes through (kind, host, port), if any.
     proxy: Option<ProxyEndpoint>,
+    /// OAuth2 sign-in: the authorization server its refresh token (and
+    /// client secret) belong to, as the token endpoint URL and client id.
+    authorization: Option<(String, String)>,
 }
 
 impl CredentialDestination {
-    /// `None` without a fixed credential (nothing stored to protect).
+    /// `None` without a fixed credential or OAuth2 sign-in (nothing stored
+    /// to protect).
     fn new(
         server: ServerDestination,
         allow_plaintext_auth: bool,
         auth: &Auth,
+        oauth2: Option<&OAuth2Source>,
         proxy: Option<&Proxy>,
     ) -> Option<CredentialDestination> {
-        let Auth::Credential(credential) = auth else {
-            return None;
+        let (username, authorization) = match (auth, oauth2) {
+            (Auth::Provider(_), Some(source)) => {
+                let parts = source.parts();
+                (parts.username, Some((parts.token_url, parts.client_id)))
+            }
+            (Auth::Credential(credential), _) => (credential.username().to_owned(), None),
+            _ => return None,
         };
         Some(CredentialDestination {
             server,
             allow_plaintext_auth,
-            username: credential.username().to_owned(),
+            username,
             proxy: proxy.map(Proxy::endpoint),
+            authorization,
         })
     }
 }
@@ -402,6 +435,12 @@ impl CredentialDestination {
 /// The `password` field error when a kept password would go to changed
 /// server settings.
 pub(crate) const ENTER_PASSWORD_AGAIN: &str = "enter the password again: the server settings changed";
+
+/// The `oauth2_refresh_token` field error when a kept refresh token would
+/// give access tokens to changed server settings, or be sent to another
+/// authorization server.
+pub(crate) const SIGN_IN_AGAIN: &str =
+    "sign in again: the server settings or the authorization server (token endpoint, client id) changed";
 
 /// The `client_key` field error when a kept client key would be used with
 /// changed server settings.
@@ -418,6 +457,8 @@ pub struct SmtpSettings {
     pub(crate) tls_options: TlsOptions,
     pub(crate) sender: Sender,
     pub(crate) auth: Auth,
+    /// With OAuth2 sign-in: the same provider as `auth`, for storing.
+    pub(crate) oauth2: Option<Arc<OAuth2Source>>,
     pub(crate) auth_mechanisms: Option<Vec<Mechanism>>,
     pub(crate) allow_plaintext_auth: bool,
     pub(crate) helo_name: Option<String>,
@@ -524,11 +565,19 @@ impl SmtpSettings {
         self.dkim.as_ref()
     }
 
+    /// The provider of OAuth2 sign-in ([`SmtpSettingsBuilder::oauth2`]),
+    /// if the settings use it: its rotated refresh token, its counters.
+    #[cfg(feature = "oauth2")]
+    pub fn oauth2_provider(&self) -> Option<&Arc<crate::oauth2::OAuth2Provider>> {
+        self.oauth2.as_ref()
+    }
+
     fn credential_destination(&self) -> Option<CredentialDestination> {
         CredentialDestination::new(
             self.server_destination(),
             self.allow_plaintext_auth,
             &self.auth,
+            self.oauth2.as_deref(),
             self.proxy.as_ref(),
         )
     }
@@ -582,6 +631,7 @@ impl SmtpSettings {
             sender: Some(self.sender.address.to_string()),
             sender_name: self.sender.name.clone(),
             auth: self.auth.clone(),
+            oauth2: self.oauth2.clone(),
             auth_mechanisms: self.auth_mechanisms.clone(),
             allow_plaintext_auth: self.allow_plaintext_auth,
             helo_name: self.helo_name.clone(),
@@ -615,6 +665,8 @@ impl FieldError {
     /// The field: `host`, `port`, `sender`, `sender_name`, `username`,
     /// `password`, `helo_name`, `extra_roots`, `system_roots`,
     /// `client_certificate`, `client_key`, `timeouts`, `auth_mechanisms`,
+    /// for OAuth2 sign-in `oauth2`, `oauth2_token_url`, `oauth2_client_id`,
+    /// `oauth2_scopes`, `oauth2_refresh_token`, `oauth2_client_secret`,
     /// `backup_relays`, `primary_retry_after`, `source_address`,
     /// `connect_attempt_delay`, for a [`Proxy`] `proxy`, `proxy_host`,
     /// `proxy_port`, `proxy_username`, `proxy_password` (see the [`Proxy`]
@@ -740,6 +792,7 @@ pub struct SmtpSettingsBuilder {
     sender: Option<String>,
     sender_name: Option<String>,
     auth: Auth,
+    oauth2: Option<Arc<OAuth2Source>>,
     auth_mechanisms: Option<Vec<Mechanism>>,
     allow_plaintext_auth: bool,
     helo_name: Option<String>,
@@ -780,6 +833,7 @@ impl Default for SmtpSettingsBuilder {
             sender: None,
             sender_name: None,
             auth: Auth::None,
+            oauth2: None,
             auth_mechanisms: None,
             allow_plaintext_auth: false,
             helo_name: None,
@@ -978,6 +1032,7 @@ impl SmtpSettingsBuilder {
     /// User name and password for AUTH.
     pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
         self.kept_credential = None;
+        self.oauth2 = None;
         self.auth = Auth::Credential(Credential::Password {
             username: username.into(),
             password: SecretString::from(password.into()),
@@ -985,9 +1040,12 @@ impl SmtpSettingsBuilder {
         self
     }
 
-    /// User name and an OAuth2 access token for XOAUTH2.
+    /// User name and a fixed OAuth2 access token for OAUTHBEARER or XOAUTH2
+    /// (see `oauth2`, feature `oauth2`, for tokens that
+    /// renew themselves).
     pub fn oauth2_token(mut self, username: impl Into<String>, token: impl Into<String>) -> Self {
         self.kept_credential = None;
+        self.oauth2 = None;
         self.auth = Auth::Credential(Credential::OAuth2 {
             username: username.into(),
             token: SecretString::from(token.into()),
@@ -998,6 +1056,7 @@ impl SmtpSettingsBuilder {
     /// A credential, e.g. with a password already in a [`SecretString`].
     pub fn credential(mut self, credential: Credential) -> Self {
         self.kept_credential = None;
+        self.oauth2 = None;
         self.auth = Auth::Credential(credential);
         self
     }
@@ -1005,20 +1064,43 @@ impl SmtpSettingsBuilder {
     /// Credentials fetched from a provider for every new connection.
     pub fn credential_provider(mut self, provider: Arc<dyn CredentialProvider>) -> Self {
         self.kept_credential = None;
+        self.oauth2 = None;
         self.auth = Auth::Provider(provider);
+        self
+    }
+
+    /// OAuth2 sign-in with access tokens that renew themselves (feature
+    /// `oauth2`): `provider` renews them from a refresh token, for every
+    /// connection (OAUTHBEARER when the server offers it, else XOAUTH2).
+    /// Unlike another [`credential_provider`](Self::credential_provider),
+    /// its configuration can be stored: [`to_data`](SmtpSettings::to_data)
+    /// keeps the token endpoint, client id, scopes and user name, and
+    /// [`seal`](SmtpSettings::seal) the refresh token and client secret
+    /// (feature `serde`).
+    ///
+    /// Like a password, the refresh token is kept by
+    /// [`to_builder`](SmtpSettings::to_builder) only while the server
+    /// settings stay the same (else an `oauth2_refresh_token` field error:
+    /// sign in again).
+    #[cfg(feature = "oauth2")]
+    pub fn oauth2(mut self, provider: Arc<crate::oauth2::OAuth2Provider>) -> Self {
+        self.kept_credential = None;
+        self.auth = Auth::Provider(provider.clone());
+        self.oauth2 = Some(provider);
         self
     }
 
     /// No authentication (the default).
     pub fn no_auth(mut self) -> Self {
         self.kept_credential = None;
+        self.oauth2 = None;
         self.auth = Auth::None;
         self
     }
 
     /// Restricts AUTH to these mechanisms, in this order of preference.
-    /// Default: SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN for passwords; XOAUTH2
-    /// for tokens.
+    /// Default: SCRAM-SHA-256, CRAM-MD5, PLAIN, LOGIN for passwords;
+    /// OAUTHBEARER, then XOAUTH2, for tokens.
     pub fn auth_mechanisms(mut self, mechanisms: &[Mechanism]) -> Self {
         self.auth_mechanisms = Some(mechanisms.to_vec());
         self
@@ -1229,10 +1311,15 @@ impl SmtpSettingsBuilder {
                 ServerDestination::new(&host, port, self.tls, &tls_options, &route.backups),
                 self.allow_plaintext_auth,
                 &self.auth,
+                self.oauth2.as_deref(),
                 proxy.as_ref(),
             );
             if now.as_ref() != Some(kept) {
-                errors.push(FieldError::new("password", ENTER_PASSWORD_AGAIN));
+                errors.push(if kept.authorization.is_some() {
+                    FieldError::new("oauth2_refresh_token", SIGN_IN_AGAIN)
+                } else {
+                    FieldError::new("password", ENTER_PASSWORD_AGAIN)
+                });
             }
         }
         if let Some(kept) = &self.kept_client_key {
@@ -1270,6 +1357,7 @@ impl SmtpSettingsBuilder {
                 name: self.sender_name.filter(|n| !n.trim().is_empty()),
             },
             auth: self.auth,
+            oauth2: self.oauth2,
             auth_mechanisms: self.auth_mechanisms,
             allow_plaintext_auth: self.allow_plaintext_auth,
             helo_name: self.helo_name.map(|n| n.trim().to_owned()),

@@ -13,7 +13,10 @@
 //! ([`SealedSettings::proxy_password`]) are sealed the same way, bound to
 //! the same data under a label of their own, so that no sealed secret
 //! opens in another's place. A DKIM private key ([`SealedSettings::dkim_key`],
-//! feature `dkim`) too. The proxy's settings, like every field added
+//! feature `dkim`) too, and OAuth2 sign-in's refresh token and client
+//! secret ([`SealedSettings::oauth2_refresh_token`],
+//! [`SealedSettings::oauth2_client_secret`]), each under its own label.
+//! The proxy's settings, like every field added
 //! after version 2 shipped, are bound only when set, so records sealed
 //! before they existed open unchanged.
 //!
@@ -33,7 +36,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::data::{DkimData, ProxyData, SettingsData, TimeoutsData};
+use super::data::{DkimData, OAuth2Data, ProxyData, SettingsData, StoredSecrets, TimeoutsData};
 use super::{Auth, SmtpSettings};
 use crate::error::{Error, Kind};
 use crate::proto::auth::Credential;
@@ -241,6 +244,14 @@ pub struct SealedSettings {
     /// without DKIM signing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dkim_key: Option<SealedSecret>,
+    /// OAuth2 sign-in's refresh token, sealed (always version 2); absent
+    /// without OAuth2 sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_refresh_token: Option<SealedSecret>,
+    /// OAuth2 sign-in's client secret, sealed (always version 2); absent
+    /// for a public client or without OAuth2 sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_client_secret: Option<SealedSecret>,
 }
 
 /// Which secret of a record a seal holds: each has associated data of its
@@ -255,6 +266,10 @@ enum Purpose {
     ClientKey,
     /// The DKIM private key (PEM).
     DkimKey,
+    /// OAuth2 sign-in's refresh token.
+    OAuth2RefreshToken,
+    /// OAuth2 sign-in's client secret.
+    OAuth2ClientSecret,
 }
 
 /// Version 1 associated data (still read, never written).
@@ -353,6 +368,7 @@ fn bound_aad_for(purpose: Purpose, profile: &str, settings: &SettingsData) -> Ve
         connect_attempt_delay,
         proxy,
         dkim,
+        oauth2_client,
     } = settings;
     let TimeoutsData {
         connect,
@@ -367,6 +383,8 @@ fn bound_aad_for(purpose: Purpose, profile: &str, settings: &SettingsData) -> Ve
         Purpose::Proxy => b"relaymail sealed proxy password v2\0".to_vec(),
         Purpose::ClientKey => b"relaymail sealed client key v2\0".to_vec(),
         Purpose::DkimKey => b"relaymail sealed dkim key v2\0".to_vec(),
+        Purpose::OAuth2RefreshToken => b"relaymail sealed oauth2 refresh token v2\0".to_vec(),
+        Purpose::OAuth2ClientSecret => b"relaymail sealed oauth2 client secret v2\0".to_vec(),
     });
     c.text("profile", profile);
     c.text("host", host);
@@ -446,6 +464,18 @@ fn bound_aad_for(purpose: Purpose, profile: &str, settings: &SettingsData) -> Ve
         c.text("dkim.canonicalization", canonicalization);
         c.list("dkim.headers", headers.as_deref());
     }
+    // OAuth2 sign-in, bound the same way: every secret of the record is
+    // bound to the authorization server its refresh token belongs to.
+    if let Some(OAuth2Data {
+        token_url,
+        client_id,
+        scopes,
+    }) = oauth2_client
+    {
+        c.text("oauth2.token_url", token_url);
+        c.text("oauth2.client_id", client_id);
+        c.list("oauth2.scopes", Some(scopes));
+    }
     c.0
 }
 
@@ -465,10 +495,12 @@ impl SmtpSettings {
     /// Settings whose credentials come from a
     /// [`CredentialProvider`](super::CredentialProvider) cannot be sealed.
     pub fn seal(&self, key: &SecretKey, profile: &str) -> Result<SealedSettings, Error> {
+        let oauth2 = self.oauth2.as_ref().map(|source| source.parts());
         let secret = match &self.auth {
             Auth::None => None,
             Auth::Credential(Credential::Password { password, .. }) => Some(password.expose_secret()),
             Auth::Credential(Credential::OAuth2 { token, .. }) => Some(token.expose_secret()),
+            Auth::Provider(_) if oauth2.is_some() => None,
             Auth::Provider(_) => {
                 return Err(key_error(
                     "settings with a credential provider cannot be stored: store the provider's own configuration",
@@ -520,12 +552,36 @@ impl SmtpSettings {
         };
         #[cfg(not(feature = "dkim"))]
         let dkim_key = None;
+        let (oauth2_refresh_token, oauth2_client_secret) = match &oauth2 {
+            None => (None, None),
+            Some(parts) => (
+                // The refresh token in use now: the last one rotated to.
+                Some(seal_secret(
+                    key,
+                    parts.refresh_token.expose_secret().as_bytes(),
+                    bound_aad_for(Purpose::OAuth2RefreshToken, profile, &settings),
+                )?),
+                parts
+                    .client_secret
+                    .as_ref()
+                    .map(|secret| {
+                        seal_secret(
+                            key,
+                            secret.expose_secret().as_bytes(),
+                            bound_aad_for(Purpose::OAuth2ClientSecret, profile, &settings),
+                        )
+                    })
+                    .transpose()?,
+            ),
+        };
         Ok(SealedSettings {
             settings,
             password,
             proxy_password,
             client_key,
             dkim_key,
+            oauth2_refresh_token,
+            oauth2_client_secret,
         })
     }
 }
@@ -608,6 +664,17 @@ impl SealedSettings {
             out.push(3);
             secret(out, k);
         }
+        // OAuth2 sign-in's secrets, added later still: each present only
+        // when set, behind a marker of its own (nonzero like the one
+        // above, so that none can start what follows a record).
+        if let Some(t) = &self.oauth2_refresh_token {
+            out.push(0x10);
+            secret(out, t);
+        }
+        if let Some(c) = &self.oauth2_client_secret {
+            out.push(0x11);
+            secret(out, c);
+        }
     }
 
     /// Whether a password was sealed under another key than `key` (its
@@ -618,6 +685,8 @@ impl SealedSettings {
             &self.proxy_password,
             &self.client_key,
             &self.dkim_key,
+            &self.oauth2_refresh_token,
+            &self.oauth2_client_secret,
         ]
         .into_iter()
         .flatten()
@@ -655,9 +724,25 @@ impl SealedSettings {
             None => None,
             Some(sealed) => Some(self.open(sealed, key, profile, Purpose::DkimKey)?),
         };
+        let oauth2_refresh_token = match &self.oauth2_refresh_token {
+            None => None,
+            Some(sealed) => Some(self.open(sealed, key, profile, Purpose::OAuth2RefreshToken)?),
+        };
+        let oauth2_client_secret = match &self.oauth2_client_secret {
+            None => None,
+            Some(sealed) => Some(self.open(sealed, key, profile, Purpose::OAuth2ClientSecret)?),
+        };
+        let secrets = StoredSecrets {
+            password: secret,
+            proxy_password: proxy_secret,
+            client_key_pem: client_key,
+            oauth2_refresh_token,
+            oauth2_client_secret,
+            dkim_key_pem: dkim_key,
+        };
         self.settings
             .clone()
-            .into_settings_with_every_secret(secret, proxy_secret, client_key, dkim_key)
+            .into_settings_with(secrets)
             .map_err(Error::from)
     }
 

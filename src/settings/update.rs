@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Auth, FieldError, Proxy, ProxyKind, SettingsErrors, SmtpSettings, TlsMode};
+use super::{Auth, FieldError, OAuth2Parts, Proxy, ProxyKind, SettingsErrors, SmtpSettings, TlsMode};
 use crate::proto::auth::Credential;
 
 /// What happens to the stored password.
@@ -153,6 +153,25 @@ pub struct SettingsUpdate {
     /// The DKIM private key (feature `dkim`).
     #[cfg(feature = "dkim")]
     pub dkim_key: DkimKeyChange,
+    /// OAuth2 sign-in's token endpoint URL (feature `oauth2`).
+    pub oauth2_token_url: Option<String>,
+    /// OAuth2 sign-in's client id.
+    pub oauth2_client_id: Option<String>,
+    /// OAuth2 sign-in's scopes (replaces the list).
+    pub oauth2_scopes: Option<Vec<String>>,
+    /// OAuth2 sign-in's refresh token: [`Set`](PasswordChange::Set) after
+    /// the user signed in (switches to OAuth2 sign-in, replacing a
+    /// password), [`Clear`](PasswordChange::Clear) to stop using OAuth2
+    /// sign-in, [`Keep`](PasswordChange::Keep) (the default) to keep the
+    /// stored one — only while the token endpoint URL, the client id and
+    /// the server settings stay the same (else an `oauth2_refresh_token`
+    /// field error: sign in again). The user name is
+    /// [`username`](Self::username).
+    pub oauth2_refresh_token: PasswordChange,
+    /// OAuth2 sign-in's client secret (none: a public client): kept only
+    /// while the token endpoint URL and the client id stay the same (else an
+    /// `oauth2_client_secret` field error).
+    pub oauth2_client_secret: PasswordChange,
 }
 
 impl SettingsUpdate {
@@ -207,20 +226,140 @@ impl SmtpSettings {
             Some(None) => b.sender_name = None,
             None => {}
         }
+        let stored_oauth2 = self.oauth2.as_ref().map(|source| source.parts());
+        let oauth2 = match &update.oauth2_refresh_token {
+            PasswordChange::Set(_) => true,
+            PasswordChange::Clear => false,
+            PasswordChange::Keep => {
+                stored_oauth2.is_some() && !matches!(update.password, PasswordChange::Set(_))
+            }
+        };
+        if oauth2 {
+            if matches!(update.password, PasswordChange::Set(_)) {
+                errors.push(FieldError::new(
+                    "password",
+                    "choose a password or OAuth2 sign-in, not both",
+                ));
+            }
+            let stored = stored_oauth2.as_ref();
+            let token_url = update
+                .oauth2_token_url
+                .clone()
+                .or_else(|| stored.map(|p| p.token_url.clone()))
+                .unwrap_or_default();
+            let client_id = update
+                .oauth2_client_id
+                .clone()
+                .or_else(|| stored.map(|p| p.client_id.clone()))
+                .unwrap_or_default();
+            // The authorization server the stored secrets belong to.
+            let same_server = stored.is_some_and(|p| {
+                p.token_url.trim() == token_url.trim() && p.client_id.trim() == client_id.trim()
+            });
+            let mut parts_ok = true;
+            let keep_token = matches!(update.oauth2_refresh_token, PasswordChange::Keep);
+            let refresh_token = match update.oauth2_refresh_token {
+                PasswordChange::Set(token) => Some(token),
+                _ if same_server => stored.map(|p| p.refresh_token.clone()),
+                _ => {
+                    errors.push(FieldError::new(
+                        "oauth2_refresh_token",
+                        if stored.is_some() {
+                            super::SIGN_IN_AGAIN
+                        } else {
+                            "no refresh token is stored: sign in"
+                        },
+                    ));
+                    None
+                }
+            };
+            let client_secret = match update.oauth2_client_secret {
+                PasswordChange::Set(secret) => Some(secret),
+                PasswordChange::Clear => None,
+                PasswordChange::Keep => match stored.and_then(|p| p.client_secret.clone()) {
+                    Some(_) if !same_server => {
+                        parts_ok = false;
+                        errors.push(FieldError::new(
+                            "oauth2_client_secret",
+                            "enter the client secret again: the token endpoint or client id changed",
+                        ));
+                        None
+                    }
+                    kept => kept,
+                },
+            };
+            // The user name given, else the stored one (of OAuth2 sign-in,
+            // or of the password it replaces).
+            let username = update
+                .username
+                .clone()
+                .or_else(|| stored.map(|p| p.username.clone()))
+                .or_else(|| match &self.auth {
+                    Auth::Credential(c) => Some(c.username().to_owned()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            if let (Some(refresh_token), true) = (refresh_token, parts_ok) {
+                let parts = OAuth2Parts {
+                    token_url,
+                    client_id,
+                    scopes: update
+                        .oauth2_scopes
+                        .clone()
+                        .or_else(|| stored.map(|p| p.scopes.clone()))
+                        .unwrap_or_default(),
+                    username,
+                    refresh_token,
+                    client_secret,
+                };
+                match parts.provider() {
+                    Ok(provider) => {
+                        // A kept refresh token stays marked as kept: build()
+                        // refuses it when the server settings changed.
+                        let kept = std::mem::take(&mut b.kept_credential);
+                        b.auth = Auth::Provider(provider.clone());
+                        b.oauth2 = Some(provider);
+                        if same_server && keep_token {
+                            b.kept_credential = kept;
+                        }
+                    }
+                    Err(more) => {
+                        errors.extend(more);
+                        b.kept_credential = None;
+                    }
+                }
+            } else {
+                b.kept_credential = None;
+            }
+        }
         let stored = match &self.auth {
             Auth::Credential(Credential::Password { username, password }) => {
                 Some((username.clone(), password.clone()))
             }
             _ => None,
         };
-        match (update.password, update.username) {
+        if !oauth2 && stored_oauth2.is_some() {
+            // Leaving OAuth2 sign-in: a password given now replaces it.
+            b = b.no_auth();
+        }
+        let stored_user = stored_oauth2.as_ref().map(|p| p.username.clone());
+        let password_change = if oauth2 {
+            PasswordChange::Keep
+        } else {
+            update.password
+        };
+        let username_change = if oauth2 { None } else { update.username };
+        match (password_change, username_change) {
             (PasswordChange::Clear, Some(user)) if !user.trim().is_empty() => errors.push(FieldError::new(
                 "password",
                 "a user name needs a password: set one, or clear the user name too",
             )),
             (PasswordChange::Clear, _) => b = b.no_auth(),
             (PasswordChange::Set(password), user) => {
-                match user.or_else(|| stored.as_ref().map(|s| s.0.clone())) {
+                match user
+                    .or_else(|| stored.as_ref().map(|s| s.0.clone()))
+                    .or(stored_user)
+                {
                     Some(user) => {
                         b = b.credential(Credential::Password {
                             username: user,

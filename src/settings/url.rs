@@ -35,6 +35,15 @@
 //! refused the same way, and the URL of settings that sign is written
 //! without their DKIM settings.
 //!
+//! OAuth2 has no place in a URL either: neither an access token, nor a
+//! refresh token, nor the client secret, nor the public half of OAuth2
+//! sign-in (token endpoint, client id), which is of no use without them.
+//! Parameters that try (`oauth2`, `refresh_token`, `access_token`,
+//! `token`, `client_secret`, `client_id`, `token_url`) are refused with a
+//! `url` field error that does not repeat them; settings with OAuth2
+//! sign-in are written without any credentials (the URL reads back without
+//! AUTH).
+//!
 //! `proxy=` names a [`Proxy`](super::Proxy) (feature `proxy`):
 //!
 //! ```text
@@ -314,6 +323,11 @@ impl SmtpSettingsBuilder {
                 k if k == "dkim" || k.starts_with("dkim_") || k.starts_with("dkim-") => errors.push(FieldError::new(
                     "url",
                     "DKIM signing is not set in a URL: its private key does not belong in one (URLs end up in logs and shell history); set it with SmtpSettingsBuilder::dkim, or store the settings sealed",
+                )),
+                "oauth2" | "refresh_token" | "access_token" | "token" | "client_secret" | "client_id"
+                | "token_url" => errors.push(FieldError::new(
+                    "url",
+                    "OAuth2 sign-in does not belong in a URL (its tokens and client secret are secrets, and URLs end up in logs and shell history): set it with SmtpSettingsBuilder::oauth2, or store the settings sealed",
                 )),
                 "proxy" => match proxy_from_url(&value) {
                     Ok(proxy) => b = b.proxy(proxy),

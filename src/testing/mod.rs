@@ -6,7 +6,10 @@
 //! signed by a CA generated for this server ([`TestServer::ca_pem`]),
 //! client certificates issued by that CA when required
 //! ([`ServerConfig::require_client_cert`], [`TestServer::client_identity_pem`]),
-//! SMTP AUTH (PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256, XOAUTH2), DATA and BDAT.
+//! SMTP AUTH (PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256, XOAUTH2, OAUTHBEARER),
+//! DATA and BDAT. OAuth2 bearer tokens can be checked against a set the test
+//! changes while the server runs ([`BearerTokens`]: expire a token mid-run),
+//! and a refused token gets the error challenge real servers send.
 //!
 //! Tests observe what happened through records and events:
 //!
@@ -50,6 +53,7 @@
 //! The server stops when the [`TestServer`] is dropped: the accept task and
 //! every session task are aborted and their connections closed.
 
+mod bearer;
 mod conformance;
 mod conn;
 pub mod proxy;
@@ -61,6 +65,7 @@ mod tls;
 #[cfg(test)]
 mod tests;
 
+pub use bearer::BearerTokens;
 pub use conformance::{check_outbox, ConformanceFailure, CHECKS};
 pub use proxy::{ProxyAuth, ProxyConfig, ProxyRequest, TestProxy};
 
@@ -79,7 +84,14 @@ use shared::Shared;
 const DEFAULT_GREETING: &str = "220 relaymail-test ESMTP";
 
 /// A mechanism the server implements (names as on the wire).
-const SUPPORTED_MECHANISMS: [&str; 5] = ["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256", "XOAUTH2"];
+const SUPPORTED_MECHANISMS: [&str; 6] = [
+    "PLAIN",
+    "LOGIN",
+    "CRAM-MD5",
+    "SCRAM-SHA-256",
+    "XOAUTH2",
+    "OAUTHBEARER",
+];
 
 /// How a [`TestServer`] behaves. Start from [`ServerConfig::new`] and chain
 /// the builder methods.
@@ -99,6 +111,7 @@ pub struct ServerConfig {
     pub(crate) implicit_tls: bool,
     pub(crate) auth_mechanisms: Vec<String>,
     pub(crate) users: Vec<User>,
+    pub(crate) bearer_tokens: Option<BearerTokens>,
     pub(crate) auth_after_tls_only: bool,
     pub(crate) require_auth: bool,
     pub(crate) cert_names: Vec<String>,
@@ -144,6 +157,7 @@ impl ServerConfig {
             implicit_tls: false,
             auth_mechanisms: Vec::new(),
             users: Vec::new(),
+            bearer_tokens: None,
             auth_after_tls_only: false,
             require_auth: false,
             cert_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
@@ -232,21 +246,40 @@ impl ServerConfig {
     }
 
     /// The mechanisms offered on the EHLO `AUTH` line, in this order.
-    /// Implemented: `PLAIN`, `LOGIN`, `CRAM-MD5`, `SCRAM-SHA-256`, `XOAUTH2`;
-    /// other names are advertised but answered with `504`. Default: none (no
-    /// AUTH offered).
+    /// Implemented: `PLAIN`, `LOGIN`, `CRAM-MD5`, `SCRAM-SHA-256`, `XOAUTH2`,
+    /// `OAUTHBEARER`; other names are advertised but answered with `504`.
+    /// Default: none (no AUTH offered).
+    ///
+    /// A bearer token XOAUTH2 or OAUTHBEARER does not accept gets the error
+    /// challenge: a `334` with a JSON error (`{"status":"401",…}` for
+    /// XOAUTH2, `{"status":"invalid_token",…}` for OAUTHBEARER); the client's
+    /// answer (an empty line, or `AQ==`, the base64 of `\x01`) is recorded as
+    /// sent, and the exchange ends with `535 5.7.8`.
     pub fn auth_mechanisms(mut self, mechs: &[&str]) -> Self {
         self.auth_mechanisms = mechs.iter().map(|m| m.to_ascii_uppercase()).collect();
         self
     }
 
     /// Accept these credentials; call several times for several users. The
-    /// secret is the password, or the bearer token for XOAUTH2.
+    /// secret is the password, or the bearer token for XOAUTH2 and
+    /// OAUTHBEARER (unless [`bearer_tokens`](Self::bearer_tokens) decides
+    /// those).
     pub fn user(mut self, username: &str, secret: &str) -> Self {
         self.users.push(User {
             name: username.to_owned(),
             secret: SecretString::from(secret),
         });
+        self
+    }
+
+    /// Check the bearer tokens of XOAUTH2 and OAUTHBEARER against `tokens`
+    /// instead of the [`user`](Self::user) secrets: a token is accepted only
+    /// while it is in the set, for its user. The test keeps a clone and
+    /// changes the set while the server runs (a token that
+    /// [expires](BearerTokens::expire) between two connections is refused
+    /// on the next AUTH).
+    pub fn bearer_tokens(mut self, tokens: &BearerTokens) -> Self {
+        self.bearer_tokens = Some(tokens.clone());
         self
     }
 
@@ -546,7 +579,10 @@ pub struct SessionRecord {
 #[non_exhaustive]
 pub struct CommandRecord {
     /// The line without CRLF. AUTH lines are recorded as `AUTH <MECH>` only,
-    /// SASL continuation lines as `[auth data]`: never a secret.
+    /// SASL continuation lines as `[auth data]`: never a secret. The one
+    /// exception carries none: the answer to the error challenge of XOAUTH2
+    /// or OAUTHBEARER is recorded as sent when it is the expected one (an
+    /// empty line, or `AQ==` for `\x01`).
     pub line: String,
     /// Which read of this session (0-based) completed the line: commands the
     /// client sent in one write normally share a batch.

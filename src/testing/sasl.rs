@@ -16,8 +16,16 @@ use super::User;
 /// SCRAM iteration count.
 const SCRAM_ITERATIONS: u32 = 4096;
 
-/// The `334` text of an XOAUTH2 failure (before base64).
+/// The `334` text of an XOAUTH2 failure (before base64), as Google sends it.
 const XOAUTH2_ERROR: &str = r#"{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}"#;
+
+/// The `334` text of an OAUTHBEARER failure (RFC 7628 §3.2.2).
+const OAUTHBEARER_ERROR: &str =
+    r#"{"status":"invalid_token","scope":"https://mail.google.com/","schemes":"bearer"}"#;
+
+/// Reply when the client answered the error challenge with something else
+/// than the mechanism's acknowledgement.
+const BAD_ERROR_ANSWER: &str = "501 5.5.2 Malformed answer to the error challenge";
 
 /// Reply when the credentials are wrong.
 pub(super) const INVALID: &str = "535 5.7.8 Authentication credentials invalid";
@@ -40,13 +48,25 @@ pub(super) struct Exchange {
 enum State {
     Plain,
     LoginUser,
-    LoginPassword { username: String },
-    CramMd5 { challenge: String },
-    XOAuth2,
-    XOAuth2Failed,
+    LoginPassword {
+        username: String,
+    },
+    CramMd5 {
+        challenge: String,
+    },
+    /// XOAUTH2 (`oauthbearer` false) or OAUTHBEARER, waiting for the message.
+    Bearer {
+        oauthbearer: bool,
+    },
+    /// The error challenge was sent: waiting for the client's answer.
+    BearerFailed {
+        oauthbearer: bool,
+    },
     ScramFirst,
     ScramFinal(Box<ScramPending>),
-    ScramVerified { username: String },
+    ScramVerified {
+        username: String,
+    },
     Done,
 }
 
@@ -91,7 +111,8 @@ impl Exchange {
                     step,
                 ));
             }
-            "XOAUTH2" => State::XOAuth2,
+            "XOAUTH2" => State::Bearer { oauthbearer: false },
+            "OAUTHBEARER" => State::Bearer { oauthbearer: true },
             "SCRAM-SHA-256" => State::ScramFirst,
             _ => return None,
         };
@@ -125,14 +146,32 @@ impl Exchange {
                 _ => Step::Failure(INVALID),
             },
             State::CramMd5 { challenge } => cram_md5(response, &challenge, users),
-            State::XOAuth2 => match xoauth2(response, users) {
-                Some(username) => Step::Success(username),
-                None => {
-                    self.state = State::XOAuth2Failed;
-                    Step::Challenge(XOAUTH2_ERROR.as_bytes().to_vec())
+            State::Bearer { oauthbearer } => {
+                let parsed = if oauthbearer {
+                    oauthbearer_message(response)
+                } else {
+                    xoauth2_message(response)
+                };
+                match parsed.filter(|(username, token)| bearer_accepted(shared, username, token)) {
+                    Some((username, _)) => Step::Success(username),
+                    None => {
+                        self.state = State::BearerFailed { oauthbearer };
+                        let error = if oauthbearer {
+                            OAUTHBEARER_ERROR
+                        } else {
+                            XOAUTH2_ERROR
+                        };
+                        Step::Challenge(error.as_bytes().to_vec())
+                    }
                 }
-            },
-            State::XOAuth2Failed => Step::Failure(INVALID),
+            }
+            State::BearerFailed { oauthbearer } => {
+                if response == error_answer(oauthbearer) {
+                    Step::Failure(INVALID)
+                } else {
+                    Step::Failure(BAD_ERROR_ANSWER)
+                }
+            }
             State::ScramFirst => match scram_first(response, shared) {
                 Ok(pending) => {
                     let step = Step::Challenge(pending.server_first.clone().into_bytes());
@@ -159,6 +198,36 @@ impl Exchange {
             }
             State::Done => Step::Failure(INVALID),
         }
+    }
+}
+
+impl Exchange {
+    /// The answer the client owes now, when it is the one to an error
+    /// challenge (`\x01` for OAUTHBEARER, empty for XOAUTH2): nothing secret.
+    pub(super) fn error_answer_expected(&self) -> Option<&'static [u8]> {
+        match self.state {
+            State::BearerFailed { oauthbearer } => Some(error_answer(oauthbearer)),
+            _ => None,
+        }
+    }
+}
+
+/// The acknowledgement of an error challenge.
+fn error_answer(oauthbearer: bool) -> &'static [u8] {
+    if oauthbearer {
+        b"\x01"
+    } else {
+        b""
+    }
+}
+
+/// Whether `token` authenticates `username`: in the test's
+/// [`BearerTokens`](super::BearerTokens) when the server has them, else a
+/// configured user's secret.
+fn bearer_accepted(shared: &Shared, username: &str, token: &str) -> bool {
+    match &shared.config.bearer_tokens {
+        Some(tokens) => tokens.accepts(username, token),
+        None => find(&shared.config.users, username).is_some_and(|user| user.secret.expose_secret() == token),
     }
 }
 
@@ -215,9 +284,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `user=U \x01 auth=Bearer T \x01 \x01`: the user name when it matches a
-/// configured user and token.
-fn xoauth2(message: &[u8], users: &[User]) -> Option<String> {
+/// `user=U \x01 auth=Bearer T \x01 \x01`: the user name and token.
+fn xoauth2_message(message: &[u8]) -> Option<(String, &str)> {
     let message = std::str::from_utf8(message).ok()?;
     let body = message.strip_suffix("\x01\x01")?;
     let mut username = None;
@@ -226,16 +294,38 @@ fn xoauth2(message: &[u8], users: &[User]) -> Option<String> {
         if let Some(value) = field.strip_prefix("user=") {
             username = Some(value);
         } else if let Some(value) = field.strip_prefix("auth=") {
-            let (scheme, value) = value.split_once(' ')?;
-            if !scheme.eq_ignore_ascii_case("Bearer") {
-                return None;
-            }
-            token = Some(value);
+            token = Some(bearer_value(value)?);
         }
     }
-    let (username, token) = (username?, token?);
-    let user = find(users, username)?;
-    (user.secret.expose_secret() == token).then(|| username.to_owned())
+    Some((username?.to_owned(), token?))
+}
+
+/// `Bearer T`: the token.
+fn bearer_value(value: &str) -> Option<&str> {
+    let (scheme, value) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("Bearer").then_some(value)
+}
+
+/// `n,a=U, \x01 *(key=value \x01) \x01` (RFC 7628 §3.1): the user name of
+/// the GS2 header (`=2C` and `=3D` decoded) and the `auth` token. Channel
+/// binding (`p=`) is refused; a header without `a=` names no user.
+fn oauthbearer_message(message: &[u8]) -> Option<(String, &str)> {
+    let message = std::str::from_utf8(message).ok()?;
+    let (header, pairs) = message.split_once('\x01')?;
+    let rest = header.strip_prefix("n,").or_else(|| header.strip_prefix("y,"))?;
+    let authzid = rest.strip_suffix(',')?.strip_prefix("a=")?;
+    let username = decode_saslname(authzid)?;
+    let pairs = pairs.strip_suffix("\x01\x01")?;
+    let mut token = None;
+    for pair in pairs.split('\x01') {
+        let (key, value) = pair.split_once('=')?;
+        if key == "auth" {
+            token = Some(bearer_value(value)?);
+        } else if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return None;
+        }
+    }
+    Some((username, token?))
 }
 
 /// SASLprep when it succeeds, else the text as is.

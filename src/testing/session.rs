@@ -593,8 +593,18 @@ impl Session {
                     return Ok(Flow::Close);
                 }
             };
-            self.record("[auth data]".to_owned(), batch, None);
             let text = strip_eol(&line).trim_ascii();
+            // The answer to an error challenge carries no secret: recorded
+            // as sent when it is the expected one.
+            let acknowledgement = exchange
+                .error_answer_expected()
+                .and_then(|expected| RESPONSE_ENGINE.decode(text).ok().filter(|raw| raw == expected))
+                .map(|_| String::from_utf8_lossy(text).into_owned());
+            self.record(
+                acknowledgement.unwrap_or_else(|| "[auth data]".to_owned()),
+                batch,
+                None,
+            );
             if text == b"*" {
                 self.reply("501 5.7.0 Authentication cancelled");
                 return Ok(Flow::Continue);

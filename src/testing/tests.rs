@@ -237,7 +237,15 @@ async fn sasl_exchange(
 
 fn auth_config() -> ServerConfig {
     ServerConfig::new()
-        .auth_mechanisms(&["SCRAM-SHA-256", "CRAM-MD5", "PLAIN", "LOGIN", "XOAUTH2", "GSSAPI"])
+        .auth_mechanisms(&[
+            "SCRAM-SHA-256",
+            "CRAM-MD5",
+            "PLAIN",
+            "LOGIN",
+            "XOAUTH2",
+            "OAUTHBEARER",
+            "GSSAPI",
+        ])
         .user("alice", PASSWORD)
         .user("bob@example.com", TOKEN)
 }
@@ -252,6 +260,7 @@ fn assert_no_secrets(server: &TestServer) {
         b64.encode(PASSWORD),
         b64.encode(format!("\0alice\0{PASSWORD}")),
         b64.encode(format!("user=bob@example.com\x01auth=Bearer {TOKEN}\x01\x01")),
+        b64.encode(format!("n,a=bob@example.com,\x01auth=Bearer {TOKEN}\x01\x01")),
     ];
     for session in server.sessions() {
         for command in &session.commands {
@@ -824,7 +833,7 @@ async fn check_mechanism(mechanism: Mechanism, good: Credential, bad: Credential
     assert!(client
         .ehlo()
         .await
-        .ends_with("\n250 AUTH SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN XOAUTH2 GSSAPI"));
+        .ends_with("\n250 AUTH SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN XOAUTH2 OAUTHBEARER GSSAPI"));
     let (reply, sasl) = sasl_exchange(&mut client, &good, mechanism, initial).await;
     assert_eq!(reply, "235 2.7.0 Authentication successful", "{mechanism}");
     assert_eq!(sasl.finish(), Ok(()), "{mechanism}");
@@ -846,6 +855,26 @@ async fn check_mechanism(mechanism: Mechanism, good: Credential, bad: Credential
     );
     if mechanism == Mechanism::XOAuth2 {
         assert!(sasl.server_error().unwrap().contains("\"status\":\"401\""));
+    }
+    if mechanism == Mechanism::OAuthBearer {
+        assert!(sasl.bearer_error().unwrap().is_invalid_token());
+    }
+    if mechanism.takes_token() {
+        // The answer to the error challenge is recorded as sent: `\x01`
+        // (base64 `AQ==`) for OAUTHBEARER, an empty line for XOAUTH2.
+        let lines: Vec<String> = server.sessions()[1]
+            .commands
+            .iter()
+            .map(|c| c.line.clone())
+            .collect();
+        let answer = if mechanism == Mechanism::OAuthBearer {
+            "AQ=="
+        } else {
+            ""
+        };
+        let auth = lines.iter().position(|l| l.starts_with("AUTH ")).unwrap();
+        let expected_answer_at = if initial { auth + 1 } else { auth + 2 };
+        assert_eq!(lines[expected_answer_at], answer, "{lines:?}");
     }
     // The session goes on unauthenticated.
     let reply = client
@@ -961,6 +990,87 @@ async fn auth_xoauth2() {
     let bad = token("bob@example.com", "ya29.expired");
     check_mechanism(Mechanism::XOAuth2, good.clone(), bad.clone(), true).await;
     check_mechanism(Mechanism::XOAuth2, good, bad, false).await;
+}
+
+#[tokio::test]
+async fn auth_oauthbearer() {
+    let good = token("bob@example.com", TOKEN);
+    let bad = token("bob@example.com", "ya29.expired");
+    check_mechanism(Mechanism::OAuthBearer, good.clone(), bad.clone(), true).await;
+    check_mechanism(Mechanism::OAuthBearer, good, bad, false).await;
+}
+
+#[tokio::test]
+async fn bearer_tokens_can_expire_mid_run() {
+    let tokens = BearerTokens::new();
+    tokens.allow("bob@example.com", "tok-1");
+    let server = TestServer::start(
+        ServerConfig::new()
+            .auth_mechanisms(&["OAUTHBEARER", "XOAUTH2"])
+            .user("bob@example.com", "not-a-token-here")
+            .bearer_tokens(&tokens),
+    )
+    .await
+    .unwrap();
+    for mechanism in [Mechanism::OAuthBearer, Mechanism::XOAuth2] {
+        let mut client = Client::greeted(&server).await;
+        client.ehlo().await;
+        let (reply, _) =
+            sasl_exchange(&mut client, &token("bob@example.com", "tok-1"), mechanism, true).await;
+        assert!(reply.starts_with("235 "), "{mechanism}: {reply}");
+        // The user's configured secret is not a token when the set decides.
+        let mut client = Client::greeted(&server).await;
+        client.ehlo().await;
+        let (reply, _) = sasl_exchange(
+            &mut client,
+            &token("bob@example.com", "not-a-token-here"),
+            mechanism,
+            true,
+        )
+        .await;
+        assert!(reply.starts_with("535 "), "{mechanism}: {reply}");
+        // Another user with the same token is refused.
+        let (reply, _) =
+            sasl_exchange(&mut client, &token("eve@example.com", "tok-1"), mechanism, true).await;
+        assert!(reply.starts_with("535 "), "{mechanism}: {reply}");
+    }
+    assert!(tokens.expire("tok-1"));
+    tokens.allow("bob@example.com", "tok-2");
+    let mut client = Client::greeted(&server).await;
+    client.ehlo().await;
+    let (reply, sasl) = sasl_exchange(
+        &mut client,
+        &token("bob@example.com", "tok-1"),
+        Mechanism::OAuthBearer,
+        true,
+    )
+    .await;
+    assert_eq!(reply, "535 5.7.8 Authentication credentials invalid");
+    assert!(sasl.bearer_error().unwrap().is_invalid_token());
+    // AUTH again on the same connection, with the renewed token.
+    let (reply, _) = sasl_exchange(
+        &mut client,
+        &token("bob@example.com", "tok-2"),
+        Mechanism::OAuthBearer,
+        true,
+    )
+    .await;
+    assert!(reply.starts_with("235 "), "{reply}");
+    // A wrong answer to the error challenge is refused as malformed.
+    let mut client = Client::greeted(&server).await;
+    client.ehlo().await;
+    let mut sasl = SaslClient::new(Mechanism::OAuthBearer, &token("bob@example.com", "tok-1"), "").unwrap();
+    let raw = sasl.initial_response().unwrap();
+    let line = format!(
+        "AUTH OAUTHBEARER {}",
+        std::str::from_utf8(&auth::encode_initial_response(&raw)).unwrap()
+    );
+    assert!(client.cmd(&line).await.starts_with("334 "));
+    assert_eq!(
+        client.cmd("").await,
+        "501 5.5.2 Malformed answer to the error challenge"
+    );
+    assert_eq!(format!("{tokens:?}"), "BearerTokens { accepted: 1 }");
 }
 
 #[tokio::test]

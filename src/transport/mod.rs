@@ -43,7 +43,7 @@ use crate::proto::session::{
     Envelope, Event, Phase, RecipientReply, Session, SessionConfig, StartTlsPolicy, Transaction,
     TransactionOutcome, TxId,
 };
-use crate::settings::{Auth, Relay, SmtpSettings, TlsMode};
+use crate::settings::{Auth, CredentialProvider, Relay, SmtpSettings, TlsMode};
 
 pub use connect::{default_helo_name, Resolver};
 
@@ -510,6 +510,9 @@ struct ReplyClock {
     reply: u64,
 }
 
+/// The hint when a renewed access token was refused as well.
+const RENEWED_TOKEN_REFUSED: &str = "a freshly renewed OAuth2 access token was refused too, so the token is not the problem: check that the user name is the mailbox the token was issued for, that the application was granted the mail scope (https://mail.google.com/ for Gmail, https://outlook.office.com/SMTP.Send for Microsoft 365) and that SMTP AUTH is enabled for the account";
+
 /// The error when a message's send timeout ends an attempt.
 fn send_timeout_error(stage: Option<Stage>) -> Error {
     Error::new(Kind::Timeout, stage, "the message's send timeout ran out")
@@ -803,27 +806,63 @@ impl Connection {
         }
     }
 
+    /// AUTH with the settings' credential. A bearer token from a provider
+    /// that the server refuses as expired or invalid is reported to the
+    /// provider; when it renews, AUTH is tried once more with the new
+    /// token, on this connection (servers allow AUTH again after a `535`).
     async fn authenticate(&mut self) -> Result<(), Error> {
-        let credential = match &self.settings().auth {
+        let provider = match &self.settings().auth {
             Auth::None => return Ok(()),
-            Auth::Credential(c) => c.clone(),
-            Auth::Provider(p) => {
-                let p = p.clone();
-                let limit = self.settings().timeouts.command;
-                let (deadline, _) = self.capped(Instant::now() + limit);
-                match tokio::time::timeout_at(deadline, p.credential()).await {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        return Err(Error::new(
-                            Kind::Timeout,
-                            Some(Stage::Auth),
-                            "the credential provider timed out",
-                        ))
-                    }
-                }
+            Auth::Credential(c) => {
+                let credential = c.clone();
+                return self.authenticate_with(&credential).await;
             }
+            Auth::Provider(p) => p.clone(),
         };
-        let mechanism = self.choose_mechanism(&credential)?;
+        let credential = self.provided_credential(&*provider).await?;
+        let refused = match self.authenticate_with(&credential).await {
+            Err(e) if e.is_token_rejected() => e,
+            other => return other,
+        };
+        if !provider.token_rejected(&credential) {
+            return Err(refused);
+        }
+        if !self.session.is_ready() {
+            // The server ended the session: the renewed token is for the
+            // next connection, which a retry opens.
+            return Err(refused.transient(true).with_hint(
+                "the server refused the OAuth2 access token and ended the session: the next attempt uses a renewed token",
+            ));
+        }
+        #[cfg(feature = "tracing")]
+        tracing::debug!("the server refused the access token; retrying AUTH once with a renewed one");
+        let renewed = self.provided_credential(&*provider).await?;
+        self.authenticate_with(&renewed).await.map_err(|e| {
+            if e.is_token_rejected() {
+                e.with_hint(RENEWED_TOKEN_REFUSED)
+            } else {
+                e
+            }
+        })
+    }
+
+    /// The provider's credential, within the command timeout.
+    async fn provided_credential(&self, provider: &dyn CredentialProvider) -> Result<Credential, Error> {
+        let limit = self.settings().timeouts.command;
+        let (deadline, _) = self.capped(Instant::now() + limit);
+        match tokio::time::timeout_at(deadline, provider.credential()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                Kind::Timeout,
+                Some(Stage::Auth),
+                "the credential provider timed out",
+            )),
+        }
+    }
+
+    /// One AUTH exchange with `credential`.
+    async fn authenticate_with(&mut self, credential: &Credential) -> Result<(), Error> {
+        let mechanism = self.choose_mechanism(credential)?;
         let mut nonce = [0u8; 18];
         tls::provider().secure_random.fill(&mut nonce).map_err(|_| {
             Error::new(
@@ -833,7 +872,7 @@ impl Connection {
             )
         })?;
         let nonce = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, nonce);
-        let client = SaslClient::new(mechanism, &credential, &nonce).map_err(|e| {
+        let client = SaslClient::new(mechanism, credential, &nonce).map_err(|e| {
             Error::new(Kind::Auth, Some(Stage::Auth), format!("cannot use {mechanism}")).with_source(e)
         })?;
         self.session.authenticate(client)?;

@@ -95,11 +95,18 @@ async fn xoauth2_token() {
         Some(Mechanism::XOAuth2)
     );
     let s = settings(&srv, TlsMode::Implicit)
-        .oauth2_token("app", "expired")
+        .oauth2_token("app", "ya29.stale-Token-value")
         .build()
         .expect("settings");
     let e = Connection::open(&s).await.expect_err("refused");
-    assert!(e.is_auth() && !e.to_string().contains("expired"), "{e}");
+    // The token is not shown (the hint says why it may have been refused:
+    // expired or revoked).
+    assert!(e.is_auth() && e.is_token_rejected(), "{e:?}");
+    assert!(!format!("{e} {e:?}").contains("stale-Token"), "{e}");
+    assert!(
+        e.hint().is_some_and(|h| h.contains("expired or was revoked")),
+        "{e}"
+    );
 }
 
 #[tokio::test]
