@@ -51,7 +51,7 @@
 //! - **Redirect**: with a [`Redirect`] switched on, every message goes only to
 //!   the enabled report addresses; the original recipients are kept in an
 //!   `X-Relaymail-Original-Recipients` header.
-//! - **DKIM** (feature `dkim`): with [`SmtpSettingsBuilder::dkim`](crate::SmtpSettingsBuilder::dkim)
+//! - **DKIM** (feature `dkim`): with `SmtpSettingsBuilder::dkim`
 //!   set, each message is signed once when it is handed over (after a
 //!   redirect, before the first attempt; retries resend the same bytes).
 //!   A message that cannot be signed (no `From` field) is refused with a

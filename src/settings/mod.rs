@@ -934,7 +934,7 @@ impl SmtpSettingsBuilder {
     /// `client_certificate` field error.
     ///
     /// The URL form has no place for a client certificate; sealed settings
-    /// ([`SmtpSettings::seal`], feature `serde`) store the key sealed like
+    /// (`SmtpSettings::seal`, feature `serde`) store the key sealed like
     /// the password.
     pub fn client_certificate_pem(mut self, chain_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) -> Self {
         self.kept_client_key = None;
@@ -974,7 +974,7 @@ impl SmtpSettingsBuilder {
     /// changes (a `dkim_key` field error asks for it again).
     ///
     /// The URL form has no place for a DKIM key; sealed settings
-    /// ([`SmtpSettings::seal`], feature `serde`) store it sealed like the
+    /// (`SmtpSettings::seal`, feature `serde`) store it sealed like the
     /// password.
     #[cfg(feature = "dkim")]
     pub fn dkim(mut self, config: crate::dkim::DkimConfig) -> Self {

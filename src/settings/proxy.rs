@@ -71,7 +71,7 @@ impl std::str::FromStr for ProxyKind {
 ///
 /// The proxy is part of the settings ([`SmtpSettingsBuilder::proxy`],
 /// [`SmtpSettings::proxy`](super::SmtpSettings::proxy), the URL form's
-/// `proxy=` parameter, [`ProxyData`](super::ProxyData) with the `serde`
+/// `proxy=` parameter, `ProxyData` with the `serde`
 /// feature) and is checked by [`build`](SmtpSettingsBuilder::build) with
 /// the other fields. Its field errors are named:
 ///

@@ -200,7 +200,7 @@ impl SmtpSettings {
     /// The proxy's password follows the same rules with the proxy's fields
     /// (`proxy_username`, `proxy_password`; see [`SettingsUpdate`]). A DKIM
     /// key (feature `dkim`) is kept while the DKIM domain and selector stay
-    /// the same, whatever happens to the server ([`DkimKeyChange`]).
+    /// the same, whatever happens to the server (`DkimKeyChange`).
     pub fn apply(&self, update: SettingsUpdate) -> Result<SmtpSettings, SettingsErrors> {
         let mut b = self.to_builder();
         let mut errors = Vec::new();
