@@ -7,7 +7,7 @@
 //! Settings with a user name need their password from elsewhere, and
 //! settings with a client certificate its key:
 //! [`SealedSettings`](super::SealedSettings) carries them encrypted, or
-//! [`SettingsData::into_settings_with_secrets`] takes them.
+//! [`SettingsData::into_settings_with`] takes them.
 //!
 //! OAuth2 sign-in ([`SmtpSettingsBuilder::oauth2`], feature `oauth2`) is
 //! stored the same way: the token endpoint, client id, scopes and user name
@@ -316,62 +316,12 @@ impl SmtpSettings {
 impl SettingsData {
     /// Validated settings, with `secret` as the password (or OAuth2 token)
     /// when the data names a user. Every problem is reported by field. Data
-    /// with a client certificate needs its key, and data with a proxy user
-    /// its password: [`into_settings_with_secrets`](Self::into_settings_with_secrets).
+    /// that holds other secrets (a proxy password, a client or DKIM key, an
+    /// OAuth2 refresh token) needs them too:
+    /// [`into_settings_with`](Self::into_settings_with).
     pub fn into_settings(self, secret: Option<SecretString>) -> Result<SmtpSettings, SettingsErrors> {
-        self.into_settings_with_secrets(secret, None, None)
-    }
-
-    /// [`into_settings`](Self::into_settings), with `client_key_pem` as the
-    /// private key of the stored client certificate (PEM). A key without a
-    /// stored certificate, or a certificate without a key, is a field error.
-    pub fn into_settings_with_client_key(
-        self,
-        secret: Option<SecretString>,
-        client_key_pem: Option<SecretString>,
-    ) -> Result<SmtpSettings, SettingsErrors> {
-        self.into_settings_with_secrets(secret, None, client_key_pem)
-    }
-
-    /// [`into_settings`](Self::into_settings), with `proxy_password` as the
-    /// password of the proxy when the data names a proxy user.
-    pub fn into_settings_with_proxy_password(
-        self,
-        secret: Option<SecretString>,
-        proxy_password: Option<SecretString>,
-    ) -> Result<SmtpSettings, SettingsErrors> {
-        self.into_settings_with_secrets(secret, proxy_password, None)
-    }
-
-    /// [`into_settings`](Self::into_settings) with every secret a record may
-    /// need: the relay's password (or token), the proxy's password and the
-    /// client certificate's key (PEM).
-    pub fn into_settings_with_secrets(
-        self,
-        secret: Option<SecretString>,
-        proxy_password: Option<SecretString>,
-        client_key_pem: Option<SecretString>,
-    ) -> Result<SmtpSettings, SettingsErrors> {
         self.into_settings_with(StoredSecrets {
             password: secret,
-            proxy_password,
-            client_key_pem,
-            ..StoredSecrets::default()
-        })
-    }
-
-    /// [`into_settings`](Self::into_settings), with `dkim_key_pem` as the
-    /// private key of the stored DKIM settings (PEM; feature `dkim`). A key
-    /// without stored DKIM settings, DKIM settings without a key, or a key
-    /// of another algorithm than the stored one is a `dkim_key` field error.
-    pub fn into_settings_with_dkim_key(
-        self,
-        secret: Option<SecretString>,
-        dkim_key_pem: Option<SecretString>,
-    ) -> Result<SmtpSettings, SettingsErrors> {
-        self.into_settings_with(StoredSecrets {
-            password: secret,
-            dkim_key_pem,
             ..StoredSecrets::default()
         })
     }
@@ -822,7 +772,10 @@ mod tests {
         assert!(e.to_string().contains("proxy_password"), "{e}");
         let data: SettingsData = serde_json::from_str(&json).expect("data");
         let back = data
-            .into_settings_with_proxy_password(None, Some("Pr0xy-Pw-9".into()))
+            .into_settings_with(StoredSecrets {
+                proxy_password: Some("Pr0xy-Pw-9".into()),
+                ..StoredSecrets::default()
+            })
             .expect("with the proxy password");
         assert_eq!(format!("{back:?}"), format!("{s:?}"));
     }
@@ -922,14 +875,20 @@ mod tests {
         let data: SettingsData = serde_json::from_str(&json).expect("data");
         let back = data
             .clone()
-            .into_settings_with_client_key(None, Some(KEY.into()))
+            .into_settings_with(StoredSecrets {
+                client_key_pem: Some(KEY.into()),
+                ..StoredSecrets::default()
+            })
             .expect("with the key");
         assert_eq!(format!("{back:?}"), format!("{s:?}"));
         // A key without a certificate is refused too.
         let mut bare = data;
         bare.client_certificate_pem = None;
         let e = bare
-            .into_settings_with_client_key(None, Some(KEY.into()))
+            .into_settings_with(StoredSecrets {
+                client_key_pem: Some(KEY.into()),
+                ..StoredSecrets::default()
+            })
             .expect_err("no certificate");
         assert!(e.field("client_certificate").is_some(), "{e}");
     }
@@ -1003,13 +962,19 @@ mod tests {
             let data: SettingsData = serde_json::from_str(&json).expect("data");
             let back = data
                 .clone()
-                .into_settings_with_dkim_key(None, Some(RSA.into()))
+                .into_settings_with(StoredSecrets {
+                    dkim_key_pem: Some(RSA.into()),
+                    ..StoredSecrets::default()
+                })
                 .expect("with the key");
             assert_eq!(format!("{back:?}"), format!("{s:?}"));
             // Another algorithm's key than the stored one is refused.
             let e = data
                 .clone()
-                .into_settings_with_dkim_key(None, Some(ED25519.into()))
+                .into_settings_with(StoredSecrets {
+                    dkim_key_pem: Some(ED25519.into()),
+                    ..StoredSecrets::default()
+                })
                 .expect_err("another algorithm");
             let message = e.field("dkim_key").expect("dkim_key").message();
             assert!(
@@ -1020,7 +985,10 @@ mod tests {
             let mut bare = data.clone();
             bare.dkim = None;
             let e = bare
-                .into_settings_with_dkim_key(None, Some(RSA.into()))
+                .into_settings_with(StoredSecrets {
+                    dkim_key_pem: Some(RSA.into()),
+                    ..StoredSecrets::default()
+                })
                 .expect_err("no settings");
             assert!(e.field("dkim_key").is_some(), "{e}");
             let mut bad = data;
@@ -1028,7 +996,10 @@ mod tests {
                 d.canonicalization = "nowsp".into();
             }
             let e = bad
-                .into_settings_with_dkim_key(None, Some(RSA.into()))
+                .into_settings_with(StoredSecrets {
+                    dkim_key_pem: Some(RSA.into()),
+                    ..StoredSecrets::default()
+                })
                 .expect_err("bad");
             assert!(e.field("dkim").is_some(), "{e}");
         }
@@ -1051,7 +1022,10 @@ mod tests {
             let toml_text = toml::to_string(&data).expect("toml");
             let data: SettingsData = toml::from_str(&toml_text).expect("parse");
             let back = data
-                .into_settings_with_dkim_key(None, Some(ED25519.into()))
+                .into_settings_with(StoredSecrets {
+                    dkim_key_pem: Some(ED25519.into()),
+                    ..StoredSecrets::default()
+                })
                 .expect("settings");
             assert_eq!(format!("{back:?}"), format!("{s:?}"));
             assert!(serde_json::from_value::<DkimData>(serde_json::json!({"domain": "d", "selector": "s", "algorithm": "a", "canonicalization": "c", "key": "x"})).is_err(), "no room for a key");
