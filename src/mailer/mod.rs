@@ -470,15 +470,22 @@ impl pool::Manager for SmtpManager {
         Ok(AnyConn::Smtp(Box::new(conn)))
     }
 
+    /// Asked after every batch: compares without building the primary's
+    /// `Relay`.
     fn keep(&self, conn: &AnyConn) -> bool {
         match conn {
-            AnyConn::Smtp(c) if c.info().relay != self.connector.settings().primary_relay() => {
+            AnyConn::Smtp(c) if !is_primary(&c.info().relay, self.connector.settings()) => {
                 let (_, since) = *self.preferred();
                 !self.primary_due(since)
             }
             _ => true,
         }
     }
+}
+
+/// Whether `relay` is the settings' primary relay.
+fn is_primary(relay: &Relay, settings: &SmtpSettings) -> bool {
+    relay.port() == settings.port() && relay.host() == settings.host()
 }
 
 /// A connection of either kind.
