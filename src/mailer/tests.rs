@@ -461,7 +461,7 @@ mod outbox_records {
             &s,
             &policy,
             claim(&s),
-            Verdict::Defer("connect: refused".into(), None),
+            Verdict::Defer("connect: refused".into(), None, false),
         )
         .await
         .expect("recorded");
@@ -475,7 +475,11 @@ mod outbox_records {
         );
         // Only the recipients still owed stay in the envelope.
         s.retry_now(Area::Drafts, &id).expect("retry");
-        let partial = Verdict::Defer("451".into(), Some(vec![Recipient::new(addr("b@example.net"))]));
+        let partial = Verdict::Defer(
+            "451".into(),
+            Some(vec![Recipient::new(addr("b@example.net"))]),
+            false,
+        );
         record(&s, &policy, claim(&s), partial).await.expect("recorded");
         let info = s.inspect(Area::Drafts, &id).expect("draft");
         assert_eq!(
@@ -507,7 +511,7 @@ mod outbox_records {
             ..OutboxPolicy::default()
         };
         std::thread::yield_now();
-        record(&s, &old, claim(&s), Verdict::Defer("timeout".into(), None))
+        record(&s, &old, claim(&s), Verdict::Defer("timeout".into(), None, false))
             .await
             .expect("recorded");
         let failed = s.inspect(Area::Failed, &id).expect("too old: failed");
@@ -615,7 +619,7 @@ fn a_deferred_recipient_keeps_its_dsn_parameters_in_the_draft() {
         possibly_duplicated: false,
     };
     match verdict(&Ok(receipt), &envelope) {
-        Verdict::Defer(_, Some(again)) => assert_eq!(again, [a], "NOTIFY and ORCPT kept"),
+        Verdict::Defer(_, Some(again), false) => assert_eq!(again, [a], "NOTIFY and ORCPT kept"),
         other => panic!("{other:?}"),
     }
 }

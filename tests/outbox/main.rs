@@ -7,11 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use relaymail::outbox::{Area, Claim, DirSpool, DraftId, DraftInfo, Outbox, OutboxPolicy, Page};
+use relaymail::outbox::{Area, Claim, Deferral, DirSpool, DraftId, DraftInfo, Outbox, OutboxPolicy, Page};
 use relaymail::testing::{ServerConfig, TestServer};
-use relaymail::{
-    BoxFuture, Email, Error, Mailer, Message, Recipient, RetryPolicy, SendOutcome, SmtpSettings, TlsMode,
-};
+use relaymail::{BoxFuture, Email, Error, Mailer, Message, RetryPolicy, SendOutcome, SmtpSettings, TlsMode};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -435,9 +433,7 @@ fn a_draft_written_by_the_previous_version_is_read_and_delivered_as_it_was() {
     spool
         .defer_claim(
             claims.into_iter().next().expect("one"),
-            "421 again",
-            SystemTime::now(),
-            None,
+            Deferral::new("421 again", SystemTime::now()),
         )
         .expect("deferred");
     let again = spool.inspect(Area::Drafts, &id).expect("rewritten");
@@ -471,7 +467,9 @@ fn spool_directories_and_drafts_are_private_to_their_owner() {
     let draft = dir.join("drafts").join(format!("{id}.draft"));
     assert_eq!(mode(&draft), 0o600, "a new draft");
     // Rewritten by an attempt, moved to the failed area: still private.
-    spool.defer(&id, "421 later", SystemTime::now()).expect("defer");
+    spool
+        .defer(&id, Deferral::new("421 later", SystemTime::now()))
+        .expect("defer");
     assert_eq!(mode(&draft), 0o600, "a rewritten draft");
     spool.fail(&id, "550 no").expect("fail");
     assert_eq!(mode(&dir.join("failed").join(format!("{id}.draft"))), 0o600);
@@ -621,14 +619,8 @@ impl Outbox for Faulty {
     fn complete(&self, claim: Claim) -> BoxFuture<'_, Result<(), Error>> {
         Outbox::complete(&self.spool, claim)
     }
-    fn defer_claim<'a>(
-        &'a self,
-        claim: Claim,
-        error: &'a str,
-        next_attempt: SystemTime,
-        recipients: Option<Vec<Recipient>>,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Outbox::defer_claim(&self.spool, claim, error, next_attempt, recipients)
+    fn defer_claim(&self, claim: Claim, deferral: Deferral) -> BoxFuture<'_, Result<(), Error>> {
+        Outbox::defer_claim(&self.spool, claim, deferral)
     }
     fn fail_claim<'a>(&'a self, claim: Claim, reason: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         Outbox::fail_claim(&self.spool, claim, reason)
@@ -762,13 +754,7 @@ impl Outbox for ForgetsDeferrals {
     fn complete(&self, claim: Claim) -> BoxFuture<'_, Result<(), Error>> {
         Outbox::complete(&self.0, claim)
     }
-    fn defer_claim<'a>(
-        &'a self,
-        claim: Claim,
-        _error: &'a str,
-        _next_attempt: SystemTime,
-        _recipients: Option<Vec<relaymail::Recipient>>,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+    fn defer_claim(&self, claim: Claim, _deferral: Deferral) -> BoxFuture<'_, Result<(), Error>> {
         // Drops the claim: the draft is due again at once, its attempt lost.
         drop(claim);
         Box::pin(async { Ok(()) })

@@ -23,6 +23,7 @@ fn good_draft() -> (DraftId, String) {
             next_attempt: UNIX_EPOCH,
             last_error: None,
             possibly_delivered: false,
+            waiting_on_settings: false,
         },
         b"body",
     );
@@ -173,6 +174,7 @@ mod roundtrip {
             last_error in proptest::option::of("(.|\r|\n|\u{0}){0,40}"),
             failed in any::<bool>(),
             possibly_delivered in any::<bool>(),
+            waiting_on_settings in any::<bool>(),
         ) {
             let envelope = Envelope::with_recipients(from, recipients).expect("recipients").with_params(params);
             prop_assert!(envelope.validate().is_ok(), "{:?}: {:?}", envelope, envelope.validate());
@@ -186,6 +188,7 @@ mod roundtrip {
                 next_attempt,
                 last_error,
                 possibly_delivered,
+                waiting_on_settings,
             };
             let raw = encode_draft(&info, &content);
             let decoded = decode_draft(info.id.clone(), info.area, &raw, true);

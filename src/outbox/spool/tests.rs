@@ -35,7 +35,7 @@ fn enqueue_inspect_message_defer_fail_retry_delete() {
         message(1).content()
     );
     let later = SystemTime::now() + Duration::from_secs(60);
-    s.defer(&id, "421 4.3.2 try later\r\nX-Injected: no", later)
+    s.defer(&id, Deferral::new("421 4.3.2 try later\r\nX-Injected: no", later))
         .expect("defer");
     let info = s.inspect(Area::Drafts, &id).expect("inspect");
     assert_eq!(info.attempts, 1);
@@ -66,7 +66,8 @@ fn a_waiting_draft_is_skipped_by_its_file_time_and_a_lost_time_is_repaired() {
     let now = SystemTime::now();
     let later = now + Duration::from_secs(3600);
     let waiting = s.enqueue(&message(1)).expect("queued");
-    s.defer(&waiting, "421 try later", later).expect("defer");
+    s.defer(&waiting, Deferral::new("421 try later", later))
+        .expect("defer");
     assert_eq!(mtime(&s, &waiting), whole_millis(later));
     assert_eq!(s.next_due().expect("next"), Some(whole_millis(later)));
 
