@@ -489,6 +489,49 @@ mod outbox_records {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    #[test]
+    fn settings_errors_are_told_from_relay_errors() {
+        use super::super::deliver::error_verdict;
+        use crate::error::{Error, Kind};
+        let settings = |e: Error| match error_verdict(&e) {
+            Verdict::Defer(_, None, settings) => settings,
+            other => panic!("{e}: {other:?}"),
+        };
+        assert!(settings(Error::new(
+            Kind::Auth,
+            None,
+            "535 5.7.8 authentication failed"
+        )));
+        assert!(settings(Error::new(Kind::Tls, None, "certificate not trusted")));
+        assert!(settings(Error::new(Kind::Config, None, "no credentials")));
+        assert!(settings(
+            Error::new(Kind::Auth, None, "token refused").reauthorization()
+        ));
+        assert!(!settings(Error::new(Kind::Io, None, "connection refused")));
+        assert!(!settings(Error::new(Kind::Timeout, None, "greeting timed out")));
+        assert!(!settings(Error::new(Kind::Closed, None, "closed")));
+        let busy = Error::new(Kind::Rejected, None, "451 4.3.0 try later").transient(true);
+        assert!(!settings(busy));
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_failed_on_settings_reloaded_meanwhile_is_due_again_at_once() {
+        let (s, dir) = spool("redo");
+        let id = s.enqueue(&message()).expect("queued");
+        record(
+            &s,
+            &OutboxPolicy::default(),
+            claim(&s),
+            Verdict::Redo("535".into(), None),
+        )
+        .await
+        .expect("recorded");
+        let info = s.inspect(Area::Drafts, &id).expect("still a draft");
+        assert_eq!(info.attempts, 1);
+        assert!(!info.waiting_on_settings && info.next_attempt <= SystemTime::now());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[tokio::test]
     async fn permanent_failure_and_old_drafts_go_to_the_failed_area() {
         let (s, dir) = spool("fail");

@@ -444,6 +444,8 @@ fn a_draft_written_by_the_previous_version_is_read_and_delivered_as_it_was() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+mod release;
+
 #[cfg(unix)]
 #[path = "../support/umask.rs"]
 mod umask;
@@ -802,4 +804,22 @@ async fn the_conformance_suite_names_the_check_a_broken_outbox_fails() {
     );
     assert!(failure.problem.contains("attempts 0"), "{failure}");
     let _ = std::fs::remove_dir_all(base);
+}
+
+#[tokio::test]
+async fn the_default_release_passes_the_outbox_conformance_suite() {
+    // Faulty, not broken, does not override release_waiting_on_settings:
+    // the trait's default runs.
+    let mut n = 0;
+    let passed = relaymail::testing::check_outbox(|| {
+        n += 1;
+        let (faulty, _, _) = Faulty::new(&format!("conformance-default-{n}"));
+        async move { faulty }
+    })
+    .await
+    .unwrap_or_else(|failure| panic!("{failure}"));
+    assert_eq!(passed, relaymail::testing::CHECKS);
+    for i in 1..=n {
+        let _ = std::fs::remove_dir_all(spool_dir(&format!("conformance-default-{i}")));
+    }
 }
