@@ -8,7 +8,8 @@
 //! on disk: written to a temporary file, fsynced, renamed into `drafts/`, the
 //! directory fsynced. A draft is a small text header (the whole envelope
 //! with its parameters — REQUIRETLS, DSN RET/ENVID/NOTIFY/ORCPT —, attempts,
-//! next attempt, last error; a versioned format, older versions still read)
+//! next attempt, last error, whether it waits on the settings; a versioned
+//! format, older versions still read)
 //! followed by the message bytes. Drafts are listed
 //! a page at a time straight from the directory, never loaded all at once.
 //! Files that cannot be read as drafts are moved to `corrupt/` and reported;
@@ -23,6 +24,14 @@
 //! tools, scripts, tests. From async code, go through the trait —
 //! `Outbox::list(&spool, ..).await`, or an `Arc<dyn Outbox>` such as
 //! [`Mailer::outbox`](crate::Mailer::outbox).
+//!
+//! A draft whose last attempt failed on the settings (authentication, TLS,
+//! configuration) is marked [`DraftInfo::waiting_on_settings`]; when the
+//! settings are fixed, [`Outbox::release_waiting_on_settings`] makes such
+//! drafts due at once. [`Mailer::reload`](crate::Mailer::reload) has the
+//! deliverer run it, and
+//! [`Mailer::reload_and_release`](crate::Mailer::reload_and_release) runs
+//! it and says how many.
 //!
 //! Layout: `drafts/`, `failed/`, `corrupt/`, `tmp/` under the spool
 //! directory; a draft's id is its file name without `.draft`, sortable by
@@ -402,7 +411,7 @@ pub trait Outbox: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// A draft claimed at the time (an attempt in progress) may be skipped:
     /// its attempt records its own outcome. [`DirSpool`] and
-    /// [`PgOutbox`](crate::outbox::PgOutbox) skip them; the mailer whose
+    /// `PgOutbox` (feature `postgres`) skip them; the mailer whose
     /// settings were reloaded makes such an attempt due again at once if it
     /// fails on the settings. The default goes through
     /// [`list`](Outbox::list) and [`retry_now`](Outbox::retry_now), one
