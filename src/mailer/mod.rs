@@ -790,22 +790,22 @@ fn attachment_policy(
     store: Option<&Arc<dyn AttachmentStore>>,
 ) -> Result<AttachmentPolicy, Error> {
     let limit = settings.attachment_limit();
-    let mut policy = AttachmentPolicy::default();
-    policy.max_size = limit.max_size;
-    if limit.needs_store() {
-        match store {
-            Some(store) => policy.over_limit = OverLimit::Link(store.clone()),
-            None => {
-                return Err(Error::config(
-                    "the settings send large attachments as links, but this mailer has no attachment store",
-                )
-                .with_hint(
-                    "give the mailer a store (MailerBuilder::attachment_store), or switch links off in the attachment limit",
-                ))
-            }
+    let over_limit = match (limit.needs_store(), store) {
+        (false, _) => OverLimit::Refuse,
+        (true, Some(store)) => OverLimit::Link(store.clone()),
+        (true, None) => {
+            return Err(Error::config(
+                "the settings send large attachments as links, but this mailer has no attachment store",
+            )
+            .with_hint(
+                "give the mailer a store (MailerBuilder::attachment_store), or switch links off in the attachment limit",
+            ))
         }
-    }
-    Ok(policy)
+    };
+    Ok(AttachmentPolicy {
+        max_size: limit.max_size,
+        over_limit,
+    })
 }
 
 impl MailerBuilder {
