@@ -62,7 +62,7 @@
 //!   profile ([`AdminState::with_test_email_limit`]).
 //! - **The outbox** (`GET /outbox`): waiting and failed drafts, a page at a
 //!   time, with their last error; a draft's envelope, size and headers
-//!   (never its body); retry now, retry all, delete. A save that fixes the
+//!   (its body only when asked for); retry now, retry all, delete. A save that fixes the
 //!   settings releases the drafts that waited on a settings error
 //!   ([`ProfileStore::save_and_release`](crate::profiles::ProfileStore::save_and_release))
 //!   and says how many.

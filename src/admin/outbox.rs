@@ -15,6 +15,8 @@ use crate::outbox::{Area, DraftId, Outbox};
 const PAGE: usize = 50;
 /// The most header bytes shown for a draft.
 const MAX_HEADERS: usize = 64 * 1024;
+/// The most body bytes shown for a draft, when asked.
+const MAX_BODY: usize = 256 * 1024;
 
 fn outbox_of(ctx: &Ctx) -> Option<Arc<dyn Outbox>> {
     ctx.inner.mailer.as_ref().and_then(crate::Mailer::outbox)
@@ -65,7 +67,18 @@ pub(super) async fn page(ctx: Ctx, Query(q): Query<ListQuery>, Query(flash): Que
     }
 }
 
-pub(super) async fn inspect(ctx: Ctx, Path((area, id)): Path<(String, String)>) -> Response {
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct InspectQuery {
+    /// Show the body too (`?body=1`).
+    #[serde(default)]
+    body: Option<u8>,
+}
+
+pub(super) async fn inspect(
+    ctx: Ctx,
+    Path((area, id)): Path<(String, String)>,
+    Query(q): Query<InspectQuery>,
+) -> Response {
     let (Some(area), Some(id), Some(outbox)) = (area_of(Some(&area)), DraftId::parse(&id), outbox_of(&ctx))
     else {
         return super::not_found(ctx).await;
@@ -83,12 +96,13 @@ pub(super) async fn inspect(ctx: Ctx, Path((area, id)): Path<(String, String)>) 
             )
         }
     };
-    let headers = outbox
-        .read_message(area, &id)
-        .await
-        .ok()
-        .map(|bytes| headers_of(&bytes));
-    ctx.page(StatusCode::OK, views::draft(&ctx, &info, headers.as_deref()))
+    let message = outbox.read_message(area, &id).await.ok();
+    let headers = message.as_deref().map(headers_of);
+    let body = message.as_deref().filter(|_| q.body == Some(1)).map(body_of);
+    ctx.page(
+        StatusCode::OK,
+        views::draft(&ctx, &info, headers.as_deref(), body.as_deref()),
+    )
 }
 
 /// The header section of a message (up to the first empty line), as text.
@@ -100,6 +114,23 @@ fn headers_of(message: &[u8]) -> String {
         .unwrap_or(message.len())
         .min(MAX_HEADERS);
     String::from_utf8_lossy(&message[..end]).replace("\r\n", "\n")
+}
+
+/// The body of a message (after the first empty line), as text, cut at
+/// [`MAX_BODY`] bytes.
+fn body_of(message: &[u8]) -> String {
+    let start = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+        .or_else(|| message.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
+        .unwrap_or(message.len());
+    let body = &message[start..];
+    let mut text = String::from_utf8_lossy(&body[..body.len().min(MAX_BODY)]).replace("\r\n", "\n");
+    if body.len() > MAX_BODY {
+        text.push_str("\n[… cut: the body is longer]");
+    }
+    text
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -181,5 +212,12 @@ mod tests {
         );
         assert_eq!(headers_of(b"Subject: a\n\nbody"), "Subject: a");
         assert_eq!(headers_of(b"Subject: only headers"), "Subject: only headers");
+        assert_eq!(
+            body_of(b"Subject: a\r\n\r\nline 1\r\nline 2\r\n"),
+            "line 1\nline 2\n"
+        );
+        assert_eq!(body_of(b"Subject: only headers"), "");
+        let long = [b"S: a\r\n\r\n".as_slice(), &vec![b'x'; MAX_BODY + 1]].concat();
+        assert!(body_of(&long).ends_with("[… cut: the body is longer]"));
     }
 }

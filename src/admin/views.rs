@@ -479,8 +479,9 @@ fn draft_row(ctx: &Ctx, d: &DraftInfo) -> Markup {
     }
 }
 
-/// One draft: its envelope, size, attempts and headers (never its body).
-pub(super) fn draft(ctx: &Ctx, d: &DraftInfo, headers: Option<&str>) -> Markup {
+/// One draft: its envelope, size, attempts and headers; its body only when
+/// asked for.
+pub(super) fn draft(ctx: &Ctx, d: &DraftInfo, headers: Option<&str>, body: Option<&str>) -> Markup {
     let area = area_str(d.area);
     let base = format!("/outbox/{area}/{}", encode_segment(d.id.as_str()));
     layout(
@@ -508,7 +509,13 @@ pub(super) fn draft(ctx: &Ctx, d: &DraftInfo, headers: Option<&str>) -> Markup {
                 Some(h) => pre id="headers" { (h) },
                 None => p { "The message could not be read." },
             }
-            p.hint { "The body is not shown." }
+            @match body {
+                Some(text) => {
+                    h3 { "Body" }
+                    pre id="body" { (text) }
+                }
+                None => p.hint { "The body is not shown. " a href=(ctx.url(&format!("{base}?body=1"))) { "Show the body" } }
+            }
             form.inline method="post" action=(ctx.url(&format!("{base}/retry"))) {
                 (csrf(ctx)) button type="submit" { "Retry now" }
             }

@@ -484,6 +484,7 @@ async fn each_field_error_is_shown_beside_its_field_and_nothing_is_saved() {
         (&[("sender", "not an address")], "sender", "not a valid address"),
         (&[("sender", "")], "sender", "required"),
         (&[("timeout", "soon")], "timeout", "is not a timeout"),
+        (&[("helo_name", "not a name!")], "helo_name", ""),
         (&[("timeout", "0")], "timeout", "is not a timeout"),
         (&[("username", "")], "username", "empty"),
         (&[("password", "")], "password", "enter the password"),

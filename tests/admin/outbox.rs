@@ -18,11 +18,18 @@ use super::{relay_config, App, TempDir, MOUNT, PASSWORD, WAIT};
 /// drafts are written before the mailer starts, due in an hour: nothing
 /// sends them until the page or a release makes them due.
 async fn app_with_outbox(name: &str, subjects: &[&str]) -> (App, TempDir, Vec<DraftId>) {
+    app_with_drafts(name, subjects, true).await
+}
+
+/// [`app_with_outbox`], or with `on_settings` false: the profile's password
+/// is right and the drafts wait after a 421 (nothing releases them).
+async fn app_with_drafts(name: &str, subjects: &[&str], on_settings: bool) -> (App, TempDir, Vec<DraftId>) {
     let spool_dir = TempDir::new(&format!("{name}-spool"));
     let spool = DirSpool::open(&spool_dir.0).expect("spool");
     let mut app = App::new(name).await;
+    let password = if on_settings { "wrong" } else { PASSWORD };
     assert_eq!(
-        app.create(&[("password", "wrong")]).await.status,
+        app.create(&[("password", password)]).await.status,
         StatusCode::SEE_OTHER
     );
     let settings = app
@@ -52,7 +59,11 @@ async fn app_with_outbox(name: &str, subjects: &[&str]) -> (App, TempDir, Vec<Dr
         .await
         .expect("claims")
     {
-        let deferral = Deferral::new("535 5.7.8 authentication failed", later).with_waiting_on_settings(true);
+        let deferral = if on_settings {
+            Deferral::new("535 5.7.8 authentication failed", later).with_waiting_on_settings(true)
+        } else {
+            Deferral::new("421 4.3.2 try again later", later)
+        };
         Outbox::defer_claim(&spool, claim, deferral)
             .await
             .expect("deferred");
@@ -107,7 +118,15 @@ async fn drafts_are_listed_inspected_without_body_retried_and_deleted() {
     assert_eq!(one.status, StatusCode::OK);
     let headers = one.text_of("headers").expect("headers");
     assert!(headers.contains("Subject: Invoice 1"), "{headers}");
-    assert!(!one.body.contains("the secret body text"), "never the body");
+    assert!(
+        !one.body.contains("the secret body text"),
+        "not the body by default"
+    );
+    let with_body = app.get(&format!("/outbox/drafts/{a}?body=1")).await;
+    assert!(with_body
+        .text_of("body")
+        .expect("body")
+        .contains("the secret body text"));
     assert_eq!(
         app.get("/outbox/drafts/0000000000000-0000000000000000")
             .await
@@ -117,6 +136,10 @@ async fn drafts_are_listed_inspected_without_body_retried_and_deleted() {
     assert_eq!(app.get("/outbox/elsewhere/x").await.status, StatusCode::NOT_FOUND);
 
     let token = App::token(&page);
+    let forged = app
+        .post_form(&format!("/outbox/drafts/{b}/delete"), &[("csrf", "00ff")])
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "no valid token");
     let deleted = app
         .post_form(&format!("/outbox/drafts/{b}/delete"), &[("csrf", &token)])
         .await;
@@ -161,20 +184,7 @@ async fn fixing_the_password_releases_the_waiting_drafts_and_says_how_many() {
 
 #[tokio::test]
 async fn retry_all_sends_every_waiting_draft() {
-    let (mut app, _spool, _) = app_with_outbox("outbox-retry-all", &["one", "two"]).await;
-    // Fix the password behind the page's back (no release on this path):
-    // only the button makes them due.
-    let mut profiles = app.store.load().expect("load");
-    let mut update = relaymail::settings::SettingsUpdate::new();
-    update.password = relaymail::settings::PasswordChange::Set(PASSWORD.to_owned().into());
-    profiles.update("main", update).expect("update");
-    let settings = profiles.get("main").expect("main").settings().clone();
-    app.mailer
-        .as_ref()
-        .expect("mailer")
-        .reload(settings)
-        .expect("reload");
-
+    let (mut app, _spool, _) = app_with_drafts("outbox-retry-all", &["one", "two"], false).await;
     let page = app.get("/outbox").await;
     let token = App::token(&page);
     let done = app
@@ -182,8 +192,12 @@ async fn retry_all_sends_every_waiting_draft() {
         .await;
     assert_eq!(done.status, StatusCode::SEE_OTHER);
     assert!(done.location().contains("retried=2"), "{}", done.location());
-    app.relay
-        .wait_for_messages(2, WAIT)
-        .await
-        .expect("both delivered");
+    if app.relay.wait_for_messages(2, WAIT).await.is_err() {
+        let after = app.get("/outbox").await;
+        panic!(
+            "not delivered: {:?} {:?}",
+            after.text_of("drafts"),
+            app.mailer.as_ref().map(|m| m.stats())
+        );
+    }
 }
