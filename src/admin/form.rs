@@ -557,9 +557,9 @@ async fn submit(ctx: Ctx, stored_name: Option<String>, multipart: Multipart) -> 
                         views::form(&ctx, &values, &state),
                     );
                 }
-                let key = stored_name
-                    .clone()
-                    .unwrap_or_else(|| format!("new profile {name}"));
+                // Unsaved profiles share one allowance: a new name per
+                // attempt must not be a way around the limit.
+                let key = stored_name.clone().unwrap_or_else(|| "\0new profile".to_owned());
                 if let Err(wait) = ctx.inner.allow_test_email(&key) {
                     state.form_errors.push(format!(
                         "Too many test emails for this profile: try again in {} s.",

@@ -786,8 +786,8 @@ async fn sending_test_email_is_limited_per_profile() {
         .contains("Too many test emails"));
     app.relay.wait_for_messages(1, WAIT).await.expect("the first");
     assert_eq!(app.relay.messages().len(), 1, "the second was not sent");
-    // Another profile has its own allowance.
-    let other = app.profile_fields(
+    // Another name for the unsaved profile does not get around the limit.
+    let renamed = app.profile_fields(
         &form,
         &[
             ("action", "send"),
@@ -796,9 +796,32 @@ async fn sending_test_email_is_limited_per_profile() {
         ],
     );
     assert_eq!(
-        app.post_multipart("/profiles/new", &other, None).await.status,
+        app.post_multipart("/profiles/new", &renamed, None).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A saved profile has its own allowance.
+    assert_eq!(
+        app.create(&[("name", "other")]).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let saved = app.get("/profiles/other").await;
+    let send = app.profile_fields(
+        &saved,
+        &[
+            ("action", "send"),
+            ("test_to", "admin@example.com"),
+            ("name", "other"),
+            ("password", ""),
+        ],
+    );
+    assert_eq!(
+        app.post_multipart("/profiles/other", &send, None).await.status,
         StatusCode::OK
     );
+    app.relay
+        .wait_for_messages(2, WAIT)
+        .await
+        .expect("the saved profile's test email");
 }
 
 #[tokio::test]
