@@ -345,10 +345,17 @@ pub(super) fn form(ctx: &Ctx, v: &Values, state: &FormState) -> Markup {
 /// A diagnosis report: every stage, the TLS details, the verdict and hint.
 fn report_view(report: &Report, kind: &str) -> Markup {
     let verdict = match report.error() {
-        Some(e) => format!(
-            "Failed at {}: {e}",
-            e.stage().map(|s| s.as_str()).unwrap_or("start")
-        ),
+        Some(e) => {
+            // The stage is said first and the hint below: not twice.
+            let stage = e.stage().map(|s| s.as_str()).unwrap_or("start");
+            let text = e.to_string();
+            let text = text.strip_prefix(&format!("{stage}: ")).unwrap_or(&text);
+            let text = match e.hint() {
+                Some(h) => text.strip_suffix(&format!("; hint: {h}")).unwrap_or(text),
+                None => text,
+            };
+            format!("Failed at {stage}: {text}")
+        }
         None if kind == "send" => match report.delivery() {
             Some(d) => format!("Test email delivered: the server answered {}", d.reply()),
             None => "Test email delivered".to_owned(),
