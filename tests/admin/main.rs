@@ -702,10 +702,15 @@ async fn test_buttons_use_the_unsaved_form_and_show_the_report() {
         "{}",
         page.body
     );
-    assert!(page
-        .text_of("verdict")
-        .expect("verdict")
-        .contains("Failed at auth"));
+    let verdict = page.text_of("verdict").expect("verdict");
+    assert!(
+        verdict.starts_with("Failed at auth: the server rejected"),
+        "{verdict}"
+    );
+    assert!(
+        !verdict.contains("hint:"),
+        "the hint is shown once, below: {verdict}"
+    );
     assert!(!page.text_of("hint").expect("a hint").trim().is_empty());
 
     // Test connection with the stored (kept) password of a saved profile.
