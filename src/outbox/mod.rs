@@ -276,6 +276,21 @@ pub trait Outbox: Send + Sync + std::fmt::Debug + 'static {
     /// Removes a draft.
     fn delete<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>>;
 
+    /// One draft's message as it will be sent (headers and body), for an
+    /// administrator to inspect. The default answers
+    /// [unsupported](Error::is_unsupported): a backend that cannot read a
+    /// draft without claiming it need not.
+    fn read_message<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<Vec<u8>, Error>> {
+        let _ = (area, id);
+        Box::pin(async {
+            Err(Error::new(
+                crate::error::Kind::Unsupported,
+                None,
+                "this outbox cannot show a draft's message",
+            ))
+        })
+    }
+
     /// Resolves when new drafts may be due before the deliverer's next
     /// poll: a backend that hears of drafts written by other processes
     /// (PostgreSQL's `LISTEN`) wakes the idle deliverer with it. The

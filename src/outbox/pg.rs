@@ -625,6 +625,10 @@ impl Outbox for PgOutbox {
         Box::pin(async move { Ok(self.read(area, id, false).await?.0) })
     }
 
+    fn read_message<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<Vec<u8>, Error>> {
+        Box::pin(async move { Ok(self.read(area, id, true).await?.1) })
+    }
+
     fn wait_for_drafts(&self) -> BoxFuture<'_, ()> {
         self.listen();
         let announced = self.listener.announced.clone();

@@ -539,6 +539,10 @@ impl Outbox for DirSpool {
         let id = id.clone();
         self.off_thread(move |s| s.delete(area, &id))
     }
+    fn read_message<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<Vec<u8>, Error>> {
+        let id = id.clone();
+        self.off_thread(move |s| s.read(area, &id, true).map(|(_, content)| content))
+    }
 }
 
 #[cfg(test)]

@@ -880,6 +880,15 @@ impl SmtpSettingsBuilder {
         self
     }
 
+    /// Forgets the root certificates added so far (those of the settings
+    /// this builder came from included): only the Mozilla roots (and the
+    /// system's, when on) are trusted until others are added.
+    pub fn clear_root_certificates(mut self) -> Self {
+        self.extra_roots_pem.clear();
+        self.tls_options.extra_roots.clear();
+        self
+    }
+
     /// Whether to trust the Mozilla root store (webpki-roots). Default true;
     /// turn it off to trust only the added roots (a private CA).
     pub fn webpki_roots(mut self, on: bool) -> Self {

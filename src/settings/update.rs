@@ -121,6 +121,10 @@ pub struct SettingsUpdate {
     /// Trust the operating system's certificate store too (feature
     /// `system-roots`).
     pub system_roots: Option<bool>,
+    /// The added root certificates, as PEM text (one or more certificates):
+    /// replaces those stored; an empty text removes them. Changing them is
+    /// a change of trust settings (a kept password is then refused).
+    pub extra_roots_pem: Option<String>,
     /// The client certificate and its private key.
     pub client_certificate: ClientCertificateChange,
     /// The proxy: `Some(Some(kind))` connects through a proxy of this kind
@@ -400,6 +404,12 @@ impl SmtpSettings {
         }
         if let Some(ip) = update.source_address {
             b = b.source_address(ip);
+        }
+        if let Some(pem) = update.extra_roots_pem {
+            b = b.clear_root_certificates();
+            if !pem.trim().is_empty() {
+                b = b.add_root_certificates_pem(pem);
+            }
         }
         if let Some(on) = update.system_roots {
             b = b.system_roots(on);
