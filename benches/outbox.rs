@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use relaymail::outbox::{Area, DirSpool};
+use relaymail::outbox::{Area, Deferral, DirSpool};
 use relaymail::{Envelope, Message};
 
 /// Peak resident set size of this process so far, in KiB (Linux).
@@ -60,7 +60,9 @@ fn main() {
     // waits an hour, as they do while the relay is down.
     let later = SystemTime::now() + Duration::from_secs(3600);
     for id in &queued {
-        spool.defer(id, "relay offline", later).expect("defer");
+        spool
+            .defer(id, Deferral::new("relay offline", later))
+            .expect("defer");
     }
     let template = dir.join("drafts").join(format!("{}.draft", queued[0]));
     for i in n..drafts_total {

@@ -913,7 +913,7 @@ fn unix_seconds(t: SystemTime) -> f64 {
 fn draft_json(d: &DraftInfo) -> String {
     let (from, to) = envelope_text(&d.envelope);
     format!(
-        "{{\"id\":{},\"area\":{},\"from\":{},\"to\":{},\"size\":{},\"created\":{:.3},\"attempts\":{},\"next_attempt\":{:.3},\"last_error\":{},\"possibly_delivered\":{}}}",
+        "{{\"id\":{},\"area\":{},\"from\":{},\"to\":{},\"size\":{},\"created\":{:.3},\"attempts\":{},\"next_attempt\":{:.3},\"last_error\":{},\"possibly_delivered\":{},\"waiting_on_settings\":{}}}",
         json_str(d.id.as_str()),
         json_str(area_name(d.area)),
         json_str(&from),
@@ -924,6 +924,7 @@ fn draft_json(d: &DraftInfo) -> String {
         unix_seconds(d.next_attempt),
         d.last_error.as_deref().map_or("null".into(), json_str),
         d.possibly_delivered,
+        d.waiting_on_settings,
     )
 }
 
@@ -955,7 +956,7 @@ fn draft_text(d: &DraftInfo) -> String {
         }
     };
     format!(
-        "id: {}\narea: {}\nfrom: <{from}>\nto: {}\nsize: {} bytes\ncreated: {}\nattempts: {}\nnext attempt: {}\nlast error: {}\npossibly delivered: {}",
+        "id: {}\narea: {}\nfrom: <{from}>\nto: {}\nsize: {} bytes\ncreated: {}\nattempts: {}\nnext attempt: {}\nlast error: {}\npossibly delivered: {}\nwaiting on the settings: {}",
         d.id,
         area_name(d.area),
         to.join(", "),
@@ -972,6 +973,7 @@ fn draft_text(d: &DraftInfo) -> String {
         },
         d.last_error.as_deref().unwrap_or("none"),
         if d.possibly_delivered { "yes" } else { "no" },
+        if d.waiting_on_settings { "yes" } else { "no" },
     )
 }
 

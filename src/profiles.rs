@@ -374,10 +374,47 @@ impl ProfileStore {
     /// `profiles` carries the new version and every following [`Mailer`]
     /// switches to the new active settings (when no profile is enabled they
     /// keep their previous settings, and [`Profiles::active`] says why).
+    ///
+    /// Like any [`Mailer::reload`], that makes the following mailers'
+    /// outbox drafts that waited on the settings due at once, in the
+    /// background; [`save_and_release`](ProfileStore::save_and_release)
+    /// says how many.
     pub fn save(&self, profiles: &mut Profiles) -> Result<(), Error> {
         self.write(profiles, &self.key)?;
         self.reload_followers(profiles);
         Ok(())
+    }
+
+    /// [`save`](ProfileStore::save), with each following mailer reloaded
+    /// through [`Mailer::reload_and_release`]: returns how many outbox
+    /// drafts that waited on the settings (an authentication, TLS or
+    /// configuration error) became due, summed over the followers — for a
+    /// settings page that says "3 waiting messages released". Followers
+    /// that share one outbox count each draft once (the first releases it,
+    /// the next finds it released).
+    ///
+    /// An `Err` means nothing was saved (a [conflict](Error::is_conflict),
+    /// the file could not be written) and no mailer was reloaded. After the
+    /// save, a follower that refuses the settings keeps its previous ones
+    /// and releases nothing, as with `save`; a follower whose outbox fails
+    /// the release has the new settings all the same, its deliverer tries
+    /// the release again in the background, and its drafts are not in the
+    /// sum. Without an enabled profile nothing is reloaded: 0. The file is
+    /// written on the calling task, as `save` does.
+    pub async fn save_and_release(&self, profiles: &mut Profiles) -> Result<usize, Error> {
+        self.write(profiles, &self.key)?;
+        let Ok(active) = profiles.active() else {
+            return Ok(0);
+        };
+        let settings = active.settings.clone();
+        let followers = self.followers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut released = 0;
+        for mailer in followers.iter().filter_map(WeakMailer::upgrade) {
+            if let Ok(n) = mailer.reload_and_release(settings.clone()).await {
+                released += n;
+            }
+        }
+        Ok(released)
     }
 
     fn write(&self, profiles: &mut Profiles, key: &SecretKey) -> Result<(), Error> {
@@ -531,7 +568,9 @@ impl ProfileStore {
     }
 
     /// Reads the file again (after another process saved it) and switches
-    /// the following mailers to its active profile.
+    /// the following mailers to its active profile (which, through
+    /// [`Mailer::reload`], makes their outbox drafts that waited on the
+    /// settings due at once, in the background).
     pub fn reload(&self) -> Result<Profiles, Error> {
         let profiles = self.load()?;
         self.reload_followers(&profiles);

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use relaymail::outbox::{Area, Outbox, OutboxPolicy, PgOutbox};
+use relaymail::outbox::{Area, Deferral, Outbox, OutboxPolicy, PgOutbox};
 use relaymail::testing::{ServerConfig, TestServer};
 use relaymail::{Mailer, Message};
 
@@ -348,7 +348,10 @@ async fn migrate_upgrades_a_version_1_schema_and_keeps_its_drafts() {
         .await
         .expect("enqueue on v1");
     assert_eq!(outbox.migrate().await.expect("upgrade"), 1, "found version 1");
-    assert_eq!(outbox.migrate().await.expect("again"), 2);
+    assert_eq!(
+        outbox.migrate().await.expect("again"),
+        relaymail::outbox::pg::SCHEMA_VERSION
+    );
     assert!(
         outbox.inspect(Area::Drafts, &id).await.is_ok(),
         "the draft survived"
@@ -364,4 +367,148 @@ async fn migrate_upgrades_a_version_1_schema_and_keeps_its_drafts() {
         .await
         .expect("kept as delivered: allowed by version 2");
     assert_eq!(rows_in(&outbox, &schema, "delivered").await, 1);
+}
+
+/// Creates `schema` at version 2 by hand, as the previous release's
+/// migration left it.
+async fn version_2_schema(outbox: &PgOutbox, schema: &str) {
+    for sql in [
+        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        format!("CREATE SCHEMA {schema}"),
+        format!("CREATE TABLE {schema}.relaymail_schema (version integer NOT NULL)"),
+        format!("INSERT INTO {schema}.relaymail_schema (version) VALUES (2)"),
+        format!(
+            "CREATE TABLE {schema}.relaymail_drafts (id text PRIMARY KEY,
+               area text NOT NULL CONSTRAINT relaymail_drafts_area_check
+               CHECK (area IN ('drafts', 'failed', 'delivered')),
+               next_attempt_ms bigint NOT NULL, lease_token bigint, lease_until timestamptz,
+               draft bytea NOT NULL)"
+        ),
+        format!(
+            "CREATE INDEX relaymail_drafts_due ON {schema}.relaymail_drafts (next_attempt_ms) WHERE area = 'drafts'"
+        ),
+        format!(
+            "CREATE INDEX relaymail_drafts_delivered ON {schema}.relaymail_drafts (next_attempt_ms) WHERE area = 'delivered'"
+        ),
+    ] {
+        sqlx::query(&sql).execute(outbox.pool()).await.expect("v2");
+    }
+}
+
+#[tokio::test]
+async fn migrate_upgrades_a_version_2_schema_and_its_drafts_can_wait_on_the_settings() {
+    let Some(url) = url("upgrade2") else { return };
+    let schema = format!("t{}_upgrade2", std::process::id());
+    let outbox = PgOutbox::connect(&url, &schema).await.expect("connects");
+    version_2_schema(&outbox, &schema).await;
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    // A draft enqueued before the upgrade, deferred after it (an
+    // unreachable relay, say).
+    let old = outbox
+        .enqueue(&message("old@example.net"))
+        .await
+        .expect("enqueue on v2");
+    assert_eq!(outbox.migrate().await.expect("upgrade"), 2, "found version 2");
+    assert_eq!(outbox.migrate().await.expect("again"), 3);
+    let claim = outbox
+        .claim_due(SystemTime::now(), 1)
+        .await
+        .expect("claim")
+        .pop()
+        .expect("one");
+    outbox
+        .defer_claim(claim, Deferral::new("connection refused", later))
+        .await
+        .expect("deferred");
+    let info = outbox.inspect(Area::Drafts, &old).await.expect("survived");
+    assert!(
+        !info.waiting_on_settings,
+        "existing drafts do not wait on the settings"
+    );
+    // A new draft fails on the settings, and a release makes it due.
+    let new = outbox
+        .enqueue(&message("new@example.net"))
+        .await
+        .expect("enqueue on v3");
+    let claim = outbox
+        .claim_due(SystemTime::now(), 1)
+        .await
+        .expect("claim")
+        .pop()
+        .expect("one");
+    assert_eq!(claim.info().id, new);
+    outbox
+        .defer_claim(
+            claim,
+            Deferral::new("535 5.7.8 authentication failed", later).with_waiting_on_settings(true),
+        )
+        .await
+        .expect("deferred");
+    assert!(
+        outbox
+            .inspect(Area::Drafts, &new)
+            .await
+            .expect("draft")
+            .waiting_on_settings
+    );
+    assert_eq!(outbox.release_waiting_on_settings().await.expect("release"), 1);
+    let claims = outbox.claim_due(SystemTime::now(), 10).await.expect("claim");
+    assert_eq!(
+        claims.iter().map(|c| c.info().id.clone()).collect::<Vec<_>>(),
+        [new],
+        "the released draft is due, the other waits"
+    );
+    assert!(!claims[0].info().waiting_on_settings);
+}
+
+#[tokio::test]
+async fn a_release_leaves_a_draft_leased_by_a_deliverer_alone() {
+    let Some(url) = url("release-leased") else { return };
+    let outbox = fresh(&url, "relleased").await;
+    let auth = "535 5.7.8 authentication failed";
+    let (x, y) = (
+        outbox.enqueue(&message("x@example.net")).await.expect("x"),
+        outbox.enqueue(&message("y@example.net")).await.expect("y"),
+    );
+    // Both failed on the settings: x is due again (a short back-off), y
+    // waits an hour.
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    for claim in outbox.claim_due(SystemTime::now(), 10).await.expect("claim") {
+        let next = if claim.info().id == x {
+            SystemTime::now()
+        } else {
+            later
+        };
+        outbox
+            .defer_claim(claim, Deferral::new(auth, next).with_waiting_on_settings(true))
+            .await
+            .expect("deferred");
+    }
+    // A deliverer holds x: its attempt is in progress.
+    let held = outbox
+        .claim_due(SystemTime::now(), 10)
+        .await
+        .expect("claim")
+        .pop()
+        .expect("x is due");
+    assert_eq!(held.info().id, x);
+    assert_eq!(
+        outbox.release_waiting_on_settings().await.expect("release"),
+        1,
+        "y only: x is leased"
+    );
+    let y_info = outbox.inspect(Area::Drafts, &y).await.expect("y");
+    assert!(!y_info.waiting_on_settings, "the free draft was released");
+    let x_info = outbox.inspect(Area::Drafts, &x).await.expect("x");
+    assert!(x_info.waiting_on_settings, "the leased draft was not touched");
+    // The attempt on x ends: recorded, fenced by its lease, as it was.
+    outbox
+        .defer_claim(held, Deferral::new(auth, later).with_waiting_on_settings(true))
+        .await
+        .expect("the holder records its outcome");
+    assert_eq!(
+        outbox.release_waiting_on_settings().await.expect("release"),
+        1,
+        "now x"
+    );
 }

@@ -192,6 +192,12 @@ pub struct Stats {
     /// whose outcome could not be recorded stays where it was and is
     /// delivered again (at-least-once).
     pub outbox_errors: u64,
+    /// Outbox drafts that waited on the settings
+    /// ([`DraftInfo::waiting_on_settings`](crate::outbox::DraftInfo::waiting_on_settings))
+    /// and were made due by the release that follows each
+    /// [`Mailer::reload`] or [`Mailer::reload_and_release`] of this mailer,
+    /// in total.
+    pub released_on_reload: u64,
     /// Connections open now.
     pub connections_open: usize,
     /// Connections opened since the start.
@@ -593,6 +599,7 @@ struct Inner {
 struct OutboxRun {
     spool: Arc<dyn Outbox>,
     wake: Arc<tokio::sync::Notify>,
+    reloads: Arc<deliver::Reloads>,
     stop: tokio::sync::watch::Sender<bool>,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -787,9 +794,47 @@ impl Mailer {
     /// Switches to new settings without a restart: new transactions use them;
     /// idle connections of the old settings close; messages already on a
     /// connection finish on it. Nothing queued is lost.
+    ///
+    /// With an outbox, the drafts that waited on the settings (their last
+    /// attempt failed on authentication, TLS or the configuration:
+    /// [`DraftInfo::waiting_on_settings`](crate::outbox::DraftInfo::waiting_on_settings))
+    /// become due at once: the background deliverer runs
+    /// [`Outbox::release_waiting_on_settings`] and delivers them with the
+    /// new settings, without waiting for their back-off (counted in
+    /// [`Stats::released_on_reload`]). A draft whose attempt was in progress
+    /// and fails on the settings is due again at once too. Drafts that wait
+    /// for an unreachable relay or a 4yz keep their time. Use
+    /// [`reload_and_release`](Mailer::reload_and_release) to learn how many
+    /// were released. Settings that are refused (an error here) change
+    /// nothing and release nothing.
     pub fn reload(&self, settings: SmtpSettings) -> Result<(), Error> {
         self.inner.pool.reload(SmtpManager::new(settings)?);
+        if let Some(o) = &self.inner.outbox {
+            o.reloads.reloaded();
+            o.reloads.ask_release();
+            o.wake.notify_one();
+        }
         Ok(())
+    }
+
+    /// [`reload`](Mailer::reload), then the release of the drafts that
+    /// waited on the settings done here rather than in the background:
+    /// returns how many became due (0 without an outbox), and wakes the
+    /// deliverer to send them. For a settings page that says "3 waiting
+    /// messages released".
+    ///
+    /// Settings that are refused change nothing and release nothing (the
+    /// error is returned). When the release fails (the outbox cannot be
+    /// read or written), the new settings are in force all the same, the
+    /// outbox's error is returned, and the deliverer tries the release
+    /// again in the background.
+    pub async fn reload_and_release(&self, settings: SmtpSettings) -> Result<usize, Error> {
+        self.inner.pool.reload(SmtpManager::new(settings)?);
+        let Some(o) = &self.inner.outbox else {
+            return Ok(0);
+        };
+        o.reloads.reloaded();
+        deliver::release_now(&self.inner, o.spool.as_ref(), &o.reloads, &o.wake).await
     }
 
     /// The settings new connections use.
@@ -1080,6 +1125,7 @@ impl MailerBuilder {
                 Some(OutboxRun {
                     spool,
                     wake: Arc::new(tokio::sync::Notify::new()),
+                    reloads: Arc::default(),
                     stop: tokio::sync::watch::channel(false).0,
                     task: std::sync::Mutex::new(None),
                 }),
@@ -1102,6 +1148,7 @@ impl MailerBuilder {
                 run.spool.clone(),
                 policy,
                 run.wake.clone(),
+                run.reloads.clone(),
                 run.stop.subscribe(),
             ));
             *run.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);

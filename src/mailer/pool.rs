@@ -239,6 +239,7 @@ struct Counters {
     offered: AtomicU64,
     possibly_duplicated: AtomicU64,
     outbox_errors: AtomicU64,
+    released_on_reload: AtomicU64,
     open: AtomicUsize,
     opened: AtomicU64,
     failed_fast: AtomicU64,
@@ -964,6 +965,13 @@ impl<M: Manager> Pool<M> {
         self.counters.outbox_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts drafts released by a reload.
+    pub(crate) fn count_released(&self, n: usize) {
+        self.counters
+            .released_on_reload
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
     /// The mailer's send timeout.
     pub(crate) fn send_timeout(&self) -> Option<Duration> {
         self.config.send_timeout
@@ -986,6 +994,7 @@ impl<M: Manager> Pool<M> {
             retried: self.counters.retried.load(Ordering::Relaxed),
             possibly_duplicated: self.counters.possibly_duplicated.load(Ordering::Relaxed),
             outbox_errors: self.counters.outbox_errors.load(Ordering::Relaxed),
+            released_on_reload: self.counters.released_on_reload.load(Ordering::Relaxed),
             connections_open: self.counters.open.load(Ordering::Relaxed),
             connections_opened: self.counters.opened.load(Ordering::Relaxed),
             deliveries_per_connection: st.deliveries_histogram.iter().map(|(k, v)| (*k, *v)).collect(),

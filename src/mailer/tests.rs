@@ -461,7 +461,7 @@ mod outbox_records {
             &s,
             &policy,
             claim(&s),
-            Verdict::Defer("connect: refused".into(), None),
+            Verdict::Defer("connect: refused".into(), None, false),
         )
         .await
         .expect("recorded");
@@ -475,13 +475,60 @@ mod outbox_records {
         );
         // Only the recipients still owed stay in the envelope.
         s.retry_now(Area::Drafts, &id).expect("retry");
-        let partial = Verdict::Defer("451".into(), Some(vec![Recipient::new(addr("b@example.net"))]));
+        let partial = Verdict::Defer(
+            "451".into(),
+            Some(vec![Recipient::new(addr("b@example.net"))]),
+            false,
+        );
         record(&s, &policy, claim(&s), partial).await.expect("recorded");
         let info = s.inspect(Area::Drafts, &id).expect("draft");
         assert_eq!(
             info.envelope.recipients(),
             vec![Recipient::new(addr("b@example.net"))]
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn settings_errors_are_told_from_relay_errors() {
+        use super::super::deliver::error_verdict;
+        use crate::error::{Error, Kind};
+        let settings = |e: Error| match error_verdict(&e) {
+            Verdict::Defer(_, None, settings) => settings,
+            other => panic!("{e}: {other:?}"),
+        };
+        assert!(settings(Error::new(
+            Kind::Auth,
+            None,
+            "535 5.7.8 authentication failed"
+        )));
+        assert!(settings(Error::new(Kind::Tls, None, "certificate not trusted")));
+        assert!(settings(Error::new(Kind::Config, None, "no credentials")));
+        assert!(settings(
+            Error::new(Kind::Auth, None, "token refused").reauthorization()
+        ));
+        assert!(!settings(Error::new(Kind::Io, None, "connection refused")));
+        assert!(!settings(Error::new(Kind::Timeout, None, "greeting timed out")));
+        assert!(!settings(Error::new(Kind::Closed, None, "closed")));
+        let busy = Error::new(Kind::Rejected, None, "451 4.3.0 try later").transient(true);
+        assert!(!settings(busy));
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_failed_on_settings_reloaded_meanwhile_is_due_again_at_once() {
+        let (s, dir) = spool("redo");
+        let id = s.enqueue(&message()).expect("queued");
+        record(
+            &s,
+            &OutboxPolicy::default(),
+            claim(&s),
+            Verdict::Redo("535".into(), None),
+        )
+        .await
+        .expect("recorded");
+        let info = s.inspect(Area::Drafts, &id).expect("still a draft");
+        assert_eq!(info.attempts, 1);
+        assert!(!info.waiting_on_settings && info.next_attempt <= SystemTime::now());
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -507,7 +554,7 @@ mod outbox_records {
             ..OutboxPolicy::default()
         };
         std::thread::yield_now();
-        record(&s, &old, claim(&s), Verdict::Defer("timeout".into(), None))
+        record(&s, &old, claim(&s), Verdict::Defer("timeout".into(), None, false))
             .await
             .expect("recorded");
         let failed = s.inspect(Area::Failed, &id).expect("too old: failed");
@@ -615,7 +662,7 @@ fn a_deferred_recipient_keeps_its_dsn_parameters_in_the_draft() {
         possibly_duplicated: false,
     };
     match verdict(&Ok(receipt), &envelope) {
-        Verdict::Defer(_, Some(again)) => assert_eq!(again, [a], "NOTIFY and ORCPT kept"),
+        Verdict::Defer(_, Some(again), false) => assert_eq!(again, [a], "NOTIFY and ORCPT kept"),
         other => panic!("{other:?}"),
     }
 }

@@ -17,6 +17,8 @@
 //! envid <text>                  DSN ENVID=, when set
 //! to <address>[ notify=NEVER|SUCCESS,FAILURE,DELAY][ orcpt=<text>]
 //! error <text>                  the last error, when any
+//! possibly-delivered            the last attempt failed after the whole message was sent
+//! waiting-on-settings           the last attempt failed on the settings (auth, TLS, config)
 //! ```
 //!
 //! Addresses are written as [`Address`] displays them and read back under
@@ -28,7 +30,8 @@
 //! with `%XX` for `%`, spaces and control bytes, so that any value keeps its
 //! line and its field and reads back exactly. Lines other than `to` appear
 //! at most once; an unknown line makes the file corrupt (a newer format
-//! gets a new version number).
+//! gets a new version number). The two flag lines were added to version 2
+//! before any release wrote it; a draft without them reads them as unset.
 //!
 //! Version 1 (written before): the same fields without the envelope
 //! parameters (`created`, `attempts`, `next`, `size`, `from`, `to`,
@@ -55,6 +58,10 @@ pub(super) fn from_millis(ms: u64) -> Option<SystemTime> {
 
 const MAGIC_V1: &str = "relaymail-draft 1";
 const MAGIC_V2: &str = "relaymail-draft 2";
+
+/// The header line of a draft that waits on the settings, as it is
+/// written (the spool looks for it without decoding the whole draft).
+pub(super) const WAITING_LINE: &str = "waiting-on-settings\n";
 
 /// `%XX` for `%`, space and control bytes: the value stays one word on its
 /// line. Everything else (UTF-8 included) is written as it is.
@@ -183,6 +190,9 @@ pub(crate) fn encode_draft(info: &DraftInfo, content: &[u8]) -> Vec<u8> {
     if info.possibly_delivered {
         out.push_str("possibly-delivered\n");
     }
+    if info.waiting_on_settings {
+        out.push_str(WAITING_LINE);
+    }
     out.push('\n');
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(content);
@@ -234,6 +244,7 @@ struct Fields {
     size: u64,
     last_error: Option<String>,
     possibly_delivered: bool,
+    waiting_on_settings: bool,
     from: String,
     params: MailParams,
     recipients: Vec<(String, RcptParams)>,
@@ -257,6 +268,7 @@ pub(crate) fn decode_draft(
         size,
         last_error,
         possibly_delivered,
+        waiting_on_settings,
         from,
         params,
         recipients,
@@ -287,6 +299,7 @@ pub(crate) fn decode_draft(
         next_attempt,
         last_error,
         possibly_delivered,
+        waiting_on_settings,
     };
     Ok((info, content))
 }
@@ -309,7 +322,7 @@ fn read_fields(raw: &[u8], with_content: bool) -> Option<(Fields, Vec<u8>)> {
     let (mut created, mut attempts, mut next, mut size) = (None, None, None, None);
     let (mut from, mut last_error) = (None, None);
     let mut params = MailParams::default();
-    let mut possibly_delivered = false;
+    let (mut possibly_delivered, mut waiting_on_settings) = (false, false);
     let (mut mail_size, mut body, mut ret, mut envid) = (None, None, None, None);
     let mut recipients = Vec::new();
     for line in lines {
@@ -336,6 +349,7 @@ fn read_fields(raw: &[u8], with_content: bool) -> Option<(Fields, Vec<u8>)> {
             "smtputf8" if v2 => flag(&mut params.smtputf8, value)?,
             "requiretls" if v2 => flag(&mut params.requiretls, value)?,
             "possibly-delivered" if v2 => flag(&mut possibly_delivered, value)?,
+            "waiting-on-settings" if v2 => flag(&mut waiting_on_settings, value)?,
             "ret" if v2 => once(
                 &mut ret,
                 match value {
@@ -363,6 +377,7 @@ fn read_fields(raw: &[u8], with_content: bool) -> Option<(Fields, Vec<u8>)> {
         size,
         last_error,
         possibly_delivered,
+        waiting_on_settings,
         from: from?,
         params,
         recipients,

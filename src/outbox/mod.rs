@@ -8,7 +8,8 @@
 //! on disk: written to a temporary file, fsynced, renamed into `drafts/`, the
 //! directory fsynced. A draft is a small text header (the whole envelope
 //! with its parameters — REQUIRETLS, DSN RET/ENVID/NOTIFY/ORCPT —, attempts,
-//! next attempt, last error; a versioned format, older versions still read)
+//! next attempt, last error, whether it waits on the settings; a versioned
+//! format, older versions still read)
 //! followed by the message bytes. Drafts are listed
 //! a page at a time straight from the directory, never loaded all at once.
 //! Files that cannot be read as drafts are moved to `corrupt/` and reported;
@@ -23,6 +24,14 @@
 //! tools, scripts, tests. From async code, go through the trait —
 //! `Outbox::list(&spool, ..).await`, or an `Arc<dyn Outbox>` such as
 //! [`Mailer::outbox`](crate::Mailer::outbox).
+//!
+//! A draft whose last attempt failed on the settings (authentication, TLS,
+//! configuration) is marked [`DraftInfo::waiting_on_settings`]; when the
+//! settings are fixed, [`Outbox::release_waiting_on_settings`] makes such
+//! drafts due at once. [`Mailer::reload`](crate::Mailer::reload) has the
+//! deliverer run it, and
+//! [`Mailer::reload_and_release`](crate::Mailer::reload_and_release) runs
+//! it and says how many.
 //!
 //! Layout: `drafts/`, `failed/`, `corrupt/`, `tmp/` under the spool
 //! directory; a draft's id is its file name without `.draft`, sortable by
@@ -127,6 +136,21 @@ pub struct DraftInfo {
     /// timed out, or the connection was lost before it): the relay may
     /// already have it, and a later delivery may reach a recipient twice.
     pub possibly_delivered: bool,
+    /// The last attempt failed because of the settings, not the relay:
+    /// authentication ([`Error::is_auth`], which covers an OAuth2 token
+    /// the server rejected and a grant that needs the user to authorize
+    /// again), TLS ([`Error::is_tls`]) or configuration
+    /// ([`Error::is_config`]). A 4yz reply, a timeout or an unreachable
+    /// relay is not a settings error. Such a draft waits for the settings
+    /// to be fixed: [`Outbox::release_waiting_on_settings`] (which
+    /// [`Mailer::reload`](crate::Mailer::reload) runs) makes it due at
+    /// once instead of at the end of its back-off.
+    ///
+    /// Set by a [`Deferral`] that says so; cleared by a later deferral for
+    /// another cause, by [`Outbox::retry_now`] and by the release. Always
+    /// `false` in the failed area. Drafts stored by a version without it
+    /// read as `false`.
+    pub waiting_on_settings: bool,
 }
 
 impl DraftInfo {
@@ -149,7 +173,75 @@ impl DraftInfo {
             next_attempt: now,
             last_error: None,
             possibly_delivered: false,
+            waiting_on_settings: false,
         })
+    }
+}
+
+/// A failed attempt, as [`Outbox::defer_claim`] records it: why, when to
+/// try again, the recipients still owed, and whether the draft now waits
+/// for the settings to be fixed.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use relaymail::outbox::Deferral;
+///
+/// let later = SystemTime::now() + Duration::from_secs(600);
+/// let deferral = Deferral::new("535 5.7.8 authentication failed", later).with_waiting_on_settings(true);
+/// assert!(deferral.waiting_on_settings && deferral.recipients.is_none());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Deferral {
+    /// Why the attempt failed; stored on one line as the draft's
+    /// [`last_error`](DraftInfo::last_error).
+    pub error: String,
+    /// When the next attempt is due.
+    pub next_attempt: SystemTime,
+    /// The recipients still owed, when only some are (the others were
+    /// delivered); `None`: every recipient of the draft.
+    pub recipients: Option<Vec<Recipient>>,
+    /// The attempt failed because of the settings (see
+    /// [`DraftInfo::waiting_on_settings`], which stores it).
+    pub waiting_on_settings: bool,
+}
+
+impl Deferral {
+    /// A deferral for every recipient, not waiting on the settings.
+    pub fn new(error: impl Into<String>, next_attempt: SystemTime) -> Deferral {
+        Deferral {
+            error: error.into(),
+            next_attempt,
+            recipients: None,
+            waiting_on_settings: false,
+        }
+    }
+
+    /// Only `recipients` are still owed.
+    pub fn with_recipients(mut self, recipients: Vec<Recipient>) -> Deferral {
+        self.recipients = Some(recipients);
+        self
+    }
+
+    /// Whether the attempt failed because of the settings.
+    pub fn with_waiting_on_settings(mut self, waiting: bool) -> Deferral {
+        self.waiting_on_settings = waiting;
+        self
+    }
+
+    /// `info` after this deferral: in the drafts area, one attempt more,
+    /// the error on one line, the next attempt time, the recipients still
+    /// owed and the settings flag.
+    pub(crate) fn apply(self, info: &mut DraftInfo) -> Result<(), Error> {
+        info.area = Area::Drafts;
+        info.attempts += 1;
+        info.last_error = Some(crate::email::one_line(&self.error).into_owned());
+        info.next_attempt = self.next_attempt;
+        info.waiting_on_settings = self.waiting_on_settings;
+        if let Some(r) = self.recipients {
+            info.envelope.set_recipients(r)?;
+        }
+        Ok(())
     }
 }
 
@@ -251,16 +343,13 @@ pub trait Outbox: Send + Sync + std::fmt::Debug + 'static {
     fn next_due(&self) -> BoxFuture<'_, Result<Option<SystemTime>, Error>>;
     /// Delivered: remove the draft.
     fn complete(&self, claim: Claim) -> BoxFuture<'_, Result<(), Error>>;
-    /// Failed for now: record the attempt, the error and the next attempt
-    /// (and the recipients still owed, when given).
-    fn defer_claim<'a>(
-        &'a self,
-        claim: Claim,
-        error: &'a str,
-        next_attempt: SystemTime,
-        recipients: Option<Vec<Recipient>>,
-    ) -> BoxFuture<'a, Result<(), Error>>;
-    /// Failed for good: move to the failed area.
+    /// Failed for now: record the attempt, the error and the next attempt,
+    /// the recipients still owed when given, and whether the draft waits
+    /// on the settings ([`DraftInfo::waiting_on_settings`], set or cleared
+    /// as the deferral says).
+    fn defer_claim(&self, claim: Claim, deferral: Deferral) -> BoxFuture<'_, Result<(), Error>>;
+    /// Failed for good: move to the failed area (not waiting on the
+    /// settings any more).
     fn fail_claim<'a>(&'a self, claim: Claim, reason: &'a str) -> BoxFuture<'a, Result<(), Error>>;
     /// A page of drafts, oldest first.
     fn list<'a>(
@@ -271,7 +360,8 @@ pub trait Outbox: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<Page, Error>>;
     /// One draft's info.
     fn inspect<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<DraftInfo, Error>>;
-    /// Due now (from the failed area: back to the drafts).
+    /// Due now (from the failed area: back to the drafts); no longer
+    /// waiting on the settings.
     fn retry_now<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>>;
     /// Removes a draft.
     fn delete<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<(), Error>>;
@@ -321,6 +411,48 @@ pub trait Outbox: Send + Sync + std::fmt::Debug + 'static {
                     Some(next) if area == Area::Drafts => after = Some(next),
                     // Retried failed drafts left the failed area: start over.
                     Some(_) => after = None,
+                    None => return Ok(n),
+                }
+            }
+        })
+    }
+
+    /// Every draft of [`Area::Drafts`] that waits on the settings
+    /// ([`DraftInfo::waiting_on_settings`]) due now, the flag cleared;
+    /// returns how many. Other drafts keep their time. The
+    /// [`Mailer`](crate::Mailer)'s deliverer runs it after each
+    /// [`reload`](crate::Mailer::reload), since new settings may be what
+    /// those drafts waited for.
+    ///
+    /// A draft claimed at the time (an attempt in progress) may be skipped:
+    /// its attempt records its own outcome. [`DirSpool`] and
+    /// `PgOutbox` (feature `postgres`) skip them; the mailer whose
+    /// settings were reloaded makes such an attempt due again at once if it
+    /// fails on the settings. The default goes through
+    /// [`list`](Outbox::list) and [`retry_now`](Outbox::retry_now), one
+    /// draft at a time, skipping drafts delivered, deferred again or being
+    /// delivered (a [conflict](Error::is_conflict)) meanwhile; a backend
+    /// overrides it with one operation where it can.
+    fn release_waiting_on_settings(&self) -> BoxFuture<'_, Result<usize, Error>> {
+        Box::pin(async move {
+            let mut after = None;
+            let mut n = 0;
+            loop {
+                let page = self.list(Area::Drafts, after.as_ref(), 256).await?;
+                for d in page.drafts.iter().filter(|d| d.waiting_on_settings) {
+                    match self.retry_now(Area::Drafts, &d.id).await {
+                        Ok(()) => n += 1,
+                        Err(e) if e.is_conflict() => {} // being delivered
+                        Err(e) => match self.inspect(Area::Drafts, &d.id).await {
+                            // Delivered, failed or deferred anew meanwhile.
+                            Err(_) => {}
+                            Ok(now) if !now.waiting_on_settings => {}
+                            Ok(_) => return Err(e),
+                        },
+                    }
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
                     None => return Ok(n),
                 }
             }

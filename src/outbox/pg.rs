@@ -12,20 +12,30 @@
 //!                                             -- attempt, or when it was delivered
 //!     lease_token     bigint,                 -- the claim that holds it, if any
 //!     lease_until     timestamptz,            -- when that claim lapses (server clock)
-//!     draft           bytea NOT NULL          -- the draft: relaymail's draft format 2
+//!     draft           bytea NOT NULL,         -- the draft: relaymail's draft format 2
+//!     waiting_on_settings boolean NOT NULL DEFAULT false
+//!                                             -- the last attempt failed on the settings
 //! );
 //! CREATE INDEX relaymail_drafts_due
 //!     ON {schema}.relaymail_drafts (next_attempt_ms) WHERE area = 'drafts';
 //! CREATE INDEX relaymail_drafts_delivered
 //!     ON {schema}.relaymail_drafts (next_attempt_ms) WHERE area = 'delivered';
+//! CREATE INDEX relaymail_drafts_waiting
+//!     ON {schema}.relaymail_drafts (id) WHERE area = 'drafts' AND waiting_on_settings;
 //! CREATE TABLE {schema}.relaymail_schema (version integer NOT NULL);
 //! ```
 //!
-//! [`PgOutbox::migrate`] creates exactly this ([`SCHEMA_VERSION`] 2), or
-//! upgrades a version 1 table in place, idempotently, under an advisory
-//! lock; teams that run their own migrations apply the same SQL and insert
-//! version `2`. Delivered rows are deleted, or kept for
+//! [`PgOutbox::migrate`] creates exactly this ([`SCHEMA_VERSION`] 3), or
+//! upgrades a version 1 or 2 table in place, idempotently, under an
+//! advisory lock; teams that run their own migrations apply the same SQL
+//! and insert version `3`. Delivered rows are deleted, or kept for
 //! [`PgOutbox::with_retention`] and purged after.
+//!
+//! The columns `next_attempt_ms` and `waiting_on_settings` are what counts
+//! for a draft's next attempt and [`DraftInfo::waiting_on_settings`]
+//! (whatever the stored draft says), so that
+//! [`Outbox::release_waiting_on_settings`] is one `UPDATE` of the flagged
+//! rows that are not leased; the stored draft never carries the flag.
 //!
 //! **Claims** take due drafts with `FOR UPDATE SKIP LOCKED`, in batches,
 //! each with a lease (a token and an expiry, [`PgOutbox::with_lease`]) that
@@ -48,17 +58,16 @@ use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::Row;
 
 use super::codec::{decode_draft, encode_draft, millis};
-use super::{Area, Claim, DraftId, DraftInfo, Outbox, Page};
+use super::{Area, Claim, Deferral, DraftId, DraftInfo, Outbox, Page};
 use crate::error::Error;
 use crate::future::BoxFuture;
 use crate::message::Message;
-use crate::proto::session::Recipient;
 
 /// The schema version [`PgOutbox::migrate`] brings a database to.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
-/// Each schema version's SQL, in order (the README shows the result).
-fn migrations(s: &str) -> [(i32, Vec<String>); 2] {
+/// Each schema version's SQL, in order (the module docs show the result).
+fn migrations(s: &str) -> [(i32, Vec<String>); 3] {
     [
         (
             1,
@@ -88,6 +97,18 @@ fn migrations(s: &str) -> [(i32, Vec<String>); 2] {
                 ),
                 format!(
                     "CREATE INDEX relaymail_drafts_delivered ON {s}.relaymail_drafts (next_attempt_ms) WHERE area = 'delivered'"
+                ),
+            ],
+        ),
+        (
+            // Drafts waiting for the settings to be fixed, released by a reload.
+            3,
+            vec![
+                format!(
+                    "ALTER TABLE {s}.relaymail_drafts ADD COLUMN waiting_on_settings boolean NOT NULL DEFAULT false"
+                ),
+                format!(
+                    "CREATE INDEX relaymail_drafts_waiting ON {s}.relaymail_drafts (id) WHERE area = 'drafts' AND waiting_on_settings"
                 ),
             ],
         ),
@@ -159,6 +180,43 @@ fn check_schema(schema: &str) -> Result<(), Error> {
 
 fn ms(t: SystemTime) -> i64 {
     i64::try_from(millis(t)).unwrap_or(i64::MAX)
+}
+
+/// The columns a draft is read from, for `SELECT` and `RETURNING`.
+const DRAFT_COLUMNS: &str = "draft, next_attempt_ms, waiting_on_settings";
+
+/// A row's draft: the stored draft, with the next attempt time and the
+/// settings flag from their columns (which a release updates alone).
+fn draft_of(
+    row: &sqlx::postgres::PgRow,
+    id: DraftId,
+    area: Area,
+    with_content: bool,
+    what: &str,
+) -> Result<Result<(DraftInfo, Vec<u8>), String>, Error> {
+    let raw: Vec<u8> = row.try_get("draft").map_err(|e| db(what, e))?;
+    let next: i64 = row.try_get("next_attempt_ms").map_err(|e| db(what, e))?;
+    let waiting: bool = row.try_get("waiting_on_settings").map_err(|e| db(what, e))?;
+    Ok(
+        decode_draft(id, area, &raw, with_content).map(|(mut info, content)| {
+            if let Some(t) = u64::try_from(next).ok().and_then(super::codec::from_millis) {
+                info.next_attempt = t;
+            }
+            info.waiting_on_settings = waiting;
+            (info, content)
+        }),
+    )
+}
+
+/// A draft's bytes as this outbox stores them: the flag lives in its
+/// column only, so that the stored draft reads the same for any version.
+fn stored(info: &DraftInfo, content: &[u8]) -> Vec<u8> {
+    if !info.waiting_on_settings {
+        return encode_draft(info, content);
+    }
+    let mut info = info.clone();
+    info.waiting_on_settings = false;
+    encode_draft(&info, content)
 }
 
 /// A claim's hold on its row: its token, and the heartbeat that renews it.
@@ -394,7 +452,10 @@ impl PgOutbox {
         id: &DraftId,
         with_content: bool,
     ) -> Result<(DraftInfo, Vec<u8>), Error> {
-        let sql = format!("SELECT draft FROM {} WHERE id = $1 AND area = $2", self.table());
+        let sql = format!(
+            "SELECT {DRAFT_COLUMNS} FROM {} WHERE id = $1 AND area = $2",
+            self.table()
+        );
         let row = sqlx::query(&sql)
             .bind(id.as_str())
             .bind(area.name())
@@ -402,8 +463,7 @@ impl PgOutbox {
             .await
             .map_err(|e| db("read a draft", e))?
             .ok_or_else(|| Error::invalid(format!("no draft {id} in the {} area", area.name())))?;
-        let raw: Vec<u8> = row.try_get("draft").map_err(|e| db("read a draft", e))?;
-        decode_draft(id.clone(), area, &raw, with_content)
+        draft_of(&row, id.clone(), area, with_content, "read a draft")?
             .map_err(|why| Error::invalid(format!("draft {id} is corrupt ({why})")))
     }
 
@@ -411,7 +471,8 @@ impl PgOutbox {
     async fn record(&self, claim: Claim, info: DraftInfo) -> Result<(), Error> {
         let lease = lease_of(&claim)?;
         let sql = format!(
-            "UPDATE {} SET area = $3, next_attempt_ms = $4, draft = $5, lease_token = NULL, lease_until = NULL
+            "UPDATE {} SET area = $3, next_attempt_ms = $4, draft = $5, waiting_on_settings = $6,
+                lease_token = NULL, lease_until = NULL
              WHERE id = $1 AND lease_token = $2",
             self.table()
         );
@@ -420,7 +481,8 @@ impl PgOutbox {
             .bind(lease.token)
             .bind(info.area.name())
             .bind(ms(info.next_attempt))
-            .bind(encode_draft(&info, &claim.content))
+            .bind(stored(&info, &claim.content))
+            .bind(info.waiting_on_settings)
             .execute(&self.pool)
             .await
             .map_err(|e| db("record an attempt", e))?;
@@ -477,7 +539,7 @@ impl Outbox for PgOutbox {
                     FOR UPDATE SKIP LOCKED)
                  UPDATE {t} d SET lease_token = $3, lease_until = now() + make_interval(secs => $4)
                  FROM due WHERE d.id = due.id
-                 RETURNING d.id, d.draft"
+                 RETURNING d.id, d.draft, d.next_attempt_ms, d.waiting_on_settings"
             );
             let rows = sqlx::query(&sql)
                 .bind(ms(now))
@@ -490,11 +552,10 @@ impl Outbox for PgOutbox {
             let mut claims = Vec::with_capacity(rows.len());
             for row in rows {
                 let id: String = row.try_get("id").map_err(|e| db("claim drafts", e))?;
-                let raw: Vec<u8> = row.try_get("draft").map_err(|e| db("claim drafts", e))?;
                 let Some(draft_id) = DraftId::parse(&id) else {
                     continue;
                 };
-                let (info, content) = match decode_draft(draft_id, Area::Drafts, &raw, true) {
+                let (info, content) = match draft_of(&row, draft_id, Area::Drafts, true, "claim drafts")? {
                     Ok(d) => d,
                     Err(why) => {
                         // Unreadable: out of the way, with the reason.
@@ -550,22 +611,10 @@ impl Outbox for PgOutbox {
         })
     }
 
-    fn defer_claim<'a>(
-        &'a self,
-        claim: Claim,
-        error: &'a str,
-        next_attempt: SystemTime,
-        recipients: Option<Vec<Recipient>>,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+    fn defer_claim(&self, claim: Claim, deferral: Deferral) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             let mut info = claim.info().clone();
-            info.area = Area::Drafts;
-            info.attempts += 1;
-            info.last_error = Some(crate::email::one_line(error).into_owned());
-            info.next_attempt = next_attempt;
-            if let Some(r) = recipients {
-                info.envelope.set_recipients(r)?;
-            }
+            deferral.apply(&mut info)?;
             self.record(claim, info).await
         })
     }
@@ -576,6 +625,7 @@ impl Outbox for PgOutbox {
             info.area = Area::Failed;
             info.attempts += 1;
             info.last_error = Some(crate::email::one_line(reason).into_owned());
+            info.waiting_on_settings = false;
             self.record(claim, info).await
         })
     }
@@ -589,7 +639,7 @@ impl Outbox for PgOutbox {
         Box::pin(async move {
             // Keyset paging on the primary key: a page costs O(page).
             let sql = format!(
-                "SELECT id, draft FROM {} WHERE area = $1 AND id > $2 ORDER BY id LIMIT $3",
+                "SELECT id, {DRAFT_COLUMNS} FROM {} WHERE area = $1 AND id > $2 ORDER BY id LIMIT $3",
                 self.table()
             );
             let rows = sqlx::query(&sql)
@@ -604,12 +654,11 @@ impl Outbox for PgOutbox {
             let mut last = None;
             for row in rows {
                 let id: String = row.try_get("id").map_err(|e| db("list drafts", e))?;
-                let raw: Vec<u8> = row.try_get("draft").map_err(|e| db("list drafts", e))?;
                 let Some(draft_id) = DraftId::parse(&id) else {
                     continue;
                 };
                 last = Some(draft_id.clone());
-                if let Ok((info, _)) = decode_draft(draft_id, area, &raw, false) {
+                if let Ok((info, _)) = draft_of(&row, draft_id, area, false, "list drafts")? {
                     drafts.push(info);
                 }
             }
@@ -641,8 +690,9 @@ impl Outbox for PgOutbox {
             let now = SystemTime::now();
             info.area = Area::Drafts;
             info.next_attempt = now;
+            info.waiting_on_settings = false;
             let sql = format!(
-                "UPDATE {} SET area = 'drafts', next_attempt_ms = $3, draft = $4
+                "UPDATE {} SET area = 'drafts', next_attempt_ms = $3, draft = $4, waiting_on_settings = false
                  WHERE id = $1 AND area = $2 AND (lease_until IS NULL OR lease_until < now())",
                 self.table()
             );
@@ -650,7 +700,7 @@ impl Outbox for PgOutbox {
                 .bind(id.as_str())
                 .bind(area.name())
                 .bind(ms(now))
-                .bind(encode_draft(&info, &content))
+                .bind(stored(&info, &content))
                 .execute(&self.pool)
                 .await
                 .map_err(|e| db("retry a draft", e))?;
@@ -661,6 +711,38 @@ impl Outbox for PgOutbox {
                     "draft {id} is being delivered right now (or is gone); try again after the attempt"
                 )))
             }
+        })
+    }
+
+    /// One `UPDATE` of the flagged drafts that no claim holds (no lease,
+    /// or a lease that lapsed: what [`claim_due`](Outbox::claim_due) would
+    /// take over too). A draft leased by a deliverer is left as it is: its
+    /// attempt records its own outcome, fenced by its lease, and the mailer
+    /// whose settings were reloaded makes it due again at once if that
+    /// attempt fails on the settings. When drafts were released, waiting
+    /// deliverers of every replica are woken (`NOTIFY`).
+    fn release_waiting_on_settings(&self) -> BoxFuture<'_, Result<usize, Error>> {
+        Box::pin(async move {
+            let sql = format!(
+                "UPDATE {} SET next_attempt_ms = $1, waiting_on_settings = false
+                 WHERE area = 'drafts' AND waiting_on_settings
+                   AND (lease_until IS NULL OR lease_until < now())",
+                self.table()
+            );
+            let done = sqlx::query(&sql)
+                .bind(ms(SystemTime::now()))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db("release drafts waiting on the settings", e))?;
+            let released = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
+            if released > 0 {
+                // Best effort: deliverers poll anyway.
+                let _ = sqlx::query("SELECT pg_notify($1, 'released')")
+                    .bind(self.channel())
+                    .execute(&self.pool)
+                    .await;
+            }
+            Ok(released)
         })
     }
 

@@ -1,17 +1,16 @@
 //! [`DirSpool`]: the directory spool (see the [module docs](super)).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::codec::{decode_draft, encode_draft, from_millis, millis};
-use super::{Area, Claim, DraftId, DraftInfo, Outbox, Page};
+use super::codec::{decode_draft, encode_draft, from_millis, millis, WAITING_LINE};
+use super::{Area, Claim, Deferral, DraftId, DraftInfo, Outbox, Page};
 use crate::error::{Error, Kind};
 use crate::future::BoxFuture;
 use crate::message::Message;
-use crate::proto::session::Recipient;
 
 const EXT: &str = "draft";
 /// The spool's directories under its root.
@@ -90,6 +89,24 @@ fn still_at(file: &File, path: &Path) -> bool {
     {
         let _ = file;
         path.exists()
+    }
+}
+
+/// Whether a draft file's header (read up to the empty line that ends it,
+/// not the message) has the line that says it waits on the settings.
+fn header_says_waiting(file: &mut File) -> std::io::Result<bool> {
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(false);
+        }
+        match line.as_slice() {
+            b"\n" => return Ok(false),
+            l if l == WAITING_LINE.as_bytes() => return Ok(true),
+            _ => {}
+        }
     }
 }
 
@@ -367,23 +384,12 @@ impl DirSpool {
         result
     }
 
-    /// Rewrites a claimed draft for a later attempt, keeping only
-    /// `recipients` when given (the others were delivered).
-    pub fn defer_claim(
-        &self,
-        claim: Claim,
-        error: &str,
-        next_attempt: SystemTime,
-        recipients: Option<Vec<Recipient>>,
-    ) -> Result<(), Error> {
+    /// Rewrites a claimed draft for a later attempt, as `deferral` says
+    /// (keeping only its recipients when given: the others were
+    /// delivered).
+    pub fn defer_claim(&self, claim: Claim, deferral: Deferral) -> Result<(), Error> {
         let mut info = claim.info.clone();
-        info.area = Area::Drafts;
-        info.attempts += 1;
-        info.last_error = Some(one_line(error));
-        info.next_attempt = next_attempt;
-        if let Some(r) = recipients {
-            info.envelope.set_recipients(r)?;
-        }
+        deferral.apply(&mut info)?;
         let result = self.save(&info, &claim.content);
         drop(claim);
         result
@@ -395,6 +401,7 @@ impl DirSpool {
         info.attempts += 1;
         info.last_error = Some(one_line(reason));
         info.area = Area::Failed;
+        info.waiting_on_settings = false;
         self.save(&info, &claim.content)?;
         let result = self.remove(Area::Drafts, &info.id);
         drop(claim);
@@ -442,12 +449,14 @@ impl DirSpool {
 
     /// Makes a draft due now (after the administrator fixed the settings);
     /// from the failed area it goes back to the drafts. Waits for a delivery
-    /// attempt in progress on it, then makes the result due now.
+    /// attempt in progress on it, then makes the result due now. It no
+    /// longer waits on the settings.
     pub fn retry_now(&self, area: Area, id: &DraftId) -> Result<(), Error> {
         let _lock = self.lock_draft(area, id)?;
         let (mut info, content) = self.read(area, id, true)?;
         info.next_attempt = SystemTime::now();
         info.area = Area::Drafts;
+        info.waiting_on_settings = false;
         self.save(&info, &content)?;
         if area == Area::Failed {
             self.remove(Area::Failed, id)?;
@@ -463,9 +472,58 @@ impl DirSpool {
         Ok(Claim::new(info, content, lock))
     }
 
-    /// Records a failed attempt: attempts + 1, the error, the next attempt time.
-    pub fn defer(&self, id: &DraftId, error: &str, next_attempt: SystemTime) -> Result<(), Error> {
-        self.defer_claim(self.claim_waiting(Area::Drafts, id)?, error, next_attempt, None)
+    /// Records a failed attempt as `deferral` says: attempts + 1, the
+    /// error, the next attempt time, whether it waits on the settings
+    /// (waiting for a delivery attempt in progress on it first).
+    pub fn defer(&self, id: &DraftId, deferral: Deferral) -> Result<(), Error> {
+        self.defer_claim(self.claim_waiting(Area::Drafts, id)?, deferral)
+    }
+
+    /// Makes every draft that waits on the settings
+    /// ([`DraftInfo::waiting_on_settings`]) due now and clears the flag;
+    /// returns how many. One pass over `drafts/`: each file's header is
+    /// read up to its end (the message bytes only of the drafts it
+    /// rewrites), under the draft's lock. A draft locked by a delivery
+    /// attempt in progress is skipped, not waited for: the attempt records
+    /// its own outcome. Unreadable files are left to
+    /// [`claim_due`](Self::claim_due), which moves them aside.
+    pub fn release_waiting_on_settings(&self) -> Result<usize, Error> {
+        let dir = self.root.join(Area::Drafts.name());
+        let entries = fs::read_dir(&dir).map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
+        let now = SystemTime::now();
+        let mut released = 0;
+        for entry in entries.flatten() {
+            let Some(id) = draft_id(&entry.file_name()) else {
+                continue;
+            };
+            let path = entry.path();
+            let Ok(mut file) = OpenOptions::new().read(true).write(true).open(&path) else {
+                continue; // delivered or deleted meanwhile
+            };
+            if file.try_lock().is_err() || !still_at(&file, &path) {
+                continue; // being delivered, or just rewritten
+            }
+            if !header_says_waiting(&mut file).unwrap_or(false) {
+                continue;
+            }
+            let mut raw = Vec::new();
+            if file.seek(SeekFrom::Start(0)).is_err() || file.read_to_end(&mut raw).is_err() {
+                continue;
+            }
+            let Ok((mut info, content)) = decode_draft(id, Area::Drafts, &raw, true) else {
+                continue;
+            };
+            if !info.waiting_on_settings {
+                continue;
+            }
+            info.waiting_on_settings = false;
+            info.next_attempt = now;
+            // Replaces the file while its lock is held, as an attempt's
+            // outcome does.
+            self.save(&info, &content)?;
+            released += 1;
+        }
+        Ok(released)
     }
 
     /// Moves a draft to the failed area with the reason.
@@ -504,15 +562,8 @@ impl Outbox for DirSpool {
     fn complete(&self, claim: Claim) -> BoxFuture<'_, Result<(), Error>> {
         self.off_thread(move |s| s.complete(claim))
     }
-    fn defer_claim<'a>(
-        &'a self,
-        claim: Claim,
-        error: &'a str,
-        next_attempt: SystemTime,
-        recipients: Option<Vec<Recipient>>,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        let error = error.to_owned();
-        self.off_thread(move |s| s.defer_claim(claim, &error, next_attempt, recipients))
+    fn defer_claim(&self, claim: Claim, deferral: Deferral) -> BoxFuture<'_, Result<(), Error>> {
+        self.off_thread(move |s| s.defer_claim(claim, deferral))
     }
     fn fail_claim<'a>(&'a self, claim: Claim, reason: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         let reason = reason.to_owned();
@@ -542,6 +593,9 @@ impl Outbox for DirSpool {
     fn read_message<'a>(&'a self, area: Area, id: &'a DraftId) -> BoxFuture<'a, Result<Vec<u8>, Error>> {
         let id = id.clone();
         self.off_thread(move |s| s.read(area, &id, true).map(|(_, content)| content))
+    }
+    fn release_waiting_on_settings(&self) -> BoxFuture<'_, Result<usize, Error>> {
+        self.off_thread(|s| s.release_waiting_on_settings())
     }
 }
 

@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::address::Address;
 use crate::message::Message;
-use crate::outbox::{Area, Claim, DraftId, DraftInfo, Outbox};
+use crate::outbox::{Area, Claim, Deferral, DraftId, DraftInfo, Outbox};
 use crate::proto::command::{DsnReturn, MailParams, Notify, RcptParams};
 use crate::proto::session::{Envelope, Recipient};
 
@@ -58,7 +58,7 @@ impl fmt::Display for ConformanceFailure {
 impl std::error::Error for ConformanceFailure {}
 
 /// The names of the checks [`check_outbox`] runs, in order.
-pub const CHECKS: [&str; 10] = [
+pub const CHECKS: [&str; 11] = [
     "an enqueued draft is due now and inspects as it was given",
     "a claim carries the message and reserves the draft",
     "a completed draft is gone",
@@ -69,6 +69,7 @@ pub const CHECKS: [&str; 10] = [
     "pages list every draft once, oldest first",
     "retry_all_now makes every failed draft due",
     "envelope parameters survive the outbox",
+    "drafts waiting on the settings are flagged, and released alone",
 ];
 
 type Outcome = Result<(), String>;
@@ -156,7 +157,8 @@ where
             6 => delete_removes(&outbox).await,
             7 => paging(&outbox).await,
             8 => retry_all(&outbox).await,
-            _ => parameters(&outbox).await,
+            9 => parameters(&outbox).await,
+            _ => waiting_on_settings(&outbox).await,
         };
         match outcome {
             Ok(()) => passed.push(check),
@@ -255,7 +257,7 @@ async fn defer_records(o: &impl Outbox) -> Outcome {
     let id = enqueue(o, &message(1)).await?;
     let claim = claim_one(o).await?;
     let later = SystemTime::now() + Duration::from_secs(3600);
-    o.defer_claim(claim, "421 4.3.2 try again later", later, None)
+    o.defer_claim(claim, Deferral::new("421 4.3.2 try again later", later))
         .await
         .map_err(|e| err("defer_claim", e))?;
     let info = inspect(o, Area::Drafts, &id).await?;
@@ -263,6 +265,10 @@ async fn defer_records(o: &impl Outbox) -> Outcome {
         info.attempts == 1,
         "attempts {} after one deferral",
         info.attempts
+    );
+    ensure!(
+        !info.waiting_on_settings,
+        "a 4yz deferral says the draft waits on the settings"
     );
     ensure!(
         info.last_error
@@ -300,9 +306,7 @@ async fn defer_keeps_owed(o: &impl Outbox) -> Outcome {
     let claim = claim_one(o).await?;
     o.defer_claim(
         claim,
-        "451 4.2.1 mailbox busy",
-        SystemTime::now(),
-        Some(vec![owed.clone()]),
+        Deferral::new("451 4.2.1 mailbox busy", SystemTime::now()).with_recipients(vec![owed.clone()]),
     )
     .await
     .map_err(|e| err("defer_claim", e))?;
@@ -469,5 +473,112 @@ async fn parameters(o: &impl Outbox) -> Outcome {
         "RCPT parameters changed: {:?}",
         got.envelope().recipients()
     );
+    Ok(())
+}
+
+/// `defer_claim(claim, deferral)`, its error in words.
+async fn defer(o: &impl Outbox, claim: Claim, deferral: Deferral) -> Outcome {
+    o.defer_claim(claim, deferral)
+        .await
+        .map_err(|e| err("defer_claim", e))
+}
+
+/// The one draft due now, which must be `id`.
+async fn claim_id(o: &impl Outbox, id: &DraftId) -> Result<Claim, String> {
+    let claim = claim_one(o).await?;
+    ensure!(
+        claim.info().id == *id,
+        "claimed {} instead of {id}",
+        claim.info().id
+    );
+    Ok(claim)
+}
+
+async fn waiting_on_settings(o: &impl Outbox) -> Outcome {
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    let auth = "535 5.7.8 authentication failed";
+    let [a, b, c, d] = [
+        enqueue(o, &message(1)).await?,
+        enqueue(o, &message(2)).await?,
+        enqueue(o, &message(3)).await?,
+        enqueue(o, &message(4)).await?,
+    ];
+    let claims = claim_at(o, SystemTime::now(), 10).await?;
+    ensure!(claims.len() == 4, "claimed {} of 4", claims.len());
+    for claim in claims {
+        let id = claim.info().id.clone();
+        let deferral = if id == b {
+            Deferral::new("421 4.3.2 try again later", later)
+        } else if id == c {
+            // Due again now, to be deferred for another cause below.
+            Deferral::new(auth, SystemTime::now()).with_waiting_on_settings(true)
+        } else {
+            Deferral::new(auth, later).with_waiting_on_settings(true)
+        };
+        defer(o, claim, deferral).await?;
+    }
+    for (id, want) in [(&a, true), (&b, false), (&c, true), (&d, true)] {
+        let info = inspect(o, Area::Drafts, id).await?;
+        ensure!(
+            info.waiting_on_settings == want,
+            "after a deferral that said waiting_on_settings = {want}, the draft says {}",
+            info.waiting_on_settings
+        );
+    }
+    // A later deferral for another cause clears the flag.
+    let claim = claim_id(o, &c).await?;
+    defer(o, claim, Deferral::new("connection refused", later)).await?;
+    ensure!(
+        !inspect(o, Area::Drafts, &c).await?.waiting_on_settings,
+        "a deferral for an unreachable relay left the settings flag set"
+    );
+    // So does retry_now.
+    o.retry_now(Area::Drafts, &d)
+        .await
+        .map_err(|e| err("retry_now", e))?;
+    ensure!(
+        !inspect(o, Area::Drafts, &d).await?.waiting_on_settings,
+        "retry_now left the settings flag set"
+    );
+    let claim = claim_id(o, &d).await?;
+    o.complete(claim).await.map_err(|e| err("complete", e))?;
+    // Only `a` waits on the settings now.
+    let n = o
+        .release_waiting_on_settings()
+        .await
+        .map_err(|e| err("release_waiting_on_settings", e))?;
+    ensure!(n == 1, "release_waiting_on_settings released {n} drafts, not 1");
+    let info = inspect(o, Area::Drafts, &a).await?;
+    ensure!(
+        !info.waiting_on_settings && millis(info.next_attempt) <= millis(SystemTime::now()),
+        "a released draft is not due now without the flag: {info:?}"
+    );
+    ensure!(
+        info.attempts == 1 && info.last_error.as_deref() == Some(auth),
+        "the release changed the draft's attempts or error: {info:?}"
+    );
+    for id in [&b, &c] {
+        let info = inspect(o, Area::Drafts, id).await?;
+        ensure!(
+            millis(info.next_attempt) == millis(later),
+            "the release moved a draft that did not wait on the settings: {info:?}"
+        );
+    }
+    let due = o.next_due().await.map_err(|e| err("next_due", e))?;
+    ensure!(
+        due.is_some_and(|t| millis(t) <= millis(SystemTime::now())),
+        "next_due is {due:?} after the release, not now"
+    );
+    let claim = claim_id(o, &a).await?;
+    ensure!(
+        claim_at(o, SystemTime::now(), 10).await?.is_empty(),
+        "drafts not waiting on the settings became due"
+    );
+    drop(claim);
+    let again = o
+        .release_waiting_on_settings()
+        .await
+        .map_err(|e| err("release_waiting_on_settings", e))?;
+    ensure!(again == 0, "a second release released {again} drafts");
     Ok(())
 }

@@ -7,11 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use relaymail::outbox::{Area, Claim, DirSpool, DraftId, DraftInfo, Outbox, OutboxPolicy, Page};
+use relaymail::outbox::{Area, Claim, Deferral, DirSpool, DraftId, DraftInfo, Outbox, OutboxPolicy, Page};
 use relaymail::testing::{ServerConfig, TestServer};
-use relaymail::{
-    BoxFuture, Email, Error, Mailer, Message, Recipient, RetryPolicy, SendOutcome, SmtpSettings, TlsMode,
-};
+use relaymail::{BoxFuture, Email, Error, Mailer, Message, RetryPolicy, SendOutcome, SmtpSettings, TlsMode};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -435,9 +433,7 @@ fn a_draft_written_by_the_previous_version_is_read_and_delivered_as_it_was() {
     spool
         .defer_claim(
             claims.into_iter().next().expect("one"),
-            "421 again",
-            SystemTime::now(),
-            None,
+            Deferral::new("421 again", SystemTime::now()),
         )
         .expect("deferred");
     let again = spool.inspect(Area::Drafts, &id).expect("rewritten");
@@ -447,6 +443,8 @@ fn a_draft_written_by_the_previous_version_is_read_and_delivered_as_it_was() {
     assert!(raw.starts_with(b"relaymail-draft 2\n"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+mod release;
 
 #[cfg(unix)]
 #[path = "../support/umask.rs"]
@@ -471,7 +469,9 @@ fn spool_directories_and_drafts_are_private_to_their_owner() {
     let draft = dir.join("drafts").join(format!("{id}.draft"));
     assert_eq!(mode(&draft), 0o600, "a new draft");
     // Rewritten by an attempt, moved to the failed area: still private.
-    spool.defer(&id, "421 later", SystemTime::now()).expect("defer");
+    spool
+        .defer(&id, Deferral::new("421 later", SystemTime::now()))
+        .expect("defer");
     assert_eq!(mode(&draft), 0o600, "a rewritten draft");
     spool.fail(&id, "550 no").expect("fail");
     assert_eq!(mode(&dir.join("failed").join(format!("{id}.draft"))), 0o600);
@@ -621,14 +621,8 @@ impl Outbox for Faulty {
     fn complete(&self, claim: Claim) -> BoxFuture<'_, Result<(), Error>> {
         Outbox::complete(&self.spool, claim)
     }
-    fn defer_claim<'a>(
-        &'a self,
-        claim: Claim,
-        error: &'a str,
-        next_attempt: SystemTime,
-        recipients: Option<Vec<Recipient>>,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Outbox::defer_claim(&self.spool, claim, error, next_attempt, recipients)
+    fn defer_claim(&self, claim: Claim, deferral: Deferral) -> BoxFuture<'_, Result<(), Error>> {
+        Outbox::defer_claim(&self.spool, claim, deferral)
     }
     fn fail_claim<'a>(&'a self, claim: Claim, reason: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         Outbox::fail_claim(&self.spool, claim, reason)
@@ -762,13 +756,7 @@ impl Outbox for ForgetsDeferrals {
     fn complete(&self, claim: Claim) -> BoxFuture<'_, Result<(), Error>> {
         Outbox::complete(&self.0, claim)
     }
-    fn defer_claim<'a>(
-        &'a self,
-        claim: Claim,
-        _error: &'a str,
-        _next_attempt: SystemTime,
-        _recipients: Option<Vec<relaymail::Recipient>>,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+    fn defer_claim(&self, claim: Claim, _deferral: Deferral) -> BoxFuture<'_, Result<(), Error>> {
         // Drops the claim: the draft is due again at once, its attempt lost.
         drop(claim);
         Box::pin(async { Ok(()) })
@@ -816,4 +804,22 @@ async fn the_conformance_suite_names_the_check_a_broken_outbox_fails() {
     );
     assert!(failure.problem.contains("attempts 0"), "{failure}");
     let _ = std::fs::remove_dir_all(base);
+}
+
+#[tokio::test]
+async fn the_default_release_passes_the_outbox_conformance_suite() {
+    // Faulty, not broken, does not override release_waiting_on_settings:
+    // the trait's default runs.
+    let mut n = 0;
+    let passed = relaymail::testing::check_outbox(|| {
+        n += 1;
+        let (faulty, _, _) = Faulty::new(&format!("conformance-default-{n}"));
+        async move { faulty }
+    })
+    .await
+    .unwrap_or_else(|failure| panic!("{failure}"));
+    assert_eq!(passed, relaymail::testing::CHECKS);
+    for i in 1..=n {
+        let _ = std::fs::remove_dir_all(spool_dir(&format!("conformance-default-{i}")));
+    }
 }

@@ -35,7 +35,7 @@ fn enqueue_inspect_message_defer_fail_retry_delete() {
         message(1).content()
     );
     let later = SystemTime::now() + Duration::from_secs(60);
-    s.defer(&id, "421 4.3.2 try later\r\nX-Injected: no", later)
+    s.defer(&id, Deferral::new("421 4.3.2 try later\r\nX-Injected: no", later))
         .expect("defer");
     let info = s.inspect(Area::Drafts, &id).expect("inspect");
     assert_eq!(info.attempts, 1);
@@ -66,7 +66,8 @@ fn a_waiting_draft_is_skipped_by_its_file_time_and_a_lost_time_is_repaired() {
     let now = SystemTime::now();
     let later = now + Duration::from_secs(3600);
     let waiting = s.enqueue(&message(1)).expect("queued");
-    s.defer(&waiting, "421 try later", later).expect("defer");
+    s.defer(&waiting, Deferral::new("421 try later", later))
+        .expect("defer");
     assert_eq!(mtime(&s, &waiting), whole_millis(later));
     assert_eq!(s.next_due().expect("next"), Some(whole_millis(later)));
 
@@ -190,5 +191,52 @@ fn paging_lists_every_draft_once_while_drafts_come_and_go() {
     let all = s.list(Area::Drafts, None, 100).expect("all");
     assert_eq!(all.drafts.len(), 24);
     assert!(all.next.is_none());
+    let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn release_makes_the_drafts_waiting_on_the_settings_due_and_skips_one_being_delivered() {
+    let (s, dir) = spool("release");
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    let auth = || Deferral::new("535 5.7.8 authentication failed", later).with_waiting_on_settings(true);
+    let (a, b, c) = (
+        s.enqueue(&message(1)).expect("a"),
+        s.enqueue(&message(2)).expect("b"),
+        s.enqueue(&message(3)).expect("c"),
+    );
+    s.defer(&a, auth()).expect("defer a");
+    s.defer(&b, auth()).expect("defer b");
+    s.defer(&c, Deferral::new("421 4.3.2 try later", later))
+        .expect("defer c");
+    // A deliverer holds one of the two that wait on the settings.
+    let held = s
+        .claim_due(later + Duration::from_secs(1), 1)
+        .expect("claim")
+        .pop()
+        .expect("one");
+    let (held_id, free) = if held.info().id == a { (a, b) } else { (b, a) };
+    assert_eq!(s.release_waiting_on_settings().expect("release"), 1);
+    let info = s.inspect(Area::Drafts, &free).expect("released");
+    assert!(!info.waiting_on_settings && info.next_attempt <= SystemTime::now());
+    assert!(
+        mtime(&s, &free) <= SystemTime::now(),
+        "the file time says due now too"
+    );
+    assert!(
+        s.inspect(Area::Drafts, &held_id)
+            .expect("held")
+            .waiting_on_settings
+    );
+    assert_eq!(
+        millis(s.inspect(Area::Drafts, &c).expect("c").next_attempt),
+        millis(later)
+    );
+    drop(held);
+    assert_eq!(
+        s.release_waiting_on_settings().expect("release"),
+        1,
+        "the one let go"
+    );
+    assert_eq!(s.release_waiting_on_settings().expect("release"), 0);
     let _ = fs::remove_dir_all(dir);
 }
