@@ -182,12 +182,12 @@ async fn relaymail_run(port: u16, k: usize, messages: &[Arc<[u8]>]) -> Run {
         .tls(TlsMode::None)
         .sender("bench@example.com")
         .helo_name("bench.example.com")
+        // lettre has no such limit; compare like with like.
+        .max_deliveries_per_connection(100_000)
         .build()
         .expect("settings");
     let mailer = Mailer::builder(settings)
         .max_connections(k)
-        // lettre has no such limit; compare like with like.
-        .max_deliveries_per_connection(100_000)
         .queue_capacity(4096)
         .retry(RetryPolicy::never())
         .build()

@@ -80,14 +80,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .sender("noreply@example.com")
         .sender_name("Example App")
         .credentials("app@example.com", "correct horse battery staple")
+        .max_deliveries_per_connection(3) // then QUIT and reconnect
         .build()?;
     println!("settings: {settings:?}\n");
 
     // Two connections at most, three messages each before reconnecting.
-    let mailer = Mailer::builder(settings)
-        .max_connections(2)
-        .max_deliveries_per_connection(3)
-        .build()?;
+    let mailer = Mailer::builder(settings).max_connections(2).build()?;
 
     // Every notification from its own task, all at once.
     let mut tasks = Vec::new();

@@ -794,9 +794,19 @@ async fn bulk_with(conn: &Conn, b: BulkRun<'_>, url_on_command_line: bool) -> Ex
 async fn bulk(b: &BulkRun<'_>, settings: SmtpSettings, from: &str, envelope: Envelope) -> ExitCode {
     let count = b.count;
     let size = b.pool.size.unwrap_or(2048);
+    let settings = match settings
+        .to_builder()
+        .max_deliveries_per_connection(b.pool.max_per_connection.unwrap_or(20))
+        .build()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("relaymail: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
     let mailer = match Mailer::builder(settings)
         .max_connections(b.pool.connections.unwrap_or(4))
-        .max_deliveries_per_connection(b.pool.max_per_connection.unwrap_or(20))
         .build()
     {
         Ok(m) => m,

@@ -5,14 +5,18 @@
 //! ```no_run
 //! # async fn demo(settings: relaymail::SmtpSettings) -> Result<(), relaymail::Error> {
 //! use std::sync::Arc;
-//! use relaymail::email::{Attachment, AttachmentPolicy, Email, FsAttachmentStore};
+//! use relaymail::email::{Attachment, Email, FsAttachmentStore};
+//! use relaymail::settings::AttachmentLimit;
 //! use relaymail::Mailer;
 //!
-//! // Attachments over 5 MB are stored and sent as links instead.
-//! let store = FsAttachmentStore::new("/var/lib/app/attachments", "https://files.example.com/a");
-//! let mailer = Mailer::builder(settings)
-//!     .attachment_policy(AttachmentPolicy::links_above(5_000_000, Arc::new(store)))
+//! // Attachments over 5 MB are stored and sent as links instead: the limit
+//! // is a setting (saved with a profile), the store is the application's.
+//! let settings = settings
+//!     .to_builder()
+//!     .attachment_limit(AttachmentLimit::links_above(5_000_000))
 //!     .build()?;
+//! let store = FsAttachmentStore::new("/var/lib/app/attachments", "https://files.example.com/a");
+//! let mailer = Mailer::builder(settings).attachment_store(Arc::new(store)).build()?;
 //! let report = std::fs::read("/var/lib/app/reports/2026-11.pdf").expect("report");
 //! let email = Email::new()
 //!     .to(("Ana Lima", "ana@example.net"))
@@ -211,7 +215,8 @@ impl Attachment {
 }
 
 /// Stores an attachment somewhere reachable and returns its URL (for
-/// [`AttachmentPolicy::links_above`]).
+/// [`AttachmentPolicy::links_above`], and a [`Mailer`](crate::Mailer)'s
+/// [`attachment_store`](crate::MailerBuilder::attachment_store)).
 pub trait AttachmentStore: Send + Sync {
     /// Stores the attachment; returns the URL recipients will follow.
     fn store<'a>(&'a self, attachment: &'a Attachment) -> BoxFuture<'a, Result<String, Error>>;
@@ -236,8 +241,11 @@ impl std::fmt::Debug for OverLimit {
     }
 }
 
-/// The attachment size limit (seed 002's "maximum attachment size" and
-/// "attachments as links").
+/// The attachment size limit of a [`Composer`] (seed 002's "maximum
+/// attachment size" and "attachments as links"), with the store for links.
+/// A [`Mailer`](crate::Mailer) derives its own from the settings'
+/// [`AttachmentLimit`](crate::settings::AttachmentLimit) and its
+/// [attachment store](crate::MailerBuilder::attachment_store).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct AttachmentPolicy {
@@ -685,7 +693,7 @@ impl Composer {
                             human_size(max)
                         ),
                     )
-                    .with_hint("send it as a link (AttachmentPolicy::links_above) or raise the limit"))
+                    .with_hint("send it as a link (AttachmentLimit::links_above with an attachment store) or raise the limit"))
                 }
                 OverLimit::Link(store) => {
                     let url = store.store(&a).await?;

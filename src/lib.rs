@@ -14,7 +14,10 @@
 //!   them and adds the likely fix.
 //! - [`SmtpSettings`]: the typed, validated settings an administrator's form
 //!   produces (host, port, [`TlsMode`], trust, credentials, HELO name,
-//!   per-phase [`Timeouts`]); `build()` reports every bad field at once.
+//!   per-phase [`Timeouts`], and what the [`Mailer`] does with the mail:
+//!   [`Redirect`], deliveries per connection, [`AddressPolicy`],
+//!   [`settings::AttachmentLimit`]); `build()` reports every bad field at
+//!   once.
 //! - [`Connection`] ([`transport`]): one connection over tokio and rustls —
 //!   DNS, implicit TLS or STARTTLS, AUTH, delivery, NOOP, QUIT — with the
 //!   timeout of each phase enforced and errors that name the stage and the

@@ -39,6 +39,7 @@ pub struct Profile {
     name: String,
     enabled: bool,
     settings: SmtpSettings,
+    test_on_save: bool,
 }
 
 impl Profile {
@@ -55,6 +56,13 @@ impl Profile {
     /// Its settings.
     pub fn settings(&self) -> &SmtpSettings {
         &self.settings
+    }
+
+    /// Whether the settings page sends a test email when this profile is
+    /// saved (stored with the profile; relaymail only keeps the flag).
+    /// False for a new profile.
+    pub fn test_on_save(&self) -> bool {
+        self.test_on_save
     }
 }
 
@@ -128,6 +136,7 @@ impl Profiles {
             name,
             enabled,
             settings,
+            test_on_save: false,
         });
         Ok(())
     }
@@ -187,6 +196,14 @@ impl Profiles {
         Ok(())
     }
 
+    /// Sets whether the settings page sends a test email when the profile
+    /// is saved ([`Profile::test_on_save`]).
+    pub fn set_test_on_save(&mut self, name: &str, on: bool) -> Result<(), Error> {
+        let i = self.index(name)?;
+        self.list[i].test_on_save = on;
+        Ok(())
+    }
+
     /// The active profile: the first enabled one.
     pub fn active(&self) -> Result<&Profile, Error> {
         self.list.iter().find(|p| p.enabled).ok_or_else(|| {
@@ -206,6 +223,9 @@ struct StoredProfile {
     name: String,
     enabled: bool,
     settings: SealedSettings,
+    /// Absent in stores written before it existed, and when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    test_on_save: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -232,6 +252,14 @@ impl StoredFile {
             crate::settings::push_field(&mut out, p.name.as_bytes());
             out.push(u8::from(p.enabled));
             p.settings.authenticated_bytes(&p.name, &mut out);
+            // Added later: only when on, so that stores written before keep
+            // their tag. Its marker (0x20) differs from every optional part
+            // of a record and cannot start what follows one (the next
+            // profile's name length, far below 2^57, or the end).
+            if p.test_on_save {
+                out.push(0x20);
+                out.push(1);
+            }
         }
         out
     }
@@ -341,6 +369,7 @@ impl ProfileStore {
                 name: p.name,
                 enabled: p.enabled,
                 settings,
+                test_on_save: p.test_on_save,
             });
         }
         Ok((
@@ -467,6 +496,7 @@ impl ProfileStore {
                         name: p.name.clone(),
                         enabled: p.enabled,
                         settings: p.settings.seal(key, &p.name)?,
+                        test_on_save: p.test_on_save,
                     })
                 })
                 .collect::<Result<_, Error>>()?,
@@ -584,7 +614,8 @@ impl ProfileStore {
         let followers = self.followers.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for mailer in followers.iter().filter_map(WeakMailer::upgrade) {
             // The settings were validated when they were built; a TLS
-            // configuration error would leave the old settings in place.
+            // configuration error, or attachments as links on a mailer
+            // without an attachment store, leaves the old settings in place.
             let _ = mailer.reload(active.settings.clone());
         }
     }

@@ -216,12 +216,10 @@ async fn oauth2_renewals_are_traced_without_secrets(recorder: &Recorder) {
         .dangerous(|d| d.allow_plaintext_auth(true))
         .sender("alerts@example.com")
         .oauth2(std::sync::Arc::new(provider))
-        .build()
-        .expect("settings");
-    let mailer = Mailer::builder(s)
         .max_deliveries_per_connection(1)
         .build()
-        .expect("mailer");
+        .expect("settings");
+    let mailer = Mailer::builder(s).build().expect("mailer");
     mailer
         .send(message("ops@example.net", "oauth2 one"))
         .await

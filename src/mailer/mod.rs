@@ -25,7 +25,8 @@
 //!
 //! - **Connections**: at most `max_connections` open at once — a hard cap on
 //!   all connections, busy or idle. Each carries at most
-//!   `max_deliveries_per_connection` transactions (default 20) and lives at
+//!   [`SmtpSettings::max_deliveries_per_connection`] transactions (default
+//!   20; after a reload, the new settings' value) and lives at
 //!   most `max_connection_age`; then it QUITs and a new one is opened. Idle
 //!   connections close after `idle_timeout`. A connection that sat idle
 //!   longer than `probe_after_idle` is probed with NOOP before use — never a
@@ -48,9 +49,17 @@
 //! - **Reload**: [`Mailer::reload`] switches new transactions to new settings
 //!   without a restart; idle connections of the old settings close, busy ones
 //!   finish their messages first.
-//! - **Redirect**: with a [`Redirect`] switched on, every message goes only to
-//!   the enabled report addresses; the original recipients are kept in an
-//!   `X-Relaymail-Original-Recipients` header.
+//! - **Redirect**: with a [`Redirect`] switched on in the settings
+//!   ([`SmtpSettingsBuilder::redirect`](crate::SmtpSettingsBuilder::redirect)),
+//!   every message goes only to the enabled report addresses; the original
+//!   recipients are kept in an `X-Relaymail-Original-Recipients` header.
+//! - **Policies from the settings**: the redirect, the
+//!   [`AddressPolicy`](crate::AddressPolicy) and the
+//!   [`AttachmentLimit`](crate::settings::AttachmentLimit) are read from the
+//!   current settings for each message handed over, so a reload (or a
+//!   saved profile the mailer follows) changes them. Attachments sent as
+//!   links go to the application's store
+//!   ([`MailerBuilder::attachment_store`]).
 //! - **DKIM** (feature `dkim`): with `SmtpSettingsBuilder::dkim`
 //!   set, each message is signed once when it is handed over (after a
 //!   redirect, before the first attempt; retries resend the same bytes).
@@ -73,24 +82,28 @@ mod trace;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+/// Redirect to report addresses is a setting now
+/// ([`SmtpSettingsBuilder::redirect`](crate::SmtpSettingsBuilder::redirect)); re-exported here
+/// where it has always been.
+pub use crate::settings::{Redirect, ReportAddress};
 pub use health::RelayDownPolicy;
 pub use limit::RateLimit;
 pub use retry::RetryPolicy;
 
-use crate::address::{Address, AddressPolicy};
+use crate::address::Address;
 use crate::dev::Destination;
-use crate::email::{AttachmentPolicy, Composer, Email};
+use crate::email::{AttachmentPolicy, AttachmentStore, Composer, Email, OverLimit};
 use crate::error::Error;
 use crate::message::Message;
 use crate::outbox::{DraftId, Outbox, OutboxPolicy};
 use crate::proto::reply::Reply;
-use crate::proto::session::{Envelope, Recipient, RecipientReply, TxId};
+use crate::proto::session::{Envelope, RecipientReply, TxId};
 use crate::settings::{Relay, SmtpSettings};
 use crate::transport::{Connection, Connector, Delivery};
 use deliver::Verdict;
@@ -212,111 +225,6 @@ pub struct Stats {
     /// Messages delivered by each relay: the primary, and any backup that
     /// carried messages while the primary could not be reached.
     pub delivered_by_relay: Vec<(Relay, u64)>,
-}
-
-/// A report address for [`Redirect`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ReportAddress {
-    /// The mailbox.
-    pub address: Address,
-    /// Whether redirected mail goes to it.
-    pub enabled: bool,
-}
-
-/// Redirect mode: send every message only to report addresses (testing and
-/// staging setups), keeping the original recipients in a header.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Redirect {
-    /// Whether redirect is on.
-    pub enabled: bool,
-    /// The report addresses, each enabled or not.
-    pub addresses: Vec<ReportAddress>,
-}
-
-impl ReportAddress {
-    /// An enabled report address.
-    pub fn new(address: Address) -> ReportAddress {
-        ReportAddress {
-            address,
-            enabled: true,
-        }
-    }
-
-    /// The same address, enabled or not.
-    pub fn with_enabled(mut self, enabled: bool) -> ReportAddress {
-        self.enabled = enabled;
-        self
-    }
-}
-
-impl Redirect {
-    /// Redirect switched on or off, with these report addresses (each
-    /// enabled or not).
-    pub fn new(enabled: bool, addresses: Vec<ReportAddress>) -> Redirect {
-        Redirect { enabled, addresses }
-    }
-
-    /// Redirect switched on, to these addresses (all enabled).
-    pub fn to(addresses: impl IntoIterator<Item = Address>) -> Redirect {
-        Redirect {
-            enabled: true,
-            addresses: addresses.into_iter().map(ReportAddress::new).collect(),
-        }
-    }
-
-    fn targets(&self) -> impl Iterator<Item = &Address> {
-        self.addresses.iter().filter(|a| a.enabled).map(|a| &a.address)
-    }
-
-    /// Report addresses are valid by type; what is left to check is that
-    /// redirect on has somewhere to send.
-    fn check(&self) -> Result<(), Error> {
-        if self.enabled && self.targets().next().is_none() {
-            return Err(Error::config(
-                "redirect is on but no report address is enabled; refusing to send to the real recipients",
-            )
-            .with_hint("enable a report address, or switch redirect off"));
-        }
-        Ok(())
-    }
-
-    /// Rewrites the envelope to the report addresses and records the
-    /// original recipients in a header.
-    fn apply(&self, envelope: &mut Envelope, content: &mut Arc<[u8]>) -> Result<(), Error> {
-        self.check()?;
-        let originals: Vec<String> = envelope
-            .recipients()
-            .iter()
-            .map(|r| r.address.to_smtp())
-            .collect();
-        let mut header = format!("{ORIGINAL_RECIPIENTS_HEADER}:");
-        let mut line_len = header.len();
-        for (i, addr) in originals.iter().enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            // Fold long lists (RFC 5322 §2.2.3); addresses were validated:
-            // no CR, LF or other control bytes can reach the header.
-            if line_len + sep.len() + 1 + addr.len() > 76 && i > 0 {
-                header.push_str(sep);
-                header.push_str("\r\n ");
-                line_len = 1;
-            } else {
-                header.push_str(sep);
-                header.push(' ');
-                line_len += sep.len() + 1;
-            }
-            header.push_str(addr);
-            line_len += addr.len();
-        }
-        header.push_str("\r\n");
-        let mut bytes = Vec::with_capacity(header.len() + content.len());
-        bytes.extend_from_slice(header.as_bytes());
-        bytes.extend_from_slice(content);
-        *content = bytes.into();
-        envelope.set_recipients(self.targets().cloned().map(Recipient::new).collect())?;
-        Ok(())
-    }
 }
 
 /// A message in the mailer's hands; await it for the outcome.
@@ -589,9 +497,9 @@ pub struct Mailer {
 
 struct Inner {
     pool: Arc<Pool<SmtpManager>>,
-    redirect: RwLock<Redirect>,
-    addresses: AddressPolicy,
-    attachments: AttachmentPolicy,
+    /// Where attachments over the settings' limit go when the settings ask
+    /// for links.
+    attachment_store: Option<Arc<dyn AttachmentStore>>,
     outbox: Option<OutboxRun>,
 }
 
@@ -659,7 +567,8 @@ impl Mailer {
         Mailer::builder(settings).build()
     }
 
-    /// Configures limits, retries, rate limit and redirect.
+    /// Configures limits, retries, rate limit, an outbox and an attachment
+    /// store.
     pub fn builder(settings: SmtpSettings) -> MailerBuilder {
         MailerBuilder::new(settings)
     }
@@ -671,19 +580,29 @@ impl Mailer {
     }
 
     /// Composes an [`Email`] (see [`Composer`]: the settings' sender as the
-    /// default From and envelope sender, the mailer's address and attachment
-    /// policies) and sends it.
+    /// default From and envelope sender, the settings' address policy and
+    /// attachment limit, with the mailer's attachment store for links) and
+    /// sends it.
     pub async fn send_email(&self, email: Email) -> Result<Receipt, Error> {
         let message = self.composer().compose(email).await?;
         self.send(message).await
     }
 
     /// The composer [`send_email`](Mailer::send_email) uses: the current
-    /// settings' sender and the mailer's policies.
+    /// settings' sender, address policy and attachment limit (with the
+    /// mailer's attachment store).
     pub fn composer(&self) -> Composer {
-        Composer::new(&self.settings())
-            .address_policy(self.inner.addresses)
-            .attachment_policy(self.inner.attachments.clone())
+        let generation = self.inner.pool.generation();
+        let settings = generation.manager.connector.settings();
+        // Settings asking for links were refused without a store (build,
+        // reload): the fallback (refuse) is never reached.
+        let attachments =
+            attachment_policy(settings, self.inner.attachment_store.as_ref()).unwrap_or_else(|_| {
+                AttachmentPolicy::refuse_above(settings.attachment_limit().max_size.unwrap_or(0))
+            });
+        Composer::new(settings)
+            .address_policy(settings.address_policy())
+            .attachment_policy(attachments)
     }
 
     /// Saves a message in the outbox (see [`MailerBuilder::outbox`]): the
@@ -765,22 +684,17 @@ impl Mailer {
         }
         let (mut envelope, mut content) = message.into_parts();
         envelope.validate()?;
-        let redirect = self
-            .inner
-            .redirect
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        // One generation of settings for the redirect and the signature.
+        let generation = self.inner.pool.generation();
+        let settings = generation.manager.connector.settings();
+        let redirect = settings.redirect();
         if redirect.enabled {
             redirect.apply(&mut envelope, &mut content)?;
         }
         // DKIM: once per message, after the redirect rewrote it and before
         // any attempt (retries send these bytes), with the settings in force.
         #[cfg(feature = "dkim")]
-        let content = crate::dkim::sign_content(
-            self.inner.pool.generation().manager.connector.settings().dkim(),
-            content,
-        )?;
+        let content = crate::dkim::sign_content(settings.dkim(), content)?;
         let (tx, rx) = oneshot::channel();
         let expiry = self
             .inner
@@ -791,9 +705,12 @@ impl Mailer {
         Ok((job, Pending::new(rx, expiry)))
     }
 
-    /// Switches to new settings without a restart: new transactions use them;
-    /// idle connections of the old settings close; messages already on a
-    /// connection finish on it. Nothing queued is lost.
+    /// Switches to new settings without a restart: new transactions use them
+    /// (their redirect, address policy and attachment limit apply to
+    /// messages handed over from now on, their deliveries per connection to
+    /// every later decision to use a connection again); idle connections of
+    /// the old settings close; messages already on a connection finish on
+    /// it. Nothing queued is lost.
     ///
     /// With an outbox, the drafts that waited on the settings (their last
     /// attempt failed on authentication, TLS or the configuration:
@@ -805,10 +722,14 @@ impl Mailer {
     /// and fails on the settings is due again at once too. Drafts that wait
     /// for an unreachable relay or a 4yz keep their time. Use
     /// [`reload_and_release`](Mailer::reload_and_release) to learn how many
-    /// were released. Settings that are refused (an error here) change
-    /// nothing and release nothing.
+    /// were released.
+    ///
+    /// Refused, with the old settings left in place and nothing released,
+    /// when the new ones cannot be used: a TLS configuration that does not
+    /// load, or attachments as links on a mailer without an attachment
+    /// store ([`MailerBuilder::attachment_store`]).
     pub fn reload(&self, settings: SmtpSettings) -> Result<(), Error> {
-        self.inner.pool.reload(SmtpManager::new(settings)?);
+        self.apply(settings)?;
         if let Some(o) = &self.inner.outbox {
             o.reloads.reloaded();
             o.reloads.ask_release();
@@ -829,7 +750,7 @@ impl Mailer {
     /// outbox's error is returned, and the deliverer tries the release
     /// again in the background.
     pub async fn reload_and_release(&self, settings: SmtpSettings) -> Result<usize, Error> {
-        self.inner.pool.reload(SmtpManager::new(settings)?);
+        self.apply(settings)?;
         let Some(o) = &self.inner.outbox else {
             return Ok(0);
         };
@@ -837,25 +758,33 @@ impl Mailer {
         deliver::release_now(&self.inner, o.spool.as_ref(), &o.reloads, &o.wake).await
     }
 
+    /// Puts `settings` in force (the part [`reload`](Mailer::reload) and
+    /// [`reload_and_release`](Mailer::reload_and_release) share).
+    fn apply(&self, settings: SmtpSettings) -> Result<(), Error> {
+        attachment_policy(&settings, self.inner.attachment_store.as_ref())?;
+        let max_deliveries = settings.max_deliveries_per_connection();
+        self.inner
+            .pool
+            .reload(SmtpManager::new(settings)?, max_deliveries);
+        Ok(())
+    }
+
     /// The settings new connections use.
     pub fn settings(&self) -> Arc<SmtpSettings> {
         Arc::new(self.inner.pool.generation().manager.connector.settings().clone())
     }
 
-    /// Replaces the redirect policy (applies to messages handed over from
-    /// now on). Refused when switched on without an enabled address.
-    pub fn set_redirect(&self, redirect: Redirect) -> Result<(), Error> {
-        redirect.check()?;
-        *self.inner.redirect.write().unwrap_or_else(|p| p.into_inner()) = redirect;
-        Ok(())
-    }
-
-    /// The redirect policy.
+    /// The redirect of the current settings ([`SmtpSettings::redirect`]);
+    /// change it with [`reload`](Mailer::reload) (or by saving a profile
+    /// the mailer follows).
     pub fn redirect(&self) -> Redirect {
         self.inner
-            .redirect
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .pool
+            .generation()
+            .manager
+            .connector
+            .settings()
+            .redirect()
             .clone()
     }
 
@@ -887,23 +816,55 @@ impl Mailer {
 }
 
 /// Limits and policies of a [`Mailer`].
-#[derive(Debug)]
 pub struct MailerBuilder {
     settings: SmtpSettings,
     config: PoolConfig,
-    redirect: Redirect,
-    addresses: AddressPolicy,
-    attachments: AttachmentPolicy,
+    attachment_store: Option<Arc<dyn AttachmentStore>>,
     outbox: Option<(Arc<dyn Outbox>, OutboxPolicy)>,
+}
+
+impl std::fmt::Debug for MailerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailerBuilder")
+            .field("settings", &self.settings)
+            .field("config", &self.config)
+            .field("attachment_store", &self.attachment_store.is_some())
+            .field("outbox", &self.outbox.as_ref().map(|(_, policy)| policy))
+            .finish()
+    }
+}
+
+/// The attachment policy of `settings` with `store` for links: an error
+/// when they ask for links and there is no store.
+fn attachment_policy(
+    settings: &SmtpSettings,
+    store: Option<&Arc<dyn AttachmentStore>>,
+) -> Result<AttachmentPolicy, Error> {
+    let limit = settings.attachment_limit();
+    let over_limit = match (limit.needs_store(), store) {
+        (false, _) => OverLimit::Refuse,
+        (true, Some(store)) => OverLimit::Link(store.clone()),
+        (true, None) => {
+            return Err(Error::config(
+                "the settings send large attachments as links, but this mailer has no attachment store",
+            )
+            .with_hint(
+                "give the mailer a store (MailerBuilder::attachment_store), or switch links off in the attachment limit",
+            ))
+        }
+    };
+    Ok(AttachmentPolicy {
+        max_size: limit.max_size,
+        over_limit,
+    })
 }
 
 impl MailerBuilder {
     fn new(settings: SmtpSettings) -> MailerBuilder {
         MailerBuilder {
-            settings,
             config: PoolConfig {
                 max_connections: 4,
-                max_deliveries: 20,
+                max_deliveries: settings.max_deliveries_per_connection(),
                 max_age: Some(Duration::from_secs(300)),
                 idle_timeout: Duration::from_secs(30),
                 probe_after_idle: Duration::from_secs(5),
@@ -914,9 +875,8 @@ impl MailerBuilder {
                 send_timeout: None,
                 relay_down: RelayDownPolicy::default(),
             },
-            redirect: Redirect::default(),
-            addresses: AddressPolicy::Strict,
-            attachments: AttachmentPolicy::default(),
+            settings,
+            attachment_store: None,
             outbox: None,
         }
     }
@@ -932,28 +892,19 @@ impl MailerBuilder {
         self
     }
 
-    /// How addresses in [`Email`]s are read (default strict).
-    pub fn address_policy(mut self, policy: AddressPolicy) -> Self {
-        self.addresses = policy;
-        self
-    }
-
-    /// The attachment size limit for [`Email`]s (default none).
-    pub fn attachment_policy(mut self, policy: AttachmentPolicy) -> Self {
-        self.attachments = policy;
+    /// Where attachments over the settings' limit are stored when the
+    /// settings send them as links
+    /// ([`AttachmentLimit::links_above`](crate::settings::AttachmentLimit::links_above)).
+    /// Without one, settings asking for links are refused by
+    /// [`build`](Self::build) and [`Mailer::reload`].
+    pub fn attachment_store(mut self, store: Arc<dyn AttachmentStore>) -> Self {
+        self.attachment_store = Some(store);
         self
     }
 
     /// Connections open at once, busy or idle (default 4).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.config.max_connections = n;
-        self
-    }
-
-    /// Transactions per connection before it QUITs and a new one is opened
-    /// (default 20).
-    pub fn max_deliveries_per_connection(mut self, n: usize) -> Self {
-        self.config.max_deliveries = n;
         self
     }
 
@@ -1023,12 +974,6 @@ impl MailerBuilder {
         self
     }
 
-    /// The redirect policy (default off).
-    pub fn redirect(mut self, redirect: Redirect) -> Self {
-        self.redirect = redirect;
-        self
-    }
-
     /// Checks the limits and builds the mailer. No connection is opened
     /// until the first message.
     pub fn build(self) -> Result<Mailer, Error> {
@@ -1036,11 +981,6 @@ impl MailerBuilder {
         let too_long = |d: &Duration| *d > MAX_DURATION;
         let checks = [
             (c.max_connections == 0, "max_connections", "must be at least 1"),
-            (
-                c.max_deliveries == 0,
-                "max_deliveries_per_connection",
-                "must be at least 1",
-            ),
             (c.queue_capacity == 0, "queue_capacity", "must be at least 1"),
             (
                 c.retry.max_attempts == 0,
@@ -1093,26 +1033,18 @@ impl MailerBuilder {
             ),
         ];
         // Every problem at once, as the settings builder reports them.
-        let mut problems: Vec<String> = checks
+        let problems: Vec<String> = checks
             .iter()
             .filter(|(bad, _, _)| *bad)
             .map(|(_, field, why)| format!("{field}: {why}"))
             .collect();
-        let redirect = self.redirect.check();
-        if let Err(e) = &redirect {
-            problems.push(format!("redirect: {e}"));
+        if !problems.is_empty() {
+            return Err(Error::config(format!(
+                "invalid mailer settings: {}",
+                problems.join("; ")
+            )));
         }
-        match (problems.len(), redirect) {
-            (0, _) => {}
-            // One problem, and it is the redirect's: keep its hint.
-            (1, Err(e)) => return Err(e),
-            _ => {
-                return Err(Error::config(format!(
-                    "invalid mailer settings: {}",
-                    problems.join("; ")
-                )))
-            }
-        }
+        attachment_policy(&self.settings, self.attachment_store.as_ref())?;
         let manager = SmtpManager::new(self.settings)?;
         let runtime = match &self.outbox {
             Some(_) => Some(tokio::runtime::Handle::try_current().map_err(|_| {
@@ -1136,9 +1068,7 @@ impl MailerBuilder {
         let mailer = Mailer {
             inner: Arc::new(Inner {
                 pool: Pool::new(self.config, manager),
-                redirect: RwLock::new(self.redirect),
-                addresses: self.addresses,
-                attachments: self.attachments,
+                attachment_store: self.attachment_store,
                 outbox: outbox_run,
             }),
         };

@@ -249,6 +249,9 @@ struct Counters {
 /// The shared dispatcher.
 pub(crate) struct Pool<M: Manager> {
     config: PoolConfig,
+    /// Transactions per connection: `config.max_deliveries` at first, then
+    /// the value of the settings of the last reload.
+    max_deliveries: AtomicUsize,
     state: Mutex<State<M>>,
     space: Arc<Semaphore>,
     limiter: Option<Limiter>,
@@ -288,8 +291,14 @@ impl<M: Manager> Pool<M> {
             counters: Counters::default(),
             changed: Notify::new(),
             stop: watch::channel(false).0,
+            max_deliveries: AtomicUsize::new(config.max_deliveries),
             config,
         })
+    }
+
+    /// Transactions a connection may carry, as the current settings say.
+    fn max_deliveries(&self) -> usize {
+        self.max_deliveries.load(Ordering::Relaxed).max(1)
     }
 
     fn lock(&self) -> MutexGuard<'_, State<M>> {
@@ -412,7 +421,7 @@ impl<M: Manager> Pool<M> {
                 st.workers += 1;
                 let id = st.next_worker;
                 st.next_worker += 1;
-                let batch = self.take_batch(st, self.config.max_deliveries);
+                let batch = self.take_batch(st, self.max_deliveries());
                 let generation = st.generation.clone();
                 let pool = self.clone();
                 let handle = tokio::spawn(async move {
@@ -567,10 +576,7 @@ impl<M: Manager> Pool<M> {
             let Some(open) = conn.as_mut() else {
                 // Every job of the batch was given up before a connection
                 // was needed.
-                match self
-                    .next_batch(id, generation.id, self.config.max_deliveries)
-                    .await
-                {
+                match self.next_batch(id, generation.id, self.max_deliveries()).await {
                     Some(next) => {
                         batch = next;
                         continue;
@@ -644,11 +650,14 @@ impl<M: Manager> Pool<M> {
             }
             open.conn.set_deadline(None);
             open.last_used = Instant::now();
+            // The current settings' cap (a reload may have lowered it), read
+            // once for both decisions below.
+            let cap = self.max_deliveries();
             let retire = if !open.conn.is_usable() {
                 Some("broken")
             } else if !generation.manager.keep(&open.conn) {
                 Some("primary relay due")
-            } else if open.deliveries >= self.config.max_deliveries {
+            } else if open.deliveries >= cap {
                 Some("max deliveries")
             } else if self
                 .config
@@ -663,7 +672,8 @@ impl<M: Manager> Pool<M> {
                 let done = conn.take().expect("connection");
                 self.quit(done, &span, reason).await;
             }
-            let remaining = self.config.max_deliveries - conn.as_ref().map_or(0, |c| c.deliveries);
+            // At least 1: a kept connection carried fewer than `cap`.
+            let remaining = cap.saturating_sub(conn.as_ref().map_or(0, |c| c.deliveries));
             match self.next_batch(id, generation.id, remaining).await {
                 Some(next) => batch = next,
                 None => break,
@@ -870,9 +880,12 @@ impl<M: Manager> Pool<M> {
     }
 
     /// New connections use `manager`; idle ones of older settings close; busy
-    /// ones finish their batch on the old settings, then close.
-    pub(crate) fn reload(self: &Arc<Self>, manager: M) {
+    /// ones finish their batch on the old settings, then close. From now on
+    /// a connection carries at most `max_deliveries` transactions.
+    pub(crate) fn reload(self: &Arc<Self>, manager: M, max_deliveries: usize) {
         let mut st = self.lock();
+        self.max_deliveries
+            .store(max_deliveries.max(1), Ordering::Relaxed);
         let id = st.generation.id + 1;
         st.generation = Arc::new(Generation { id, manager });
         // New settings may name another relay, or fix what failed: whatever

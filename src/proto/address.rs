@@ -14,7 +14,10 @@ use std::fmt;
 use super::grammar::{self, is_atext, is_dot_string};
 
 /// How strictly addresses are read (seed 002's "MIME address strict").
+/// As data (feature `serde`): `"strict"` or `"lenient"`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 #[non_exhaustive]
 pub enum AddressPolicy {
     /// RFC 5321/5322 exactly: the local part is a dot-atom (atoms joined by

@@ -19,8 +19,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{
-    Auth, OAuth2Parts, Proxy, ProxyKind, SettingsErrors, SmtpSettings, SmtpSettingsBuilder, Timeouts, TlsMode,
+    AttachmentLimit, Auth, OAuth2Parts, Proxy, ProxyKind, Redirect, SettingsErrors, SmtpSettings,
+    SmtpSettingsBuilder, Timeouts, TlsMode, DEFAULT_MAX_DELIVERIES_PER_CONNECTION,
 };
+use crate::proto::address::AddressPolicy;
 use crate::proto::auth::{Credential, Mechanism};
 
 /// Timeouts in seconds.
@@ -223,6 +225,37 @@ pub struct SettingsData {
     /// in `username`; absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth2_client: Option<OAuth2Data>,
+    /// Transactions per connection of a [`Mailer`](crate::Mailer). Absent:
+    /// 20 (written only when not 20).
+    #[serde(
+        default = "default_max_deliveries_per_connection",
+        skip_serializing_if = "is_default_max_deliveries_per_connection"
+    )]
+    pub max_deliveries_per_connection: usize,
+    /// Redirect to report addresses: `{"enabled": true, "addresses":
+    /// [{"address": "qa@example.com", "enabled": true}]}`. Absent: off
+    /// (written only when not off and empty).
+    #[serde(default, skip_serializing_if = "Redirect::is_default")]
+    pub redirect: Redirect,
+    /// `strict` or `lenient`. Absent: strict (written only when lenient).
+    #[serde(default, skip_serializing_if = "is_strict")]
+    pub address_policy: AddressPolicy,
+    /// The attachment size limit: `{"max_size": 5000000, "links": true}`.
+    /// Absent: no limit (written only when set).
+    #[serde(default, skip_serializing_if = "AttachmentLimit::is_default")]
+    pub attachment_limit: AttachmentLimit,
+}
+
+fn default_max_deliveries_per_connection() -> usize {
+    DEFAULT_MAX_DELIVERIES_PER_CONNECTION
+}
+
+fn is_default_max_deliveries_per_connection(n: &usize) -> bool {
+    *n == DEFAULT_MAX_DELIVERIES_PER_CONNECTION
+}
+
+fn is_strict(policy: &AddressPolicy) -> bool {
+    *policy == AddressPolicy::Strict
 }
 
 fn pem(der: &[u8]) -> String {
@@ -309,6 +342,10 @@ impl SmtpSettings {
                 client_id: p.client_id,
                 scopes: p.scopes,
             }),
+            max_deliveries_per_connection: self.max_deliveries_per_connection,
+            redirect: self.redirect.clone(),
+            address_policy: self.address_policy,
+            attachment_limit: self.attachment_limit,
         }
     }
 }
@@ -385,7 +422,11 @@ impl SettingsData {
             .system_roots(self.system_roots)
             .pipelining(self.pipelining)
             .chunking(self.chunking)
-            .require_all_recipients(self.require_all_recipients);
+            .require_all_recipients(self.require_all_recipients)
+            .max_deliveries_per_connection(self.max_deliveries_per_connection)
+            .redirect(self.redirect)
+            .address_policy(self.address_policy)
+            .attachment_limit(self.attachment_limit);
         if let Some(name) = self.sender_name {
             b = b.sender_name(name);
         }

@@ -39,6 +39,7 @@ use secrecy::SecretString;
 mod data;
 mod identity;
 mod oauth2;
+mod policy;
 mod proxy;
 mod route;
 #[cfg(feature = "serde")]
@@ -52,6 +53,10 @@ pub use data::{DkimData, OAuth2Data, ProxyData, SettingsData, StoredSecrets, Tim
 pub(crate) use identity::secret_pem;
 pub use identity::ClientIdentity;
 pub(crate) use oauth2::{OAuth2Parts, OAuth2Source};
+pub use policy::{
+    AttachmentLimit, Redirect, ReportAddress, DEFAULT_MAX_DELIVERIES_PER_CONNECTION,
+    MAX_DELIVERIES_PER_CONNECTION,
+};
 pub(crate) use proxy::{host_port, ProxyDestination, ProxyEndpoint, ENTER_PROXY_PASSWORD_AGAIN};
 pub use proxy::{Proxy, ProxyKind, UnknownProxyKind};
 pub use route::{Relay, DEFAULT_ATTEMPT_DELAY, DEFAULT_PRIMARY_RETRY_AFTER};
@@ -472,6 +477,10 @@ pub struct SmtpSettings {
     /// DKIM signing (feature `dkim`).
     #[cfg(feature = "dkim")]
     pub(crate) dkim: Option<crate::dkim::DkimSigner>,
+    pub(crate) max_deliveries_per_connection: usize,
+    pub(crate) redirect: Redirect,
+    pub(crate) address_policy: AddressPolicy,
+    pub(crate) attachment_limit: AttachmentLimit,
 }
 
 impl SmtpSettings {
@@ -556,6 +565,28 @@ impl SmtpSettings {
     /// The proxy connections go through, if any (see [`Proxy`]).
     pub fn proxy(&self) -> Option<&Proxy> {
         self.proxy.as_ref()
+    }
+
+    /// Transactions a [`Mailer`](crate::Mailer) connection carries before
+    /// it QUITs and a new one is opened (default 20).
+    pub fn max_deliveries_per_connection(&self) -> usize {
+        self.max_deliveries_per_connection
+    }
+
+    /// The redirect to report addresses (default off).
+    pub fn redirect(&self) -> &Redirect {
+        &self.redirect
+    }
+
+    /// How a [`Mailer`](crate::Mailer) reads the addresses of
+    /// [`Email`](crate::Email)s (default strict).
+    pub fn address_policy(&self) -> AddressPolicy {
+        self.address_policy
+    }
+
+    /// The attachment size limit of [`Email`](crate::Email)s (default none).
+    pub fn attachment_limit(&self) -> AttachmentLimit {
+        self.attachment_limit
     }
 
     /// How messages are DKIM-signed, if they are (see
@@ -643,6 +674,10 @@ impl SmtpSettings {
             route: RouteInput::from_route(&self.route),
             #[cfg(feature = "dkim")]
             dkim: self.dkim.as_ref().map(crate::dkim::DkimSigner::to_config),
+            max_deliveries_per_connection: self.max_deliveries_per_connection,
+            redirect: self.redirect.clone(),
+            address_policy: self.address_policy,
+            attachment_limit: self.attachment_limit,
         }
     }
 }
@@ -817,6 +852,10 @@ pub struct SmtpSettingsBuilder {
     /// DKIM signing as given, checked by `build` (feature `dkim`).
     #[cfg(feature = "dkim")]
     dkim: Option<crate::dkim::DkimConfig>,
+    max_deliveries_per_connection: usize,
+    redirect: Redirect,
+    address_policy: AddressPolicy,
+    attachment_limit: AttachmentLimit,
 }
 
 impl Default for SmtpSettingsBuilder {
@@ -850,6 +889,10 @@ impl Default for SmtpSettingsBuilder {
             kept_proxy_credential: None,
             #[cfg(feature = "dkim")]
             dkim: None,
+            max_deliveries_per_connection: DEFAULT_MAX_DELIVERIES_PER_CONNECTION,
+            redirect: Redirect::default(),
+            address_policy: AddressPolicy::Strict,
+            attachment_limit: AttachmentLimit::default(),
         }
     }
 }
@@ -1165,6 +1208,39 @@ impl SmtpSettingsBuilder {
         self
     }
 
+    /// Transactions a [`Mailer`](crate::Mailer) connection carries before
+    /// it QUITs and a new one is opened (default 20; 1 to 100,000). After a
+    /// [`Mailer::reload`](crate::Mailer::reload) the new value decides
+    /// whether a connection is used again.
+    pub fn max_deliveries_per_connection(mut self, n: usize) -> Self {
+        self.max_deliveries_per_connection = n;
+        self
+    }
+
+    /// Redirect every message to report addresses (default off). Switched
+    /// on without an enabled report address, `build` reports a `redirect`
+    /// field error: mail is never sent to the real recipients instead.
+    pub fn redirect(mut self, redirect: Redirect) -> Self {
+        self.redirect = redirect;
+        self
+    }
+
+    /// How a [`Mailer`](crate::Mailer) reads the addresses of
+    /// [`Email`](crate::Email)s (default [`AddressPolicy::Strict`]).
+    pub fn address_policy(mut self, policy: AddressPolicy) -> Self {
+        self.address_policy = policy;
+        self
+    }
+
+    /// The attachment size limit of [`Email`](crate::Email)s (default none;
+    /// see [`AttachmentLimit`]). Links need a size limit (else an
+    /// `attachment_limit` field error) and a mailer with an attachment
+    /// store.
+    pub fn attachment_limit(mut self, limit: AttachmentLimit) -> Self {
+        self.attachment_limit = limit;
+        self
+    }
+
     /// [`build`](Self::build), with problems the caller already found
     /// reported first, together with the builder's own.
     pub(crate) fn build_reporting(self, mut errors: Vec<FieldError>) -> Result<SmtpSettings, SettingsErrors> {
@@ -1352,6 +1428,26 @@ impl SmtpSettingsBuilder {
                 None
             }
         };
+        if self.max_deliveries_per_connection == 0 {
+            errors.push(FieldError::new(
+                "max_deliveries_per_connection",
+                "must be at least 1: each connection carries at least one message",
+            ));
+        } else if self.max_deliveries_per_connection > MAX_DELIVERIES_PER_CONNECTION {
+            errors.push(FieldError::new(
+                "max_deliveries_per_connection",
+                format!(
+                    "{} is more than the maximum of {MAX_DELIVERIES_PER_CONNECTION} messages per connection",
+                    self.max_deliveries_per_connection
+                ),
+            ));
+        }
+        if let Some(problem) = self.redirect.problem() {
+            errors.push(FieldError::new("redirect", problem));
+        }
+        if let Some(problem) = self.attachment_limit.problem() {
+            errors.push(FieldError::new("attachment_limit", problem));
+        }
         let sender = match sender {
             Some(sender) if errors.is_empty() => sender,
             _ => return Err(SettingsErrors(errors)),
@@ -1379,6 +1475,10 @@ impl SmtpSettingsBuilder {
             proxy,
             #[cfg(feature = "dkim")]
             dkim,
+            max_deliveries_per_connection: self.max_deliveries_per_connection,
+            redirect: self.redirect,
+            address_policy: self.address_policy,
+            attachment_limit: self.attachment_limit,
         })
     }
 }

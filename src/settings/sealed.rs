@@ -39,6 +39,7 @@ use zeroize::Zeroizing;
 use super::data::{DkimData, OAuth2Data, ProxyData, SettingsData, StoredSecrets, TimeoutsData};
 use super::{Auth, SmtpSettings};
 use crate::error::{Error, Kind};
+use crate::proto::address::AddressPolicy;
 use crate::proto::auth::Credential;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -369,6 +370,10 @@ fn bound_aad_for(purpose: Purpose, profile: &str, settings: &SettingsData) -> Ve
         proxy,
         dkim,
         oauth2_client,
+        max_deliveries_per_connection,
+        redirect,
+        address_policy,
+        attachment_limit,
     } = settings;
     let TimeoutsData {
         connect,
@@ -475,6 +480,44 @@ fn bound_aad_for(purpose: Purpose, profile: &str, settings: &SettingsData) -> Ve
         c.text("oauth2.token_url", token_url);
         c.text("oauth2.client_id", client_id);
         c.list("oauth2.scopes", Some(scopes));
+    }
+    // What the mailer does with the mail (redirect, deliveries per
+    // connection, address policy, attachment limit), bound the same way:
+    // only when not the default, so records sealed before they existed
+    // still open. A redirect to someone else's address is as good as a
+    // changed relay to whoever can edit the file.
+    if *max_deliveries_per_connection != super::DEFAULT_MAX_DELIVERIES_PER_CONNECTION {
+        c.bytes(
+            "max_deliveries_per_connection",
+            &(*max_deliveries_per_connection as u64).to_be_bytes(),
+        );
+    }
+    if !redirect.is_default() {
+        c.flag("redirect.enabled", redirect.enabled);
+        c.bytes(
+            "redirect.addresses",
+            &(redirect.addresses.len() as u64).to_be_bytes(),
+        );
+        for a in &redirect.addresses {
+            c.text("redirect.address", &a.address.to_string());
+            c.flag("redirect.address.enabled", a.enabled);
+        }
+    }
+    if *address_policy != AddressPolicy::Strict {
+        c.text(
+            "address_policy",
+            match address_policy {
+                AddressPolicy::Lenient => "lenient",
+                _ => "strict",
+            },
+        );
+    }
+    if !attachment_limit.is_default() {
+        c.flag("attachment_limit.max_size", attachment_limit.max_size.is_some());
+        if let Some(max) = attachment_limit.max_size {
+            c.bytes("attachment_limit.max_size", &max.to_be_bytes());
+        }
+        c.flag("attachment_limit.links", attachment_limit.links);
     }
     c.0
 }

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Auth, FieldError, OAuth2Parts, Proxy, ProxyKind, SettingsErrors, SmtpSettings, TlsMode};
+use super::{
+    AttachmentLimit, Auth, FieldError, OAuth2Parts, Proxy, ProxyKind, Redirect, SettingsErrors, SmtpSettings,
+    TlsMode,
+};
+use crate::proto::address::AddressPolicy;
 use crate::proto::auth::Credential;
 
 /// What happens to the stored password.
@@ -176,6 +180,17 @@ pub struct SettingsUpdate {
     /// while the token endpoint URL and the client id stay the same (else an
     /// `oauth2_client_secret` field error).
     pub oauth2_client_secret: PasswordChange,
+    /// Transactions per connection of a [`Mailer`](crate::Mailer) (1 to
+    /// 100,000). Not a server change: a kept password stays.
+    pub max_deliveries_per_connection: Option<usize>,
+    /// The redirect to report addresses (replaces it whole). Not a server
+    /// change: a kept password stays.
+    pub redirect: Option<Redirect>,
+    /// How the addresses of [`Email`](crate::Email)s are read. Not a
+    /// server change.
+    pub address_policy: Option<AddressPolicy>,
+    /// The attachment size limit. Not a server change.
+    pub attachment_limit: Option<AttachmentLimit>,
 }
 
 impl SettingsUpdate {
@@ -434,6 +449,20 @@ impl SmtpSettings {
                 },
                 &mut errors,
             );
+        }
+        // The mailer's policies: checked by build() like every field, never
+        // part of where a secret goes.
+        if let Some(n) = update.max_deliveries_per_connection {
+            b = b.max_deliveries_per_connection(n);
+        }
+        if let Some(redirect) = update.redirect {
+            b = b.redirect(redirect);
+        }
+        if let Some(policy) = update.address_policy {
+            b = b.address_policy(policy);
+        }
+        if let Some(limit) = update.attachment_limit {
+            b = b.attachment_limit(limit);
         }
         let stored = self.proxy.as_ref();
         let kind = match update.proxy_kind {

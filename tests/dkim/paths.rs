@@ -105,15 +105,13 @@ async fn a_redirected_message_is_signed_after_the_redirect() {
     let settings = signing(
         SmtpSettings::builder()
             .sender("noreply@example.com")
-            .destination(Destination::memory(&inbox_name)),
+            .destination(Destination::memory(&inbox_name))
+            .redirect(Redirect::to(["qa@example.com".parse().expect("address")])),
         ED25519,
         "mail2024",
     );
     let signer = settings.dkim().expect("dkim").clone();
-    let mailer = Mailer::builder(settings)
-        .redirect(Redirect::to(["qa@example.com".parse().expect("address")]))
-        .build()
-        .expect("mailer");
+    let mailer = Mailer::builder(settings).build().expect("mailer");
     let m = Message::from_rfc5322(raw("redirected"), AddressPolicy::Strict).expect("raw");
     mailer.send(m).await.expect("sent");
     let got = MemoryInbox::named(&inbox_name).take();

@@ -362,11 +362,11 @@ async fn mailer_pool_delivers_through_postfix() {
     };
     let s = env
         .settings(env.postfix_port, TlsMode::StartTls)
+        .max_deliveries_per_connection(10)
         .build()
         .expect("settings");
     let mailer = relaymail::Mailer::builder(s)
         .max_connections(3)
-        .max_deliveries_per_connection(10)
         .build()
         .expect("mailer");
     let mut pending = Vec::new();

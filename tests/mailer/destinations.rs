@@ -107,10 +107,12 @@ async fn a_memory_destination_from_a_url_records_messages_after_redirect() {
         settings.url().to_string(),
         "memory://redirected-tests?from=app%40example.com"
     );
-    let mailer = Mailer::builder(settings)
+    let settings = settings
+        .to_builder()
         .redirect(Redirect::to(["qa@example.com".parse().expect("address")]))
         .build()
-        .expect("mailer");
+        .expect("settings");
+    let mailer = Mailer::builder(settings).build().expect("mailer");
     let inbox = MemoryInbox::named("redirected-tests");
     inbox.take();
     mailer

@@ -227,10 +227,14 @@ async fn redirect_sends_only_to_enabled_report_addresses() {
             ReportAddress::new(addr("off@example.com")).with_enabled(false),
         ],
     );
-    let mailer = Mailer::builder(settings(&srv).build().expect("settings"))
-        .redirect(redirect.clone())
-        .build()
-        .expect("mailer");
+    let mailer = Mailer::builder(
+        settings(&srv)
+            .redirect(redirect.clone())
+            .build()
+            .expect("settings"),
+    )
+    .build()
+    .expect("mailer");
     let mut m = message("customer@example.net", "invoice");
     let (mut envelope, content) = m.clone().into_parts();
     let mut recipients = envelope.recipients().to_vec();
@@ -255,17 +259,29 @@ async fn redirect_sends_only_to_enabled_report_addresses() {
         true,
         vec![ReportAddress::new(addr("qa@example.com")).with_enabled(false)],
     );
-    let e = mailer.set_redirect(none.clone()).expect_err("refused");
-    assert!(e.is_config(), "{e}");
-    assert_eq!(mailer.redirect(), redirect, "unchanged");
-    let e = Mailer::builder(settings(&srv).build().expect("settings"))
-        .redirect(none)
+    let errors = settings(&srv)
+        .redirect(none.clone())
         .build()
         .expect_err("refused");
-    assert!(e.is_config());
+    assert_eq!(errors.iter().map(|e| e.field()).collect::<Vec<_>>(), ["redirect"]);
+    let e = relaymail::Error::from(errors);
+    assert!(e.is_config(), "{e}");
+    assert_eq!(mailer.redirect(), redirect, "unchanged");
+    let mut update = relaymail::SettingsUpdate::new();
+    update.redirect = Some(none);
+    let e = mailer.settings().apply(update).expect_err("refused");
+    assert!(e.field("redirect").is_some(), "{e}");
+    assert_eq!(mailer.redirect(), redirect, "unchanged");
 
     // Switched off: real recipients again.
-    mailer.set_redirect(Redirect::default()).expect("off");
+    mailer
+        .reload(
+            settings(&srv)
+                .redirect(Redirect::default())
+                .build()
+                .expect("settings"),
+        )
+        .expect("off");
     mailer
         .send(message("customer@example.net", "real"))
         .await

@@ -11,11 +11,15 @@ use crate::{message, server, settings, WAIT};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cap_holds_under_200_concurrent_senders_and_stats_add_up() {
     let srv = server(ServerConfig::new()).await;
-    let mailer = Mailer::builder(settings(&srv).build().expect("settings"))
-        .max_connections(3)
-        .max_deliveries_per_connection(20)
-        .build()
-        .expect("mailer");
+    let mailer = Mailer::builder(
+        settings(&srv)
+            .max_deliveries_per_connection(20)
+            .build()
+            .expect("settings"),
+    )
+    .max_connections(3)
+    .build()
+    .expect("mailer");
     let mut tasks = Vec::new();
     for i in 0..200 {
         let m = mailer.clone();
@@ -49,11 +53,15 @@ async fn cap_holds_under_200_concurrent_senders_and_stats_add_up() {
 #[tokio::test]
 async fn sequential_messages_open_ceil_n_over_m_connections() {
     let srv = server(ServerConfig::new()).await;
-    let mailer = Mailer::builder(settings(&srv).build().expect("settings"))
-        .max_connections(4)
-        .max_deliveries_per_connection(3)
-        .build()
-        .expect("mailer");
+    let mailer = Mailer::builder(
+        settings(&srv)
+            .max_deliveries_per_connection(3)
+            .build()
+            .expect("settings"),
+    )
+    .max_connections(4)
+    .build()
+    .expect("mailer");
     for i in 0..7 {
         mailer
             .send(message("ops@example.net", &format!("s{i}")))

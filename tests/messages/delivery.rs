@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use mail_parser::{MessageParser, MimeHeaders};
-use relaymail::email::{Attachment, AttachmentPolicy, FsAttachmentStore};
+use relaymail::email::{Attachment, FsAttachmentStore};
+use relaymail::settings::AttachmentLimit;
 use relaymail::testing::{ServerConfig, TestServer};
 use relaymail::{Email, Mailer};
 
@@ -77,10 +78,14 @@ fn big(n: usize) -> Vec<u8> {
 #[tokio::test]
 async fn attachment_over_the_limit_is_refused_with_names_and_sizes() {
     let srv = server(ServerConfig::new()).await;
-    let mailer = Mailer::builder(settings_for(Some(&srv)).build().expect("settings"))
-        .attachment_policy(AttachmentPolicy::refuse_above(1_000_000))
-        .build()
-        .expect("mailer");
+    let mailer = Mailer::builder(
+        settings_for(Some(&srv))
+            .attachment_limit(AttachmentLimit::refuse_above(1_000_000))
+            .build()
+            .expect("settings"),
+    )
+    .build()
+    .expect("mailer");
     let e = mailer
         .send_email(Email::new().to("ana@example.net").attachment(Attachment::new(
             "scan.tiff",
@@ -139,8 +144,18 @@ async fn attachments_over_the_limit_become_links() {
     std::fs::create_dir_all(&dir).expect("dir");
     let store = FsAttachmentStore::new(&dir, "https://files.example.com/a/");
     let srv = server(ServerConfig::new()).await;
-    let mailer = Mailer::builder(settings_for(Some(&srv)).build().expect("settings"))
-        .attachment_policy(AttachmentPolicy::links_above(1_000_000, Arc::new(store)))
+    let settings = settings_for(Some(&srv))
+        .attachment_limit(AttachmentLimit::links_above(1_000_000))
+        .build()
+        .expect("settings");
+    // Links need the application's store: without one the mailer is refused.
+    let e = Mailer::builder(settings.clone())
+        .build()
+        .expect_err("links without a store");
+    assert!(e.is_config(), "{e}");
+    assert!(e.to_string().contains("no attachment store"), "{e}");
+    let mailer = Mailer::builder(settings)
+        .attachment_store(Arc::new(store))
         .build()
         .expect("mailer");
     let report = big(2_500_000);

@@ -96,9 +96,13 @@ async fn expiry_between_messages_is_renewed_once_and_nothing_is_lost() {
     let endpoint = TokenEndpoint::start(REFRESH, USER, &tokens).await;
     endpoint.require_client_secret(CLIENT_SECRET);
     let provider = provider(&endpoint);
-    let mailer = Mailer::builder(settings(&server, provider.clone()))
-        .max_connections(1)
+    let one_per_connection = settings(&server, provider.clone())
+        .to_builder()
         .max_deliveries_per_connection(1)
+        .build()
+        .expect("settings");
+    let mailer = Mailer::builder(one_per_connection)
+        .max_connections(1)
         .build()
         .expect("mailer");
     const N: usize = 5;
@@ -316,7 +320,7 @@ async fn a_rotated_refresh_token_is_kept_and_stored_sealed() {
     );
 
     let mailer = store
-        .mailer(|s| Mailer::builder(s).max_deliveries_per_connection(1).build())
+        .mailer(|s| Mailer::builder(s.to_builder().max_deliveries_per_connection(1).build()?).build())
         .expect("mailer");
     let provider = mailer
         .settings()

@@ -20,7 +20,17 @@ fn a_store_sealed_before_client_certificates_still_opens() {
     let store =
         ProfileStore::new(&path, SecretKey::from_base64(FIXTURE_KEY).expect("key")).refuse_legacy_seals();
     let profiles = store.load().expect("a 0.1 store opens");
-    let settings = profiles.active().expect("active").settings();
+    let active = profiles.active().expect("active");
+    // Written before the mail policies and the flag were stored: defaults.
+    assert!(!active.test_on_save());
+    let settings = active.settings();
+    assert_eq!(settings.max_deliveries_per_connection(), 20);
+    assert_eq!(settings.redirect(), &relaymail::Redirect::default());
+    assert_eq!(settings.address_policy(), relaymail::AddressPolicy::Strict);
+    assert_eq!(
+        settings.attachment_limit(),
+        relaymail::settings::AttachmentLimit::none()
+    );
     assert_eq!(
         (settings.host(), settings.port(), settings.tls()),
         ("mail.example.com", 465, TlsMode::Implicit)

@@ -4,6 +4,7 @@
 #![cfg(feature = "serde")]
 
 mod compat;
+mod policies;
 mod proxy;
 mod tamper;
 
