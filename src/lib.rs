@@ -122,6 +122,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod address;
+#[cfg(feature = "admin")]
+pub mod admin;
 mod backoff;
 pub mod dev;
 pub mod diagnose;
