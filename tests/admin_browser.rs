@@ -128,6 +128,23 @@ impl Person {
         }
     }
 
+    /// Waits (bounded) for an element matching the CSS `selector`.
+    async fn wait_for_css(&self, selector: &str) -> Element {
+        match self
+            .client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(selector))
+            .await
+        {
+            Ok(element) => element,
+            Err(e) => {
+                let source = self.client.source().await.unwrap_or_default();
+                panic!("{selector} did not appear on {}: {e}\n{source}", self.url().await)
+            }
+        }
+    }
+
     async fn exists(&self, id: &str) -> bool {
         !self
             .client
@@ -352,12 +369,11 @@ async fn an_administrator_sets_up_tests_and_recovers_the_relay() {
     // 4. A wrong password: the report says AUTH failed, and why.
     person.type_into("password", WRONG_PASSWORD).await;
     person.click("send-test").await;
-    person.wait_for("verdict").await;
+    // The page before had a report too: wait for the one only the new
+    // report has, a failed auth stage.
     let auth = person
-        .client
-        .find(Locator::Css("table.stages tr[data-stage=\"auth\"]"))
-        .await
-        .expect("the auth stage");
+        .wait_for_css("table.stages tr[data-stage=\"auth\"].failed")
+        .await;
     assert_eq!(
         auth.attr("class").await.expect("class").as_deref(),
         Some("failed")
