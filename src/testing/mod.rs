@@ -75,7 +75,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 use shared::Shared;
@@ -123,6 +123,7 @@ pub struct ServerConfig {
     pub(crate) reject_senders: Vec<(String, String)>,
     pub(crate) reject_recipients: Vec<(String, String)>,
     pub(crate) faults: Vec<Fault>,
+    pub(crate) port: u16,
 }
 
 /// Accepted credentials: a user name and its password or bearer token.
@@ -169,7 +170,21 @@ impl ServerConfig {
             reject_senders: Vec::new(),
             reject_recipients: Vec::new(),
             faults: Vec::new(),
+            port: 0,
         }
+    }
+
+    /// The port to listen on, on `127.0.0.1`. Default: 0, a free port the
+    /// system picks ([`TestServer::port`] tells which).
+    ///
+    /// A fixed port is for a relay that goes down and comes back at the same
+    /// address, as a client configured with that address sees it:
+    /// [`TestServer::stop`] the first server (which waits until its port is
+    /// free), then start another with `.port(first_port)`. Starting fails
+    /// with `AddrInUse` while something else listens there.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
     }
 
     /// The greeting line, without CRLF (default `220 relaymail-test ESMTP`).
@@ -636,29 +651,50 @@ pub struct TestServer {
     certs: tls::Certificates,
     shared: Arc<Shared>,
     accept_task: JoinHandle<()>,
+    /// Tells the accept task to close the listener and every connection
+    /// ([`TestServer::stop`]).
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl TestServer {
-    /// Generates the certificates, binds `127.0.0.1:0` and starts accepting
+    /// Generates the certificates, binds `127.0.0.1` on
+    /// [`ServerConfig::port`] (by default a free port) and starts accepting
     /// connections. Must be called within a Tokio runtime.
     ///
     /// # Errors
     ///
-    /// Binding failed, or the certificate could not be made (e.g. an
-    /// invalid name in [`ServerConfig::cert_names`], `InvalidInput`).
+    /// Binding failed (`AddrInUse` for a fixed port something listens on),
+    /// or the certificate could not be made (e.g. an invalid name in
+    /// [`ServerConfig::cert_names`], `InvalidInput`).
     pub async fn start(config: ServerConfig) -> std::io::Result<TestServer> {
         let certs = tls::Certificates::generate(&config.cert_names, config.untrusted_cert)?;
         let acceptor = certs.acceptor(config.require_client_cert, config.tls12_only)?;
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, config.port)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config, acceptor, addr.port()));
-        let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
+        let (stop, stopped) = oneshot::channel();
+        let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), stopped));
         Ok(TestServer {
             addr,
             certs,
             shared,
             accept_task,
+            stop: Some(stop),
         })
+    }
+
+    /// Stops the server and returns once it is gone: the listener is closed
+    /// (its port is free for another server, see [`ServerConfig::port`])
+    /// and every connection is closed, so a client sees the relay go down.
+    /// Dropping the server stops it too, without waiting.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            // Sending fails only when the task has already ended.
+            let _ = stop.send(());
+        }
+        // The task ends by itself once told; an aborted or panicked task
+        // has dropped its listener and connections as well.
+        let _ = (&mut self.accept_task).await;
     }
 
     /// The address the server listens on.
@@ -800,11 +836,20 @@ pub fn foreign_client_identity_pem() -> std::io::Result<(String, String)> {
 }
 
 /// Accepts connections and spawns one session task each; the tasks live in
-/// a `JoinSet` owned by this future, so aborting it aborts them all.
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// a `JoinSet` owned by this future, so aborting it aborts them all. When
+/// `stop` fires it closes the listener, aborts the sessions and waits until
+/// they have ended (their connections closed).
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
     let mut sessions = JoinSet::new();
     loop {
-        let accepted = listener.accept().await;
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut stop => {
+                drop(listener);
+                sessions.shutdown().await;
+                return;
+            }
+        };
         while sessions.try_join_next().is_some() {}
         let Ok((stream, peer)) = accepted else {
             // Transient (e.g. out of file descriptors): let others run.

@@ -1734,3 +1734,39 @@ async fn relaymail_session_round_trip() {
     assert!(record.commands[mail + 3].line.starts_with("BDAT"));
     assert_no_secrets(&server);
 }
+
+#[tokio::test]
+async fn a_stopped_server_frees_its_port_and_another_starts_on_it() {
+    let first = TestServer::start(ServerConfig::new()).await.unwrap();
+    let port = first.port();
+    let mut open = Client::greeted(&first).await;
+    open.ehlo().await;
+    let stopping = first.stop();
+    tokio::time::timeout(WAIT, stopping).await.expect("stop returns");
+    // The connection it had is closed, and nothing listens on the port.
+    open.expect_eof().await;
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "still listening"
+    );
+
+    let second = TestServer::start(ServerConfig::new().port(port).greeting("220 back again"))
+        .await
+        .unwrap();
+    assert_eq!(second.port(), port);
+    assert_eq!(second.addr(), std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let mut client = Client::connect_to(second.addr()).await;
+    assert_eq!(client.reply().await, "220 back again");
+    client.ehlo().await;
+    assert!(client
+        .send_message("a@example.com", "b@example.com", "Subject: x\r\n\r\nhi")
+        .await
+        .starts_with("250 "));
+    assert_eq!(second.wait_for_messages(1, WAIT).await.unwrap().len(), 1);
+
+    // While the second listens there, a third cannot take its port.
+    let busy = TestServer::start(ServerConfig::new().port(port))
+        .await
+        .unwrap_err();
+    assert_eq!(busy.kind(), std::io::ErrorKind::AddrInUse);
+}
