@@ -20,7 +20,7 @@ use relaymail::outbox::{DirSpool, OutboxPolicy};
 use relaymail::profiles::ProfileStore;
 use relaymail::settings::SecretKey;
 use relaymail::testing::{ServerConfig, TestServer};
-use relaymail::{Envelope, Mailer, Message, RelayDownPolicy, SendOutcome, SmtpSettings, TlsMode};
+use relaymail::{Envelope, Mailer, Message, SendOutcome, SmtpSettings, TlsMode};
 
 /// Upper bound for anything expected to happen.
 const WAIT: Duration = Duration::from_secs(10);
@@ -262,9 +262,8 @@ async fn an_administrator_sets_up_tests_and_recovers_the_relay() {
                 .with_initial_backoff(Duration::from_secs(3600))
                 .with_max_backoff(Duration::from_secs(3600)),
         )
-        // The relay is never marked down: "retry all" right after it comes
-        // back connects at once instead of failing fast until a probe.
-        .relay_down(RelayDownPolicy::never())
+        // The default relay-down rule: while the relay is stopped it may be
+        // marked down; "retry all" ends that (Mailer::retry_relay_now).
         .build()
         .expect("mailer");
     store.follow(&mailer);

@@ -194,8 +194,11 @@ pub(super) async fn action(
     }
 }
 
+/// After a retry: the administrator says the relay may be back, so a relay
+/// marked down is tried at once, and the deliverer looks at the drafts now.
 fn wake(ctx: &Ctx) {
     if let Some(mailer) = &ctx.inner.mailer {
+        mailer.retry_relay_now();
         mailer.wake_outbox();
     }
 }

@@ -650,6 +650,15 @@ impl Mailer {
         self.inner.outbox.as_ref().map(|o| o.spool.clone())
     }
 
+    /// Forgets that the relay was marked down ([`RelayDownPolicy`]): the
+    /// next message opens a connection at once instead of failing fast
+    /// until the down period ends. For an administrator's "retry now" once
+    /// the relay is back (the settings page's retry buttons call it); a
+    /// relay still down is marked down again after the policy's failures.
+    pub fn retry_relay_now(&self) {
+        self.inner.pool.relay_up_again();
+    }
+
     /// Wakes the outbox deliverer (after `retry_now` on drafts, say).
     pub fn wake_outbox(&self) {
         if let Some(o) = &self.inner.outbox {

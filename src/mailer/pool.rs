@@ -879,6 +879,12 @@ impl<M: Manager> Pool<M> {
         self.changed.notify_waiters();
     }
 
+    /// Forgets that the relay was marked down: the next transaction opens a
+    /// connection at once.
+    pub(crate) fn relay_up_again(&self) {
+        self.health.reset();
+    }
+
     /// New connections use `manager`; idle ones of older settings close; busy
     /// ones finish their batch on the old settings, then close. From now on
     /// a connection carries at most `max_deliveries` transactions.

@@ -186,6 +186,38 @@ async fn one_probe_finds_the_relay_back() {
 }
 
 #[tokio::test]
+async fn retry_relay_now_ends_the_down_period_at_once() {
+    // One 421 greeting marks the relay down for an hour; then it is back.
+    let relay = server(ServerConfig::new().fault(Fault::on_greeting().nth(1).reply(BUSY))).await;
+    let mailer = Mailer::builder(settings(&relay).build().expect("settings"))
+        .retry(relaymail::RetryPolicy::never())
+        .relay_down(
+            RelayDownPolicy::default()
+                .with_after_failures(1)
+                .with_initial_backoff(Duration::from_secs(3600)),
+        )
+        .build()
+        .expect("mailer");
+    mailer
+        .send(message("ops@example.net", "a"))
+        .await
+        .expect_err("421");
+    let e = mailer
+        .send(message("ops@example.net", "b"))
+        .await
+        .expect_err("down: failed at once");
+    assert!(e.hint().unwrap_or("").contains("marked down"), "{e}");
+    assert_eq!(relay.connections_total(), 1);
+    mailer.retry_relay_now();
+    mailer
+        .send(message("ops@example.net", "c"))
+        .await
+        .expect("tried at once, and the relay is back");
+    assert_eq!(relay.connections_total(), 2);
+    mailer.shutdown(WAIT).await;
+}
+
+#[tokio::test]
 async fn send_or_enqueue_saves_the_draft_at_once_when_the_relay_is_down() {
     let relay = server(ServerConfig::new().fault(Fault::on_greeting().reply(BUSY))).await;
     let dir = std::env::temp_dir().join(format!("relaymail-relays-{}", std::process::id()));
