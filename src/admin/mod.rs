@@ -508,6 +508,20 @@ fn error_page(ctx: &Ctx, e: &crate::Error) -> Response {
 mod tests {
     use super::*;
 
+    /// State over a store that is never read, with this test-email limit.
+    fn inner(limit: (usize, Duration)) -> Inner {
+        Inner {
+            store: Arc::new(ProfileStore::new(
+                "/nonexistent/profiles.json",
+                crate::settings::SecretKey::generate().expect("key"),
+            )),
+            mailer: None,
+            csrf: None,
+            limit,
+            sent: Mutex::new(HashMap::new()),
+        }
+    }
+
     #[test]
     fn the_mount_point_is_what_precedes_the_routers_path() {
         assert_eq!(mount_point("/", "/"), "");
@@ -526,16 +540,7 @@ mod tests {
             base: base.to_owned(),
             cookie: String::new(),
             new_cookie: false,
-            inner: Arc::new(Inner {
-                store: Arc::new(ProfileStore::new(
-                    "/nonexistent/profiles.json",
-                    crate::settings::SecretKey::generate().expect("key"),
-                )),
-                mailer: None,
-                csrf: None,
-                limit: (1, Duration::from_secs(1)),
-                sent: Mutex::new(HashMap::new()),
-            }),
+            inner: Arc::new(inner((1, Duration::from_secs(1)))),
         };
         let nested = ctx("/admin/smtp");
         assert_eq!(nested.url("/"), "/admin/smtp");
@@ -555,16 +560,7 @@ mod tests {
 
     #[test]
     fn the_test_email_limit_counts_per_profile() {
-        let inner = Inner {
-            store: Arc::new(ProfileStore::new(
-                "/nonexistent/profiles.json",
-                crate::settings::SecretKey::generate().expect("key"),
-            )),
-            mailer: None,
-            csrf: None,
-            limit: (2, Duration::from_secs(3600)),
-            sent: Mutex::new(HashMap::new()),
-        };
+        let inner = inner((2, Duration::from_secs(3600)));
         assert!(inner.allow_test_email("a").is_ok());
         assert!(inner.allow_test_email("a").is_ok());
         let wait = inner.allow_test_email("a").expect_err("third in the hour");

@@ -189,11 +189,9 @@ impl App {
     }
 
     pub(crate) async fn post_form(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
-        let body: String = fields
-            .iter()
-            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-            .collect::<Vec<_>>()
-            .join("&");
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
         let request = self
             .request("POST", path)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -306,18 +304,6 @@ impl App {
         let fields = self.profile_fields(&form, changes);
         self.post_multipart("/profiles/new", &fields, None).await
     }
-}
-
-fn enc(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[tokio::test]
