@@ -201,3 +201,29 @@ async fn retry_all_sends_every_waiting_draft() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_outbox_is_shown_a_page_at_a_time() {
+    let subjects: Vec<String> = (0..51).map(|i| format!("message {i}")).collect();
+    let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
+    let (mut app, _spool, ids) = app_with_drafts("outbox-pages", &subjects, false).await;
+    let first = app.get("/outbox").await;
+    assert_eq!(first.body.matches("data-draft=").count(), 50);
+    let next = first.tag_of("next-page").expect("a next page link").to_owned();
+    let href = next
+        .split("href=\"")
+        .nth(1)
+        .and_then(|h| h.split('"').next())
+        .expect("href")
+        .replace("&amp;", "&");
+    let second = app.get(href.trim_start_matches(MOUNT)).await;
+    assert_eq!(second.body.matches("data-draft=").count(), 1);
+    let last = ids.iter().max().expect("ids");
+    assert!(
+        second.body.contains(&format!("data-draft=\"{last}\"")),
+        "the newest comes last"
+    );
+    assert!(second.tag_of("next-page").is_none());
+    let failed = app.get("/outbox?area=failed").await;
+    assert!(failed.body.contains("id=\"outbox-empty\""), "nothing failed");
+}
