@@ -108,9 +108,15 @@ impl Values {
             test_on_save: profile.test_on_save(),
             test_from: String::new(),
             test_to: String::new(),
-            has_password: matches!(s.auth(), crate::settings::Auth::Credential(_)),
+            has_password: signs_in(s),
         }
     }
+}
+
+/// Whether `settings` hold a sign-in secret (a password, or a credential
+/// provider such as OAuth2 sign-in) that an empty password field keeps.
+fn signs_in(settings: &SmtpSettings) -> bool {
+    !matches!(settings.auth(), crate::settings::Auth::None)
 }
 
 fn seconds(s: f64) -> String {
@@ -355,7 +361,7 @@ fn update_of(s: &Submitted, stored: Option<&SmtpSettings>) -> (SettingsUpdate, B
             }
         },
     }
-    let had_password = stored.is_some_and(|s| matches!(s.auth(), crate::settings::Auth::Credential(_)));
+    let had_password = stored.is_some_and(signs_in);
     if !s.checked("auth") || s.checked("password_clear") {
         u.password = PasswordChange::Clear;
     } else {
@@ -511,10 +517,7 @@ async fn submit(ctx: Ctx, stored_name: Option<String>, multipart: Multipart) -> 
         version: form_version.unwrap_or(0),
         ..FormState::default()
     };
-    let mut values = values_of(
-        &submitted,
-        stored_settings.is_some_and(|s| matches!(s.auth(), crate::settings::Auth::Credential(_))),
-    );
+    let mut values = values_of(&submitted, stored_settings.is_some_and(signs_in));
     let name = submitted.get("name").to_owned();
     if name.is_empty() {
         state
