@@ -206,7 +206,10 @@ fn release_makes_the_drafts_waiting_on_the_settings_due_and_skips_one_being_deli
     );
     s.defer(&a, auth()).expect("defer a");
     s.defer(&b, auth()).expect("defer b");
-    s.defer(&c, Deferral::new("421 4.3.2 try later", later))
+    // c is due later than a and b, so that the claim below can only take
+    // one of those two (it takes due drafts in no promised order).
+    let c_due = later + Duration::from_secs(3600);
+    s.defer(&c, Deferral::new("421 4.3.2 try later", c_due))
         .expect("defer c");
     // A deliverer holds one of the two that wait on the settings.
     let held = s
@@ -214,6 +217,10 @@ fn release_makes_the_drafts_waiting_on_the_settings_due_and_skips_one_being_deli
         .expect("claim")
         .pop()
         .expect("one");
+    assert!(
+        held.info().id == a || held.info().id == b,
+        "a or b is due, c is not"
+    );
     let (held_id, free) = if held.info().id == a { (a, b) } else { (b, a) };
     assert_eq!(s.release_waiting_on_settings().expect("release"), 1);
     let info = s.inspect(Area::Drafts, &free).expect("released");
@@ -229,7 +236,7 @@ fn release_makes_the_drafts_waiting_on_the_settings_due_and_skips_one_being_deli
     );
     assert_eq!(
         millis(s.inspect(Area::Drafts, &c).expect("c").next_attempt),
-        millis(later)
+        millis(c_due)
     );
     drop(held);
     assert_eq!(
