@@ -9,12 +9,15 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use secrecy::SecretString;
 
-use super::{encode_query, views, Ctx};
+use super::{encode_segment, views, Ctx};
 use crate::diagnose::Report;
 use crate::mailer::{Redirect, ReportAddress};
 use crate::profiles::{Profile, Profiles};
 use crate::proto::address::{Address, AddressPolicy};
-use crate::settings::{AttachmentLimit, PasswordChange, SettingsUpdate, SmtpSettings, TlsMode};
+use crate::settings::{
+    AttachmentLimit, PasswordChange, SettingsUpdate, SmtpSettings, TlsMode,
+    DEFAULT_MAX_DELIVERIES_PER_CONNECTION,
+};
 
 /// Rows for report addresses beyond the stored ones (to add new ones).
 const EMPTY_REPORT_ROWS: usize = 2;
@@ -61,7 +64,7 @@ impl Values {
             tls: TlsMode::StartTls.as_str().to_owned(),
             timeout: "30".to_owned(),
             auth: true,
-            max_deliveries: "20".to_owned(),
+            max_deliveries: DEFAULT_MAX_DELIVERIES_PER_CONNECTION.to_string(),
             address_policy: "strict".to_owned(),
             enabled: true,
             reports: vec![(String::new(), true); EMPTY_REPORT_ROWS],
@@ -379,7 +382,7 @@ fn update_of(s: &Submitted, stored: Option<&SmtpSettings>) -> (SettingsUpdate, B
     let pem = s.ca_file.as_deref().unwrap_or_else(|| s.get("ca_pem"));
     u.extra_roots_pem = Some(pem.trim().to_owned());
     match s.get("max_deliveries") {
-        "" => u.max_deliveries_per_connection = Some(20),
+        "" => u.max_deliveries_per_connection = Some(DEFAULT_MAX_DELIVERIES_PER_CONNECTION),
         n => match n.parse::<usize>() {
             Ok(n) => u.max_deliveries_per_connection = Some(n),
             Err(_) => {
@@ -626,7 +629,7 @@ async fn submit(ctx: Ctx, stored_name: Option<String>, multipart: Multipart) -> 
             }
             match store.save_and_release(&mut profiles).await {
                 Ok(released) => {
-                    ctx.see_other(&format!("/?saved={}&released={released}", encode_query(&name)))
+                    ctx.see_other(&format!("/?saved={}&released={released}", encode_segment(&name)))
                 }
                 Err(e) if e.is_conflict() => match store.load() {
                     Ok(current) => conflict(&ctx, &current, &mut values, state, &settings),

@@ -358,11 +358,6 @@ fn encode_segment(text: &str) -> String {
     out
 }
 
-/// A query value, percent-encoded.
-fn encode_query(text: &str) -> String {
-    encode_segment(text)
-}
-
 async fn style() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], views::STYLE).into_response()
 }
@@ -463,22 +458,19 @@ async fn list_action(
     if form.version != Some(profiles.version()) {
         return ctx.see_other("/?conflict=1");
     }
-    let done = match action.as_str() {
+    let changed = match action.as_str() {
         "delete" => profiles.remove(&name).map(|_| "deleted"),
         "enable" => profiles.set_enabled(&name, true).map(|()| "changed"),
         "disable" => profiles.set_enabled(&name, false).map(|()| "changed"),
         "up" | "down" => move_profile(&mut profiles, &name, action == "up").map(|()| "changed"),
         _ => return not_found(ctx).await,
     };
-    if let Err(e) = done {
-        return error_page(&ctx, &e);
-    }
+    let said = match changed {
+        Ok(said) => said,
+        Err(e) => return error_page(&ctx, &e),
+    };
     match store.save_and_release(&mut profiles).await {
-        Ok(released) => ctx.see_other(&format!(
-            "/?{}={}&released={released}",
-            done.unwrap_or("changed"),
-            encode_query(&name)
-        )),
+        Ok(released) => ctx.see_other(&format!("/?{said}={}&released={released}", encode_segment(&name))),
         Err(e) if e.is_conflict() => ctx.see_other("/?conflict=1"),
         Err(e) => error_page(&ctx, &e),
     }

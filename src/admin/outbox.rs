@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Form;
 
-use super::{encode_query, views, Ctx, Flash};
+use super::{views, Ctx, Flash};
 use crate::outbox::{Area, DraftId, Outbox};
 
 /// Drafts per page.
@@ -105,27 +105,30 @@ pub(super) async fn inspect(
     )
 }
 
-/// The header section of a message (up to the first empty line), as text.
-fn headers_of(message: &[u8]) -> String {
-    let end = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| message.windows(2).position(|w| w == b"\n\n"))
-        .unwrap_or(message.len())
-        .min(MAX_HEADERS);
-    String::from_utf8_lossy(&message[..end]).replace("\r\n", "\n")
+/// A message's header section and body: split at the first empty line
+/// (CRLF, or bare LF); without one, it is all header section.
+fn split_message(message: &[u8]) -> (&[u8], &[u8]) {
+    let at = |separator: &[u8]| {
+        message
+            .windows(separator.len())
+            .position(|w| w == separator)
+            .map(|i| (i, i + separator.len()))
+    };
+    let (end, start) = at(b"\r\n\r\n")
+        .or_else(|| at(b"\n\n"))
+        .unwrap_or((message.len(), message.len()));
+    (&message[..end], &message[start..])
 }
 
-/// The body of a message (after the first empty line), as text, cut at
-/// [`MAX_BODY`] bytes.
+/// The header section of a message, as text, cut at [`MAX_HEADERS`] bytes.
+fn headers_of(message: &[u8]) -> String {
+    let (headers, _) = split_message(message);
+    String::from_utf8_lossy(&headers[..headers.len().min(MAX_HEADERS)]).replace("\r\n", "\n")
+}
+
+/// The body of a message, as text, cut at [`MAX_BODY`] bytes.
 fn body_of(message: &[u8]) -> String {
-    let start = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4)
-        .or_else(|| message.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
-        .unwrap_or(message.len());
-    let body = &message[start..];
+    let (_, body) = split_message(message);
     let mut text = String::from_utf8_lossy(&body[..body.len().min(MAX_BODY)]).replace("\r\n", "\n");
     if body.len() > MAX_BODY {
         text.push_str("\n[… cut: the body is longer]");
@@ -177,10 +180,7 @@ pub(super) async fn action(
     match done {
         Ok(flash) => {
             wake(&ctx);
-            ctx.see_other(&format!(
-                "/outbox?area={}&{flash}",
-                encode_query(views::area_str(area))
-            ))
+            ctx.see_other(&format!("/outbox?area={}&{flash}", views::area_str(area)))
         }
         Err(_) if outbox.inspect(area, &id).await.is_err() => ctx.page(
             StatusCode::NOT_FOUND,

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use maud::{html, Markup, DOCTYPE};
 
 use super::form::{FormState, Values};
-use super::{encode_query, encode_segment, Ctx};
+use super::{encode_segment, Ctx};
 use crate::diagnose::Report;
 use crate::outbox::{Area, DraftInfo, Page};
 use crate::profiles::Profiles;
@@ -444,7 +444,7 @@ pub(super) fn outbox(
                             }
                         }
                         @if let Some(next) = &page.next {
-                            p { a id="next-page" href=(ctx.url(&format!("/outbox?area={area_name}&after={}", encode_query(next.as_str())))) { "Next page" } }
+                            p { a id="next-page" href=(ctx.url(&format!("/outbox?area={area_name}&after={}", encode_segment(next.as_str())))) { "Next page" } }
                         }
                     }
                 }
@@ -453,9 +453,33 @@ pub(super) fn outbox(
     )
 }
 
+/// A draft's page, under the mount point (its actions are below it).
+fn draft_path(d: &DraftInfo) -> String {
+    format!("/outbox/{}/{}", area_str(d.area), encode_segment(d.id.as_str()))
+}
+
+/// The envelope sender as shown (`<>`: the null reverse path).
+fn sender_of(d: &DraftInfo) -> String {
+    d.envelope
+        .from()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "<>".to_owned())
+}
+
+/// The "Retry now" and "Delete" buttons of a draft.
+fn draft_actions(ctx: &Ctx, d: &DraftInfo) -> Markup {
+    let base = draft_path(d);
+    html! {
+        form.inline method="post" action=(ctx.url(&format!("{base}/retry"))) {
+            (csrf(ctx)) button type="submit" aria-label=(format!("Retry {}", d.id)) { "Retry now" }
+        }
+        form.inline method="post" action=(ctx.url(&format!("{base}/delete"))) {
+            (csrf(ctx)) button type="submit" aria-label=(format!("Delete {}", d.id)) { "Delete" }
+        }
+    }
+}
+
 fn draft_row(ctx: &Ctx, d: &DraftInfo) -> Markup {
-    let area = area_str(d.area);
-    let base = format!("/outbox/{area}/{}", encode_segment(d.id.as_str()));
     let recipients: Vec<String> = d
         .envelope
         .recipients()
@@ -464,8 +488,8 @@ fn draft_row(ctx: &Ctx, d: &DraftInfo) -> Markup {
         .collect();
     html! {
         tr data-draft=(d.id.as_str()) {
-            td { a href=(ctx.url(&base)) { (time(d.created)) } }
-            td { (d.envelope.from().map(|a| a.to_string()).unwrap_or_else(|| "<>".to_owned())) }
+            td { a href=(ctx.url(&draft_path(d))) { (time(d.created)) } }
+            td { (sender_of(d)) }
             td { (recipients.join(", ")) }
             td { (size(d.size)) }
             td { (d.attempts) }
@@ -474,14 +498,7 @@ fn draft_row(ctx: &Ctx, d: &DraftInfo) -> Markup {
                 (d.last_error.as_deref().unwrap_or(""))
                 @if d.waiting_on_settings { br; span.hint { "(waits for a settings fix)" } }
             }
-            td {
-                form.inline method="post" action=(ctx.url(&format!("{base}/retry"))) {
-                    (csrf(ctx)) button type="submit" aria-label=(format!("Retry {}", d.id)) { "Retry now" }
-                }
-                form.inline method="post" action=(ctx.url(&format!("{base}/delete"))) {
-                    (csrf(ctx)) button type="submit" aria-label=(format!("Delete {}", d.id)) { "Delete" }
-                }
-            }
+            td { (draft_actions(ctx, d)) }
         }
     }
 }
@@ -489,8 +506,6 @@ fn draft_row(ctx: &Ctx, d: &DraftInfo) -> Markup {
 /// One draft: its envelope, size, attempts and headers; its body only when
 /// asked for.
 pub(super) fn draft(ctx: &Ctx, d: &DraftInfo, headers: Option<&str>, body: Option<&str>) -> Markup {
-    let area = area_str(d.area);
-    let base = format!("/outbox/{area}/{}", encode_segment(d.id.as_str()));
     layout(
         ctx,
         "Draft",
@@ -499,7 +514,7 @@ pub(super) fn draft(ctx: &Ctx, d: &DraftInfo, headers: Option<&str>, body: Optio
             table id="draft" {
                 tbody {
                     tr { th scope="row" { "Area" } td { @if d.area == Area::Drafts { "waiting" } @else { "failed" } } }
-                    tr { th scope="row" { "From" } td { (d.envelope.from().map(|a| a.to_string()).unwrap_or_else(|| "<>".to_owned())) } }
+                    tr { th scope="row" { "From" } td { (sender_of(d)) } }
                     tr { th scope="row" { "To" } td { @for r in d.envelope.recipients() { (r.address.to_string()) br; } } }
                     tr { th scope="row" { "Size" } td { (size(d.size)) } }
                     tr { th scope="row" { "Created" } td { (time(d.created)) } }
@@ -521,15 +536,10 @@ pub(super) fn draft(ctx: &Ctx, d: &DraftInfo, headers: Option<&str>, body: Optio
                     h3 { "Body" }
                     pre id="body" { (text) }
                 }
-                None => p.hint { "The body is not shown. " a href=(ctx.url(&format!("{base}?body=1"))) { "Show the body" } }
+                None => p.hint { "The body is not shown. " a href=(ctx.url(&format!("{}?body=1", draft_path(d)))) { "Show the body" } }
             }
-            form.inline method="post" action=(ctx.url(&format!("{base}/retry"))) {
-                (csrf(ctx)) button type="submit" { "Retry now" }
-            }
-            form.inline method="post" action=(ctx.url(&format!("{base}/delete"))) {
-                (csrf(ctx)) button type="submit" { "Delete" }
-            }
-            p { a href=(ctx.url(&format!("/outbox?area={area}"))) { "Back to the outbox" } }
+            (draft_actions(ctx, d))
+            p { a href=(ctx.url(&format!("/outbox?area={}", area_str(d.area)))) { "Back to the outbox" } }
         },
     )
 }
