@@ -436,9 +436,8 @@ impl ProfileStore {
             return Ok(0);
         };
         let settings = active.settings.clone();
-        let followers = self.followers.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut released = 0;
-        for mailer in followers.iter().filter_map(WeakMailer::upgrade) {
+        for mailer in self.live_followers() {
             if let Ok(n) = mailer.reload_and_release(settings.clone()).await {
                 released += n;
             }
@@ -607,12 +606,18 @@ impl ProfileStore {
         Ok(profiles)
     }
 
+    /// The following mailers still alive (taken out of the lock: a reload
+    /// may await).
+    fn live_followers(&self) -> Vec<Mailer> {
+        let followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        followers.iter().filter_map(WeakMailer::upgrade).collect()
+    }
+
     fn reload_followers(&self, profiles: &Profiles) {
         let Ok(active) = profiles.active() else {
             return;
         };
-        let followers = self.followers.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for mailer in followers.iter().filter_map(WeakMailer::upgrade) {
+        for mailer in self.live_followers() {
             // The settings were validated when they were built; a TLS
             // configuration error, or attachments as links on a mailer
             // without an attachment store, leaves the old settings in place.
