@@ -113,19 +113,8 @@ impl Person {
     /// Waits (bounded) for `#id`: after a click that loads a new page, an
     /// element only that page has.
     async fn wait_for(&self, id: &str) -> Element {
-        match self
-            .client
-            .wait()
-            .at_most(WAIT)
-            .for_element(Locator::Id(id))
-            .await
-        {
-            Ok(element) => element,
-            Err(e) => {
-                let source = self.client.source().await.unwrap_or_default();
-                panic!("#{id} did not appear on {}: {e}\n{source}", self.url().await)
-            }
-        }
+        // The page's ids are plain words: `#id` selects the same element.
+        self.wait_for_css(&format!("#{id}")).await
     }
 
     /// Waits (bounded) for an element matching the CSS `selector`.
